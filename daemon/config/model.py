@@ -1,0 +1,144 @@
+"""The validated configuration as plain, immutable data.
+
+The loader (`daemon.config.load`) turns YAML files into these objects or raises
+`ConfigError` with every problem found. Everything downstream reads only these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+CompressionAlgorithm = Literal["zstd", "gzip", "none"]
+DrillChoice = Literal["latest", "random", "oldest-unverified"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a piece of configuration was written: file and 1-based line."""
+
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A validated schedule: a 5-field cron expression or a fixed interval.
+
+    `text` is what the operator wrote ("0 3 * * *", "@every 6h", "@daily").
+    Exactly one of `cron` (the 5 fields, with @daily & co. expanded) and
+    `interval` is set.
+    """
+
+    text: str
+    cron: str | None = None
+    interval: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    name: str
+    type: Literal["local"]
+    path: Path
+    source: Source
+
+
+@dataclass(frozen=True)
+class Compression:
+    algorithm: CompressionAlgorithm = "zstd"
+    level: int | None = None
+
+
+@dataclass(frozen=True)
+class VolumeSelector:
+    """Which volumes a policy covers: explicit names, or a label / name-glob match."""
+
+    names: tuple[str, ...] = ()
+    label_key: str | None = None
+    label_value: str | None = None  # None: the label only has to exist
+    name_glob: str | None = None
+
+
+@dataclass(frozen=True)
+class RetentionRules:
+    keep_last: int | None = None
+    keep_hourly: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within: timedelta | None = None
+
+    def is_empty(self) -> bool:
+        """Given no keep rule at all, retention keeps everything."""
+        return all(value is None for value in vars(self).values())
+
+
+@dataclass(frozen=True)
+class DrillConfig:
+    schedule: Schedule | None = None
+    archive: DrillChoice = "latest"
+    max_per_run: int = 1
+
+
+@dataclass(frozen=True)
+class ExecHook:
+    """Run `command` inside the running container `container` through the Docker API."""
+
+    container: str
+    command: tuple[str, ...]
+    user: str | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class RunHook:
+    """Run `command` on the host, as an argument list (never through a shell)."""
+
+    command: tuple[str, ...]
+    timeout: float | None = None
+
+
+Hook = ExecHook | RunHook
+
+
+@dataclass(frozen=True)
+class Hooks:
+    before: tuple[Hook, ...] = ()
+    after: tuple[Hook, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    source: Source
+    selector: VolumeSelector
+    storage: str
+    schedule: Schedule | None = None
+    timezone: str = "UTC"
+    compression: Compression = field(default_factory=Compression)
+    exclude: tuple[str, ...] = ()
+    stop_containers: bool = False
+    stop_timeout: float = 30.0
+    helper_image: str = "busybox:1.36"
+    retention: RetentionRules = field(default_factory=RetentionRules)
+    drill: DrillConfig | None = None
+    hooks: Hooks = field(default_factory=Hooks)
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """Process-wide settings (top-level `daemon:` block)."""
+
+    max_parallel: int = 1
+    shutdown_timeout: timedelta = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Config:
+    storages: dict[str, StorageConfig]
+    policies: dict[str, Policy]
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    files: tuple[Path, ...] = ()

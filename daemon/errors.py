@@ -1,0 +1,79 @@
+"""Errors as values with addresses: each names the thing at fault and maps to an exit code.
+
+The CLI turns any `VolkeepError` into one line on stderr and its `exit_code`, in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class VolkeepError(Exception):
+    """An error the operator can act on; `str()` is the one line that is shown."""
+
+    exit_code = EXIT_FAILED
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with the configuration, addressed by file, line, column and key path."""
+
+    file: str
+    line: int
+    column: int
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(VolkeepError):
+    """The configuration is invalid; carries every problem found, not only the first."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(problem) for problem in problems))
+
+
+class UsageError(VolkeepError):
+    """The command line asks for something that does not exist (unknown policy, volume...)."""
+
+    exit_code = EXIT_USAGE
+
+
+class OperationError(VolkeepError):
+    """A backup, restore, drill or prune that did not succeed, addressed by policy/volume/archive."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        policy: str | None = None,
+        volume: str | None = None,
+        archive: str | None = None,
+    ) -> None:
+        self.policy = policy
+        self.volume = volume
+        self.archive = archive
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        address = "/".join(part for part in (self.policy, self.volume, self.archive) if part)
+        return f"{address}: {self.message}" if address else self.message
+
+
+class DockerUnavailable(VolkeepError):
+    """The Docker engine does not answer."""
+
+
+class HostileArchive(OperationError):
+    """An archive member would write outside the target or create something refused."""
