@@ -1,0 +1,173 @@
+"""Back up volumes: helper tar → parse and digest → compress → hash → publish → manifest."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import docker
+import structlog
+
+from daemon.actions.context import Context
+from daemon.archive.compression import SUFFIXES, compressor
+from daemon.archive.digest import HashingWriter
+from daemon.archive.exclude import MemberFilter
+from daemon.archive.manifest import Manifest
+from daemon.archive.tarstream import Member, TarFormatError, TarScanner
+from daemon.config.model import Compression, Policy
+from daemon.docker.helpers import HelperOutput, Mount, helper_container
+from daemon.docker.tarflavour import SOURCE, detect_flavour
+from daemon.docker.volumes import VolumeInfo, require_volume, select_volumes
+from daemon.errors import OperationError, UsageError
+from daemon.locks import volume_lock
+from daemon.progress import Progress
+from daemon.recovery import remove_garbage
+from daemon.storage import Storage
+
+log = structlog.get_logger()
+
+
+def archive_stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+@dataclass(frozen=True)
+class BackupSource:
+    """What to back up and how: the volume, and the policy settings that shape the archive."""
+
+    policy: str
+    volume: VolumeInfo
+    image: str
+    compression: Compression
+    exclude: tuple[str, ...] = ()
+    kind: str = "backup"
+
+
+def back_up_volume(api: docker.APIClient, storage: Storage, source: BackupSource) -> Manifest:
+    """Stream the volume through a helper's tar into a new archive and publish it.
+
+    The archive is written under a temporary name and published only once complete; the
+    manifest is written last. Raise OperationError if anything fails, leaving nothing
+    listed behind. The caller holds the volume's lock.
+    """
+    flavour = detect_flavour(api, source.image)
+    started = datetime.now(UTC)
+    stamp = archive_stamp(started) + ("-safety" if source.kind == "safety" else "")
+    key = storage.allocate_id(source.policy, source.volume.name, stamp)
+    archive_file = key.file_name(SUFFIXES[source.compression.algorithm])
+    with structlog.contextvars.bound_contextvars(archive=key.id):
+        log.info("backup started", kind=source.kind, tar=flavour.name, storage=storage.name)
+        upload = storage.new_archive(key, SUFFIXES[source.compression.algorithm])
+        try:
+            stored = HashingWriter(upload)
+            packer = compressor(source.compression, stored)
+            selection = MemberFilter(source.exclude)
+            entries: list[Member] = []
+            scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.append)
+            progress = Progress(f"backing up {source.volume.name}")
+            mounts = [Mount(source.volume.name, SOURCE)]
+            with helper_container(api, source.image, flavour.create_command(), mounts) as helper:
+                output = HelperOutput(api, helper)
+                for chunk in output.chunks():
+                    scanner.feed(chunk)
+                    progress.advance(len(chunk))
+                exit_code = output.wait()
+            progress.finish()
+            if exit_code != 0:
+                raise OperationError(f"the helper's tar failed (exit {exit_code}): {output.stderr}")
+            scanner.close()
+            packer.finish()
+            upload.commit()
+        except TarFormatError as error:
+            upload.abort()
+            raise OperationError(f"unreadable tar stream from the helper: {error}") from None
+        except OSError as error:
+            upload.abort()
+            raise OperationError(
+                f"cannot write to storage {storage.name!r} ({storage.describe()}): "
+                f"{error.strerror or error}"
+            ) from None
+        except BaseException:
+            upload.abort()
+            raise
+        for path, why in selection.skipped:
+            log.warning("left out of the archive", path=path, why=why)
+        manifest = Manifest(
+            id=key.id,
+            kind=source.kind,
+            policy=source.policy,
+            volume=source.volume.name,
+            volume_driver=source.volume.driver,
+            volume_labels=source.volume.labels,
+            host=socket.gethostname(),
+            started=started,
+            finished=datetime.now(UTC),
+            archive_file=archive_file,
+            size=stored.size,
+            sha256=stored.hexdigest(),
+            compression=source.compression.algorithm,
+            compression_level=source.compression.level,
+            tar_flavour=flavour.name,
+            tar_size=scanner.offset,
+            exclude=list(source.exclude),
+            entries=entries,
+        )
+        try:
+            storage.write_manifest(key, manifest.to_json())
+        except OSError as error:
+            raise OperationError(
+                f"cannot write the manifest to storage {storage.name!r}: {error.strerror or error}"
+            ) from None
+        log.info(
+            "backup published",
+            size=stored.size,
+            tar_size=scanner.offset,
+            objects=len(entries),
+            excluded=selection.excluded,
+            seconds=round((manifest.finished - started).total_seconds(), 2),
+        )
+        return manifest
+
+
+def policy_volumes(api: docker.APIClient, policy: Policy, requested: list[str]) -> list[str]:
+    """Given a policy and the volumes asked for on the command line (none: all), return the
+    names to work on; named volumes that do not exist stay in, to fail loudly.
+
+    Raise UsageError for a requested volume the policy does not cover.
+    """
+    matched = [volume.name for volume in select_volumes(api, policy.selector)]
+    covered = list(dict.fromkeys([*policy.selector.names, *matched]))
+    for name in requested:
+        if name not in covered:
+            raise UsageError(f"policy {policy.name!r} does not cover volume {name!r}")
+    return requested or covered
+
+
+def run_backup(ctx: Context, policy_name: str, requested: list[str]) -> list[Manifest]:
+    """Back up the policy's volumes (or the requested ones), one after another.
+
+    Every volume is attempted; raise OperationError at the end if any failed.
+    """
+    policy = ctx.policy(policy_name)
+    storage = ctx.storage(policy)
+    api = ctx.docker()
+    manifests = []
+    failures = []
+    for name in policy_volumes(api, policy, requested):
+        with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
+            try:
+                with volume_lock(ctx.state_dir, name, f"backup of {policy.name}"):
+                    volume = require_volume(api, name, policy.name)
+                    remove_garbage(storage, policy.name, name)
+                    source = BackupSource(
+                        policy.name, volume, policy.helper_image, policy.compression, policy.exclude
+                    )
+                    manifests.append(back_up_volume(api, storage, source))
+            except OperationError as error:
+                error.policy, error.volume = policy.name, name
+                log.error("backup failed", error=error.message)
+                failures.append(name)
+    if failures:
+        raise OperationError(f"backup failed for {', '.join(failures)}", policy=policy.name)
+    return manifests

@@ -1,0 +1,1 @@
+"""The archive format: tar stream parsing, path safety, exclusion, compression, manifests."""

@@ -1,0 +1,39 @@
+"""SHA-256 and byte counts of the stored bytes, taken as they pass in either direction."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import BinaryIO
+
+from daemon.archive.compression import Sink
+
+
+class HashingWriter:
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> object:
+        self._sha256.update(data)
+        self.size += len(data)
+        return self._sink.write(data)
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
+
+
+class HashingReader:
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self._sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()

@@ -1,0 +1,107 @@
+"""The manifest: the commit marker of an archive and its complete description (SPEC §4)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from daemon import __version__
+from daemon.archive.tarstream import Member
+
+FORMAT_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read or lacks a required field."""
+
+
+@dataclass
+class Manifest:
+    id: str
+    policy: str
+    volume: str
+    started: datetime
+    finished: datetime
+    archive_file: str
+    size: int
+    sha256: str
+    compression: str
+    compression_level: int | None
+    tar_flavour: str
+    tar_size: int
+    host: str
+    kind: str = "backup"  # "backup", or "safety" for the copy taken before a forced restore
+    volume_driver: str = "local"
+    volume_labels: dict[str, str] = field(default_factory=dict)
+    exclude: list[str] = field(default_factory=list)
+    encryption: str | None = None
+    tool_version: str = __version__
+    entries: list[Member] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        document = {
+            "format": FORMAT_VERSION,
+            "tool": {"name": "volkeep", "version": self.tool_version},
+            "id": self.id,
+            "kind": self.kind,
+            "policy": self.policy,
+            "volume": {
+                "name": self.volume,
+                "driver": self.volume_driver,
+                "labels": self.volume_labels,
+            },
+            "host": self.host,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            "archive": {
+                "file": self.archive_file,
+                "size": self.size,
+                "sha256": self.sha256,
+                "compression": self.compression,
+                "compression_level": self.compression_level,
+                "encryption": self.encryption,
+            },
+            "tar": {"flavour": self.tar_flavour, "size": self.tar_size},
+            "exclude": self.exclude,
+            "entry_count": len(self.entries),
+            "entries": [entry.to_json() for entry in self.entries],
+        }
+        return json.dumps(document, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Manifest:
+        """Given the bytes of a manifest file, return the Manifest; raise ManifestError."""
+        try:
+            document: dict[str, Any] = json.loads(raw)
+            if document.get("format") != FORMAT_VERSION:
+                raise ManifestError(f"unknown manifest format {document.get('format')!r}")
+            archive = document["archive"]
+            volume = document["volume"]
+            return cls(
+                id=document["id"],
+                kind=document["kind"],
+                policy=document["policy"],
+                volume=volume["name"],
+                volume_driver=volume["driver"],
+                volume_labels=volume["labels"],
+                host=document["host"],
+                started=datetime.fromisoformat(document["started"]),
+                finished=datetime.fromisoformat(document["finished"]),
+                archive_file=archive["file"],
+                size=archive["size"],
+                sha256=archive["sha256"],
+                compression=archive["compression"],
+                compression_level=archive["compression_level"],
+                encryption=archive["encryption"],
+                tar_flavour=document["tar"]["flavour"],
+                tar_size=document["tar"]["size"],
+                exclude=document["exclude"],
+                tool_version=document["tool"]["version"],
+                entries=[Member.from_json(entry) for entry in document["entries"]],
+            )
+        except ManifestError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ManifestError(f"unreadable manifest: {error!r}") from None

@@ -1,0 +1,147 @@
+"""Reading archives back from storage: find one, check it whole, stream it.
+
+`verify_archive` is the check every restore and drill runs before anything is written:
+the stored bytes against the manifest's size and SHA-256, every member header against the
+path-safety rules, and the members against the manifest's entries.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import zstandard
+
+from daemon.archive.compression import decompressing_reader
+from daemon.archive.digest import HashingReader
+from daemon.archive.manifest import Manifest, ManifestError
+from daemon.archive.safety import PathGuard, UnsafeMember
+from daemon.archive.tarstream import Member, TarFormatError, TarScanner
+from daemon.errors import HostileArchive, OperationError
+from daemon.storage import ArchiveKey, Storage
+
+READ_SIZE = 1 << 20
+SAFETY_SUFFIX = "-safety"
+
+
+@dataclass(frozen=True)
+class Verified:
+    key: ArchiveKey
+    manifest: Manifest
+    members: list[Member]  # as found in the archive, in stream order
+
+
+def find_archive(
+    storage: Storage, policy: str, volume: str, archive_id: str | None
+) -> tuple[ArchiveKey, Manifest]:
+    """Given an archive id (None or "latest": the newest backup), return its key and manifest.
+
+    Safety archives are only found by their id. Raise OperationError if there is none.
+    """
+    keys = sorted(storage.committed(policy, volume), reverse=True)
+    if archive_id in (None, "latest"):
+        keys = [key for key in keys if not key.id.endswith(SAFETY_SUFFIX)]
+        if not keys:
+            raise OperationError("no archive in the storage", policy=policy, volume=volume)
+        key = keys[0]
+    else:
+        matching = [key for key in keys if key.id == archive_id]
+        if not matching:
+            raise OperationError(
+                "no such archive (see volkeep list)", policy=policy, volume=volume, archive=archive_id
+            )
+        key = matching[0]
+    return key, read_manifest(storage, key)
+
+
+def read_manifest(storage: Storage, key: ArchiveKey) -> Manifest:
+    try:
+        return Manifest.from_json(storage.read_manifest(key))
+    except FileNotFoundError:
+        raise _error(key, "manifest missing") from None
+    except ManifestError as error:
+        raise _error(key, str(error)) from None
+
+
+def _error(key: ArchiveKey, message: str) -> OperationError:
+    return OperationError(message, policy=key.policy, volume=key.volume, archive=key.id)
+
+
+def _stream(
+    storage: Storage, key: ArchiveKey, manifest: Manifest, scanner: TarScanner
+) -> Iterator[None]:
+    """Feed the archive's tar stream to the scanner, yielding after each piece; check the
+    stored bytes against the manifest at the end. Errors name the archive."""
+    try:
+        with storage.open_archive(key, manifest.archive_file) as stored:
+            hashing = HashingReader(stored)
+            reader = decompressing_reader(manifest.compression, hashing)  # type: ignore[arg-type]
+            while piece := reader.read(READ_SIZE):
+                scanner.feed(piece)
+                yield
+            if not scanner.ended:
+                hashing.read()  # hash what lies after a truncated stream, for the right verdict
+    except FileNotFoundError:
+        raise _error(key, "archive file missing") from None
+    except UnsafeMember as error:
+        raise HostileArchive(
+            f"refused: {error}", policy=key.policy, volume=key.volume, archive=key.id
+        ) from None
+    except (zstandard.ZstdError, zlib.error, EOFError) as error:
+        _check_digest(key, manifest, hashing)
+        raise _error(key, f"corrupt archive: cannot decompress ({error})") from None
+    except TarFormatError as error:
+        _check_digest(key, manifest, hashing)
+        raise _error(key, f"corrupt archive: {error}") from None
+    _check_digest(key, manifest, hashing)
+    try:
+        scanner.close()
+    except TarFormatError as error:
+        raise _error(key, f"truncated archive: {error}") from None
+
+
+def _check_digest(key: ArchiveKey, manifest: Manifest, hashing: HashingReader) -> None:
+    if hashing.size < manifest.size:
+        raise _error(key, f"truncated archive: {hashing.size} of {manifest.size} bytes")
+    if hashing.size != manifest.size or hashing.hexdigest() != manifest.sha256:
+        raise _error(key, "archive SHA-256 mismatch: the stored bytes are not what was written")
+
+
+def verify_archive(storage: Storage, key: ArchiveKey, manifest: Manifest) -> Verified:
+    """Read the whole archive; return its members if it is intact, safe and matches its
+    manifest. Raise OperationError (HostileArchive for unsafe members) otherwise."""
+    guard = PathGuard()
+    members: list[Member] = []
+
+    def admit(member: Member) -> bool:
+        guard.check(member)
+        return True
+
+    scanner = TarScanner(include=admit, done=members.append)
+    for _ in _stream(storage, key, manifest, scanner):
+        pass
+    if [m.path for m in members] != [e.path for e in manifest.entries]:
+        raise _error(key, "the archive's members differ from its manifest's entries")
+    return Verified(key, manifest, members)
+
+
+def archive_chunks(storage: Storage, checked: Verified) -> Iterator[bytes]:
+    """Yield the checked archive's tar stream, guarded again member by member (the stored
+    file could change between the check and now) and re-hashed."""
+    guard = PathGuard()
+    pending: list[bytes] = []
+
+    def admit(member: Member) -> bool:
+        guard.check(member)
+        return True
+
+    scanner = TarScanner(
+        emit=lambda data: pending.append(bytes(data)), include=admit, digests=False
+    )
+    for _ in _stream(storage, checked.key, checked.manifest, scanner):
+        if pending:
+            yield b"".join(pending)
+            pending.clear()
+    if pending:
+        yield b"".join(pending)

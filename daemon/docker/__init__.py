@@ -1,0 +1,1 @@
+"""The Docker port: engine connection, helper containers, volumes, leftovers."""

@@ -1,0 +1,30 @@
+"""Connecting to the Docker engine, and turning its failures into one clear line."""
+
+from __future__ import annotations
+
+import docker
+import requests
+
+from daemon.errors import DockerUnavailable
+
+# Streams can stall for long stretches (a slow disk, a huge file); operations are bounded
+# by cancellation, not by a socket timeout.
+API_TIMEOUT = 3600
+
+
+def connect() -> docker.APIClient:
+    """Return a low-level client for the engine in DOCKER_HOST (or the local socket).
+
+    Raise DockerUnavailable if the engine does not answer.
+    """
+    try:
+        api = docker.APIClient(**docker.utils.kwargs_from_env(), timeout=API_TIMEOUT)
+        api.ping()
+    except (docker.errors.DockerException, requests.RequestException, OSError) as error:
+        raise DockerUnavailable(f"the Docker engine does not answer: {_reason(error)}") from None
+    return api
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text[:300]

@@ -1,0 +1,178 @@
+"""Helper containers: short-lived, locked down, labelled for reaping, always removed.
+
+A helper mounts volumes and runs one command of the helper image (tar, find...). Its
+stdout is read from the attach socket, never through a log driver: the default json-file
+driver would record the whole stream and cap it at ~20 MB/s (ENGINE-FACTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+from docker.types import LogConfig
+from docker.types import Mount as DockerMount
+
+from daemon.errors import OperationError
+
+LABEL_ROLE = "volkeep.role"
+LABEL_VOLUME = "volkeep.volume"
+LABEL_PID = "volkeep.pid"
+FRAME_HEADER = struct.Struct(">BxxxL")
+READ_BUFFER = 1 << 20
+STDERR_LIMIT = 64 << 10
+
+READ_CAPABILITIES = ("DAC_READ_SEARCH",)  # read every file whatever its mode, change nothing
+WRITE_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID")
+
+
+@dataclass(frozen=True)
+class Mount:
+    volume: str
+    target: str
+    read_only: bool = True
+
+
+def helper_labels(volume: str, role: str = "helper") -> dict[str, str]:
+    return {LABEL_ROLE: role, LABEL_VOLUME: volume, LABEL_PID: str(os.getpid())}
+
+
+@contextmanager
+def helper_container(
+    api: docker.APIClient,
+    image: str,
+    command: Sequence[str],
+    mounts: Sequence[Mount],
+    *,
+    capabilities: Sequence[str] = READ_CAPABILITIES,
+    owner: str | None = None,
+) -> Iterator[str]:
+    """Create a helper container and yield its id; remove it on every path out.
+
+    `owner` is the volume whose lock the operation holds (default: the first mount's); the
+    label lets the next volkeep start remove the helper if this process dies.
+    """
+    host_config = api.create_host_config(
+        mounts=[
+            DockerMount(m.target, m.volume, type="volume", read_only=m.read_only, no_copy=True)
+            for m in mounts
+        ],
+        network_mode="none",
+        cap_drop=["ALL"],
+        cap_add=list(capabilities),
+        security_opt=["no-new-privileges"],
+        log_config=LogConfig(type="none"),
+    )
+    try:
+        container = api.create_container(
+            image,
+            list(command),
+            host_config=host_config,
+            labels=helper_labels(owner or (mounts[0].volume if mounts else "")),
+            network_disabled=True,
+        )
+    except docker.errors.ImageNotFound:
+        raise missing_image(image) from None
+    container_id: str = container["Id"]
+    try:
+        yield container_id
+    finally:
+        remove_container(api, container_id)
+
+
+def missing_image(image: str) -> OperationError:
+    return OperationError(
+        f"helper image {image!r} is not on this Docker host: pull it or build it "
+        "(scripts/build-helper-image.sh)"
+    )
+
+
+def remove_container(api: docker.APIClient, container_id: str) -> None:
+    try:
+        api.remove_container(container_id, force=True, v=False)
+    except docker.errors.NotFound:
+        pass
+
+
+class HelperOutput:
+    """The running helper's stdout, demultiplexed from the attach socket as it arrives."""
+
+    def __init__(self, api: docker.APIClient, container_id: str) -> None:
+        self._api = api
+        self._container_id = container_id
+        response_socket: Any = api.attach_socket(
+            container_id, params={"stdout": 1, "stderr": 1, "stream": 1}
+        )
+        self._socket: socket.socket = getattr(response_socket, "_sock", response_socket)
+        self._socket.settimeout(None)
+        self._stderr = bytearray()
+        api.start(container_id)
+
+    def chunks(self) -> Iterator[memoryview]:
+        """Yield stdout as memoryviews, each valid only until the next one is asked for."""
+        buffer = bytearray(READ_BUFFER)
+        view = memoryview(buffer)
+        start = end = 0
+        try:
+            while True:
+                while end - start >= FRAME_HEADER.size:
+                    stream, length = FRAME_HEADER.unpack_from(buffer, start)
+                    frame_end = start + FRAME_HEADER.size + length
+                    if frame_end > end:
+                        break
+                    payload = view[start + FRAME_HEADER.size : frame_end]
+                    start = frame_end
+                    if stream == 1:
+                        yield payload
+                    elif len(self._stderr) < STDERR_LIMIT:
+                        self._stderr += payload
+                if start:
+                    buffer[: end - start] = buffer[start:end]
+                    end -= start
+                    start = 0
+                if end == len(buffer):  # a frame larger than the buffer: move to a larger one
+                    buffer = bytearray(buffer) + bytearray(len(buffer))
+                    view = memoryview(buffer)
+                received = self._socket.recv_into(view[end:])
+                if not received:
+                    return
+                end += received
+        finally:
+            self._socket.close()
+
+    def wait(self) -> int:
+        """Wait for the helper to exit and return its exit code."""
+        status: int = self._api.wait(self._container_id)["StatusCode"]
+        return status
+
+    @property
+    def stderr(self) -> str:
+        return bytes(self._stderr).decode("utf-8", "replace").strip()
+
+
+def run_helper(
+    api: docker.APIClient,
+    image: str,
+    command: Sequence[str],
+    mounts: Sequence[Mount],
+    *,
+    capabilities: Sequence[str] = READ_CAPABILITIES,
+    owner: str | None = None,
+    limit: int = 1 << 20,
+) -> tuple[int, bytes, str]:
+    """Run a short helper command; return (exit code, stdout up to `limit`, stderr)."""
+    with helper_container(
+        api, image, command, mounts, capabilities=capabilities, owner=owner
+    ) as container:
+        output = HelperOutput(api, container)
+        stdout = bytearray()
+        for chunk in output.chunks():
+            if len(stdout) < limit:
+                stdout += chunk
+        return output.wait(), bytes(stdout[:limit]), output.stderr

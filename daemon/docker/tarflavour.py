@@ -1,0 +1,72 @@
+"""Which tar the helper image has, and the best flags it offers for a backup.
+
+What each flavour keeps on backup (restore goes through the Engine's archive endpoint,
+which restores everything the stream carries, whatever tar made it):
+
+- GNU tar: PAX format with sub-second mtimes and extended attributes (`--xattrs`);
+  numeric owners. ACLs are not kept (the Engine does not restore them).
+- busybox tar: ustar with GNU long names; contents, types, modes, numeric uid/gid and
+  whole-second mtimes of every object, symlinks and directories included. Extended
+  attributes and ACLs are lost.
+- Neither keeps holes: a sparse file restores with equal content but fully allocated
+  (zstd stores the zeros in a few bytes, so the archive does not grow).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import docker
+
+from daemon.docker.helpers import missing_image, run_helper
+
+SOURCE = "/src"
+
+
+@dataclass(frozen=True)
+class TarFlavour:
+    name: str  # "gnu", "busybox" or "posix" (unknown: plain POSIX flags only)
+    version: str
+
+    def create_command(self, source: str = SOURCE) -> list[str]:
+        """Return the argv that writes a tar of `source` to stdout."""
+        if self.name == "gnu":
+            return [
+                "tar",
+                "--create",
+                "--file=-",
+                f"--directory={source}",
+                "--numeric-owner",
+                "--format=posix",
+                "--pax-option=delete=atime,delete=ctime",
+                "--xattrs",
+                "--xattrs-include=*",
+                ".",
+            ]
+        return ["tar", "-c", "-f", "-", "-C", source, "."]
+
+
+def parse_flavour(version_output: str) -> TarFlavour:
+    """Given what `tar --version` printed (stdout and stderr), return the flavour."""
+    if match := re.search(r"GNU tar\)?\s*([\d.]+)", version_output):
+        return TarFlavour("gnu", match.group(1))
+    if match := re.search(r"busybox\)?\s*v?([\d.]+)", version_output, re.IGNORECASE):
+        return TarFlavour("busybox", match.group(1))
+    return TarFlavour("posix", "")
+
+
+_detected: dict[str, TarFlavour] = {}
+
+
+def detect_flavour(api: docker.APIClient, image: str) -> TarFlavour:
+    """Run `tar --version` in the image (once per image id) and return its flavour."""
+    try:
+        image_id: str = api.inspect_image(image)["Id"]
+    except docker.errors.ImageNotFound:
+        raise missing_image(image) from None
+    if image_id not in _detected:
+        _, stdout, stderr = run_helper(api, image, ["tar", "--version"], [])
+        _detected[image_id] = parse_flavour(stdout.decode("utf-8", "replace") + stderr)
+    return _detected[image_id]
+

@@ -1,0 +1,49 @@
+"""Progress on a terminal (bytes, rate, ETA); silent when stderr is not a TTY."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+REFRESH_SECONDS = 0.25
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+class Progress:
+    def __init__(self, label: str, total: int | None = None, enabled: bool | None = None) -> None:
+        self.label = label
+        self.total = total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.done = 0
+        self.started = time.monotonic()
+        self._shown = 0.0
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.enabled and (now := time.monotonic()) - self._shown >= REFRESH_SECONDS:
+            self._shown = now
+            self._show(now)
+
+    def _show(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-6)
+        rate = self.done / elapsed
+        line = f"{self.label}: {human_bytes(self.done)}"
+        if self.total:
+            line += f" of {human_bytes(self.total)} ({100 * self.done / self.total:.0f}%)"
+        line += f", {human_bytes(rate)}/s"
+        if self.total and rate > 0:
+            line += f", ETA {max(self.total - self.done, 0) / rate:.0f}s"
+        sys.stderr.write(f"\r\033[K{line}")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
