@@ -56,7 +56,7 @@ def back_up_volume(api: docker.APIClient, storage: Storage, source: BackupSource
     stamp = archive_stamp(started) + ("-safety" if source.kind == "safety" else "")
     key = storage.allocate_id(source.policy, source.volume.name, stamp)
     archive_file = key.file_name(SUFFIXES[source.compression.algorithm])
-    with structlog.contextvars.bound_contextvars(archive=key.id):
+    with structlog.contextvars.bound_contextvars(volume=source.volume.name, archive=key.id):
         log.info("backup started", kind=source.kind, tar=flavour.name, storage=storage.name)
         upload = storage.new_archive(key, SUFFIXES[source.compression.algorithm])
         try:

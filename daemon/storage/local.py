@@ -91,7 +91,8 @@ class LocalStorage:
 
     def allocate_id(self, policy: str, volume: str, stamp: str) -> ArchiveKey:
         directory = self._directory(policy, volume)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for level in (self.root, self.root / policy, directory):
+            level.mkdir(mode=0o700, parents=True, exist_ok=True)
         taken = {_archive_id(name, volume) for name in os.listdir(directory)}
         key = ArchiveKey(policy, volume, stamp)
         counter = 1

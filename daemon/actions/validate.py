@@ -1,0 +1,46 @@
+"""`volkeep validate`: the loaded config, summarised with what it covers right now."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from daemon.actions.context import Context
+from daemon.config.model import Policy, Schedule
+from daemon.docker.volumes import select_volumes
+from daemon.errors import DockerUnavailable
+from daemon.triggers import next_run
+
+
+def _next(schedule: Schedule | None, policy: Policy, now: datetime) -> str:
+    if schedule is None:
+        return "not scheduled"
+    moment = next_run(schedule, policy.timezone, now)
+    when = moment.strftime("%Y-%m-%d %H:%M %Z") if moment else "never"
+    return f"{schedule.text!r}, next {when}"
+
+
+def validate(ctx: Context) -> str:
+    """Return the summary of a valid config: policies, volumes matched now, next runs."""
+    config = ctx.config
+    now = datetime.now(UTC)
+    lines = [
+        f"config OK: {len(config.policies)} policies, {len(config.storages)} storages "
+        f"({', '.join(str(path) for path in config.files)})"
+    ]
+    try:
+        api = ctx.docker()
+    except DockerUnavailable as error:
+        api = None
+        lines.append(f"volumes not shown: {error}")
+    for policy in config.policies.values():
+        lines.append(f"policy {policy.name} -> storage {policy.storage}")
+        if api is not None:
+            names = [volume.name for volume in select_volumes(api, policy.selector)]
+            missing = [name for name in policy.selector.names if name not in names]
+            lines.append(f"  volumes now: {', '.join(names) or '(none)'}")
+            if missing:
+                lines.append(f"  missing volumes: {', '.join(missing)}")
+        lines.append(f"  backup: {_next(policy.schedule, policy, now)}")
+        if policy.drill is not None:
+            lines.append(f"  drill: {_next(policy.drill.schedule, policy, now)}")
+    return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""Drill records: written beside the archive in the storage, so every host sees them."""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from daemon import __version__
+from daemon.storage import ArchiveKey, Storage
+from daemon.storage.base import DRILL_SUFFIX
+
+
+@dataclass(frozen=True)
+class DrillRecord:
+    passed: bool
+    finished: datetime
+    duration: float  # seconds for the whole drill
+    restore_seconds: float  # of which the restore into the scratch volume: the real RTO
+    bytes: int  # tar bytes restored
+    reason: str | None = None  # why it failed
+    differences: list[str] = field(default_factory=list)  # the first differences found
+    difference_count: int = 0
+    host: str = field(default_factory=socket.gethostname)
+    tool_version: str = __version__
+
+    @property
+    def verdict(self) -> str:
+        return "passed" if self.passed else "failed"
+
+    def to_json(self) -> dict[str, object]:
+        document = asdict(self)
+        document["finished"] = self.finished.isoformat()
+        document["verdict"] = self.verdict
+        return document
+
+
+def write_drill_record(storage: Storage, key: ArchiveKey, record: DrillRecord) -> None:
+    storage.write_record(key, DRILL_SUFFIX, json.dumps(record.to_json(), indent=1).encode())
+
+
+def read_drill_record(storage: Storage, key: ArchiveKey) -> DrillRecord | None:
+    """Return the archive's drill record, or None if it was never drilled (or the record is
+    unreadable: an unreadable verdict is no proof)."""
+    raw = storage.read_record(key, DRILL_SUFFIX)
+    if raw is None:
+        return None
+    try:
+        document = json.loads(raw)
+        document.pop("verdict", None)
+        document["finished"] = datetime.fromisoformat(document["finished"])
+        return DrillRecord(**document)
+    except (ValueError, KeyError, TypeError):
+        return None

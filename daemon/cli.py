@@ -1,0 +1,138 @@
+"""The command line: arguments in, one line per error out, exit codes in one place."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from daemon import __version__
+from daemon.actions.backup import run_backup
+from daemon.actions.context import Context
+from daemon.actions.listing import drill_summary, list_archives
+from daemon.actions.restore import restore_volume
+from daemon.actions.validate import validate
+from daemon.config import load_config
+from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, VolkeepError
+from daemon.log import configure_logging
+from daemon.progress import human_bytes
+
+log = structlog.get_logger()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="volkeep", description="Scheduled backups of Docker volumes, with restore drills."
+    )
+    parser.add_argument("--version", action="version", version=f"volkeep {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("VOLKEEP_CONFIG", "/etc/volkeep")),
+        help="a policy file or a directory of *.yaml files (default: $VOLKEEP_CONFIG or "
+        "/etc/volkeep)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("VOLKEEP_STATE_DIR", "/var/lib/volkeep")),
+        help="run history and locks (default: $VOLKEEP_STATE_DIR or /var/lib/volkeep)",
+    )
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("validate", help="check the config and show what it covers")
+
+    backup = commands.add_parser("backup", help="back up a policy's volumes now")
+    backup.add_argument("policy")
+    backup.add_argument("--volume", action="append", default=[], help="only this volume")
+
+    listing = commands.add_parser("list", help="list archives, newest first")
+    listing.add_argument("policy", nargs="?")
+    listing.add_argument("--volume")
+    listing.add_argument("--json", action="store_true")
+
+    restore = commands.add_parser("restore", help="restore an archive into a volume")
+    restore.add_argument("policy")
+    restore.add_argument("--volume", required=True, help="the volume the archive was taken of")
+    restore.add_argument("--archive", default="latest", help="archive id, or latest")
+    restore.add_argument("--to", dest="target", help="target volume (default: --volume)")
+    restore.add_argument(
+        "--force", action="store_true", help="replace a non-empty target (saved first)"
+    )
+    return parser
+
+
+def _print_list(args: argparse.Namespace, config_rows: list) -> None:  # type: ignore[type-arg]
+    if args.json:
+        print(json.dumps([row.to_json() for row in config_rows], indent=1))
+        return
+    now = datetime.now(UTC)
+    header = ("POLICY", "VOLUME", "ID", "CREATED", "SIZE", "DRILL")
+    table = [header] + [
+        (
+            row.key.policy,
+            row.key.volume,
+            row.key.id,
+            row.manifest.started.strftime("%Y-%m-%d %H:%M:%S"),
+            human_bytes(row.manifest.size),
+            drill_summary(row.drill, now),
+        )
+        for row in config_rows
+    ]
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    ctx = Context(config, args.state_dir)
+    if args.command == "validate":
+        print(validate(ctx))
+    elif args.command == "backup":
+        for manifest in run_backup(ctx, args.policy, args.volume):
+            print(f"{manifest.policy}/{manifest.volume}: archive {manifest.id} "
+                  f"({human_bytes(manifest.size)}, {len(manifest.entries)} objects)")
+    elif args.command == "list":
+        _print_list(args, list_archives(config, args.policy, args.volume))
+    elif args.command == "restore":
+        policy = ctx.policy(args.policy)
+        result = restore_volume(
+            ctx, policy, args.volume, args.archive, args.target or args.volume, args.force
+        )
+        if result.safety_archive:
+            print(f"saved the previous content of {result.target} as archive "
+                  f"{result.safety_archive}")
+        print(f"restored {args.volume} archive {result.archive} into {result.target}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        return _dispatch(args)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"volkeep: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except VolkeepError as error:
+        print(f"volkeep: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("volkeep: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the last line of defence: one line, never a traceback
+        log.debug("internal error", exc_info=True)
+        print(f"volkeep: internal error: {error!r} (run with --log-level debug)", file=sys.stderr)
+        return EXIT_FAILED
