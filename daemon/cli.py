@@ -101,8 +101,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(validate(ctx))
     elif args.command == "backup":
         for manifest in run_backup(ctx, args.policy, args.volume):
-            print(f"{manifest.policy}/{manifest.volume}: archive {manifest.id} "
-                  f"({human_bytes(manifest.size)}, {len(manifest.entries)} objects)")
+            print(
+                f"{manifest.policy}/{manifest.volume}: archive {manifest.id} "
+                f"({human_bytes(manifest.size)}, {len(manifest.entries)} objects)"
+            )
     elif args.command == "list":
         _print_list(args, list_archives(config, args.policy, args.volume))
     elif args.command == "restore":
@@ -111,8 +113,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             ctx, policy, args.volume, args.archive, args.target or args.volume, args.force
         )
         if result.safety_archive:
-            print(f"saved the previous content of {result.target} as archive "
-                  f"{result.safety_archive}")
+            print(
+                f"saved the previous content of {result.target} as archive {result.safety_archive}"
+            )
         print(f"restored {args.volume} archive {result.archive} into {result.target}")
     return EXIT_OK
 

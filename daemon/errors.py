@@ -50,7 +50,7 @@ class UsageError(VolkeepError):
 
 
 class OperationError(VolkeepError):
-    """A backup, restore, drill or prune that did not succeed, addressed by policy/volume/archive."""
+    """A backup, restore, drill or prune that failed, addressed by policy/volume/archive."""
 
     def __init__(
         self,

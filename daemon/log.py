@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -15,7 +16,7 @@ import structlog
 SECRET_WORDS = ("password", "passphrase", "secret", "token", "access_key", "key_file")
 
 
-def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Never let a value under a secret-looking key reach a log line (SPEC §5.6)."""
     for key in event:
         if any(word in key.lower() for word in SECRET_WORDS):

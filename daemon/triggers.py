@@ -21,7 +21,9 @@ def trigger_for(schedule: Schedule, timezone: str, start: datetime | None = None
     if schedule.cron is not None:
         return CronTrigger.from_crontab(schedule.cron, timezone=zone)
     assert schedule.interval is not None
-    return IntervalTrigger(seconds=schedule.interval.total_seconds(), start_date=start, timezone=zone)
+    return IntervalTrigger(
+        seconds=schedule.interval.total_seconds(), start_date=start, timezone=zone
+    )
 
 
 def next_run(schedule: Schedule, timezone: str, now: datetime) -> datetime | None:

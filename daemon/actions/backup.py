@@ -144,6 +144,17 @@ def policy_volumes(api: docker.APIClient, policy: Policy, requested: list[str]) 
     return requested or covered
 
 
+def back_up_one(ctx: Context, policy: Policy, storage: Storage, name: str) -> Manifest:
+    """The steps of one volume's scheduled or manual backup, in order (caller holds the lock)."""
+    api = ctx.docker()
+    volume = require_volume(api, name, policy.name)
+    remove_garbage(storage, policy.name, name)
+    source = BackupSource(
+        policy.name, volume, policy.helper_image, policy.compression, policy.exclude
+    )
+    return back_up_volume(api, storage, source)
+
+
 def run_backup(ctx: Context, policy_name: str, requested: list[str]) -> list[Manifest]:
     """Back up the policy's volumes (or the requested ones), one after another.
 
@@ -151,19 +162,13 @@ def run_backup(ctx: Context, policy_name: str, requested: list[str]) -> list[Man
     """
     policy = ctx.policy(policy_name)
     storage = ctx.storage(policy)
-    api = ctx.docker()
     manifests = []
     failures = []
-    for name in policy_volumes(api, policy, requested):
+    for name in policy_volumes(ctx.docker(), policy, requested):
         with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
             try:
                 with volume_lock(ctx.state_dir, name, f"backup of {policy.name}"):
-                    volume = require_volume(api, name, policy.name)
-                    remove_garbage(storage, policy.name, name)
-                    source = BackupSource(
-                        policy.name, volume, policy.helper_image, policy.compression, policy.exclude
-                    )
-                    manifests.append(back_up_volume(api, storage, source))
+                    manifests.append(back_up_one(ctx, policy, storage, name))
             except OperationError as error:
                 error.policy, error.volume = policy.name, name
                 log.error("backup failed", error=error.message)

@@ -72,7 +72,9 @@ def extract_into(
         try:
             api.put_archive(helper, TARGET, _counted(archive_chunks(storage, checked), progress))
         except docker.errors.APIError as error:
-            raise OperationError(f"the Docker engine failed to extract: {error.explanation}")
+            raise OperationError(
+                f"the Docker engine failed to extract: {error.explanation}"
+            ) from None
     progress.finish()
     root = next((entry for entry in manifest.entries if entry.path == "."), None)
     if root is None:
@@ -81,11 +83,11 @@ def extract_into(
     command = ["sh", "-c", fix_root, "volkeep", f"{root.uid}:{root.gid}", f"{root.mode:o}"]
     command.append(str(int(root.mtime)))
     mounts = [Mount(target, TARGET, read_only=False)]
-    code, _, error = run_helper(
+    code, _, stderr = run_helper(
         api, image, command, mounts, capabilities=WRITE_CAPABILITIES, owner=owner
     )
     if code != 0:
-        raise OperationError(f"cannot restore the volume root's owner and mode: {error}")
+        raise OperationError(f"cannot restore the volume root's owner and mode: {stderr}")
 
 
 def _counted(chunks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import BinaryIO, Protocol
+from typing import IO, BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -15,11 +15,11 @@ DEFAULT_LEVELS = {"zstd": 3, "gzip": 6}
 
 
 class Sink(Protocol):
-    def write(self, data: bytes | memoryview, /) -> object: ...
+    def write(self, data: bytes | bytearray | memoryview, /) -> object: ...
 
 
 class Compressor(Protocol):
-    def write(self, data: bytes | memoryview, /) -> object: ...
+    def write(self, data: bytes | bytearray | memoryview, /) -> object: ...
 
     def finish(self) -> None: ...
 
@@ -28,9 +28,11 @@ class _Zstd:
     def __init__(self, level: int, sink: Sink) -> None:
         threads = max(1, os.cpu_count() or 1)
         context = zstandard.ZstdCompressor(level=level, threads=threads)
-        self._writer = context.stream_writer(sink, closefd=False, write_size=1 << 20)
+        self._writer = context.stream_writer(
+            cast(IO[bytes], sink), closefd=False, write_size=1 << 20
+        )
 
-    def write(self, data: bytes | memoryview) -> object:
+    def write(self, data: bytes | bytearray | memoryview) -> object:
         return self._writer.write(data)
 
     def finish(self) -> None:
@@ -42,7 +44,7 @@ class _Gzip:
         self._sink = sink
         self._compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip framing
 
-    def write(self, data: bytes | memoryview) -> object:
+    def write(self, data: bytes | bytearray | memoryview) -> object:
         return self._sink.write(self._compressor.compress(data))
 
     def finish(self) -> None:
@@ -53,7 +55,7 @@ class _Plain:
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
 
-    def write(self, data: bytes | memoryview) -> object:
+    def write(self, data: bytes | bytearray | memoryview) -> object:
         return self._sink.write(data)
 
     def finish(self) -> None:

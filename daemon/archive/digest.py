@@ -14,7 +14,7 @@ class HashingWriter:
         self._sha256 = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes | memoryview) -> object:
+    def write(self, data: bytes | bytearray | memoryview) -> object:
         self._sha256.update(data)
         self.size += len(data)
         return self._sink.write(data)

@@ -131,7 +131,7 @@ def _checksum_ok(block: bytes) -> bool:
 
 
 Include = Callable[[Member], bool]
-Emit = Callable[[bytes | memoryview], object]
+Emit = Callable[[bytes | bytearray | memoryview], object]
 
 
 class TarScanner:
@@ -171,7 +171,7 @@ class TarScanner:
         self.offset = 0  # bytes of the stream seen so far
         self.members = 0
 
-    def feed(self, data: bytes | memoryview) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         self.offset += len(view)
         while view:
@@ -205,7 +205,7 @@ class TarScanner:
                 f"truncated tar stream: it stops after {self.offset} bytes without an end marker"
             )
 
-    def _out(self, data: bytes | memoryview) -> None:
+    def _out(self, data: bytes | bytearray | memoryview) -> None:
         if self._emit is not None:
             self._emit(data)
 

@@ -49,7 +49,10 @@ def find_archive(
         matching = [key for key in keys if key.id == archive_id]
         if not matching:
             raise OperationError(
-                "no such archive (see volkeep list)", policy=policy, volume=volume, archive=archive_id
+                "no such archive (see volkeep list)",
+                policy=policy,
+                volume=volume,
+                archive=archive_id,
             )
         key = matching[0]
     return key, read_manifest(storage, key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import docker
 import requests
+from docker.utils import kwargs_from_env
 
 from daemon.errors import DockerUnavailable
 
@@ -18,7 +19,7 @@ def connect() -> docker.APIClient:
     Raise DockerUnavailable if the engine does not answer.
     """
     try:
-        api = docker.APIClient(**docker.utils.kwargs_from_env(), timeout=API_TIMEOUT)
+        api = docker.APIClient(**kwargs_from_env(), timeout=API_TIMEOUT)
         api.ping()
     except (docker.errors.DockerException, requests.RequestException, OSError) as error:
         raise DockerUnavailable(f"the Docker engine does not answer: {_reason(error)}") from None

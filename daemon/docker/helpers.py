@@ -7,6 +7,7 @@ driver would record the whole stream and cap it at ~20 MB/s (ENGINE-FACTS.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -94,10 +95,8 @@ def missing_image(image: str) -> OperationError:
 
 
 def remove_container(api: docker.APIClient, container_id: str) -> None:
-    try:
+    with contextlib.suppress(docker.errors.NotFound):
         api.remove_container(container_id, force=True, v=False)
-    except docker.errors.NotFound:
-        pass
 
 
 class HelperOutput:

@@ -69,4 +69,3 @@ def detect_flavour(api: docker.APIClient, image: str) -> TarFlavour:
         _, stdout, stderr = run_helper(api, image, ["tar", "--version"], [])
         _detected[image_id] = parse_flavour(stdout.decode("utf-8", "replace") + stderr)
     return _detected[image_id]
-

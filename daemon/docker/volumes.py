@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -24,9 +25,7 @@ def _info(raw: dict[str, object]) -> VolumeInfo:
 
 
 def all_volumes(api: docker.APIClient) -> list[VolumeInfo]:
-    return sorted(
-        (_info(raw) for raw in api.volumes().get("Volumes") or []), key=lambda v: v.name
-    )
+    return sorted((_info(raw) for raw in api.volumes().get("Volumes") or []), key=lambda v: v.name)
 
 
 def select_volumes(api: docker.APIClient, selector: VolumeSelector) -> list[VolumeInfo]:
@@ -70,7 +69,5 @@ def create_volume(api: docker.APIClient, name: str, labels: dict[str, str] | Non
 
 
 def remove_volume(api: docker.APIClient, name: str) -> None:
-    try:
+    with contextlib.suppress(docker.errors.NotFound):
         api.remove_volume(name, force=True)
-    except docker.errors.NotFound:
-        pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,7 @@ class _LocalUpload:
         self._temporary = final.with_name(f".{final.name}{PARTIAL}")
         self._file = os.fdopen(_create_private(self._temporary), "wb", buffering=WRITE_BUFFER)
 
-    def write(self, data: bytes | memoryview) -> object:
+    def write(self, data: bytes | bytearray | memoryview) -> object:
         return self._file.write(data)
 
     def commit(self) -> None:
@@ -56,10 +57,9 @@ class _LocalUpload:
         publish(self._temporary, self._final)
 
     def abort(self) -> None:
-        try:
+        # The disk that failed a write may fail the flush too; the file goes anyway.
+        with contextlib.suppress(OSError):
             self._file.close()
-        except OSError:
-            pass  # the disk that failed the write may fail the flush too; the file goes anyway
         self._temporary.unlink(missing_ok=True)
 
 
@@ -133,7 +133,7 @@ class LocalStorage:
                     yield ArchiveKey(policy, volume_name, archive_id)
 
     def open_archive(self, key: ArchiveKey, file_name: str) -> BinaryIO:
-        return open(self._directory(key.policy, key.volume) / file_name, "rb")  # noqa: SIM115
+        return open(self._directory(key.policy, key.volume) / file_name, "rb")
 
     def write_record(self, key: ArchiveKey, suffix: str, data: bytes) -> None:
         _write_atomically(self._path(key, suffix), data)
