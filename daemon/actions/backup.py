@@ -167,8 +167,13 @@ def run_backup(ctx: Context, policy_name: str, requested: list[str]) -> list[Man
     for name in policy_volumes(ctx.docker(), policy, requested):
         with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
             try:
-                with volume_lock(ctx.state_dir, name, f"backup of {policy.name}"):
-                    manifests.append(back_up_one(ctx, policy, storage, name))
+                with (
+                    volume_lock(ctx.state_dir, name, f"backup of {policy.name}"),
+                    ctx.history.operation("backup", policy.name, name) as operation,
+                ):
+                    manifest = back_up_one(ctx, policy, storage, name)
+                    operation.archive, operation.bytes = manifest.id, manifest.size
+                    manifests.append(manifest)
             except OperationError as error:
                 error.policy, error.volume = policy.name, name
                 log.error("backup failed", error=error.message)

@@ -11,6 +11,7 @@ from daemon.config.model import Config, Policy
 from daemon.docker.client import connect
 from daemon.errors import UsageError
 from daemon.recovery import remove_leftovers
+from daemon.state import History
 from daemon.storage import Storage, open_storage
 
 
@@ -27,6 +28,10 @@ class Context:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             remove_leftovers(self._api, self.state_dir)
         return self._api
+
+    @property
+    def history(self) -> History:
+        return History(self.state_dir)
 
     def policy(self, name: str) -> Policy:
         try:
