@@ -138,7 +138,8 @@ class TarScanner:
     """Feed it a tar stream piece by piece; it reports members and forwards kept bytes.
 
     `include(member)` is called once each member's header is complete and decides whether
-    its bytes are forwarded to `emit`; `done(member)` is called once its data has passed
+    its bytes are forwarded to `emit`; `done(member)` is called for each kept member once
+    its data has passed
     (with `sha256` set for regular files, unless `digests` is off). `include` may raise to
     stop the stream before the member's bytes are forwarded.
     """
@@ -169,7 +170,6 @@ class TarScanner:
         self._zero_blocks = 0
         self.ended = False
         self.offset = 0  # bytes of the stream seen so far
-        self.members = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -256,7 +256,8 @@ class TarScanner:
             self._out(block)
         self._pending.clear()
         self._extended = {}
-        self._digest = hashlib.sha256() if self._digests and member.type == "file" else None
+        wanted = self._keep and self._digests and member.type == "file"
+        self._digest = hashlib.sha256() if wanted else None
         # Like POSIX readers, only regular files (and unknown types) carry data blocks.
         self._start_data(member.size)
 
@@ -279,8 +280,7 @@ class TarScanner:
             member.sha256 = self._digest.hexdigest()
         self._member = None
         self._digest = None
-        self.members += 1
-        if self._done is not None:
+        if self._keep and self._done is not None:
             self._done(member)
 
     def _on_extended(self, typeflag: bytes, data: bytes) -> None:
