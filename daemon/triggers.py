@@ -6,9 +6,9 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from daemon.config import cron_trigger
 from daemon.config.model import Schedule
 
 
@@ -19,7 +19,8 @@ def trigger_for(schedule: Schedule, timezone: str, start: datetime | None = None
     """
     zone = ZoneInfo(timezone)
     if schedule.cron is not None:
-        return CronTrigger.from_crontab(schedule.cron, timezone=zone)
+        trigger: BaseTrigger = cron_trigger(schedule.cron, zone)
+        return trigger
     assert schedule.interval is not None
     return IntervalTrigger(
         seconds=schedule.interval.total_seconds(), start_date=start, timezone=zone

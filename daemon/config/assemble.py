@@ -28,7 +28,8 @@ from daemon.config.nodes import (
     problem_at,
     read_record,
 )
-from daemon.config.schema import DAEMON, defined_name, parse_policy, parse_storage
+from daemon.config.schema import DAEMON, parse_policy, parse_storage
+from daemon.config.values import defined_name
 from daemon.errors import ConfigProblem
 
 T = TypeVar("T")

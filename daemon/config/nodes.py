@@ -223,6 +223,7 @@ def mapping_entries(
         if id(source) in seen:
             continue
         try:
+            # the merged mapping's own key problems are reported where it is written
             inherited, _ = mapping_entries(source, child_path(path, "<<"), seen)
         except Invalid as error:
             problems += error.problems
@@ -232,7 +233,7 @@ def mapping_entries(
     return list(entries.values()), problems
 
 
-def value_node(node: yaml.Node, key: str) -> yaml.Node:
+def value_of(node: yaml.Node, key: str) -> yaml.Node:
     """Given a mapping node known to be valid and one of its keys, return that key's value node."""
     return next(entry.value_node for entry in mapping_entries(node, "")[0] if entry.name == key)
 

@@ -1,0 +1,166 @@
+"""Converters of the single values the policy schema holds: names, durations, schedules,
+time zones, paths and patterns.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import zoneinfo
+from collections.abc import Collection
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from daemon.config.model import Schedule, VolumeSelector
+from daemon.config.nodes import (
+    Converter,
+    integer,
+    invalid,
+    is_scalar,
+    non_empty_string,
+    string,
+    wrong_type,
+)
+from daemon.config.schedule import parse_duration, parse_schedule
+from daemon.config.suggest import did_you_mean
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+
+
+def defined_name(what: str) -> Converter[str]:
+    """Given what a name names ("policy", "storage"), return a converter of such names."""
+
+    def convert(node: yaml.Node, path: str) -> str:
+        text = string(node, path)
+        if not NAME.fullmatch(text):
+            raise invalid(
+                node,
+                path,
+                f"invalid {what} name {text!r}: use letters, digits, '_', '.' and '-', "
+                "starting with a letter or a digit",
+            )
+        return text
+
+    return convert
+
+
+def volume_name(node: yaml.Node, path: str) -> str:
+    """Given a node naming a Docker volume, return the name. Raise Invalid if Docker refuses it."""
+    text = string(node, path)
+    if not VOLUME_NAME.fullmatch(text):
+        raise invalid(
+            node,
+            path,
+            f"invalid volume name {text!r}: Docker volume names are at least 2 characters, "
+            "letters, digits, '_', '.' and '-', starting with a letter or a digit",
+        )
+    return text
+
+
+def duration(*, allow_zero: bool = False) -> Converter[timedelta]:
+    """Given whether zero is allowed, return a converter of durations: "30s", "10m", "1h30m",
+    or a number of seconds."""
+
+    def convert(node: yaml.Node, path: str) -> timedelta:
+        if is_scalar(node, "int"):
+            text = f"{integer(minimum=0)(node, path)}s"
+        elif is_scalar(node, "str"):
+            text = node.value
+        else:
+            raise wrong_type(node, path, "a duration like '30s', '10m', '2h' or seconds")
+        try:
+            amount = parse_duration(text)
+        except ValueError as error:
+            raise invalid(node, path, str(error)) from None
+        if amount <= timedelta(0) and not allow_zero:
+            raise invalid(node, path, "must be longer than 0")
+        return amount
+
+    return convert
+
+
+def seconds(*, allow_zero: bool = False) -> Converter[float]:
+    """Given whether zero is allowed, return a converter of durations into seconds."""
+    convert_duration = duration(allow_zero=allow_zero)
+
+    def convert(node: yaml.Node, path: str) -> float:
+        return convert_duration(node, path).total_seconds()
+
+    return convert
+
+
+def schedule(node: yaml.Node, path: str) -> Schedule:
+    """Given a node holding a cron expression, "@every 6h" or "@daily", return its Schedule."""
+    try:
+        return parse_schedule(string(node, path))
+    except ValueError as error:
+        raise invalid(node, path, str(error)) from None
+
+
+def timezone(node: yaml.Node, path: str) -> str:
+    """Given a node holding an IANA time zone name ("Europe/Paris"), return the name."""
+    text = string(node, path)
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        hint = did_you_mean(text, known_timezones())
+        raise invalid(node, path, f"unknown time zone {text!r}{hint}") from None
+    return text
+
+
+@functools.cache
+def known_timezones() -> frozenset[str]:
+    """Return the IANA time zone names this host knows, read once."""
+    return frozenset(zoneinfo.available_timezones())
+
+
+def absolute_path(node: yaml.Node, path: str) -> Path:
+    """Given a node holding an absolute path, return the Path. Raise Invalid if relative."""
+    text = non_empty_string(node, path)
+    if not text.startswith("/"):
+        raise invalid(node, path, f"must be an absolute path, got {text!r}")
+    return Path(text)
+
+
+def exclude_pattern(node: yaml.Node, path: str) -> str:
+    """Given a node holding a pattern relative to the volume's root, return the pattern."""
+    text = non_empty_string(node, path)
+    if text.startswith("/") or ".." in PurePosixPath(text).parts:
+        raise invalid(node, path, f"{text!r} must stay inside the volume: no leading '/', no '..'")
+    return text
+
+
+def label_selector(node: yaml.Node, path: str) -> tuple[str, str | None]:
+    """Given "key=value" or "key", return the label key and value (None: the key must exist)."""
+    text = non_empty_string(node, path)
+    key, equals, value = text.partition("=")
+    if not key.strip():
+        raise invalid(node, path, f"label {text!r} needs a key: 'key=value' or 'key'")
+    return key, value if equals else None
+
+
+def match_selector(
+    *, label: tuple[str, str | None] | None = None, name: str | None = None
+) -> VolumeSelector:
+    """Given the label or name glob of a `match:` block, return the VolumeSelector."""
+    if label is not None:
+        return VolumeSelector(label_key=label[0], label_value=label[1])
+    return VolumeSelector(name_glob=name)
+
+
+def storage_reference(storage_names: Collection[str]) -> Converter[str]:
+    """Given the storages defined in any file, return a converter of a reference to one."""
+
+    def convert(node: yaml.Node, path: str) -> str:
+        text = string(node, path)
+        if text not in storage_names:
+            defined = ", ".join(sorted(storage_names))
+            known = f"defined: {defined}" if defined else "no storage is defined"
+            hint = did_you_mean(text, storage_names)
+            raise invalid(node, path, f"unknown storage {text!r}{hint}; {known}")
+        return text
+
+    return convert
