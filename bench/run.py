@@ -13,6 +13,7 @@ targets are stated in, the compression ratio and volkeep's peak RSS per volume.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -93,31 +94,33 @@ def volume_bytes(root: Path) -> int:
 
 def warm(root: Path) -> None:
     """Read the volume into the page cache (the VM evicts pages idle for ~60 s)."""
-    subprocess.run(
-        f"tar -cf - -C '{root}' . | cat > /dev/null",
-        shell=True,
-        check=True,  # noqa: S602
-    )
+    subprocess.run(raw_tar(root), check=True)
 
 
-def timed(command: list[str] | str, *, stdin: Path | None = None, stdout: Path | None = None,
-          shell: bool = False) -> tuple[float, int]:  # fmt: skip
+def raw_tar(root: Path) -> list[str]:
+    """The raw host limit: host tar of the volume's directory, piped to nothing."""
+    return ["sh", "-c", 'tar -cf - -C "$1" . | cat > /dev/null', "raw-tar", str(root)]
+
+
+def timed(
+    command: list[str], *, stdin: Path | None = None, stdout: Path | None = None
+) -> tuple[float, int]:
     """Run a command; return (seconds, peak RSS in KiB of the process itself)."""
-    stdin_file = open(stdin, "rb") if stdin else subprocess.DEVNULL  # noqa: SIM115
-    stdout_file = open(stdout, "wb") if stdout else subprocess.DEVNULL  # noqa: SIM115
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        command, stdin=stdin_file, stdout=stdout_file, stderr=subprocess.PIPE, shell=shell
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    error = process.stderr.read().decode() if process.stderr else ""
-    for handle in (stdin_file, stdout_file):
-        if hasattr(handle, "close"):
-            handle.close()
-    if process.returncode != 0:
-        raise SystemExit(f"failed ({process.returncode}): {command}\n{error[-2000:]}")
+    with (
+        open(stdin or os.devnull, "rb") as stdin_file,
+        open(stdout or os.devnull, "wb") as stdout_file,
+        tempfile.TemporaryFile() as stderr_file,
+    ):
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command, stdin=stdin_file, stdout=stdout_file, stderr=stderr_file
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            stderr_file.seek(0)
+            error = stderr_file.read().decode(errors="replace")
+            raise SystemExit(f"failed: {command}\n{error[-2000:]}")
     return elapsed, usage.ru_maxrss
 
 
@@ -150,10 +153,8 @@ class Bench:
         )
 
     def fresh_target(self) -> None:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             self.api.remove_volume(TARGET, force=True)
-        except docker.errors.NotFound:
-            pass
         subprocess.run(["sync"], check=True)
 
     def median(self, label: str, prepare: Callable[[], None], command: Callable[[], list[str]],
@@ -199,8 +200,7 @@ class Bench:
         results["raw_host"], _ = self.median(
             "raw host: tar -cf - | cat > /dev/null",
             lambda: warm(root),
-            lambda: f"tar -cf - -C '{root}' . | cat > /dev/null",
-            shell=True,
+            lambda: raw_tar(root),
         )
         results["stream_limit"], _ = self.median(
             "container stream limit (log driver none)",
