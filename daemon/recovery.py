@@ -1,45 +1,33 @@
 """Crash recovery: remove what a dead volkeep process left behind (SPEC §5.4).
 
-Helper containers and scratch volumes carry volkeep's labels, naming the volume whose lock
-their operation held. Whatever belongs to a volume nobody holds the lock of is a leftover.
+Helper containers and scratch volumes carry volkeep's labels, naming the process that made
+them (daemon.owner). Whatever belongs to a process that has ended is a leftover; what a
+live volkeep process is using, on this host or another sharing the engine, is left alone.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from pathlib import Path
-
 import docker
 import structlog
 
-from daemon.docker.helpers import LABEL_ROLE, LABEL_VOLUME, remove_container
+from daemon.docker.helpers import LABEL_OWNER, LABEL_ROLE, remove_container
 from daemon.docker.volumes import remove_volume
-from daemon.errors import OperationError
-from daemon.locks import volume_lock
+from daemon.owner import owner_is_gone
 from daemon.storage import Storage
 
 log = structlog.get_logger()
 
 
-def remove_leftovers(api: docker.APIClient, state_dir: Path) -> None:
-    """Remove helper containers and scratch volumes of operations that no longer run."""
-    containers: dict[str, list[str]] = defaultdict(list)
-    scratch: dict[str, list[str]] = defaultdict(list)
+def remove_leftovers(api: docker.APIClient) -> None:
+    """Remove helper containers and scratch volumes whose owning process has ended."""
     for container in api.containers(all=True, filters={"label": LABEL_ROLE}):
-        containers[container["Labels"].get(LABEL_VOLUME, "")].append(container["Id"])
+        if owner_is_gone(container["Labels"].get(LABEL_OWNER, "")):
+            remove_container(api, container["Id"])
+            log.warning("removed a leftover helper container", container=container["Id"][:12])
     for volume in api.volumes(filters={"label": LABEL_ROLE}).get("Volumes") or []:
-        scratch[(volume.get("Labels") or {}).get(LABEL_VOLUME, "")].append(volume["Name"])
-    for owner in sorted(set(containers) | set(scratch)):
-        try:
-            with volume_lock(state_dir, owner or "-", "cleanup"):
-                for container_id in containers[owner]:
-                    remove_container(api, container_id)
-                    log.warning("removed leftover helper container", container=container_id[:12])
-                for name in scratch[owner]:
-                    remove_volume(api, name)
-                    log.warning("removed leftover scratch volume", scratch_volume=name)
-        except OperationError:
-            continue  # its operation is still running in another process
+        if owner_is_gone((volume.get("Labels") or {}).get(LABEL_OWNER, "")):
+            remove_volume(api, volume["Name"])
+            log.warning("removed a leftover scratch volume", scratch_volume=volume["Name"])
 
 
 def remove_garbage(storage: Storage, policy: str, volume: str) -> None:

@@ -1,4 +1,4 @@
-"""Back up volumes: helper tar → parse and digest → compress → hash → publish → manifest."""
+"""Back up volumes: helper tar → parse and digest → compress → hash → publish → manifest → prune."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import docker
+import requests
 import structlog
 
 from daemon.actions.context import Context
+from daemon.actions.prune import prune_after_backup
 from daemon.archive.compression import SUFFIXES, compressor
 from daemon.archive.digest import HashingWriter
 from daemon.archive.exclude import MemberFilter
 from daemon.archive.manifest import Manifest
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
 from daemon.config.model import Compression, Policy
+from daemon.docker.client import engine_failure
 from daemon.docker.helpers import HelperOutput, Mount, helper_container
 from daemon.docker.tarflavour import SOURCE, detect_flavour
 from daemon.docker.volumes import VolumeInfo, require_volume, select_volumes
@@ -82,6 +85,9 @@ def back_up_volume(api: docker.APIClient, storage: Storage, source: BackupSource
         except TarFormatError as error:
             upload.abort()
             raise OperationError(f"unreadable tar stream from the helper: {error}") from None
+        except (docker.errors.APIError, requests.RequestException) as error:
+            upload.abort()  # (Docker's errors are OSErrors too: they must come first)
+            raise engine_failure(error) from None
         except OSError as error:
             upload.abort()
             raise OperationError(
@@ -152,7 +158,9 @@ def back_up_one(ctx: Context, policy: Policy, storage: Storage, name: str) -> Ma
     source = BackupSource(
         policy.name, volume, policy.helper_image, policy.compression, policy.exclude
     )
-    return back_up_volume(api, storage, source)
+    manifest = back_up_volume(api, storage, source)
+    prune_after_backup(ctx, policy, storage, name)
+    return manifest
 
 
 def run_backup(ctx: Context, policy_name: str, requested: list[str]) -> list[Manifest]:

@@ -26,7 +26,7 @@ class Context:
         if self._api is None:
             self._api = connect()
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            remove_leftovers(self._api, self.state_dir)
+            remove_leftovers(self._api)
         return self._api
 
     @property

@@ -6,7 +6,7 @@ import docker
 import requests
 from docker.utils import kwargs_from_env
 
-from daemon.errors import DockerUnavailable
+from daemon.errors import DockerUnavailable, OperationError
 
 # Streams can stall for long stretches (a slow disk, a huge file); operations are bounded
 # by cancellation, not by a socket timeout.
@@ -24,6 +24,12 @@ def connect() -> docker.APIClient:
     except (docker.errors.DockerException, requests.RequestException, OSError) as error:
         raise DockerUnavailable(f"the Docker engine does not answer: {_reason(error)}") from None
     return api
+
+
+def engine_failure(error: Exception) -> OperationError:
+    """Given an error the Docker SDK raised mid-operation, return the error to report."""
+    explanation = getattr(error, "explanation", None) or _reason(error)
+    return OperationError(f"the Docker engine failed: {explanation}")
 
 
 def _reason(error: Exception) -> str:

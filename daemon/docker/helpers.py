@@ -7,8 +7,6 @@ driver would record the whole stream and cap it at ~20 MB/s (ENGINE-FACTS.md).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
 import struct
 from collections.abc import Iterator, Sequence
@@ -21,10 +19,11 @@ from docker.types import LogConfig
 from docker.types import Mount as DockerMount
 
 from daemon.errors import OperationError
+from daemon.owner import this_process
 
 LABEL_ROLE = "volkeep.role"
 LABEL_VOLUME = "volkeep.volume"
-LABEL_PID = "volkeep.pid"
+LABEL_OWNER = "volkeep.owner"  # host:pid:start of the process that made it (daemon.owner)
 FRAME_HEADER = struct.Struct(">BxxxL")
 READ_BUFFER = 1 << 20
 STDERR_LIMIT = 64 << 10
@@ -41,7 +40,7 @@ class Mount:
 
 
 def helper_labels(volume: str, role: str = "helper") -> dict[str, str]:
-    return {LABEL_ROLE: role, LABEL_VOLUME: volume, LABEL_PID: str(os.getpid())}
+    return {LABEL_ROLE: role, LABEL_VOLUME: volume, LABEL_OWNER: this_process()}
 
 
 @contextmanager
@@ -95,8 +94,13 @@ def missing_image(image: str) -> OperationError:
 
 
 def remove_container(api: docker.APIClient, container_id: str) -> None:
-    with contextlib.suppress(docker.errors.NotFound):
+    try:
         api.remove_container(container_id, force=True, v=False)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as error:
+        if error.status_code != 409:  # 409: its removal is already in progress
+            raise
 
 
 class HelperOutput:

@@ -130,7 +130,7 @@ def test_sparse_members_are_refused() -> None:
         ("a//b", "a/b"),
         ("/etc/x", "/etc/x"),
         ("./../x", "../x"),
-    ],  # fmt: skip
+    ],
 )
 def test_names_are_normalized_without_hiding_escapes(name: str, normalized: str) -> None:
     assert normalize_path(name) == normalized
