@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,7 @@ from daemon import __version__
 from daemon.archive.tarstream import Member
 
 FORMAT_VERSION = 1
+ENTRIES_MARKER = b',\n "entries": ['  # the entries come last, after the summary
 
 
 class ManifestError(ValueError):
@@ -41,6 +43,12 @@ class Manifest:
     entries: list[Member] = field(default_factory=list)
 
     def to_json(self) -> bytes:
+        return b"".join(self.json_chunks())
+
+    def json_chunks(self) -> Iterator[bytes]:
+        """Yield the manifest's JSON piece by piece: the summary first, then one entry per
+        line, so that writing the manifest of a million files needs no million dicts and
+        readers that need only the summary can stop before the entries."""
         document = {
             "format": FORMAT_VERSION,
             "tool": {"name": "volkeep", "version": self.tool_version},
@@ -66,15 +74,26 @@ class Manifest:
             "tar": {"flavour": self.tar_flavour, "size": self.tar_size},
             "exclude": self.exclude,
             "entry_count": len(self.entries),
-            "entries": [entry.to_json() for entry in self.entries],
         }
-        return json.dumps(document, indent=1).encode()
+        yield json.dumps(document, indent=1)[:-2].encode() + ENTRIES_MARKER
+        separator = b"\n"
+        for entry in self.entries:
+            yield separator + json.dumps(entry.to_json()).encode()
+            separator = b",\n"
+        yield b"\n ]\n}\n"
 
     @classmethod
-    def from_json(cls, raw: bytes) -> Manifest:
-        """Given the bytes of a manifest file, return the Manifest; raise ManifestError."""
+    def from_json(cls, raw: bytes, *, entries: bool = True) -> Manifest:
+        """Given the bytes of a manifest file, return the Manifest; raise ManifestError.
+
+        With `entries=False` the entries are not read (listing needs only the summary).
+        """
         try:
-            document: dict[str, Any] = json.loads(raw)
+            marker = raw.find(ENTRIES_MARKER) if not entries else -1
+            if marker >= 0:
+                document: dict[str, Any] = json.loads(raw[:marker] + b', "entries": []}')
+            else:
+                document = json.loads(raw)
             if document.get("format") != FORMAT_VERSION:
                 raise ManifestError(f"unknown manifest format {document.get('format')!r}")
             archive = document["archive"]

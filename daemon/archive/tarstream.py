@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 BLOCK = 512
@@ -35,7 +35,7 @@ class TarFormatError(ValueError):
     """The stream is not a tar stream volkeep can read (corrupt, truncated or unsupported)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Member:
     """One file system object of a tar stream, as the manifest records it."""
 
@@ -48,7 +48,7 @@ class Member:
     mtime: float
     link: str | None = None  # symlink target as written, or hard link target path
     sha256: str | None = None  # content digest of regular files, set once the data has passed
-    xattrs: dict[str, str] = field(default_factory=dict)
+    xattrs: dict[str, str] | None = None  # extended attributes, when the tar carried them
 
     def to_json(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -78,7 +78,7 @@ class Member:
             mtime=entry["mtime"],
             link=entry["link"],
             sha256=entry["sha256"],
-            xattrs=entry.get("xattrs", {}),
+            xattrs=entry.get("xattrs"),
         )
 
 
@@ -324,7 +324,8 @@ class TarScanner:
                 key.removeprefix("SCHILY.xattr."): value
                 for key, value in records.items()
                 if key.startswith("SCHILY.xattr.")
-            },
+            }
+            or None,
         )
 
 

@@ -7,7 +7,7 @@ only archives whose manifest exists.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -49,7 +49,7 @@ class Storage(Protocol):
 
     def new_archive(self, key: ArchiveKey, suffix: str) -> ArchiveUpload: ...
 
-    def write_manifest(self, key: ArchiveKey, data: bytes) -> None:
+    def write_manifest(self, key: ArchiveKey, data: bytes | Iterable[bytes]) -> None:
         """Publish the manifest atomically: this commits the archive."""
         ...
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -63,10 +63,11 @@ class _LocalUpload:
         self._temporary.unlink(missing_ok=True)
 
 
-def _write_atomically(final: Path, data: bytes) -> None:
+def _write_atomically(final: Path, data: bytes | Iterable[bytes]) -> None:
     upload = _LocalUpload(final)
     try:
-        upload.write(data)
+        for piece in [data] if isinstance(data, bytes) else data:
+            upload.write(piece)
         upload.commit()
     except BaseException:
         upload.abort()
@@ -104,7 +105,7 @@ class LocalStorage:
     def new_archive(self, key: ArchiveKey, suffix: str) -> _LocalUpload:
         return _LocalUpload(self._path(key, suffix))
 
-    def write_manifest(self, key: ArchiveKey, data: bytes) -> None:
+    def write_manifest(self, key: ArchiveKey, data: bytes | Iterable[bytes]) -> None:
         _write_atomically(self._path(key, MANIFEST_SUFFIX), data)
 
     def read_manifest(self, key: ArchiveKey) -> bytes:
