@@ -7,8 +7,11 @@ driver would record the whole stream and cap it at ~20 MB/s (ENGINE-FACTS.md).
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import socket
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,10 +29,16 @@ LABEL_VOLUME = "volkeep.volume"
 LABEL_OWNER = "volkeep.owner"  # host:pid:start of the process that made it (daemon.owner)
 FRAME_HEADER = struct.Struct(">BxxxL")
 READ_BUFFER = 1 << 20
+PIECE_SIZE = 1 << 20
+QUEUE_DEPTH = 8
 STDERR_LIMIT = 64 << 10
 
 READ_CAPABILITIES = ("DAC_READ_SEARCH",)  # read every file whatever its mode, change nothing
 WRITE_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID")
+
+# The helpers this process has created and not yet removed, for `kill_helpers`.
+_live_helpers: set[str] = set()
+_live_helpers_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -80,10 +89,32 @@ def helper_container(
     except docker.errors.ImageNotFound:
         raise missing_image(image) from None
     container_id: str = container["Id"]
+    with _live_helpers_lock:
+        _live_helpers.add(container_id)
     try:
         yield container_id
     finally:
+        with _live_helpers_lock:
+            _live_helpers.discard(container_id)
         remove_container(api, container_id)
+
+
+def kill_helpers(api: docker.APIClient) -> int:
+    """Kill every running helper container of this process, so that the operations reading
+    or feeding them fail and clean up as on any failure; return how many were running.
+
+    A helper that is created but not started yet is not killed: call again.
+    """
+    with _live_helpers_lock:
+        helpers = sorted(_live_helpers)
+    killed = 0
+    for container_id in helpers:
+        try:
+            api.kill(container_id)
+            killed += 1
+        except docker.errors.APIError:
+            continue  # not started yet, or already gone
+    return killed
 
 
 def missing_image(image: str) -> OperationError:
@@ -117,37 +148,79 @@ class HelperOutput:
         self._stderr = bytearray()
         api.start(container_id)
 
-    def chunks(self) -> Iterator[memoryview]:
-        """Yield stdout as memoryviews, each valid only until the next one is asked for."""
+    def chunks(self) -> Iterator[bytes]:
+        """Yield stdout in pieces of about a MiB, read ahead by a thread.
+
+        The thread waits on the socket while the caller parses, digests and compresses the
+        previous piece; at most QUEUE_DEPTH pieces wait in memory.
+        """
+        pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=QUEUE_DEPTH)
+        stop = threading.Event()
+        reader = threading.Thread(target=self._read, args=(pieces, stop), daemon=True)
+        reader.start()
+        try:
+            while (piece := pieces.get()) is not None:
+                if isinstance(piece, BaseException):
+                    raise piece
+                yield piece
+        finally:
+            stop.set()
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
+            reader.join()
+            self._socket.close()
+
+    def _read(
+        self, pieces: queue.Queue[bytes | BaseException | None], stop: threading.Event
+    ) -> None:
+        def hand_over(item: bytes | BaseException | None) -> None:
+            while not stop.is_set():
+                try:
+                    pieces.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        try:
+            batch = bytearray()
+            for stream, payload in self._frames(stop):
+                if stream == 1:
+                    batch += payload
+                    if len(batch) >= PIECE_SIZE:
+                        hand_over(bytes(batch))
+                        batch.clear()
+                elif len(self._stderr) < STDERR_LIMIT:
+                    self._stderr += payload
+            if batch:
+                hand_over(bytes(batch))
+            hand_over(None)
+        except BaseException as error:  # handed to the consumer, raised there
+            hand_over(error)
+
+    def _frames(self, stop: threading.Event) -> Iterator[tuple[int, memoryview]]:
+        """Yield (stream, payload) of each frame; a payload is valid until the next one."""
         buffer = bytearray(READ_BUFFER)
         view = memoryview(buffer)
         start = end = 0
-        try:
-            while True:
-                while end - start >= FRAME_HEADER.size:
-                    stream, length = FRAME_HEADER.unpack_from(buffer, start)
-                    frame_end = start + FRAME_HEADER.size + length
-                    if frame_end > end:
-                        break
-                    payload = view[start + FRAME_HEADER.size : frame_end]
-                    start = frame_end
-                    if stream == 1:
-                        yield payload
-                    elif len(self._stderr) < STDERR_LIMIT:
-                        self._stderr += payload
-                if start:
-                    buffer[: end - start] = buffer[start:end]
-                    end -= start
-                    start = 0
-                if end == len(buffer):  # a frame larger than the buffer: move to a larger one
-                    buffer = bytearray(buffer) + bytearray(len(buffer))
-                    view = memoryview(buffer)
-                received = self._socket.recv_into(view[end:])
-                if not received:
-                    return
-                end += received
-        finally:
-            self._socket.close()
+        while not stop.is_set():
+            while end - start >= FRAME_HEADER.size:
+                stream, length = FRAME_HEADER.unpack_from(buffer, start)
+                frame_end = start + FRAME_HEADER.size + length
+                if frame_end > end:
+                    break
+                yield stream, view[start + FRAME_HEADER.size : frame_end]
+                start = frame_end
+            if start:
+                buffer[: end - start] = buffer[start:end]
+                end -= start
+                start = 0
+            if end == len(buffer):  # a frame larger than the buffer: move to a larger one
+                buffer = bytearray(buffer) + bytearray(len(buffer))
+                view = memoryview(buffer)
+            received = self._socket.recv_into(view[end:])
+            if not received:
+                return
+            end += received
 
     def wait(self) -> int:
         """Wait for the helper to exit and return its exit code."""

@@ -1,4 +1,5 @@
-"""Which tar the helper image has, and the best flags it offers for a backup.
+"""Which tar the helper image has, the best flags it offers for a backup, and the stream of
+a volume it writes.
 
 What each flavour keeps on backup (restore goes through the Engine's archive endpoint,
 which restores everything the stream carries, whatever tar made it):
@@ -15,11 +16,13 @@ which restores everything the stream carries, whatever tar made it):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import docker
 
-from daemon.docker.helpers import missing_image, run_helper
+from daemon.docker.helpers import HelperOutput, Mount, helper_container, missing_image, run_helper
+from daemon.errors import OperationError
 
 SOURCE = "/src"
 
@@ -69,3 +72,20 @@ def detect_flavour(api: docker.APIClient, image: str) -> TarFlavour:
         _, stdout, stderr = run_helper(api, image, ["tar", "--version"], [])
         _detected[image_id] = parse_flavour(stdout.decode("utf-8", "replace") + stderr)
     return _detected[image_id]
+
+
+def volume_tar(
+    api: docker.APIClient, image: str, flavour: TarFlavour, volume: str, owner: str | None = None
+) -> Iterator[bytes]:
+    """Given a volume, yield the tar stream of its content as a helper's tar writes it
+    (read-only mount, attach socket).
+
+    Raise OperationError if the tar fails.
+    """
+    command = flavour.create_command()
+    with helper_container(api, image, command, [Mount(volume, SOURCE)], owner=owner) as helper:
+        output = HelperOutput(api, helper)
+        yield from output.chunks()
+        exit_code = output.wait()
+    if exit_code != 0:
+        raise OperationError(f"the helper's tar failed (exit {exit_code}): {output.stderr}")
