@@ -8,7 +8,6 @@ driver would record the whole stream and cap it at ~20 MB/s (ENGINE-FACTS.md).
 from __future__ import annotations
 
 import contextlib
-import queue
 import socket
 import struct
 import threading
@@ -23,6 +22,7 @@ from docker.types import Mount as DockerMount
 
 from daemon.errors import OperationError
 from daemon.owner import this_process
+from daemon.readahead import read_ahead
 
 LABEL_ROLE = "volkeep.role"
 LABEL_VOLUME = "volkeep.volume"
@@ -149,60 +149,36 @@ class HelperOutput:
         api.start(container_id)
 
     def chunks(self) -> Iterator[bytes]:
-        """Yield stdout in pieces of about a MiB, read ahead by a thread.
-
-        The thread waits on the socket while the caller parses, digests and compresses the
-        previous piece; at most QUEUE_DEPTH pieces wait in memory.
-        """
-        pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=QUEUE_DEPTH)
-        stop = threading.Event()
-        reader = threading.Thread(target=self._read, args=(pieces, stop), daemon=True)
-        reader.start()
+        """Yield stdout in pieces of about a MiB, read ahead by a thread while the caller
+        parses, digests and compresses the previous piece."""
         try:
-            while (piece := pieces.get()) is not None:
-                if isinstance(piece, BaseException):
-                    raise piece
-                yield piece
+            yield from read_ahead(self._pieces(), QUEUE_DEPTH, interrupt=self._interrupt)
         finally:
-            stop.set()
-            with contextlib.suppress(OSError):
-                self._socket.shutdown(socket.SHUT_RDWR)
-            reader.join()
             self._socket.close()
 
-    def _read(
-        self, pieces: queue.Queue[bytes | BaseException | None], stop: threading.Event
-    ) -> None:
-        def hand_over(item: bytes | BaseException | None) -> None:
-            while not stop.is_set():
-                try:
-                    pieces.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
+    def _interrupt(self) -> None:
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
 
-        try:
-            batch = bytearray()
-            for stream, payload in self._frames(stop):
-                if stream == 1:
-                    batch += payload
-                    if len(batch) >= PIECE_SIZE:
-                        hand_over(bytes(batch))
-                        batch.clear()
-                elif len(self._stderr) < STDERR_LIMIT:
-                    self._stderr += payload
-            if batch:
-                hand_over(bytes(batch))
-            hand_over(None)
-        except BaseException as error:  # handed to the consumer, raised there
-            hand_over(error)
+    def _pieces(self) -> Iterator[bytes]:
+        batch = bytearray()
+        for stream, payload in self._frames():
+            if stream == 1:
+                batch += payload
+                if len(batch) >= PIECE_SIZE:
+                    yield bytes(batch)
+                    batch.clear()
+            elif len(self._stderr) < STDERR_LIMIT:
+                self._stderr += payload
+        if batch:
+            yield bytes(batch)
 
-    def _frames(self, stop: threading.Event) -> Iterator[tuple[int, memoryview]]:
+    def _frames(self) -> Iterator[tuple[int, memoryview]]:
         """Yield (stream, payload) of each frame; a payload is valid until the next one."""
         buffer = bytearray(READ_BUFFER)
         view = memoryview(buffer)
         start = end = 0
-        while not stop.is_set():
+        while True:
             while end - start >= FRAME_HEADER.size:
                 stream, length = FRAME_HEADER.unpack_from(buffer, start)
                 frame_end = start + FRAME_HEADER.size + length
