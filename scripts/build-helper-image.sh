@@ -1,8 +1,18 @@
 #!/bin/sh
-# Build volkeep's helper image locally from Debian's busybox-static, with no registry.
-# Usage: scripts/build-helper-image.sh [IMAGE]   (default: volkeep-helper:busybox)
+# Build a volkeep helper image locally, with no registry: Debian's busybox-static for sh,
+# find, rm, chown, touch...; with --gnu-tar, the host's GNU tar (and the libraries it
+# needs) replaces busybox's tar.
+# Usage: scripts/build-helper-image.sh [--gnu-tar] [IMAGE]
+#        (default IMAGE: volkeep-helper:busybox, or volkeep-helper:gnutar with --gnu-tar)
 set -eu
-image="${1:-volkeep-helper:busybox}"
+gnu_tar=0
+if [ "${1:-}" = --gnu-tar ]; then
+    gnu_tar=1
+    shift
+fi
+default=volkeep-helper:busybox
+[ "$gnu_tar" = 1 ] && default=volkeep-helper:gnutar
+image="${1:-$default}"
 busybox=/bin/busybox
 if [ ! -x "$busybox" ] || ! "$busybox" --list >/dev/null 2>&1; then
     echo "build-helper-image: $busybox missing; install Debian's busybox-static" >&2
@@ -15,6 +25,15 @@ cp "$busybox" "$root/bin/busybox"
 for applet in $("$busybox" --list); do
     [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
 done
+if [ "$gnu_tar" = 1 ]; then
+    rm "$root/bin/tar"
+    cp /bin/tar "$root/bin/tar"
+    # the shared libraries and the loader, at the paths the binary asks for
+    for library in $(ldd /bin/tar | grep -o '/[^ ]*'); do
+        mkdir -p "$root$(dirname "$library")"
+        cp -L "$library" "$root$library"
+    done
+fi
 echo 'root:x:0:0:root:/:/bin/sh' > "$root/etc/passwd"
 echo 'root:x:0:' > "$root/etc/group"
 tar -C "$root" -c . | docker import --change 'CMD ["/bin/sh"]' - "$image" >/dev/null

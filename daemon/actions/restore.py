@@ -29,6 +29,7 @@ from daemon.docker.volumes import create_volume, inspect_volume, remove_volume
 from daemon.errors import OperationError
 from daemon.locks import volume_lock
 from daemon.progress import Progress
+from daemon.readahead import read_ahead
 from daemon.storage import Storage
 
 log = structlog.get_logger()
@@ -70,7 +71,9 @@ def extract_into(
     progress = Progress(f"restoring into {target}", total=manifest.tar_size)
     with helper_container(api, image, ["true"], [Mount(target, TARGET, read_only=False)]) as helper:
         try:
-            api.put_archive(helper, TARGET, _counted(archive_chunks(storage, checked), progress))
+            # The next pieces are read, checked and decompressed while dockerd takes these.
+            pieces = read_ahead(archive_chunks(storage, checked))
+            api.put_archive(helper, TARGET, _counted(pieces, progress))
         except docker.errors.APIError as error:
             raise OperationError(
                 f"the Docker engine failed to extract: {error.explanation}"

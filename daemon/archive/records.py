@@ -14,10 +14,15 @@ from daemon.storage.base import DRILL_SUFFIX
 
 @dataclass(frozen=True)
 class DrillRecord:
+    policy: str
+    volume: str
+    archive: str
     passed: bool
     finished: datetime
     duration: float  # seconds for the whole drill
-    restore_seconds: float  # of which the restore into the scratch volume: the real RTO
+    # of which the restore (check, then extract into the scratch volume), as `volkeep
+    # restore` would take: the real RTO; 0 if the drill failed before restoring
+    restore_seconds: float
     bytes: int  # tar bytes restored
     reason: str | None = None  # why it failed
     differences: list[str] = field(default_factory=list)  # the first differences found
@@ -29,10 +34,16 @@ class DrillRecord:
     def verdict(self) -> str:
         return "passed" if self.passed else "failed"
 
+    @property
+    def restore_rate(self) -> float | None:
+        """Tar bytes restored per second, or None if nothing was restored."""
+        return self.bytes / self.restore_seconds if self.restore_seconds else None
+
     def to_json(self) -> dict[str, object]:
         document = asdict(self)
         document["finished"] = self.finished.isoformat()
         document["verdict"] = self.verdict
+        document["restore_rate"] = self.restore_rate
         return document
 
 
@@ -49,6 +60,7 @@ def read_drill_record(storage: Storage, key: ArchiveKey) -> DrillRecord | None:
     try:
         document = json.loads(raw)
         document.pop("verdict", None)
+        document.pop("restore_rate", None)
         document["finished"] = datetime.fromisoformat(document["finished"])
         return DrillRecord(**document)
     except (ValueError, KeyError, TypeError):

@@ -10,19 +10,36 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import zstandard
 
-from daemon.archive.compression import decompressing_reader
+from daemon.archive.compare import Comparison, compare_trees
+from daemon.archive.compression import SUFFIXES, decompressing_reader
 from daemon.archive.digest import HashingReader
 from daemon.archive.manifest import Manifest, ManifestError
 from daemon.archive.safety import PathGuard, UnsafeMember
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
 from daemon.errors import HostileArchive, OperationError
+from daemon.readahead import read_ahead
 from daemon.storage import ArchiveKey, Storage
 
 READ_SIZE = 1 << 20
 SAFETY_SUFFIX = "-safety"
+
+
+class MembersDiffer(OperationError):
+    """The archive's members are not the objects its manifest lists."""
+
+    def __init__(self, key: ArchiveKey, comparison: Comparison) -> None:
+        summary = comparison.summary() or "in order"
+        super().__init__(
+            f"the archive's members differ from its manifest's entries: {summary}",
+            policy=key.policy,
+            volume=key.volume,
+            archive=key.id,
+        )
+        self.comparison = comparison
 
 
 @dataclass(frozen=True)
@@ -32,35 +49,62 @@ class Verified:
     members: list[Member]  # as found in the archive, in stream order
 
 
+def backup_keys(storage: Storage, policy: str, volume: str) -> list[ArchiveKey]:
+    """Given a volume, return the keys of its committed backups (no safety archives),
+    newest first."""
+    keys = (key for key in storage.committed(policy, volume) if not key.id.endswith(SAFETY_SUFFIX))
+    return sorted(keys, reverse=True)
+
+
+def find_key(storage: Storage, policy: str, volume: str, archive_id: str | None) -> ArchiveKey:
+    """Given an archive id (None or "latest": the newest backup), return its key.
+
+    Safety archives are only found by their id. An archive file whose manifest is gone is
+    found too, so that reading it says "manifest missing". Raise OperationError if there is
+    none.
+    """
+    if archive_id in (None, "latest"):
+        keys = backup_keys(storage, policy, volume)
+        if not keys:
+            raise OperationError("no archive in the storage", policy=policy, volume=volume)
+        return keys[0]
+    key = ArchiveKey(policy, volume, archive_id)
+    if key in set(storage.committed(policy, volume)):
+        return key
+    if "/" not in archive_id and _has_archive_file(storage, key):
+        return key
+    raise OperationError(
+        "no such archive (see volkeep list)", policy=policy, volume=volume, archive=archive_id
+    )
+
+
+def _has_archive_file(storage: Storage, key: ArchiveKey) -> bool:
+    for suffix in SUFFIXES.values():
+        try:
+            storage.open_archive(key, key.file_name(suffix)).close()
+        except FileNotFoundError:
+            continue
+        return True
+    return False
+
+
 def find_archive(
     storage: Storage, policy: str, volume: str, archive_id: str | None
 ) -> tuple[ArchiveKey, Manifest]:
     """Given an archive id (None or "latest": the newest backup), return its key and manifest.
 
-    Safety archives are only found by their id. Raise OperationError if there is none.
+    Raise OperationError if there is none, or if its manifest is missing or unreadable.
     """
-    keys = sorted(storage.committed(policy, volume), reverse=True)
-    if archive_id in (None, "latest"):
-        keys = [key for key in keys if not key.id.endswith(SAFETY_SUFFIX)]
-        if not keys:
-            raise OperationError("no archive in the storage", policy=policy, volume=volume)
-        key = keys[0]
-    else:
-        matching = [key for key in keys if key.id == archive_id]
-        if not matching:
-            raise OperationError(
-                "no such archive (see volkeep list)",
-                policy=policy,
-                volume=volume,
-                archive=archive_id,
-            )
-        key = matching[0]
+    key = find_key(storage, policy, volume, archive_id)
     return key, read_manifest(storage, key)
 
 
-def read_manifest(storage: Storage, key: ArchiveKey) -> Manifest:
+def read_manifest(storage: Storage, key: ArchiveKey, *, entries: bool = True) -> Manifest:
+    """Return the archive's manifest (without its entries if `entries` is off).
+
+    Raise OperationError if it is missing or unreadable."""
     try:
-        return Manifest.from_json(storage.read_manifest(key))
+        return Manifest.from_json(storage.read_manifest(key), entries=entries)
     except FileNotFoundError:
         raise _error(key, "manifest missing") from None
     except ManifestError as error:
@@ -80,11 +124,17 @@ def _stream(
         with storage.open_archive(key, manifest.archive_file) as stored:
             hashing = HashingReader(stored)
             reader = decompressing_reader(manifest.compression, hashing)  # type: ignore[arg-type]
-            while piece := reader.read(READ_SIZE):
-                scanner.feed(piece)
-                yield
+            try:
+                # Reading, hashing and decompressing run a few pieces ahead, in a thread,
+                # while this one parses and digests.
+                for piece in read_ahead(iter(partial(reader.read, READ_SIZE), b""), 4):
+                    scanner.feed(piece)
+                    yield
+            except (zstandard.ZstdError, zlib.error, EOFError, TarFormatError):
+                _hash_the_rest(hashing)  # a damaged archive is not a truncated one
+                raise
             if not scanner.ended:
-                hashing.read()  # hash what lies after a truncated stream, for the right verdict
+                _hash_the_rest(hashing)
     except FileNotFoundError:
         raise _error(key, "archive file missing") from None
     except UnsafeMember as error:
@@ -104,6 +154,12 @@ def _stream(
         raise _error(key, f"truncated archive: {error}") from None
 
 
+def _hash_the_rest(hashing: HashingReader) -> None:
+    """Read the stored bytes after a stream that stopped early, for the right verdict."""
+    while hashing.read(READ_SIZE):
+        pass
+
+
 def _check_digest(key: ArchiveKey, manifest: Manifest, hashing: HashingReader) -> None:
     if hashing.size < manifest.size:
         raise _error(key, f"truncated archive: {hashing.size} of {manifest.size} bytes")
@@ -113,7 +169,8 @@ def _check_digest(key: ArchiveKey, manifest: Manifest, hashing: HashingReader) -
 
 def verify_archive(storage: Storage, key: ArchiveKey, manifest: Manifest) -> Verified:
     """Read the whole archive; return its members if it is intact, safe and matches its
-    manifest. Raise OperationError (HostileArchive for unsafe members) otherwise."""
+    manifest. Raise OperationError (HostileArchive for unsafe members, MembersDiffer for
+    members that are not the manifest's entries) otherwise."""
     guard = PathGuard()
     members: list[Member] = []
 
@@ -125,7 +182,7 @@ def verify_archive(storage: Storage, key: ArchiveKey, manifest: Manifest) -> Ver
     for _ in _stream(storage, key, manifest, scanner):
         pass
     if [m.path for m in members] != [e.path for e in manifest.entries]:
-        raise _error(key, "the archive's members differ from its manifest's entries")
+        raise MembersDiffer(key, compare_trees(manifest.entries, members))
     return Verified(key, manifest, members)
 
 

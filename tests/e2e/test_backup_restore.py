@@ -12,7 +12,7 @@ from pathlib import Path
 
 import docker
 
-from tests.e2e.conftest import Workspace, mountpoint
+from tests.e2e.conftest import ROOT, Workspace, mountpoint
 from tests.support.tree import build_fidelity_tree, differences, snapshot
 
 
@@ -137,9 +137,14 @@ def test_kill_9_mid_backup_leaves_no_listed_archive_and_the_next_run_cleans_up(
     process = subprocess.Popen(workspace.command("backup", "app"), stderr=subprocess.DEVNULL)
     directory = workspace.storage / "app" / source
     deadline = time.monotonic() + 60
-    while not list(directory.glob(".*.partial")) and time.monotonic() < deadline:
+
+    def streaming() -> bool:
+        partial = list(directory.glob(".*.partial"))
+        return bool(partial) and partial[0].stat().st_size > 0
+
+    while not streaming() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert list(directory.glob(".*.partial")), "the backup never started writing"
+    assert streaming(), "the backup never started writing"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
 
@@ -259,3 +264,30 @@ def test_helpers_run_locked_down(api, volumes, workspace, helper_image):
         raise AssertionError("the helper outlived its block")
     except docker.errors.NotFound:
         pass
+
+
+def test_a_gnu_tar_helper_also_keeps_extended_attributes_and_sub_second_mtimes(
+    api, volumes, workspace
+):
+    subprocess.run([ROOT / "scripts" / "build-helper-image.sh", "--gnu-tar"], check=True)
+    workspace.helper_image = "volkeep-helper:gnutar"
+    source = volumes("gnu")
+    root = mountpoint(api, source)
+    build_fidelity_tree(root)
+    os.setxattr(root / "small.txt", "user.origin", b"volkeep test")
+    os.utime(root / "zero", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    workspace.write_config({"app": {"volumes": [source]}})
+    backup = workspace.run("backup", "app")
+    assert backup.returncode == 0, backup.stderr
+    manifest = json.loads(next(workspace.storage.glob(f"app/{source}/*.manifest.json")).read_text())
+    assert manifest["tar"]["flavour"] == "gnu"
+    target = source + "_restored"
+    try:
+        restore = workspace.run("restore", "app", "--volume", source, "--to", target)
+        assert restore.returncode == 0, restore.stderr
+        restored = mountpoint(api, target)
+        assert differences(snapshot(root), snapshot(restored)) == []
+        assert os.getxattr(restored / "small.txt", "user.origin") == b"volkeep test"
+        assert os.stat(restored / "zero").st_mtime_ns == 1_700_000_000_123_456_789
+    finally:
+        api.remove_volume(target, force=True)

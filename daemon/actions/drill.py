@@ -1,0 +1,277 @@
+"""Restore drills: prove, object by object, that an archive restores.
+
+For each volume the policy has archives of in its storage, under the volume's lock:
+
+1. Choose the archives: `--archive ID`, or the policy's `drill.archive` (latest, random,
+   oldest-unverified), at most `drill.max_per_run` of them.
+2. Read the archive's manifest and check the archive whole (`verify_archive`): size and
+   SHA-256, path safety, members against the manifest's entries.
+3. Restore it into a fresh scratch volume through the restore code path (`extract_into`:
+   the Engine's archive endpoint on a helper container, then the volume root's fix-up).
+4. Read the scratch volume back through a helper's tar stream, digesting files as they
+   pass, and compare every object with the manifest (`compare_trees`).
+5. Remove the scratch volume on every path out (it carries volkeep's labels, so the next
+   volkeep start removes it after a crash), then write the verdict beside the archive and
+   in the run history.
+
+Nothing is copied outside the scratch volume: the archive streams from storage twice (the
+check, the restore) and the restored tree streams once.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import docker
+import requests
+import structlog
+
+from daemon.actions.context import Context
+from daemon.actions.restore import extract_into
+from daemon.archive.compare import Comparison, compare_trees
+from daemon.archive.records import DrillRecord, read_drill_record, write_drill_record
+from daemon.archive.tarstream import Member, TarFormatError, TarScanner
+from daemon.archive.verify import (
+    MembersDiffer,
+    backup_keys,
+    find_key,
+    read_manifest,
+    verify_archive,
+)
+from daemon.config.model import DrillChoice, DrillConfig, Policy
+from daemon.docker.client import engine_failure
+from daemon.docker.helpers import helper_labels
+from daemon.docker.tarflavour import detect_flavour, volume_tar
+from daemon.docker.volumes import create_volume, remove_volume
+from daemon.errors import OperationError, UsageError
+from daemon.progress import Progress
+from daemon.storage import ArchiveKey, Storage
+
+log = structlog.get_logger()
+SCRATCH_PREFIX = "volkeep-drill-"
+NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+class DrillFailed(OperationError):
+    """A drill found the archive wanting, or could not prove it restorable."""
+
+    def __init__(self, record: DrillRecord) -> None:
+        super().__init__(
+            record.reason or "drill failed",
+            policy=record.policy,
+            volume=record.volume,
+            archive=record.archive,
+        )
+        self.record = record
+
+
+def run_drill(
+    ctx: Context,
+    policy_name: str,
+    volumes: list[str],
+    archive_id: str | None,
+    report: Callable[[DrillRecord], None] | None = None,
+) -> list[DrillRecord]:
+    """Given a policy, the volumes asked for (none: every volume it has archives of in its
+    storage) and an archive id (None: the policy's drill choice), drill them one after
+    another; return the verdicts, each also written beside its archive and in the run
+    history, and given to `report` as it is reached.
+
+    Raise UsageError if an archive id is given for other than one volume. Every volume is
+    attempted; raise OperationError at the end if any drill failed or could not run.
+    """
+    policy = ctx.policy(policy_name)
+    storage = ctx.storage(policy)
+    names = volumes or storage.volumes(policy.name)
+    if archive_id is not None and len(names) != 1:
+        raise UsageError("--archive names an archive of one volume: add --volume")
+    if not names:
+        raise OperationError("no archive in the storage to drill", policy=policy.name)
+    api = ctx.docker()
+    records: list[DrillRecord] = []
+    failures: list[OperationError] = []
+    for name in names:
+        with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
+            try:
+                with ctx.volume_lock(name, f"drill of {policy.name}"):
+                    for key in choose_archives(storage, policy, name, archive_id):
+                        try:
+                            record = _recorded_drill(ctx, api, storage, policy, key)
+                        except DrillFailed as failure:
+                            record = failure.record
+                            failures.append(failure)
+                        records.append(record)
+                        if report is not None:
+                            report(record)
+            except OperationError as error:
+                error.policy, error.volume = policy.name, name
+                log.error("drill failed", error=error.message)
+                failures.append(error)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        addresses = ", ".join(
+            "/".join(part for part in (failure.volume, failure.archive) if part)
+            for failure in failures
+        )
+        raise OperationError(f"{len(failures)} drills failed: {addresses}", policy=policy.name)
+    return records
+
+
+def choose_archives(
+    storage: Storage, policy: Policy, volume: str, archive_id: str | None
+) -> list[ArchiveKey]:
+    """Given a volume and an archive id (None: the policy's drill choice), return the keys
+    of the archives to drill. Raise OperationError if there is none."""
+    if archive_id is not None:
+        return [find_key(storage, policy.name, volume, archive_id)]
+    settings = policy.drill or DrillConfig()
+    keys = backup_keys(storage, policy.name, volume)
+    if not keys:
+        raise OperationError("no archive in the storage", policy=policy.name, volume=volume)
+    last_drilled: dict[ArchiveKey, datetime] = {}
+    if settings.archive == "oldest-unverified":
+        for key in keys:
+            if (record := read_drill_record(storage, key)) is not None:
+                last_drilled[key] = record.finished
+    return pick_archives(keys, settings.archive, settings.max_per_run, last_drilled)
+
+
+def pick_archives(
+    keys: list[ArchiveKey],
+    choice: DrillChoice,
+    count: int,
+    last_drilled: dict[ArchiveKey, datetime],
+    chance: random.Random | None = None,
+) -> list[ArchiveKey]:
+    """Given a volume's backups (newest first), return up to `count` of them to drill:
+
+    - latest: the newest;
+    - random: any, uniformly;
+    - oldest-unverified: those never drilled, oldest first; then the others, least recently
+      drilled first, so that every archive is drilled again in turn (a failed one too).
+    """
+    if choice == "latest":
+        return keys[:count]
+    if choice == "random":
+        return (chance or random.SystemRandom()).sample(keys, min(count, len(keys)))
+
+    def order(key: ArchiveKey) -> tuple[bool, datetime, str]:
+        return key in last_drilled, last_drilled.get(key, NEVER), key.id
+
+    return sorted(keys, key=order)[:count]
+
+
+def _recorded_drill(
+    ctx: Context, api: docker.APIClient, storage: Storage, policy: Policy, key: ArchiveKey
+) -> DrillRecord:
+    """Given an archive (the caller holds its volume's lock), drill it and record the verdict
+    beside the archive and in the run history; return it. Raise DrillFailed with the
+    verdict if it failed, OperationError if the verdict cannot be written."""
+    with (
+        structlog.contextvars.bound_contextvars(archive=key.id),
+        ctx.history.operation("drill", policy.name, key.volume) as operation,
+    ):
+        operation.archive = key.id
+        log.info("drill started", helper_image=policy.helper_image)
+        record = drill_archive(api, storage, policy.helper_image, key)
+        operation.bytes = record.bytes
+        try:
+            write_drill_record(storage, key, record)
+        except OSError as error:
+            raise OperationError(
+                f"cannot write the drill record to storage {storage.name!r}: "
+                f"{error.strerror or error}"
+            ) from None
+        if not record.passed:
+            log.error(
+                "drill failed",
+                reason=record.reason,
+                differences=record.difference_count,
+                seconds=round(record.duration, 2),
+            )
+            raise DrillFailed(record)
+        log.info(
+            "drill passed",
+            bytes=record.bytes,
+            restore_seconds=round(record.restore_seconds, 2),
+            seconds=round(record.duration, 2),
+        )
+        return record
+
+
+def drill_archive(
+    api: docker.APIClient, storage: Storage, image: str, key: ArchiveKey
+) -> DrillRecord:
+    """Given an archive, check it, restore it into a scratch volume with the helper image,
+    compare what comes back with its manifest, and return the verdict (not yet recorded).
+
+    Failures of the archive or of the drill are the verdict, not exceptions.
+    """
+    started = time.monotonic()
+    restore_seconds, restored, comparison, reason = 0.0, 0, Comparison(), None
+    try:
+        manifest = read_manifest(storage, key)
+        checked = verify_archive(storage, key, manifest)
+        with scratch_volume(api, key.volume) as scratch:
+            extract_into(api, storage, checked, image, scratch, key.volume)
+            restore_seconds, restored = time.monotonic() - started, manifest.tar_size
+            found = read_back(api, image, scratch, key.volume, manifest.tar_size)
+        comparison = compare_trees(manifest.entries, found)
+        reason = comparison.summary() or None
+    except MembersDiffer as error:
+        comparison, reason = error.comparison, error.message
+    except OperationError as error:
+        reason = error.message
+    except (docker.errors.APIError, requests.RequestException) as error:
+        reason = engine_failure(error).message
+    return DrillRecord(
+        policy=key.policy,
+        volume=key.volume,
+        archive=key.id,
+        passed=reason is None,
+        finished=datetime.now(UTC),
+        duration=time.monotonic() - started,
+        restore_seconds=restore_seconds,
+        bytes=restored,
+        reason=reason,
+        differences=comparison.differences,
+        difference_count=comparison.count,
+    )
+
+
+@contextmanager
+def scratch_volume(api: docker.APIClient, source: str) -> Iterator[str]:
+    """Create an empty volume labelled as the scratch volume of a drill of `source`, yield
+    its name, and remove it on every path out."""
+    name = f"{SCRATCH_PREFIX}{secrets.token_hex(6)}"
+    create_volume(api, name, helper_labels(source, role="scratch"))
+    try:
+        yield name
+    finally:
+        remove_volume(api, name)
+
+
+def read_back(
+    api: docker.APIClient, image: str, volume: str, owner: str, expected_size: int
+) -> list[Member]:
+    """Given a volume, return its objects as a helper's tar stream describes them, regular
+    files digested as they pass. Raise OperationError if the stream fails."""
+    members: list[Member] = []
+    scanner = TarScanner(done=members.append)
+    progress = Progress(f"reading back {volume}", total=expected_size)
+    try:
+        for chunk in volume_tar(api, image, detect_flavour(api, image), volume, owner):
+            scanner.feed(chunk)
+            progress.advance(len(chunk))
+        scanner.close()
+    except TarFormatError as error:
+        raise OperationError(f"unreadable tar stream from the scratch volume: {error}") from None
+    finally:
+        progress.finish()
+    return members
