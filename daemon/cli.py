@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
 
 import structlog
 
 from daemon import __version__
 from daemon.actions.backup import run_backup
 from daemon.actions.context import Context
+from daemon.actions.drill import run_drill
 from daemon.actions.listing import drill_summary, list_archives
+from daemon.actions.prune import run_prune
 from daemon.actions.restore import restore_volume
+from daemon.actions.status import collect_status, describe_status
 from daemon.actions.validate import validate
+from daemon.archive.records import DrillRecord
 from daemon.config import load_config
+from daemon.config.model import Policy
 from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, VolkeepError
 from daemon.log import configure_logging
 from daemon.progress import human_bytes
+from daemon.retention import Decision, format_duration
+from daemon.scheduler import run_daemon
 
 log = structlog.get_logger()
 
@@ -50,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    commands.add_parser("run", help="the daemon: scheduled backups and drills until SIGTERM")
+
     commands.add_parser("validate", help="check the config and show what it covers")
 
     backup = commands.add_parser("backup", help="back up a policy's volumes now")
@@ -69,6 +81,25 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--force", action="store_true", help="replace a non-empty target (saved first)"
     )
+
+    prune = commands.add_parser("prune", help="apply retention now: keep or delete, and why")
+    prune.add_argument("policy")
+    prune.add_argument("--volume", action="append", default=[], help="only this volume")
+    prune.add_argument("--dry-run", action="store_true", help="show the decisions, change nothing")
+
+    drill = commands.add_parser(
+        "drill", help="restore archives into a scratch volume and compare them with their manifest"
+    )
+    drill.add_argument("policy")
+    drill.add_argument("--volume", action="append", default=[], help="only this volume")
+    drill.add_argument(
+        "--archive", help="archive id, or latest (default: the policy's drill.archive choice)"
+    )
+
+    status = commands.add_parser(
+        "status", help="per volume: last backup, last drill, next runs; and the daemon"
+    )
+    status.add_argument("--json", action="store_true")
     return parser
 
 
@@ -94,9 +125,51 @@ def _print_list(args: argparse.Namespace, config_rows: list) -> None:  # type: i
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
+def _describe_rules(policy: Policy) -> str:
+    """Given a policy, return its keep rules as written ("keep_last 2, keep_within 10d")."""
+    rules = [
+        f"{name} {format_duration(value) if isinstance(value, timedelta) else value}"
+        for name, value in vars(policy.retention).items()
+        if value is not None
+    ]
+    if not rules:
+        return "no keep rules: every archive is kept"
+    return f"{', '.join(rules)} (calendar in {policy.timezone})"
+
+
+def _print_prune(policy: Policy, dry_run: bool, volume: str, decisions: list[Decision]) -> None:
+    """Print one volume's decisions under its rules, newest first: keep or delete, the id,
+    the reasons."""
+    print(f"{policy.name}/{volume}: {_describe_rules(policy)}")
+    width = max((len(decision.id) for decision in decisions), default=0)
+    for decision in decisions:
+        action = "keep" if decision.keep else "delete"
+        reasons = ", ".join(decision.reasons) or "no keep rule matches"
+        print(f"  {action:<6}  {decision.id:<{width}}  {reasons}")
+    deleted = sum(not decision.keep for decision in decisions)
+    outcome = f"{deleted} to delete (dry run: nothing deleted)" if dry_run else f"{deleted} deleted"
+    print(f"  {len(decisions) - deleted} kept, {outcome}")
+
+
+def _print_drill(record: DrillRecord) -> None:
+    """Print one drill's verdict: passed with the restore time, or FAILED and why."""
+    address = f"{record.policy}/{record.volume} {record.archive}"
+    if not record.passed:
+        print(f"{address}: FAILED: {record.reason}")
+        return
+    rate = f", {human_bytes(record.restore_rate)}/s" if record.restore_rate else ""
+    print(
+        f"{address}: passed, {human_bytes(record.bytes)} restored in "
+        f"{record.restore_seconds:.1f}s{rate}"
+    )
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     ctx = Context(config, args.state_dir)
+    ctx.recover()
+    if args.command == "run":
+        return run_daemon(config, args.config, args.state_dir)
     if args.command == "validate":
         print(validate(ctx))
     elif args.command == "backup":
@@ -117,12 +190,31 @@ def _dispatch(args: argparse.Namespace) -> int:
                 f"saved the previous content of {result.target} as archive {result.safety_archive}"
             )
         print(f"restored {args.volume} archive {result.archive} into {result.target}")
+    elif args.command == "prune":
+        report = functools.partial(_print_prune, ctx.policy(args.policy), args.dry_run)
+        run_prune(ctx, args.policy, args.volume, args.dry_run, report=report)
+    elif args.command == "drill":
+        run_drill(ctx, args.policy, args.volume, args.archive, report=_print_drill)
+    elif args.command == "status":
+        now = datetime.now(UTC)
+        status = collect_status(config, args.state_dir, now)
+        print(json.dumps(status.to_json(), indent=1) if args.json else describe_status(status, now))
     return EXIT_OK
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind, so that every `finally` runs (containers start again)."""
+
+
+def _terminate(signal_number: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the unwinding
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_format, args.log_level)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return _dispatch(args)
     except ConfigError as error:
@@ -135,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("volkeep: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("volkeep: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as error:  # the last line of defence: one line, never a traceback
         log.debug("internal error", exc_info=True)
         print(f"volkeep: internal error: {error!r} (run with --log-level debug)", file=sys.stderr)

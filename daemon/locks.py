@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,11 +30,18 @@ def _holder(path: Path) -> str:
 
 @contextmanager
 def volume_lock(
-    state_dir: Path, volume: str, operation: str, *, wait: float = 0.0
+    state_dir: Path,
+    volume: str,
+    operation: str,
+    *,
+    wait: float = 0.0,
+    cancel: threading.Event | None = None,
 ) -> Iterator[None]:
-    """Hold the volume's lock for the block; wait up to `wait` seconds for it.
+    """Hold the volume's lock for the block; wait up to `wait` seconds for it, or until
+    `cancel` is set.
 
-    Raise OperationError naming the holder if the volume stays busy.
+    Raise OperationError naming the holder if the volume stays busy, or saying the wait was
+    cancelled.
     """
     path = _lock_path(state_dir, volume)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -44,6 +52,11 @@ def volume_lock(
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if cancel is not None and cancel.is_set():
+                    raise OperationError(
+                        f"not started: volkeep is stopping (the volume was busy: {_holder(path)})",
+                        volume=volume,
+                    ) from None
                 if time.monotonic() >= deadline:
                     raise OperationError(
                         f"volume is busy: {_holder(path)}; try again when it is done",

@@ -1,11 +1,19 @@
-"""Progress on a terminal (bytes, rate, ETA); silent when stderr is not a TTY."""
+"""Progress on a terminal (bytes, rate, ETA); silent when stderr is not a TTY.
+
+The daemon reads the progress of the operation a thread runs (`progress_of`) for the
+status line it gives systemd.
+"""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
+import weakref
 
 REFRESH_SECONDS = 0.25
+
+_by_thread: weakref.WeakValueDictionary[int, Progress] = weakref.WeakValueDictionary()
 
 
 def human_bytes(count: float) -> str:
@@ -24,6 +32,7 @@ class Progress:
         self.done = 0
         self.started = time.monotonic()
         self._shown = 0.0
+        _by_thread[threading.get_ident()] = self
 
     def advance(self, count: int) -> None:
         self.done += count
@@ -31,19 +40,28 @@ class Progress:
             self._shown = now
             self._show(now)
 
-    def _show(self, now: float) -> None:
+    def describe(self, now: float) -> str:
+        """Return the progress at monotonic time `now`: bytes (of total, %), rate, ETA."""
         elapsed = max(now - self.started, 1e-6)
         rate = self.done / elapsed
-        line = f"{self.label}: {human_bytes(self.done)}"
+        line = human_bytes(self.done)
         if self.total:
             line += f" of {human_bytes(self.total)} ({100 * self.done / self.total:.0f}%)"
         line += f", {human_bytes(rate)}/s"
         if self.total and rate > 0:
             line += f", ETA {max(self.total - self.done, 0) / rate:.0f}s"
-        sys.stderr.write(f"\r\033[K{line}")
+        return line
+
+    def _show(self, now: float) -> None:
+        sys.stderr.write(f"\r\033[K{self.label}: {self.describe(now)}")
         sys.stderr.flush()
 
     def finish(self) -> None:
         if self.enabled:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
+
+
+def progress_of(thread: int) -> Progress | None:
+    """Given a thread id, return the progress of the operation it runs now, if any."""
+    return _by_thread.get(thread)

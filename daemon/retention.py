@@ -161,11 +161,11 @@ def _within_reasons(
     the reason the rule keeps it for ("within 10d"), or None.
     """
     latest = max((c.created for c in ordered if c.created <= now), default=now)
-    reason = f"within {_format_duration(within)}"
+    reason = f"within {format_duration(within)}"
     return [reason if candidate.created > latest - within else None for candidate in ordered]
 
 
-def _format_duration(duration: timedelta) -> str:
+def format_duration(duration: timedelta) -> str:
     """Given a duration, return it as an operator writes it: "10d", "1d12h", "90m" as "1h30m"."""
     seconds = int(duration.total_seconds())
     parts = []

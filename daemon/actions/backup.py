@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,16 +20,25 @@ from daemon.archive.manifest import Manifest
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
 from daemon.config.model import Compression, Policy
 from daemon.docker.client import engine_failure
-from daemon.docker.helpers import HelperOutput, Mount, helper_container
-from daemon.docker.tarflavour import SOURCE, detect_flavour
+from daemon.docker.containers import containers_to_stop, containers_using
+from daemon.docker.tarflavour import detect_flavour, volume_tar
 from daemon.docker.volumes import VolumeInfo, require_volume, select_volumes
 from daemon.errors import OperationError, UsageError
-from daemon.locks import volume_lock
+from daemon.hooks import after_hooks, run_before_hooks
+from daemon.journal import containers_stopped
 from daemon.progress import Progress
 from daemon.recovery import remove_garbage
 from daemon.storage import Storage
 
 log = structlog.get_logger()
+
+
+def storage_failure(storage: Storage, error: OSError) -> OperationError:
+    """Given the error writing to a storage raised, return the error to report."""
+    return OperationError(
+        f"cannot write to storage {storage.name!r} ({storage.describe()}): "
+        f"{error.strerror or error}"
+    )
 
 
 def archive_stamp(moment: datetime) -> str:
@@ -47,21 +57,31 @@ class BackupSource:
     kind: str = "backup"
 
 
-def back_up_volume(api: docker.APIClient, storage: Storage, source: BackupSource) -> Manifest:
+def back_up_volume(
+    api: docker.APIClient,
+    storage: Storage,
+    source: BackupSource,
+    on_stream_end: Callable[[], None] | None = None,
+) -> Manifest:
     """Stream the volume through a helper's tar into a new archive and publish it.
 
     The archive is written under a temporary name and published only once complete; the
-    manifest is written last. Raise OperationError if anything fails, leaving nothing
-    listed behind. The caller holds the volume's lock.
+    manifest is written last. `on_stream_end` is called once the helper's tar has ended
+    well, before the archive is completed (containers stopped for the backup start again
+    there). Raise OperationError if anything fails, leaving nothing listed behind. The
+    caller holds the volume's lock.
     """
     flavour = detect_flavour(api, source.image)
     started = datetime.now(UTC)
     stamp = archive_stamp(started) + ("-safety" if source.kind == "safety" else "")
-    key = storage.allocate_id(source.policy, source.volume.name, stamp)
+    try:
+        key = storage.allocate_id(source.policy, source.volume.name, stamp)
+        upload = storage.new_archive(key, SUFFIXES[source.compression.algorithm])
+    except OSError as error:
+        raise storage_failure(storage, error) from None
     archive_file = key.file_name(SUFFIXES[source.compression.algorithm])
     with structlog.contextvars.bound_contextvars(volume=source.volume.name, archive=key.id):
         log.info("backup started", kind=source.kind, tar=flavour.name, storage=storage.name)
-        upload = storage.new_archive(key, SUFFIXES[source.compression.algorithm])
         try:
             stored = HashingWriter(upload)
             packer = compressor(source.compression, stored)
@@ -69,16 +89,12 @@ def back_up_volume(api: docker.APIClient, storage: Storage, source: BackupSource
             entries: list[Member] = []
             scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.append)
             progress = Progress(f"backing up {source.volume.name}")
-            mounts = [Mount(source.volume.name, SOURCE)]
-            with helper_container(api, source.image, flavour.create_command(), mounts) as helper:
-                output = HelperOutput(api, helper)
-                for chunk in output.chunks():
-                    scanner.feed(chunk)
-                    progress.advance(len(chunk))
-                exit_code = output.wait()
+            for chunk in volume_tar(api, source.image, flavour, source.volume.name):
+                scanner.feed(chunk)
+                progress.advance(len(chunk))
+            if on_stream_end is not None:
+                on_stream_end()
             progress.finish()
-            if exit_code != 0:
-                raise OperationError(f"the helper's tar failed (exit {exit_code}): {output.stderr}")
             scanner.close()
             packer.finish()
             upload.commit()
@@ -90,10 +106,7 @@ def back_up_volume(api: docker.APIClient, storage: Storage, source: BackupSource
             raise engine_failure(error) from None
         except OSError as error:
             upload.abort()
-            raise OperationError(
-                f"cannot write to storage {storage.name!r} ({storage.describe()}): "
-                f"{error.strerror or error}"
-            ) from None
+            raise storage_failure(storage, error) from None
         except BaseException:
             upload.abort()
             raise
@@ -120,7 +133,7 @@ def back_up_volume(api: docker.APIClient, storage: Storage, source: BackupSource
             entries=entries,
         )
         try:
-            storage.write_manifest(key, manifest.to_json())
+            storage.write_manifest(key, manifest.json_chunks())
         except OSError as error:
             raise OperationError(
                 f"cannot write the manifest to storage {storage.name!r}: {error.strerror or error}"
@@ -158,8 +171,16 @@ def back_up_one(ctx: Context, policy: Policy, storage: Storage, name: str) -> Ma
     source = BackupSource(
         policy.name, volume, policy.helper_image, policy.compression, policy.exclude
     )
-    manifest = back_up_volume(api, storage, source)
-    prune_after_backup(ctx, policy, storage, name)
+    hooks = policy.hooks_for(name)
+    with after_hooks(api, hooks.after):
+        run_before_hooks(api, hooks.before)
+        detect_flavour(api, policy.helper_image)  # a missing image fails before any stop
+        stopping = containers_to_stop(containers_using(api, name), policy.stop_containers)
+        with containers_stopped(
+            api, ctx.state_dir, policy.name, name, stopping, policy.stop_timeout
+        ) as start_again:
+            manifest = back_up_volume(api, storage, source, on_stream_end=start_again)
+        prune_after_backup(ctx, policy, storage, name)
     return manifest
 
 
@@ -176,7 +197,7 @@ def run_backup(ctx: Context, policy_name: str, requested: list[str]) -> list[Man
         with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
             try:
                 with (
-                    volume_lock(ctx.state_dir, name, f"backup of {policy.name}"),
+                    ctx.volume_lock(name, f"backup of {policy.name}"),
                     ctx.history.operation("backup", policy.name, name) as operation,
                 ):
                     manifest = back_up_one(ctx, policy, storage, name)

@@ -49,7 +49,7 @@ def list_archives(
         storage = open_storage(config.storages[config.policies[name].storage])
         for key in storage.committed(name, volume):
             try:
-                manifest = Manifest.from_json(storage.read_manifest(key))
+                manifest = Manifest.from_json(storage.read_manifest(key), entries=False)
             except (OSError, ManifestError):
                 continue
             rows.append(ArchiveRow(key, manifest, read_drill_record(storage, key)))
@@ -61,10 +61,11 @@ def drill_summary(drill: DrillRecord | None, now: datetime) -> str:
     """Return "passed 2d ago", "FAILED 3h ago" or "never"."""
     if drill is None:
         return "never"
-    return f"{'passed' if drill.passed else 'FAILED'} {_age(now - drill.finished)} ago"
+    return f"{'passed' if drill.passed else 'FAILED'} {age(now - drill.finished)} ago"
 
 
-def _age(delta: timedelta) -> str:
+def age(delta: timedelta) -> str:
+    """Given a duration, return it roughly, in its largest unit: "2d", "3h", "5m", "40s"."""
     seconds = int(delta.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from daemon.actions.context import Context
 from daemon.config.model import Policy, Schedule
+from daemon.docker.containers import containers_to_stop, containers_using
 from daemon.docker.volumes import select_volumes
 from daemon.errors import DockerUnavailable
 from daemon.triggers import next_run
@@ -20,7 +21,8 @@ def _next(schedule: Schedule | None, policy: Policy, now: datetime) -> str:
 
 
 def validate(ctx: Context) -> str:
-    """Return the summary of a valid config: policies, volumes matched now, next runs."""
+    """Return the summary of a valid config: policies, volumes matched now (and the running
+    containers their backups would stop), next runs."""
     config = ctx.config
     now = datetime.now(UTC)
     lines = [
@@ -40,6 +42,11 @@ def validate(ctx: Context) -> str:
             lines.append(f"  volumes now: {', '.join(names) or '(none)'}")
             if missing:
                 lines.append(f"  missing volumes: {', '.join(missing)}")
+            for name in names:
+                stopping = containers_to_stop(containers_using(api, name), policy.stop_containers)
+                if stopping:
+                    listed = ", ".join(container.name for container in stopping)
+                    lines.append(f"  stops during the backup of {name}: {listed}")
         lines.append(f"  backup: {_next(policy.schedule, policy, now)}")
         if policy.drill is not None:
             lines.append(f"  drill: {_next(policy.drill.schedule, policy, now)}")

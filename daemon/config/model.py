@@ -6,6 +6,7 @@ The loader (`daemon.config.load`) turns YAML files into these objects or raises
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -49,6 +50,10 @@ class StorageConfig:
 class Compression:
     algorithm: CompressionAlgorithm = "zstd"
     level: int | None = None
+
+
+# Docker Compose labels the volumes (and containers) it creates with their project's name.
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,13 @@ class Policy:
     retention: RetentionRules = field(default_factory=RetentionRules)
     drill: DrillConfig | None = None
     hooks: Hooks = field(default_factory=Hooks)
+    volume_hooks: Mapping[str, Hooks] = field(default_factory=dict, hash=False)
+
+    def hooks_for(self, volume: str) -> Hooks:
+        """Given a volume, return the hooks around its backup: the policy's before hooks, then
+        the volume's; after the backup the volume's after hooks, then the policy's."""
+        own = self.volume_hooks.get(volume, Hooks())
+        return Hooks(self.hooks.before + own.before, own.after + self.hooks.after)
 
 
 @dataclass(frozen=True)

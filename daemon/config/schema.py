@@ -29,12 +29,16 @@ from daemon.config.model import (
 from daemon.config.nodes import (
     Converter,
     Entry,
+    Invalid,
     boolean,
+    child_path,
     choice,
     integer,
     invalid,
     list_of,
+    mapping_entries,
     non_empty_string,
+    problem_at,
     record,
     source_of,
     string,
@@ -133,9 +137,9 @@ DRILL = record(
     into=DrillConfig,
 )
 MATCH = record(
-    {"label": label_selector, "name": non_empty_string},
+    {"label": label_selector, "name": non_empty_string, "compose_project": non_empty_string},
     into=match_selector,
-    exactly_one_of=("label", "name"),
+    exactly_one_of=("label", "name", "compose_project"),
 )
 DAEMON = record(
     {"max_parallel": integer(minimum=1), "shutdown_timeout": duration(allow_zero=True)},
@@ -163,7 +167,40 @@ def policy_fields(storage_names: Collection[str]) -> dict[str, Converter[Any]]:
         "retention": RETENTION,
         "drill": DRILL,
         "hooks": HOOKS,
+        "volume_hooks": volume_hooks,
     }
+
+
+def volume_hooks(node: yaml.Node, path: str) -> dict[str, Hooks]:
+    """Given a mapping of volume names to hooks ({before: [...], after: [...]}), return it."""
+    entries, problems = mapping_entries(node, path)
+    hooks: dict[str, Hooks] = {}
+    for entry in entries:
+        entry_path = child_path(path, entry.name)
+        try:
+            hooks[volume_name(entry.key_node, entry_path)] = HOOKS(entry.value_node, entry_path)
+        except Invalid as error:
+            problems += error.problems
+    if problems:
+        raise Invalid(problems)
+    return hooks
+
+
+def check_hooked_volumes(node: yaml.Node, path: str, volumes: Collection[str]) -> None:
+    """Given a policy's node with `volume_hooks` and the volumes it lists, raise Invalid for
+    each hooked volume it does not back up: those hooks would never run."""
+    hooked, _ = mapping_entries(value_of(node, "volume_hooks"), "")
+    problems = [
+        problem_at(
+            entry.key_node,
+            child_path(child_path(path, "volume_hooks"), entry.name),
+            f"volume {entry.name!r} is not in this policy's volumes: its hooks would never run",
+        )
+        for entry in hooked
+        if entry.name not in volumes
+    ]
+    if problems:
+        raise Invalid(problems)
 
 
 def parse_storage(entry: Entry, path: str) -> StorageConfig:
@@ -183,6 +220,8 @@ def parse_policy(entry: Entry, path: str, storage_names: Collection[str]) -> Pol
         *, volumes: tuple[str, ...] = (), match: VolumeSelector | None = None, **values: Any
     ) -> Policy:
         selector = match or VolumeSelector(names=volumes)
+        if volumes and "volume_hooks" in values:
+            check_hooked_volumes(entry.value_node, path, volumes)
         return Policy(
             name=entry.name, source=source_of(entry.key_node), selector=selector, **values
         )

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from daemon.config.model import Schedule, VolumeSelector
+from daemon.config.model import COMPOSE_PROJECT_LABEL, Schedule, VolumeSelector
 from daemon.config.nodes import (
     Converter,
     integer,
@@ -143,9 +143,15 @@ def label_selector(node: yaml.Node, path: str) -> tuple[str, str | None]:
 
 
 def match_selector(
-    *, label: tuple[str, str | None] | None = None, name: str | None = None
+    *,
+    label: tuple[str, str | None] | None = None,
+    name: str | None = None,
+    compose_project: str | None = None,
 ) -> VolumeSelector:
-    """Given the label or name glob of a `match:` block, return the VolumeSelector."""
+    """Given the label, name glob or Compose project of a `match:` block, return the
+    VolumeSelector; a Compose project is its label on the volumes Compose created."""
+    if compose_project is not None:
+        return VolumeSelector(label_key=COMPOSE_PROJECT_LABEL, label_value=compose_project)
     if label is not None:
         return VolumeSelector(label_key=label[0], label_value=label[1])
     return VolumeSelector(name_glob=name)

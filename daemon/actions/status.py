@@ -1,0 +1,291 @@
+"""`volkeep status`: per policy and volume, the last backup, the last drill and the next runs,
+and whether the daemon runs.
+
+It reads the state dir (run history, schedule anchors, the daemon's pid and heartbeat
+files) and the storages (newest archive, drill verdicts, which every host sees), and lists
+the engine's volumes only to find those a `match` selects: it works whether or not the
+daemon runs, and without the engine. It changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+from daemon.actions.listing import age, drill_summary
+from daemon.archive.manifest import Manifest, ManifestError
+from daemon.archive.records import DrillRecord, read_drill_record
+from daemon.config.model import Config, Policy, Schedule
+from daemon.docker.client import connect
+from daemon.docker.volumes import select_volumes
+from daemon.errors import DockerUnavailable
+from daemon.locks import is_locked
+from daemon.progress import human_bytes
+from daemon.state import Heartbeat, History, OperationRecord, daemon_running, read_heartbeat
+from daemon.storage import Storage, open_storage
+from daemon.triggers import first_run, next_run
+
+STALE_HEARTBEAT_SECONDS = 60  # the daemon rewrites it at least every 10 s
+
+
+@dataclass(frozen=True)
+class Upcoming:
+    """A scheduled job's next run. `overdue`: the daemon is not running and a run is due,
+    so it will run as soon as the daemon starts."""
+
+    schedule: str
+    next_run: datetime | None
+    overdue: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "schedule": self.schedule,
+            "next_run": self.next_run.isoformat() if self.next_run else None,
+            "overdue": self.overdue,
+        }
+
+
+@dataclass(frozen=True)
+class VolumeStatus:
+    name: str
+    last_backup: OperationRecord | None  # from this host's run history
+    newest_archive: Manifest | None  # from the storage
+    last_drill: DrillRecord | None  # from the storage: the most recent verdict
+
+    def to_json(self) -> dict[str, object]:
+        backup = self.last_backup
+        archive = self.newest_archive
+        drill = self.last_drill
+        return {
+            "name": self.name,
+            "last_backup": None
+            if backup is None
+            else {
+                "started": backup.started.isoformat(),
+                "finished": backup.finished.isoformat() if backup.finished else None,
+                "outcome": backup.outcome,
+                "archive": backup.archive,
+                "bytes": backup.bytes,
+                "error": backup.error,
+            },
+            "newest_archive": None
+            if archive is None
+            else {"id": archive.id, "created": archive.started.isoformat(), "size": archive.size},
+            "last_drill": None
+            if drill is None
+            else {
+                "archive": drill.archive,
+                "verdict": drill.verdict,
+                "finished": drill.finished.isoformat(),
+                "restore_seconds": drill.restore_seconds,
+                "reason": drill.reason,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    name: str
+    backup: Upcoming | None  # None: not scheduled
+    drill: Upcoming | None
+    volumes: list[VolumeStatus]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "backup": self.backup.to_json() if self.backup else None,
+            "drill": self.drill.to_json() if self.drill else None,
+            "volumes": [volume.to_json() for volume in self.volumes],
+        }
+
+
+@dataclass(frozen=True)
+class Status:
+    running: bool
+    heartbeat: Heartbeat | None  # the last one the daemon wrote, even if it is gone
+    policies: list[PolicyStatus]
+    notes: list[str]  # what could not be looked at, and why
+
+    def to_json(self) -> dict[str, object]:
+        beat = self.heartbeat
+        return {
+            "daemon": {
+                "running": self.running,
+                "pid": beat.pid if beat else None,
+                "started": beat.started.isoformat() if beat else None,
+                "heartbeat": beat.beat.isoformat() if beat else None,
+                "activity": beat.activity if beat and self.running else None,
+            },
+            "policies": [policy.to_json() for policy in self.policies],
+            "notes": self.notes,
+        }
+
+
+def collect_status(config: Config, state_dir: Path, now: datetime) -> Status:
+    """Given the config and the state dir, return the status at `now`."""
+    running = daemon_running(state_dir)
+    heartbeat = read_heartbeat(state_dir)
+    history = History(state_dir)
+    backups = {
+        key: _interrupted(record, state_dir)
+        for key, record in history.last_operations("backup").items()
+    }
+    anchors = history.schedule_anchors()
+    notes: list[str] = []
+    selected: dict[str, list[str]] = {}
+    try:
+        api = connect()
+        for policy in config.policies.values():
+            selected[policy.name] = [volume.name for volume in select_volumes(api, policy.selector)]
+    except DockerUnavailable as error:
+        notes.append(f"volumes selected by a match are not shown: {error}")
+    policies = []
+    for policy in config.policies.values():
+        storage = open_storage(config.storages[policy.storage])
+        names = sorted(
+            {
+                *policy.selector.names,
+                *selected.get(policy.name, []),
+                *storage.volumes(policy.name),
+                *(volume for owner, volume in backups if owner == policy.name),
+            }
+        )
+        volumes = [
+            VolumeStatus(
+                name,
+                backups.get((policy.name, name)),
+                _newest_backup(storage, policy.name, name),
+                _last_drill(storage, policy.name, name),
+            )
+            for name in names
+        ]
+        upcoming = {
+            kind: _upcoming(f"{kind}:{policy.name}", schedule, policy, running, heartbeat,
+                            anchors, now)
+            for kind, schedule in (
+                ("backup", policy.schedule),
+                ("drill", policy.drill.schedule if policy.drill else None),
+            )
+            if schedule is not None
+        }  # fmt: skip
+        policies.append(
+            PolicyStatus(policy.name, upcoming.get("backup"), upcoming.get("drill"), volumes)
+        )
+    return Status(running, heartbeat, policies, notes)
+
+
+def _upcoming(
+    job: str,
+    schedule: Schedule,
+    policy: Policy,
+    running: bool,
+    heartbeat: Heartbeat | None,
+    anchors: dict[str, datetime],
+    now: datetime,
+) -> Upcoming:
+    """Given a scheduled job, return its next run: as the running daemon has it planned, or
+    as the daemon's next start would plan it (`first_run`)."""
+    if running and heartbeat is not None and job in heartbeat.next_runs:
+        return Upcoming(schedule.text, heartbeat.next_runs[job])
+    anchor = anchors.get(job)
+    if anchor is None:
+        return Upcoming(schedule.text, next_run(schedule, policy.timezone, now))
+    first = first_run(schedule, policy.timezone, anchor, now)
+    if first == now:
+        return Upcoming(schedule.text, next_run(schedule, policy.timezone, anchor), overdue=True)
+    return Upcoming(schedule.text, first)
+
+
+def _interrupted(record: OperationRecord, state_dir: Path) -> OperationRecord:
+    """Given a recorded operation, return it with outcome "interrupted" if it is recorded as
+    running but nothing holds its volume's lock any more (its process died)."""
+    if record.outcome == "running" and not is_locked(state_dir, record.volume):
+        return replace(record, outcome="interrupted")
+    return record
+
+
+def _newest_backup(storage: Storage, policy: str, volume: str) -> Manifest | None:
+    """Return the manifest of the volume's newest readable backup archive (not a safety
+    archive), or None."""
+    for key in sorted(storage.committed(policy, volume), key=lambda key: key.id, reverse=True):
+        try:
+            manifest = Manifest.from_json(storage.read_manifest(key), entries=False)
+        except (OSError, ManifestError):
+            continue
+        if manifest.kind == "backup":
+            return manifest
+    return None
+
+
+def _last_drill(storage: Storage, policy: str, volume: str) -> DrillRecord | None:
+    """Return the most recent drill verdict of any of the volume's archives, or None."""
+    records = [read_drill_record(storage, key) for key in storage.committed(policy, volume)]
+    return max(
+        (record for record in records if record is not None),
+        key=lambda record: record.finished,
+        default=None,
+    )
+
+
+def describe_status(status: Status, now: datetime) -> str:
+    """Return the status as a terminal shows it: the daemon, then a table per policy."""
+    beat = status.heartbeat
+    if status.running and beat is not None:
+        lines = [f"daemon: running, pid {beat.pid}, since {_when(beat.started)}: {beat.activity}"]
+        if (now - beat.beat).total_seconds() > STALE_HEARTBEAT_SECONDS:
+            lines.append(f"  warning: no heartbeat for {age(now - beat.beat)}: is it stuck?")
+    elif status.running:
+        lines = ["daemon: running (starting)"]
+    elif beat is not None:
+        lines = [f"daemon: not running (last seen {age(now - beat.beat)} ago, pid {beat.pid})"]
+    else:
+        lines = ["daemon: not running"]
+    lines += [f"note: {note}" for note in status.notes]
+    for policy in status.policies:
+        runs = [
+            f"{kind} {upcoming.schedule!r}, next {_next(upcoming)}"
+            for kind, upcoming in (("backup", policy.backup), ("drill", policy.drill))
+            if upcoming is not None
+        ]
+        lines += ["", f"policy {policy.name}: {'; '.join(runs) or 'not scheduled'}"]
+        table = [("VOLUME", "LAST BACKUP", "NEWEST ARCHIVE", "SIZE", "LAST DRILL")]
+        table += [_volume_row(volume, now) for volume in policy.volumes]
+        widths = [max(len(row[column]) for row in table) for column in range(len(table[0]))]
+        for row in table:
+            cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            lines.append("  " + "  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str, str]:
+    backup = volume.last_backup
+    if backup is None:
+        last = "never (on this host)"
+    elif backup.outcome == "failed":
+        last = f"FAILED {age(now - backup.started)} ago: {backup.error}"
+    else:
+        last = f"{backup.outcome} {age(now - backup.started)} ago"
+    archive = volume.newest_archive
+    drill = drill_summary(volume.last_drill, now)
+    if volume.last_drill is not None and volume.last_drill.restore_seconds:
+        drill += f", restore {volume.last_drill.restore_seconds:.1f}s"
+    return (
+        volume.name,
+        last,
+        archive.id if archive else "-",
+        human_bytes(archive.size) if archive else "-",
+        drill,
+    )
+
+
+def _next(upcoming: Upcoming) -> str:
+    if upcoming.next_run is None:
+        return "never"
+    if upcoming.overdue:
+        return f"overdue since {_when(upcoming.next_run)}: runs when the daemon starts"
+    return _when(upcoming.next_run)
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -1,0 +1,66 @@
+"""Hooks run on the host: real processes, argument lists, exit status, timeouts."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.config.model import RunHook
+from daemon.errors import OperationError
+from daemon.hooks import after_hooks, run_before_hooks, run_hook
+
+NO_ENGINE: Any = None  # host hooks never talk to the engine
+
+
+def test_arguments_reach_the_command_as_written_never_through_a_shell(tmp_path: Path) -> None:
+    target = tmp_path / "a file; rm -rf $HOME"
+    run_hook(NO_ENGINE, RunHook(("touch", str(target))), "before hook 1")
+    assert [path.name for path in tmp_path.iterdir()] == ["a file; rm -rf $HOME"]
+
+
+def test_a_failing_command_is_reported_with_its_status_and_last_line() -> None:
+    hook = RunHook(("sh", "-c", "echo starting; echo 'disk full' >&2; exit 4"))
+    with pytest.raises(OperationError) as failed:
+        run_before_hooks(NO_ENGINE, [hook])
+    assert failed.value.message == (
+        "before hook 1 (run: sh -c 'echo starting; echo '\"'\"'disk full'\"'\"' >&2; exit 4') "
+        "failed: exit status 4: disk full; the volume was not backed up"
+    )
+
+
+def test_a_missing_command_is_reported() -> None:
+    with pytest.raises(OperationError, match="cannot run 'no-such-command-vk': No such file"):
+        run_hook(NO_ENGINE, RunHook(("no-such-command-vk",)), "before hook 1")
+
+
+def test_a_command_past_its_timeout_is_killed_with_its_children(tmp_path: Path) -> None:
+    marker = tmp_path / "still-running"
+    script = f"sleep 30 & sleep 1 && touch {marker}; wait"
+    began = time.monotonic()
+    with pytest.raises(OperationError, match=r"timed out after 0\.5s and was killed"):
+        run_hook(NO_ENGINE, RunHook(("sh", "-c", script), timeout=0.5), "x")
+    assert time.monotonic() - began < 5
+    time.sleep(1.5)  # past the moment the killed child would have touched the marker
+    assert not marker.exists()
+    left = subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True)
+    assert left.returncode == 1, left.stdout
+
+
+def test_after_hooks_all_run_after_a_failure_and_the_failure_wins(tmp_path: Path) -> None:
+    hooks = [RunHook(("false",)), RunHook(("touch", str(tmp_path / "second")))]
+    with pytest.raises(RuntimeError, match="the backup broke"), after_hooks(NO_ENGINE, hooks):
+        raise RuntimeError("the backup broke")
+    assert (tmp_path / "second").exists()
+
+
+def test_failing_after_hooks_fail_a_successful_block() -> None:
+    hooks = [RunHook(("true",)), RunHook(("false",))]
+    with pytest.raises(OperationError) as failed, after_hooks(NO_ENGINE, hooks):
+        pass
+    assert failed.value.message == (
+        "the backup is done, but after hook 2 (run: false): exit status 1"
+    )

@@ -1,0 +1,176 @@
+"""Prune against a real local storage, without Docker: which files go, which stay, and why."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from daemon.actions import prune
+from daemon.actions.prune import prune_volume
+from daemon.archive.manifest import Manifest
+from daemon.archive.records import DrillRecord, write_drill_record
+from daemon.config.model import Policy, RetentionRules, Source, VolumeSelector
+from daemon.errors import OperationError
+from daemon.retention import Decision
+from daemon.storage.base import MANIFEST_SUFFIX, ArchiveKey
+from daemon.storage.local import LocalStorage
+
+NOW = datetime(2026, 2, 1, tzinfo=UTC)
+VOLUME = "db"
+
+
+def policy(**rules: int) -> Policy:
+    return Policy(
+        name="app",
+        source=Source("volkeep.yaml", 1),
+        selector=VolumeSelector(names=(VOLUME,)),
+        storage="local",
+        retention=RetentionRules(**rules),
+    )
+
+
+def plant(storage: LocalStorage, when: str, kind: str = "backup") -> ArchiveKey:
+    """Given an ISO time in UTC, commit an archive of VOLUME created then; return its key."""
+    started = datetime.fromisoformat(when).replace(tzinfo=UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("-safety" if kind == "safety" else "")
+    key = storage.allocate_id("app", VOLUME, stamp)
+    upload = storage.new_archive(key, ".tar.zst")
+    upload.write(b"archive " + key.id.encode())
+    upload.commit()
+    manifest = Manifest(
+        id=key.id,
+        kind=kind,
+        policy="app",
+        volume=VOLUME,
+        started=started,
+        finished=started,
+        archive_file=key.file_name(".tar.zst"),
+        size=len(b"archive " + key.id.encode()),
+        sha256="0" * 64,
+        compression="zstd",
+        compression_level=None,
+        tar_flavour="busybox",
+        tar_size=0,
+        host="test",
+    )
+    storage.write_manifest(key, manifest.to_json())
+    return key
+
+
+def pass_drill(storage: LocalStorage, key: ArchiveKey) -> None:
+    record = DrillRecord(
+        policy=key.policy,
+        volume=key.volume,
+        archive=key.id,
+        passed=True,
+        finished=NOW,
+        duration=1.0,
+        restore_seconds=1.0,
+        bytes=1,
+    )
+    write_drill_record(storage, key, record)
+
+
+def files(storage: LocalStorage) -> list[str]:
+    return sorted(os.listdir(storage.root / "app" / VOLUME))
+
+
+def pair(key: ArchiveKey) -> list[str]:
+    return [key.file_name(".manifest.json"), key.file_name(".tar.zst")]
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage("local", tmp_path / "repo")
+
+
+def test_deleted_archives_lose_both_files_and_the_rest_keep_theirs(storage):
+    keys = [plant(storage, f"2026-01-{day:02d}T03:00") for day in (1, 2, 3, 4)]
+
+    decisions = prune_volume(policy(keep_daily=2), storage, VOLUME, dry_run=False, now=NOW)
+
+    assert [(d.id, d.keep, d.reasons) for d in decisions] == [
+        (keys[3].id, True, ("daily 1", "newest archive")),
+        (keys[2].id, True, ("daily 2",)),
+        (keys[1].id, False, ()),
+        (keys[0].id, False, ()),
+    ]
+    assert files(storage) == sorted(pair(keys[2]) + pair(keys[3]))
+
+
+def test_dry_run_deletes_nothing_and_leaves_garbage_alone(storage):
+    keys = [plant(storage, f"2026-01-{day:02d}T03:00") for day in (1, 2, 3)]
+    orphan = storage.root / "app" / VOLUME / f"{VOLUME}-20251231T030000Z.tar.zst"
+    orphan.write_bytes(b"no manifest")
+    before = files(storage)
+
+    decisions = prune_volume(policy(keep_last=1), storage, VOLUME, dry_run=True, now=NOW)
+
+    assert [d.keep for d in decisions] == [True, False, False]
+    assert files(storage) == before
+    assert orphan.name in before and all(name in before for key in keys for name in pair(key))
+
+
+def test_safety_archives_stay_and_take_no_place_of_a_backup(storage):
+    older, newer = plant(storage, "2026-01-01T03:00"), plant(storage, "2026-01-02T03:00")
+    safety = plant(storage, "2026-01-03T12:00", kind="safety")
+
+    decisions = prune_volume(policy(keep_last=1), storage, VOLUME, dry_run=False, now=NOW)
+
+    assert decisions == [
+        Decision(safety.id, True, ("safety archive, kept until removed by hand",)),
+        Decision(newer.id, True, ("last 1", "newest archive")),
+        Decision(older.id, False, ()),
+    ]
+    assert files(storage) == sorted(pair(safety) + pair(newer))
+
+
+def test_the_newest_drill_passed_archive_outlives_keep_last(storage):
+    drilled = plant(storage, "2026-01-01T03:00")
+    pass_drill(storage, drilled)
+    middle, newest = plant(storage, "2026-01-02T03:00"), plant(storage, "2026-01-03T03:00")
+
+    decisions = prune_volume(policy(keep_last=1), storage, VOLUME, dry_run=False, now=NOW)
+
+    assert {d.id: d.reasons for d in decisions if d.keep} == {
+        newest.id: ("last 1", "newest archive"),
+        drilled.id: ("newest drill-passed archive",),
+    }
+    assert middle.id not in "".join(files(storage))
+    assert files(storage) == sorted(
+        [*pair(drilled), drilled.file_name(".drill.json"), *pair(newest)]
+    )
+
+
+def test_an_archive_with_an_unreadable_manifest_is_kept(storage):
+    unreadable = plant(storage, "2026-01-01T03:00")
+    (storage.root / "app" / VOLUME / unreadable.file_name(MANIFEST_SUFFIX)).write_text("{")
+    plant(storage, "2026-01-02T03:00")
+    plant(storage, "2026-01-03T03:00")
+
+    decisions = prune_volume(policy(keep_last=1), storage, VOLUME, dry_run=False, now=NOW)
+
+    assert decisions[-1] == Decision(
+        unreadable.id, True, ("unreadable manifest, kept until removed by hand",)
+    )
+    assert set(pair(unreadable)) <= set(files(storage))
+    assert [d.keep for d in decisions] == [True, False, True]
+
+
+def test_a_selection_that_errs_is_stopped_by_the_safety_predicate(storage, monkeypatch):
+    older, newest = plant(storage, "2026-01-01T03:00"), plant(storage, "2026-01-02T03:00")
+
+    def delete_everything(candidates, *_):
+        return [Decision(candidate.id, False, ()) for candidate in candidates]
+
+    monkeypatch.setattr(prune, "select", delete_everything)
+
+    with pytest.raises(OperationError, match="a safety rule protects") as refused:
+        prune_volume(policy(keep_last=1), storage, VOLUME, dry_run=False, now=NOW)
+
+    assert refused.value.archive == newest.id
+    assert older.id not in "".join(files(storage))  # deleted first, oldest first
+    assert files(storage) == pair(newest)
