@@ -77,3 +77,15 @@ class DockerUnavailable(VolkeepError):
 
 class HostileArchive(OperationError):
     """An archive member would write outside the target or create something refused."""
+
+
+def combined_failure(failures: list[OperationError], action: str, policy: str) -> OperationError:
+    """Given the failures of one action over several volumes, return the one error to
+    report: the failure itself if there is one, else a summary naming each."""
+    if len(failures) == 1:
+        return failures[0]
+    details = "; ".join(
+        f"{'/'.join(part for part in (failure.volume, failure.archive) if part)}: {failure.message}"
+        for failure in failures
+    )
+    return OperationError(f"{len(failures)} {action}s failed: {details}", policy=policy)

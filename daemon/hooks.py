@@ -70,6 +70,7 @@ def after_hooks(api: docker.APIClient, hooks: Sequence[Hook]) -> Iterator[None]:
             try:
                 run_hook(api, hook, f"after hook {number}")
             except OperationError as error:
+                log.error("hook failed", hook=f"after hook {number}", error=error.message)
                 failures.append(f"after hook {number} ({describe(hook)}): {error.message}")
     if failures:
         raise OperationError(f"the backup is done, but {'; '.join(failures)}")
@@ -82,17 +83,19 @@ def run_hook(api: docker.APIClient, hook: Hook, name: str) -> None:
         log.info("hook started", command=describe(hook))
         output = OutputLog()
         began = time.monotonic()
-        if isinstance(hook, ExecHook):
-            status = _run_in_container(api, hook, output)
-        else:
-            status = _run_on_host(hook, output)
-        output.close()
-        seconds = round(time.monotonic() - began, 2)
+        try:
+            if isinstance(hook, ExecHook):
+                status = _run_in_container(api, hook, output)
+            else:
+                status = _run_on_host(hook, output)
+        except (docker.errors.APIError, requests.RequestException) as error:
+            raise engine_failure(error) from None
+        finally:
+            output.close()
         if status != 0:
             last = f": {output.last_line}" if output.last_line else ""
-            log.error("hook failed", exit_status=status, seconds=seconds)
             raise OperationError(f"exit status {status}{last}")
-        log.info("hook finished", seconds=seconds)
+        log.info("hook finished", seconds=round(time.monotonic() - began, 2))
 
 
 class OutputLog:
@@ -192,9 +195,7 @@ def _run_in_container(api: docker.APIClient, hook: ExecHook, output: OutputLog) 
     except docker.errors.APIError as error:
         if error.status_code == 409:
             raise OperationError(f"container {hook.container!r} is not running") from None
-        raise engine_failure(error) from None
-    except requests.RequestException as error:
-        raise engine_failure(error) from None
+        raise
     reader = _in_thread(lambda: _pump_frames(stream, output))
     finished = False
     try:
@@ -233,9 +234,8 @@ def _exit_status(api: docker.APIClient, exec_id: str) -> int:
 
 
 def _kill_exec(api: docker.APIClient, exec_id: str) -> None:
-    """Kill an exec's process. The engine's API cannot; the host can, when the process with
-    that pid here is the container's (its cgroup names the container: volkeep does not run
-    in another pid namespace)."""
+    """Kill an exec's process. The engine's API cannot; the host can, when volkeep shares
+    the engine's pid namespace: then the process with that pid has the container's cgroup."""
     info = api.exec_inspect(exec_id)
     pid, container = info.get("Pid"), info.get("ContainerID") or ""
     if not info.get("Running") or not pid or not container:

@@ -78,7 +78,7 @@ class Journal:
                 for c in raw["containers"]
             )
             return cls(raw["policy"], raw["volume"], raw["owner"], containers)
-        except (KeyError, TypeError, json.JSONDecodeError) as error:
+        except (KeyError, TypeError, ValueError) as error:  # ValueError: bad JSON or time
             raise ValueError(f"unreadable stop journal: {error!r}") from None
 
 

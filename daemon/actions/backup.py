@@ -23,7 +23,7 @@ from daemon.docker.client import engine_failure
 from daemon.docker.containers import containers_to_stop, containers_using
 from daemon.docker.tarflavour import detect_flavour, volume_tar
 from daemon.docker.volumes import VolumeInfo, require_volume, select_volumes
-from daemon.errors import OperationError, UsageError
+from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.hooks import after_hooks, run_before_hooks
 from daemon.journal import containers_stopped
 from daemon.progress import Progress
@@ -192,7 +192,7 @@ def run_backup(ctx: Context, policy_name: str, requested: list[str]) -> list[Man
     policy = ctx.policy(policy_name)
     storage = ctx.storage(policy)
     manifests = []
-    failures = []
+    failures: list[OperationError] = []
     for name in policy_volumes(ctx.docker(), policy, requested):
         with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
             try:
@@ -206,7 +206,7 @@ def run_backup(ctx: Context, policy_name: str, requested: list[str]) -> list[Man
             except OperationError as error:
                 error.policy, error.volume = policy.name, name
                 log.error("backup failed", error=error.message)
-                failures.append(name)
+                failures.append(error)
     if failures:
-        raise OperationError(f"backup failed for {', '.join(failures)}", policy=policy.name)
+        raise combined_failure(failures, "backup", policy.name)
     return manifests

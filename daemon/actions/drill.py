@@ -48,7 +48,7 @@ from daemon.docker.client import engine_failure
 from daemon.docker.helpers import helper_labels
 from daemon.docker.tarflavour import detect_flavour, volume_tar
 from daemon.docker.volumes import create_volume, remove_volume
-from daemon.errors import OperationError, UsageError
+from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.progress import Progress
 from daemon.storage import ArchiveKey, Storage
 
@@ -112,14 +112,8 @@ def run_drill(
                 error.policy, error.volume = policy.name, name
                 log.error("drill failed", error=error.message)
                 failures.append(error)
-    if len(failures) == 1:
-        raise failures[0]
     if failures:
-        addresses = ", ".join(
-            "/".join(part for part in (failure.volume, failure.archive) if part)
-            for failure in failures
-        )
-        raise OperationError(f"{len(failures)} drills failed: {addresses}", policy=policy.name)
+        raise combined_failure(failures, "drill", policy.name)
     return records
 
 

@@ -35,7 +35,7 @@ from daemon.archive.manifest import Manifest
 from daemon.archive.records import read_drill_record
 from daemon.archive.verify import read_manifest
 from daemon.config.model import Policy
-from daemon.errors import OperationError, UsageError
+from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.recovery import remove_garbage
 from daemon.retention import Candidate, Decision, may_delete, select
 from daemon.storage import ArchiveKey, Storage
@@ -75,7 +75,7 @@ def run_prune(
                 f"{storage.name!r} ({storage.describe()})"
             )
     pruned: dict[str, list[Decision]] = {}
-    failures = []
+    failures: list[OperationError] = []
     for name in volumes or stored:
         with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
             try:
@@ -87,12 +87,12 @@ def run_prune(
             except OperationError as error:
                 error.policy, error.volume = policy.name, name
                 log.error("prune failed", error=error.message)
-                failures.append(name)
+                failures.append(error)
                 continue
         if report is not None:
             report(name, pruned[name])
     if failures:
-        raise OperationError(f"prune failed for {', '.join(failures)}", policy=policy.name)
+        raise combined_failure(failures, "prune", policy.name)
     return pruned
 
 

@@ -13,13 +13,14 @@ from daemon.errors import DockerUnavailable, OperationError
 API_TIMEOUT = 3600
 
 
-def connect() -> docker.APIClient:
-    """Return a low-level client for the engine in DOCKER_HOST (or the local socket).
+def connect(timeout: float = API_TIMEOUT) -> docker.APIClient:
+    """Return a low-level client for the engine in DOCKER_HOST (or the local socket), whose
+    calls give up after `timeout` seconds.
 
     Raise DockerUnavailable if the engine does not answer.
     """
     try:
-        api = docker.APIClient(**kwargs_from_env(), timeout=API_TIMEOUT)
+        api = docker.APIClient(**kwargs_from_env(), timeout=timeout)
         api.ping()
     except (docker.errors.DockerException, requests.RequestException, OSError) as error:
         raise DockerUnavailable(f"the Docker engine does not answer: {_reason(error)}") from None

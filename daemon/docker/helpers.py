@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import docker
+import requests
 from docker.types import LogConfig
 from docker.types import Mount as DockerMount
 
@@ -112,8 +113,8 @@ def kill_helpers(api: docker.APIClient) -> int:
         try:
             api.kill(container_id)
             killed += 1
-        except docker.errors.APIError:
-            continue  # not started yet, or already gone
+        except (docker.errors.APIError, requests.RequestException):
+            continue  # not started yet, already gone, or the engine is slow: call again
     return killed
 
 

@@ -200,7 +200,7 @@ def test_a_failing_before_hook_aborts_the_backup_with_a_clear_error(
         "before hook 1 (run: sh -c 'echo pg_dump: connection refused >&2; exit 3') failed: "
         "exit status 3: pg_dump: connection refused; the volume was not backed up"
     )
-    assert backup.stderr.splitlines()[-1] == f"volkeep: app: backup failed for {volume}"
+    assert backup.stderr.splitlines()[-1] == f"volkeep: app/{volume}: {failed['error']}"
     output = [e for e in events(backup.stderr) if e["event"] == "hook output"]
     assert [(e["line"], e["stream"], e["policy"], e["volume"]) for e in output] == [
         ("pg_dump: connection refused", "stderr", "app", volume)
@@ -427,3 +427,23 @@ def test_a_hook_that_runs_too_long_is_killed(api, volumes, workspace, helper_ima
     else:
         found = subprocess.run(["pgrep", "-f", "^sleep 37$"], capture_output=True)
         assert found.returncode == 1, found.stdout
+
+
+def test_an_exec_hook_into_a_container_that_is_not_running_fails_clearly(
+    api, volumes, workspace, helper_image
+):
+    volume = volumes("db")
+    service = start_service(api, helper_image, volume, "db")
+    api.stop(service, timeout=5)
+    hook = {"exec": {"container": f"{volume}_db", "command": ["true"]}}
+    workspace.write_config({"app": {"volumes": [volume], "hooks": {"before": [hook]}}})
+
+    backup = workspace.run("backup", "app")
+
+    assert backup.returncode == 1
+    (failed,) = [e for e in events(backup.stderr) if e["event"] == "backup failed"]
+    assert failed["error"] == (
+        f"before hook 1 (exec in {volume}_db: true) failed: container '{volume}_db' is not "
+        "running; the volume was not backed up"
+    )
+    assert stored_archives(workspace) == []
