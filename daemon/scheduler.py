@@ -45,6 +45,7 @@ from daemon.actions.context import Context
 from daemon.actions.drill import run_drill
 from daemon.config import load_config
 from daemon.config.model import Config, Schedule
+from daemon.docker.client import connect
 from daemon.docker.helpers import kill_helpers
 from daemon.errors import EXIT_FAILED, EXIT_OK, ConfigError, VolkeepError
 from daemon.notify import Watchdog, notify, watchdog_interval
@@ -57,6 +58,7 @@ log = structlog.get_logger()
 
 HEARTBEAT_SECONDS = 10.0
 ABORT_GRACE_SECONDS = 60.0  # after the helpers are killed, for the operations to clean up
+KILL_TIMEOUT_SECONDS = 10
 POLL_SECONDS = 0.2
 JOB_THREADS = 64  # jobs waiting for a free slot each hold a thread; threads start lazily
 VERBS = {"backup": "backing up", "drill": "drilling"}
@@ -192,8 +194,10 @@ class Daemon:
         engine does not answer at start.
         """
         with daemon_pid_file(self._state_dir):
-            api = Context(self._config, self._state_dir).docker()  # also removes leftovers
+            # connect, start again the containers a crash left stopped, remove leftovers
+            Context(self._config, self._state_dir).docker()
             remove_incomplete_archives(self._config, self._state_dir)
+            engine = connect(timeout=KILL_TIMEOUT_SECONDS)  # to abort: never wait long
             self._install_signal_handlers()
             _forward_apscheduler_logs()
             self._scheduler.start()
@@ -217,7 +221,7 @@ class Daemon:
             )
             notify("READY=1", f"STATUS={self._describe()}")
             self._wait_for_stop()
-            return self._shut_down(api)
+            return self._shut_down(engine)
 
     def _install_signal_handlers(self) -> None:
         for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -413,7 +417,7 @@ class Daemon:
             except OSError as error:
                 log.warning("cannot write the heartbeat file", error=str(error))
 
-    def _shut_down(self, api: docker.APIClient) -> int:
+    def _shut_down(self, engine: docker.APIClient) -> int:
         timeout = self._config.daemon.shutdown_timeout.total_seconds()
         self._stopping.set()
         with self._activities_lock:
@@ -430,9 +434,10 @@ class Daemon:
                 if time.monotonic() > deadline:
                     log.error("operations did not end after their helpers were killed")
                     os._exit(EXIT_FAILED)  # stuck in the engine: systemd would SIGKILL us
-                kill_helpers(api)
+                kill_helpers(engine)
         if self._watchdog is not None:
             self._watchdog.stop()
+        self._publish()
         log.info("daemon stopped")
         return EXIT_OK
 

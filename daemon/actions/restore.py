@@ -27,7 +27,6 @@ from daemon.config.model import Policy
 from daemon.docker.helpers import WRITE_CAPABILITIES, Mount, helper_container, run_helper
 from daemon.docker.volumes import create_volume, inspect_volume, remove_volume
 from daemon.errors import OperationError
-from daemon.locks import volume_lock
 from daemon.progress import Progress
 from daemon.readahead import read_ahead
 from daemon.storage import Storage
@@ -115,7 +114,7 @@ def restore_volume(
         structlog.contextvars.bound_contextvars(
             policy=policy.name, volume=volume, archive=key.id, target=target
         ),
-        volume_lock(ctx.state_dir, target, f"restore of {policy.name}/{volume} into {target}"),
+        ctx.volume_lock(target, f"restore of {policy.name}/{volume} into {target}"),
     ):
         log.info("restore started")
         checked = verify_archive(storage, key, manifest)

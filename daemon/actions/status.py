@@ -13,11 +13,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+import docker
+import requests
+
 from daemon.actions.listing import age, drill_summary
 from daemon.archive.manifest import Manifest, ManifestError
 from daemon.archive.records import DrillRecord, read_drill_record
 from daemon.config.model import Config, Policy, Schedule
-from daemon.docker.client import connect
+from daemon.docker.client import connect, engine_failure
 from daemon.docker.volumes import select_volumes
 from daemon.errors import DockerUnavailable
 from daemon.locks import is_locked
@@ -27,6 +30,7 @@ from daemon.storage import Storage, open_storage
 from daemon.triggers import first_run, next_run
 
 STALE_HEARTBEAT_SECONDS = 60  # the daemon rewrites it at least every 10 s
+ENGINE_TIMEOUT_SECONDS = 10  # status must answer even when the engine hangs
 
 
 @dataclass(frozen=True)
@@ -132,14 +136,17 @@ def collect_status(config: Config, state_dir: Path, now: datetime) -> Status:
         for key, record in history.last_operations("backup").items()
     }
     anchors = history.schedule_anchors()
+    planned = heartbeat.next_runs if running and heartbeat is not None else None
     notes: list[str] = []
     selected: dict[str, list[str]] = {}
     try:
-        api = connect()
+        api = connect(timeout=ENGINE_TIMEOUT_SECONDS)
         for policy in config.policies.values():
             selected[policy.name] = [volume.name for volume in select_volumes(api, policy.selector)]
     except DockerUnavailable as error:
         notes.append(f"volumes selected by a match are not shown: {error}")
+    except (docker.errors.DockerException, requests.RequestException) as error:
+        notes.append(f"volumes selected by a match are not shown: {engine_failure(error)}")
     policies = []
     for policy in config.policies.values():
         storage = open_storage(config.storages[policy.storage])
@@ -160,34 +167,32 @@ def collect_status(config: Config, state_dir: Path, now: datetime) -> Status:
             )
             for name in names
         ]
-        upcoming = {
-            kind: _upcoming(f"{kind}:{policy.name}", schedule, policy, running, heartbeat,
-                            anchors, now)
-            for kind, schedule in (
-                ("backup", policy.schedule),
-                ("drill", policy.drill.schedule if policy.drill else None),
-            )
-            if schedule is not None
-        }  # fmt: skip
+        drill_schedule = policy.drill.schedule if policy.drill else None
         policies.append(
-            PolicyStatus(policy.name, upcoming.get("backup"), upcoming.get("drill"), volumes)
+            PolicyStatus(
+                policy.name,
+                _upcoming(f"backup:{policy.name}", policy.schedule, policy, planned, anchors, now),
+                _upcoming(f"drill:{policy.name}", drill_schedule, policy, planned, anchors, now),
+                volumes,
+            )
         )
     return Status(running, heartbeat, policies, notes)
 
 
 def _upcoming(
     job: str,
-    schedule: Schedule,
+    schedule: Schedule | None,
     policy: Policy,
-    running: bool,
-    heartbeat: Heartbeat | None,
+    planned: dict[str, datetime | None] | None,
     anchors: dict[str, datetime],
     now: datetime,
-) -> Upcoming:
-    """Given a scheduled job, return its next run: as the running daemon has it planned, or
-    as the daemon's next start would plan it (`first_run`)."""
-    if running and heartbeat is not None and job in heartbeat.next_runs:
-        return Upcoming(schedule.text, heartbeat.next_runs[job])
+) -> Upcoming | None:
+    """Given a job's schedule (None: not scheduled), return its next run: as the running
+    daemon planned it (`planned`), or as the daemon's next start would plan it."""
+    if schedule is None:
+        return None
+    if planned is not None and job in planned:
+        return Upcoming(schedule.text, planned[job])
     anchor = anchors.get(job)
     if anchor is None:
         return Upcoming(schedule.text, next_run(schedule, policy.timezone, now))

@@ -13,7 +13,7 @@ from daemon.errors import DockerUnavailable, OperationError
 API_TIMEOUT = 3600
 
 
-def connect(timeout: float = API_TIMEOUT) -> docker.APIClient:
+def connect(timeout: int = API_TIMEOUT) -> docker.APIClient:
     """Return a low-level client for the engine in DOCKER_HOST (or the local socket), whose
     calls give up after `timeout` seconds.
 

@@ -65,8 +65,9 @@ def helper_container(
 ) -> Iterator[str]:
     """Create a helper container and yield its id; remove it on every path out.
 
-    `owner` is the volume whose lock the operation holds (default: the first mount's); the
-    label lets the next volkeep start remove the helper if this process dies.
+    `owner` is the volume the operation works for (default: the first mount's), for the
+    label; the labels also name this process, so that the next volkeep command removes the
+    helper if this process dies.
     """
     host_config = api.create_host_config(
         mounts=[
