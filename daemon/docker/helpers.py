@@ -136,21 +136,63 @@ def remove_container(api: docker.APIClient, container_id: str) -> None:
             raise
 
 
+def _attach(api: docker.APIClient, container_id: str, stream: str) -> socket.socket:
+    response_socket: Any = api.attach_socket(container_id, params={stream: 1, "stream": 1})
+    raw: socket.socket = getattr(response_socket, "_sock", response_socket)
+    raw.settimeout(None)
+    return raw
+
+
+def _frames(source: socket.socket) -> Iterator[memoryview]:
+    """Yield the payload of each frame of an attach stream; each is valid until the next."""
+    buffer = bytearray(READ_BUFFER)
+    view = memoryview(buffer)
+    start = end = 0
+    while True:
+        while end - start >= FRAME_HEADER.size:
+            _, length = FRAME_HEADER.unpack_from(buffer, start)
+            frame_end = start + FRAME_HEADER.size + length
+            if frame_end > end:
+                break
+            yield view[start + FRAME_HEADER.size : frame_end]
+            start = frame_end
+        if start:
+            buffer[: end - start] = buffer[start:end]
+            end -= start
+            start = 0
+        if end == len(buffer):  # a frame larger than the buffer: move to a larger one
+            buffer = bytearray(buffer) + bytearray(len(buffer))
+            view = memoryview(buffer)
+        received = source.recv_into(view[end:])
+        if not received:
+            return
+        end += received
+
+
 class HelperOutput:
-    """The running helper's stdout, demultiplexed from the attach socket as it arrives."""
+    """The running helper's stdout as it arrives, and its stderr.
+
+    Each has its own attach connection: dockerd muxing both streams into one connection
+    costs it half again as much CPU (measured: 2.2 s against 1.6 s for a 1 GB tar).
+    """
 
     def __init__(self, api: docker.APIClient, container_id: str) -> None:
         self._api = api
         self._container_id = container_id
-        response_socket: Any = api.attach_socket(
-            container_id, params={"stdout": 1, "stderr": 1, "stream": 1}
-        )
-        self._socket: socket.socket = getattr(response_socket, "_sock", response_socket)
-        self._socket.settimeout(None)
+        self._socket = _attach(api, container_id, "stdout")
+        self._stderr_socket = _attach(api, container_id, "stderr")
         self._stderr = bytearray()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
         api.start(container_id)
 
-    def chunks(self) -> Iterator[bytes]:
+    def _read_stderr(self) -> None:
+        with contextlib.suppress(OSError), self._stderr_socket:
+            for payload in _frames(self._stderr_socket):
+                if len(self._stderr) < STDERR_LIMIT:  # read on regardless: never block tar
+                    self._stderr += payload
+
+    def chunks(self) -> Iterator[memoryview]:
         """Yield stdout in pieces of about a MiB, read ahead by a thread while the caller
         parses, digests and compresses the previous piece."""
         try:
@@ -159,50 +201,29 @@ class HelperOutput:
             self._socket.close()
 
     def _interrupt(self) -> None:
-        with contextlib.suppress(OSError):
-            self._socket.shutdown(socket.SHUT_RDWR)
+        for attached in (self._socket, self._stderr_socket):
+            with contextlib.suppress(OSError):
+                attached.shutdown(socket.SHUT_RDWR)
 
-    def _pieces(self) -> Iterator[bytes]:
-        batch = bytearray()
-        for stream, payload in self._frames():
-            if stream == 1:
-                batch += payload
-                if len(batch) >= PIECE_SIZE:
-                    yield bytes(batch)
-                    batch.clear()
-            elif len(self._stderr) < STDERR_LIMIT:
-                self._stderr += payload
-        if batch:
-            yield bytes(batch)
-
-    def _frames(self) -> Iterator[tuple[int, memoryview]]:
-        """Yield (stream, payload) of each frame; a payload is valid until the next one."""
-        buffer = bytearray(READ_BUFFER)
-        view = memoryview(buffer)
-        start = end = 0
-        while True:
-            while end - start >= FRAME_HEADER.size:
-                stream, length = FRAME_HEADER.unpack_from(buffer, start)
-                frame_end = start + FRAME_HEADER.size + length
-                if frame_end > end:
-                    break
-                yield stream, view[start + FRAME_HEADER.size : frame_end]
-                start = frame_end
-            if start:
-                buffer[: end - start] = buffer[start:end]
-                end -= start
-                start = 0
-            if end == len(buffer):  # a frame larger than the buffer: move to a larger one
-                buffer = bytearray(buffer) + bytearray(len(buffer))
-                view = memoryview(buffer)
-            received = self._socket.recv_into(view[end:])
-            if not received:
-                return
-            end += received
+    def _pieces(self) -> Iterator[memoryview]:
+        """Yield stdout gathered into pieces of about PIECE_SIZE, each in its own buffer
+        (handed over, never reused), with one copy from the receive buffer."""
+        piece = bytearray(PIECE_SIZE)
+        filled = 0
+        for payload in _frames(self._socket):
+            if filled + len(payload) > len(piece):
+                yield memoryview(piece)[:filled]
+                piece = bytearray(max(PIECE_SIZE, len(payload)))
+                filled = 0
+            piece[filled : filled + len(payload)] = payload
+            filled += len(payload)
+        if filled:
+            yield memoryview(piece)[:filled]
 
     def wait(self) -> int:
         """Wait for the helper to exit and return its exit code."""
         status: int = self._api.wait(self._container_id)["StatusCode"]
+        self._stderr_reader.join()
         return status
 
     @property

@@ -84,7 +84,7 @@ def detect_flavour(api: docker.APIClient, image: str) -> TarFlavour:
 
 def volume_tar(
     api: docker.APIClient, image: str, flavour: TarFlavour, volume: str, owner: str | None = None
-) -> Iterator[bytes]:
+) -> Iterator[memoryview]:
     """Given a volume, yield the tar stream of its content as a helper's tar writes it
     (read-only mount, attach socket).
 
