@@ -58,7 +58,10 @@ def build_volume(api: docker.APIClient, name: str, fill: Callable[[Path], None])
     (root / ".complete").write_text("")
 
 
-def fill_mixed(root: Path, small_files: int = 20_000, big_scale: int = 1) -> None:
+def fill_mixed(
+    root: Path, small_files: int = 20_000, logs: int = 10, log_mib: tuple[int, int] = (10, 50),
+    blobs: int = 4, blob_mib: int = 100,
+) -> None:  # fmt: skip
     rng = random.Random(1)
     for index in range(small_files):
         directory = root / "small" / f"{index // 500:03d}"
@@ -67,18 +70,19 @@ def fill_mixed(root: Path, small_files: int = 20_000, big_scale: int = 1) -> Non
         data = os.urandom(size) if index % 2 else compressible(size, index)
         (directory / f"file{index:05d}.dat").write_bytes(data)
     (root / "logs").mkdir()
-    for index in range(10 // big_scale):
-        size = rng.randint(10, 50) * (1 << 20) // big_scale
+    for index in range(logs):
+        size = rng.randint(*log_mib) * (1 << 20)
         (root / "logs" / f"big{index}.log").write_bytes(compressible(size, index))
     (root / "blobs").mkdir()
-    for index in range(4 // big_scale):
+    for index in range(blobs):
         with open(root / "blobs" / f"blob{index}.bin", "wb") as blob:
-            for _ in range(100 // (5 * big_scale) if big_scale > 1 else 100):
+            for _ in range(blob_mib):
                 blob.write(os.urandom(1 << 20))
 
 
 def fill_medium(root: Path) -> None:
-    fill_mixed(root, small_files=2_000, big_scale=4)
+    """The same mix, about a tenth: ~100 MB."""
+    fill_mixed(root, small_files=2_000, logs=2, log_mib=(15, 25), blobs=1, blob_mib=30)
 
 
 def fill_tiny(root: Path) -> None:
@@ -182,13 +186,20 @@ class Bench:
             self.fresh_target,
             lambda: self.volkeep("restore", "bench", "--volume", volume, "--to", TARGET),
         )
+        drill, drill_rss = self.median(
+            "volkeep drill (check, restore, read back, compare)",
+            lambda: subprocess.run(["sync"], check=True),
+            lambda: self.volkeep("drill", "bench", "--volume", volume, "--archive", "latest"),
+        )
         stored = [p for p in (self.repo / "bench" / volume).glob("*.tar.zst")]
         archive_size = statistics.median(p.stat().st_size for p in stored)
         return {
             "backup": backup,
             "restore": restore,
+            "drill": drill,
             "backup_rss_mib": backup_rss / 1024,
             "restore_rss_mib": restore_rss / 1024,
+            "drill_rss_mib": drill_rss / 1024,
             "archive_size": archive_size,
         }
 
@@ -276,7 +287,7 @@ def summarize(report: dict[str, dict[str, float]]) -> None:
     rate = lambda seconds: mixed["bytes"] / seconds / MB  # noqa: E731
     print("\n== mixed volume, MB/s (median)")
     for key in ("raw_host", "stream_limit", "backup", "naive_backup", "write_limit", "restore",
-                "naive_restore"):  # fmt: skip
+                "naive_restore", "drill"):  # fmt: skip
         if key in mixed:
             print(f"  {key:<14} {rate(mixed[key]):8.1f} MB/s  {mixed[key]:7.2f} s")
     print("\n== targets")
@@ -290,10 +301,14 @@ def summarize(report: dict[str, dict[str, float]]) -> None:
     print(f"  compression ratio (zstd):        {mixed['bytes'] / mixed['archive_size']:5.2f}")
     if "naive_size" in mixed:
         print(f"  compression ratio (naive gzip):  {mixed['bytes'] / mixed['naive_size']:5.2f}")
-    print("\n== peak RSS of volkeep (MiB)           backup  restore   (target < 150, flat)")
+    print("\n== per volume: seconds, and peak RSS of volkeep in MiB (target < 150, flat)")
+    print(f"  {'volume':<16} {'size':>8} {'backup':>7} {'restore':>8} {'drill':>6}"
+          f" {'RSS backup':>11} {'restore':>8} {'drill':>6}")  # fmt: skip
     for volume, results in report.items():
-        print(f"  {volume:<32} {results['bytes'] / MB:6.0f} MB {results['backup_rss_mib']:7.1f}"
-              f" {results['restore_rss_mib']:8.1f}")  # fmt: skip
+        print(f"  {volume:<16} {results['bytes'] / MB:5.0f} MB {results['backup']:7.2f}"
+              f" {results['restore']:8.2f} {results['drill']:6.2f}"
+              f" {results['backup_rss_mib']:11.1f} {results['restore_rss_mib']:8.1f}"
+              f" {results['drill_rss_mib']:6.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":
