@@ -106,26 +106,36 @@ def raw_tar(root: Path) -> list[str]:
     return ["sh", "-c", 'tar -cf - -C "$1" . | cat > /dev/null', "raw-tar", str(root)]
 
 
+# A small launcher measures the peak RSS of the command: a child forked straight from this
+# (large) process would count this process's pages until it execs.
+PEAK_RSS = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def timed(
     command: list[str], *, stdin: Path | None = None, stdout: Path | None = None
 ) -> tuple[float, int]:
-    """Run a command; return (seconds, peak RSS in KiB of the process itself)."""
+    """Run a command; return (seconds, peak RSS in KiB of the command itself)."""
     with (
         open(stdin or os.devnull, "rb") as stdin_file,
         open(stdout or os.devnull, "wb") as stdout_file,
         tempfile.TemporaryFile() as stderr_file,
+        tempfile.NamedTemporaryFile("r") as rss_file,
     ):
+        launcher = [sys.executable, "-c", PEAK_RSS, rss_file.name, *command]
         started = time.perf_counter()
-        process = subprocess.Popen(
-            command, stdin=stdin_file, stdout=stdout_file, stderr=stderr_file
-        )
-        _, status, usage = os.wait4(process.pid, 0)
+        code = subprocess.call(launcher, stdin=stdin_file, stdout=stdout_file, stderr=stderr_file)
         elapsed = time.perf_counter() - started
-        if os.waitstatus_to_exitcode(status) != 0:
+        if code != 0:
             stderr_file.seek(0)
             error = stderr_file.read().decode(errors="replace")
             raise SystemExit(f"failed: {command}\n{error[-2000:]}")
-    return elapsed, usage.ru_maxrss
+        return elapsed, int(rss_file.read())
 
 
 class Bench:

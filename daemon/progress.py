@@ -25,6 +25,9 @@ def human_bytes(count: float) -> str:
 
 
 class Progress:
+    """`total` may be an estimate (a backup's: the previous archive's tar size); past it,
+    only bytes and rate are shown."""
+
     def __init__(self, label: str, total: int | None = None, enabled: bool | None = None) -> None:
         self.label = label
         self.total = total
@@ -45,11 +48,12 @@ class Progress:
         elapsed = max(now - self.started, 1e-6)
         rate = self.done / elapsed
         line = human_bytes(self.done)
-        if self.total:
+        known = self.total is not None and self.done < self.total
+        if known and self.total:
             line += f" of {human_bytes(self.total)} ({100 * self.done / self.total:.0f}%)"
         line += f", {human_bytes(rate)}/s"
-        if self.total and rate > 0:
-            line += f", ETA {max(self.total - self.done, 0) / rate:.0f}s"
+        if known and self.total and rate > 0:
+            line += f", ETA {(self.total - self.done) / rate:.0f}s"
         return line
 
     def _show(self, now: float) -> None:

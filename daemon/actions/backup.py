@@ -18,6 +18,7 @@ from daemon.archive.digest import HashingWriter
 from daemon.archive.exclude import MemberFilter
 from daemon.archive.manifest import Manifest
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
+from daemon.archive.verify import backup_keys, read_manifest
 from daemon.config.model import Compression, Policy
 from daemon.docker.client import engine_failure
 from daemon.docker.containers import containers_to_stop, containers_using
@@ -57,6 +58,17 @@ class BackupSource:
     kind: str = "backup"
 
 
+def _expected_size(storage: Storage, source: BackupSource) -> int | None:
+    """Return the tar size of the volume's last backup: the estimate progress shows."""
+    keys = backup_keys(storage, source.policy, source.volume.name)
+    if not keys:
+        return None
+    try:
+        return read_manifest(storage, keys[0], entries=False).tar_size
+    except OperationError:
+        return None
+
+
 def back_up_volume(
     api: docker.APIClient,
     storage: Storage,
@@ -88,7 +100,7 @@ def back_up_volume(
             selection = MemberFilter(source.exclude)
             entries: list[Member] = []
             scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.append)
-            progress = Progress(f"backing up {source.volume.name}")
+            progress = Progress(f"backing up {source.volume.name}", _expected_size(storage, source))
             for chunk in volume_tar(api, source.image, flavour, source.volume.name):
                 scanner.feed(chunk)
                 progress.advance(len(chunk))
