@@ -87,13 +87,17 @@ class Manifest:
         """Given the bytes of a manifest file, return the Manifest; raise ManifestError.
 
         With `entries=False` the entries are not read (listing needs only the summary).
+        Entries written one per line (as `json_chunks` does) are parsed one at a time, so
+        that reading a manifest never holds a dict per file.
         """
         try:
-            marker = raw.find(ENTRIES_MARKER) if not entries else -1
+            marker = raw.find(ENTRIES_MARKER)
             if marker >= 0:
                 document: dict[str, Any] = json.loads(raw[:marker] + b', "entries": []}')
-            else:
-                document = json.loads(raw)
+                members = _entry_lines(raw, marker + len(ENTRIES_MARKER)) if entries else []
+            if marker < 0 or (entries and len(members) != document.get("entry_count")):
+                document = json.loads(raw)  # not written by json_chunks: read it whole
+                members = [Member.from_json(entry) for entry in document["entries"]]
             if document.get("format") != FORMAT_VERSION:
                 raise ManifestError(f"unknown manifest format {document.get('format')!r}")
             archive = document["archive"]
@@ -118,9 +122,21 @@ class Manifest:
                 tar_size=document["tar"]["size"],
                 exclude=document["exclude"],
                 tool_version=document["tool"]["version"],
-                entries=[Member.from_json(entry) for entry in document["entries"]],
+                entries=members if entries else [],
             )
         except ManifestError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ManifestError(f"unreadable manifest: {error!r}") from None
+
+
+def _entry_lines(raw: bytes, start: int) -> list[Member]:
+    """Given a manifest and where its entries start, parse the entries line by line."""
+    members = []
+    position = start
+    while (end := raw.find(b"\n", position + 1)) >= 0:
+        line = raw[position + 1 : end].rstrip(b",")
+        position = end
+        if line.startswith(b"{"):
+            members.append(Member.from_json(json.loads(line)))
+    return members

@@ -46,7 +46,6 @@ class MembersDiffer(OperationError):
 class Verified:
     key: ArchiveKey
     manifest: Manifest
-    members: list[Member]  # as found in the archive, in stream order
 
 
 def backup_keys(storage: Storage, policy: str, volume: str) -> list[ArchiveKey]:
@@ -168,22 +167,35 @@ def _check_digest(key: ArchiveKey, manifest: Manifest, hashing: HashingReader) -
 
 
 def verify_archive(storage: Storage, key: ArchiveKey, manifest: Manifest) -> Verified:
-    """Read the whole archive; return its members if it is intact, safe and matches its
+    """Read the whole archive; return it checked if it is intact, safe and matches its
     manifest. Raise OperationError (HostileArchive for unsafe members, MembersDiffer for
-    members that are not the manifest's entries) otherwise."""
+    members that are not the manifest's entries) otherwise.
+
+    Members are checked against the entries as they pass, without keeping them: only when
+    they differ is the archive read again, to say how.
+    """
     guard = PathGuard()
-    members: list[Member] = []
+    expected = (entry.path for entry in manifest.entries)
+    differs = False
 
     def admit(member: Member) -> bool:
         guard.check(member)
         return True
 
-    scanner = TarScanner(include=admit, done=members.append)
+    def check(member: Member) -> None:
+        nonlocal differs
+        differs = differs or next(expected, None) != member.path
+
+    # Contents are not digested here: the SHA-256 of the stored bytes vouches for them.
+    scanner = TarScanner(include=admit, done=check, digests=False)
     for _ in _stream(storage, key, manifest, scanner):
         pass
-    if [m.path for m in members] != [e.path for e in manifest.entries]:
+    if differs or next(expected, None) is not None:
+        members: list[Member] = []
+        for _ in _stream(storage, key, manifest, TarScanner(done=members.append)):
+            pass
         raise MembersDiffer(key, compare_trees(manifest.entries, members))
-    return Verified(key, manifest, members)
+    return Verified(key, manifest)
 
 
 def archive_chunks(storage: Storage, checked: Verified) -> Iterator[bytes]:
