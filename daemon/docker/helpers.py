@@ -8,6 +8,7 @@ driver would record the whole stream and cap it at ~20 MB/s (ENGINE-FACTS.md).
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import struct
 import threading
@@ -80,6 +81,9 @@ def helper_container(
         security_opt=["no-new-privileges"],
         log_config=LogConfig(type="none"),
     )
+    # A name known before the engine answers: an interruption (SIGTERM) that lands while
+    # the engine creates the container must not leave it behind.
+    name = f"volkeep-helper-{secrets.token_hex(8)}"
     try:
         container = api.create_container(
             image,
@@ -87,9 +91,13 @@ def helper_container(
             host_config=host_config,
             labels=helper_labels(owner or (mounts[0].volume if mounts else "")),
             network_disabled=True,
+            name=name,
         )
     except docker.errors.ImageNotFound:
         raise missing_image(image) from None
+    except BaseException:
+        remove_container(api, name)
+        raise
     container_id: str = container["Id"]
     with _live_helpers_lock:
         _live_helpers.add(container_id)

@@ -295,7 +295,10 @@ def test_kill_9_mid_backup_then_a_restart_removes_the_leftovers_before_the_next_
     )
     crashed = start_daemon()
     crashed.wait_for_event("backup started")
-    wait_until(lambda: partial_files(workspace), "the backup writing its archive")
+    wait_until(
+        lambda: partial_files(workspace) and helpers_of(api, volume),
+        "the backup writing its archive from its helper",
+    )
     crashed.kill()
 
     [leftover] = helpers_of(api, volume)
