@@ -70,14 +70,21 @@ def volume_lock(
         os.close(descriptor)
 
 
-def is_locked(state_dir: Path, volume: str) -> bool:
-    """Say whether some process holds the volume's lock right now."""
-    path = _lock_path(state_dir, volume)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def is_held(path: Path) -> bool:
+    """Say whether some process holds a flock on the file right now (a missing file: no)."""
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:
         os.close(descriptor)
     return False
+
+
+def is_locked(state_dir: Path, volume: str) -> bool:
+    """Say whether some process holds the volume's lock right now."""
+    return is_held(_lock_path(state_dir, volume))

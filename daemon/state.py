@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from daemon.errors import OperationError, VolkeepError
+from daemon.locks import is_held
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
@@ -306,14 +307,4 @@ def daemon_pid_file(state_dir: Path) -> Iterator[None]:
 
 def daemon_running(state_dir: Path) -> bool:
     """Say whether a daemon holds the state dir's pid file right now."""
-    try:
-        descriptor = os.open(state_dir / PID_FILE, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)
-    return False
+    return is_held(state_dir / PID_FILE)
