@@ -14,14 +14,17 @@ if ! docker info >/dev/null 2>&1; then
     exit 1
 fi
 
-python3 -m venv "$prefix"
+apt_install() {  # Debian's packages, when the host has apt and lacks them
+    command -v apt-get >/dev/null || return 1
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+python3 -m venv "$prefix" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$prefix"; }
 "$prefix/bin/pip" install --quiet --disable-pip-version-check "$here"
 ln -sf "$prefix/bin/volkeep" /usr/local/bin/volkeep
 
 if [ "${VOLKEEP_SKIP_HELPER:-0}" != 1 ] && ! docker image inspect volkeep-helper:busybox >/dev/null 2>&1; then
-    if ! /bin/busybox --list >/dev/null 2>&1 && command -v apt-get >/dev/null; then
-        apt-get install -y -qq busybox-static >/dev/null
-    fi
+    /bin/busybox --list >/dev/null 2>&1 || apt_install busybox-static
     "$here/scripts/build-helper-image.sh" volkeep-helper:busybox
 fi
 
