@@ -118,21 +118,20 @@ def restore_volume(
     ):
         log.info("restore started")
         checked = verify_archive(storage, key, manifest)
-        created = inspect_volume(api, target) is None
+        existing = inspect_volume(api, target)
+        created = existing is None
         safety = None
         if created:
             create_volume(api, target)
         try:
-            if not created and not is_empty(api, policy.helper_image, target, target):
+            if existing is not None and not is_empty(api, policy.helper_image, target, target):
                 if not force:
                     raise OperationError(
                         f"target volume {target!r} is not empty; use --force to replace its "
                         "content (it is saved first as a safety archive)"
                     )
-                target_info = inspect_volume(api, target)
-                assert target_info is not None
                 source = BackupSource(
-                    policy.name, target_info, policy.helper_image, policy.compression, kind="safety"
+                    policy.name, existing, policy.helper_image, policy.compression, kind="safety"
                 )
                 safety = back_up_volume(api, storage, source).id
                 log.info("saved the target's content as a safety archive", safety_archive=safety)

@@ -57,3 +57,8 @@ class PathGuard:
             raise UnsafeMember(f"member {member.path!r}: {problem}")
         if member.type == "symlink":
             self._symlinks.add(member.path)
+
+    def admit(self, member: Member) -> bool:
+        """The guard as a TarScanner `include`: check the member, then keep it."""
+        self.check(member)
+        return True

@@ -174,20 +174,15 @@ def verify_archive(storage: Storage, key: ArchiveKey, manifest: Manifest) -> Ver
     Members are checked against the entries as they pass, without keeping them: only when
     they differ is the archive read again, to say how.
     """
-    guard = PathGuard()
     expected = (entry.path for entry in manifest.entries)
     differs = False
-
-    def admit(member: Member) -> bool:
-        guard.check(member)
-        return True
 
     def check(member: Member) -> None:
         nonlocal differs
         differs = differs or next(expected, None) != member.path
 
     # Contents are not digested here: the SHA-256 of the stored bytes vouches for them.
-    scanner = TarScanner(include=admit, done=check, digests=False)
+    scanner = TarScanner(include=PathGuard().admit, done=check, digests=False)
     for _ in _stream(storage, key, manifest, scanner):
         pass
     if differs or next(expected, None) is not None:
@@ -201,16 +196,14 @@ def verify_archive(storage: Storage, key: ArchiveKey, manifest: Manifest) -> Ver
 def archive_chunks(storage: Storage, checked: Verified) -> Iterator[bytes]:
     """Yield the checked archive's tar stream, guarded again member by member (the stored
     file could change between the check and now) and re-hashed."""
-    guard = PathGuard()
-    pending: list[bytes] = []
+    pending: list[bytes | memoryview] = []
 
-    def admit(member: Member) -> bool:
-        guard.check(member)
-        return True
+    def keep(data: bytes | bytearray | memoryview) -> None:
+        # Pieces of decompressed data are immutable bytes and are kept as they are; only
+        # the scanner's own header buffer (a bytearray it reuses) must be copied.
+        pending.append(bytes(data) if isinstance(data, bytearray) else data)
 
-    scanner = TarScanner(
-        emit=lambda data: pending.append(bytes(data)), include=admit, digests=False
-    )
+    scanner = TarScanner(emit=keep, include=PathGuard().admit, digests=False)
     for _ in _stream(storage, checked.key, checked.manifest, scanner):
         if pending:
             yield b"".join(pending)

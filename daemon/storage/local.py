@@ -111,11 +111,6 @@ class LocalStorage:
     def read_manifest(self, key: ArchiveKey) -> bytes:
         return self._path(key, MANIFEST_SUFFIX).read_bytes()
 
-    def policies(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(entry.name for entry in self.root.iterdir() if entry.is_dir())
-
     def volumes(self, policy: str) -> list[str]:
         directory = self.root / policy
         if not directory.is_dir():
