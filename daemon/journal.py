@@ -2,10 +2,15 @@
 
 Before it stops the containers that use a volume, volkeep writes them to
 `<state dir>/stopped/<volume>.json` and syncs it. It starts them again as soon as the
-volume's tar stream ends, on every way out of the backup (a failure, SIGTERM), and, if
-volkeep itself died, at the next start of any volkeep process that talks to the engine
-(`restart_after_crash`). The journal is removed once all of them run again; a container
-that cannot be started stays in it, to be tried again at the next start.
+volume's tar stream ends, on every way out of the backup (a failure, SIGTERM), trying each
+start a few times over a few seconds (a container whose network or dependency is not back
+yet). The journal is removed once all of them run again; a container that still cannot be
+started stays in it.
+
+A journal is written, read and removed only under its volume's lock (daemon.locks), so a
+journal whose lock is free is abandoned, whoever wrote it: a volkeep that died, or an
+operation that ended with a container it could not start. `restart_pending` starts those
+containers again; it runs whenever volkeep connects to the engine and before each job.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +30,14 @@ import requests
 import structlog
 
 from daemon.docker.client import engine_failure
-from daemon.docker.containers import ContainerInfo, start_container, stop_container
+from daemon.docker.containers import (
+    ContainerInfo,
+    StartOutcome,
+    start_container,
+    stop_container,
+)
 from daemon.errors import OperationError
+from daemon.locks import volume_lock
 from daemon.owner import owner_is_gone, this_process
 from daemon.state import Downtime, History
 from daemon.storage.local import publish
@@ -35,6 +46,7 @@ log = structlog.get_logger()
 
 JOURNAL_DIRECTORY = "stopped"
 FORMAT_VERSION = 1
+START_RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds before each further attempt to start one
 
 
 @dataclass(frozen=True)
@@ -97,13 +109,18 @@ def write_journal(state_dir: Path, journal: Journal) -> Journal:
     if earlier is not None:
         kept = tuple(c for c in earlier.containers if c.id not in listed)
         journal = Journal(journal.policy, journal.volume, journal.owner, journal.containers + kept)
+    _write(path, journal)
+    return journal
+
+
+def _write(path: Path, journal: Journal) -> None:
+    """Write the journal to a temporary file, sync it and move it into place."""
     temporary = path.with_name(f".{path.name}.partial")
     with open(temporary, "wb") as file:
         file.write(journal.to_json())
         file.flush()
         os.fsync(file.fileno())
     publish(temporary, path)
-    return journal
 
 
 def read_journal(path: Path) -> Journal | None:
@@ -121,18 +138,19 @@ def read_journal(path: Path) -> Journal | None:
 def start_again(
     api: docker.APIClient, state_dir: Path, journal: Journal, stopped: dict[str, datetime]
 ) -> list[str]:
-    """Start the journal's containers in its order, then record the downtime of each in the
-    run history (`stopped`: the measured stop times). Remove the journal if all of them run
-    again; return the names of those that could not be started."""
-    failed = []
+    """Start the journal's containers in its order (each tried again after each of
+    START_RETRY_DELAYS), then record the downtime of each in the run history (`stopped`: the
+    measured stop times). Remove the journal if all of them run again, else leave in it only
+    those that do not; return their names. Hold the volume's lock."""
+    failed: list[StoppedContainer] = []
     downtimes = []
     for container in journal.containers:
         with structlog.contextvars.bound_contextvars(container=container.name):
             try:
-                outcome = start_container(api, container.id)
+                outcome = _start_with_retries(api, container.id)
             except (docker.errors.APIError, requests.RequestException) as error:
                 log.error("cannot start the container again", error=engine_failure(error).message)
-                failed.append(container.name)
+                failed.append(container)
                 continue
             if outcome == "missing":
                 log.warning("the container was removed while stopped; nothing to start")
@@ -143,15 +161,37 @@ def start_again(
                 )
                 downtimes.append(downtime)
                 log.info("container started again", downtime_seconds=round(downtime.seconds, 2))
-    if not failed:
-        journal_path(state_dir, journal.volume).unlink(missing_ok=True)
+    path = journal_path(state_dir, journal.volume)
+    try:
+        if failed:
+            _write(path, Journal(journal.policy, journal.volume, journal.owner, tuple(failed)))
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as error:  # the journal as it was still lists them all: harmless
+        log.error("cannot update the stop journal", journal=str(path), error=str(error))
     try:
         history = History(state_dir)
         for downtime in downtimes:
             history.record_downtime(downtime)
     except (OSError, sqlite3.Error) as error:
         log.error("cannot record the downtime in the run history", error=str(error))
-    return failed
+    return [container.name for container in failed]
+
+
+def _start_with_retries(api: docker.APIClient, container_id: str) -> StartOutcome:
+    """Start the container, trying again after each of START_RETRY_DELAYS while the engine
+    refuses. Raise the engine's last error."""
+    for delay in START_RETRY_DELAYS:
+        try:
+            return start_container(api, container_id)
+        except (docker.errors.APIError, requests.RequestException) as error:
+            log.warning(
+                "cannot start the container again yet",
+                error=engine_failure(error).message,
+                retry_in_seconds=delay,
+            )
+            time.sleep(delay)
+    return start_container(api, container_id)
 
 
 @contextmanager
@@ -225,13 +265,36 @@ def journals(state_dir: Path) -> list[Path]:
     return sorted(directory.glob("*.json")) if directory.is_dir() else []
 
 
-def restart_after_crash(api: docker.APIClient, state_dir: Path) -> None:
-    """Start again the containers listed in the journals of volkeep processes that died."""
+def restart_pending(api: docker.APIClient, state_dir: Path) -> None:
+    """Start again the containers of every abandoned stop journal: one whose volume lock is
+    free, whoever wrote it. A journal whose lock is held belongs to an operation at work,
+    which starts its containers itself."""
     for path in journals(state_dir):
-        journal = read_journal(path)
-        if journal is None or not owner_is_gone(journal.owner):
-            continue  # unreadable (logged), or its backup is still running
-        with structlog.contextvars.bound_contextvars(policy=journal.policy, volume=journal.volume):
-            names = ", ".join(c.name for c in journal.containers)
+        volume = path.name.removesuffix(".json")
+        with ExitStack() as held:
+            try:
+                held.enter_context(volume_lock(state_dir, volume, "start of stopped containers"))
+            except OperationError:
+                continue  # an operation holds the volume
+            journal = read_journal(path)
+            if journal is None:
+                continue  # gone meanwhile, or unreadable (logged)
+            _restart_abandoned(api, state_dir, journal)
+
+
+def _restart_abandoned(api: docker.APIClient, state_dir: Path, journal: Journal) -> None:
+    with structlog.contextvars.bound_contextvars(policy=journal.policy, volume=journal.volume):
+        names = ", ".join(c.name for c in journal.containers)
+        if owner_is_gone(journal.owner):
             log.warning("a volkeep process died with containers stopped", containers=names)
-            start_again(api, state_dir, journal, {})
+        else:
+            log.warning(
+                "an earlier operation left containers stopped",
+                containers=names,
+                stopped_by=journal.owner,
+            )
+        start_again(api, state_dir, journal, {})
+
+
+# The name daemon.actions.context still imports.
+restart_after_crash = restart_pending

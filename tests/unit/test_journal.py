@@ -1,18 +1,31 @@
-"""The stop journal on disk: what it lists, and what survives a new backup of the volume."""
+"""The stop journal: what it lists, what survives a new backup of the volume, and who starts
+again the containers it lists."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
+import docker
+import pytest
+
+from daemon import journal
+from daemon.docker.containers import ContainerInfo
+from daemon.errors import OperationError
 from daemon.journal import (
     Journal,
     StoppedContainer,
+    containers_stopped,
     journal_path,
     journals,
     read_journal,
+    restart_pending,
     write_journal,
 )
+from daemon.locks import volume_lock
+from daemon.owner import this_process
+from daemon.state import History
 
 MOMENT = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 
@@ -42,3 +55,88 @@ def test_an_unreadable_journal_is_reported_as_none(tmp_path: Path) -> None:
     path.write_text("{not json")
     assert read_journal(path) is None
     assert read_journal(journal_path(tmp_path, "absent")) is None
+
+
+class FakeEngine:
+    """Containers by id, running or not; a container refuses as many starts as `refusals`
+    says (the engine answers 500, as when its network is not back yet)."""
+
+    def __init__(self, running: dict[str, bool], refusals: dict[str, int] | None = None) -> None:
+        self.running = dict(running)
+        self.refusals = dict(refusals or {})
+        self.start_attempts: list[str] = []
+        self.stopped: list[str] = []
+
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        if container_id not in self.running:
+            raise docker.errors.NotFound(f"no such container: {container_id}")
+        return {"State": {"Running": self.running[container_id]}}
+
+    def start(self, container_id: str) -> None:
+        self.start_attempts.append(container_id)
+        if self.refusals.get(container_id, 0) > 0:
+            self.refusals[container_id] -= 1
+            raise docker.errors.APIError("500 Server Error", explanation="network not found")
+        self.running[container_id] = True
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        self.stopped.append(container_id)
+        self.running[container_id] = False
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal, "START_RETRY_DELAYS", (0.01, 0.01, 0.01))
+
+
+def info(name: str) -> ContainerInfo:
+    return ContainerInfo(f"id-{name}", name, running=True)
+
+
+def test_a_container_that_refuses_its_first_start_runs_again_when_the_backup_ends(
+    tmp_path: Path, quick_retries: None
+) -> None:
+    engine = FakeEngine({"id-db": True}, refusals={"id-db": 2})
+    with containers_stopped(cast(Any, engine), tmp_path, "app", "app_db", [info("db")], 10):
+        assert engine.running == {"id-db": False}
+    assert engine.running == {"id-db": True}
+    assert engine.start_attempts == ["id-db"] * 3
+    assert journals(tmp_path) == []
+
+
+def test_a_container_that_never_starts_stays_alone_in_the_journal(
+    tmp_path: Path, quick_retries: None
+) -> None:
+    engine = FakeEngine({"id-db": True, "id-web": True}, refusals={"id-web": 99})
+    containers = [info("web"), info("db")]
+    with (
+        pytest.raises(OperationError, match="could not start again: web"),
+        containers_stopped(cast(Any, engine), tmp_path, "app", "app_db", containers, 10),
+    ):
+        pass
+    assert engine.running == {"id-db": True, "id-web": False}
+    assert engine.start_attempts.count("id-web") == len(journal.START_RETRY_DELAYS) + 1
+    left = read_journal(journal_path(tmp_path, "app_db"))
+    assert left is not None and [c.name for c in left.containers] == ["web"]
+
+
+def test_a_journal_a_live_volkeep_left_is_retried_once_its_volume_lock_is_free(
+    tmp_path: Path,
+) -> None:
+    # this very process stopped db and could not start it: the owner lives, the lock is free
+    write_journal(tmp_path, Journal("app", "app_db", this_process(), (stopped("db"),)))
+    engine = FakeEngine({"id-db": False})
+    restart_pending(cast(Any, engine), tmp_path)
+    assert engine.running == {"id-db": True}
+    assert journals(tmp_path) == []
+    (downtime,) = History(tmp_path).downtimes("app", "app_db")
+    assert downtime.container == "db" and downtime.stopped == MOMENT
+
+
+def test_a_journal_whose_volume_lock_is_held_is_left_to_its_operation(tmp_path: Path) -> None:
+    write_journal(tmp_path, Journal("app", "app_db", "host:1:2", (stopped("db"),)))
+    engine = FakeEngine({"id-db": False})
+    with volume_lock(tmp_path, "app_db", "backup of app"):
+        restart_pending(cast(Any, engine), tmp_path)
+    assert engine.start_attempts == []
+    assert journals(tmp_path) == [journal_path(tmp_path, "app_db")]
