@@ -11,6 +11,11 @@ A journal is written, read and removed only under its volume's lock (daemon.lock
 journal whose lock is free is abandoned, whoever wrote it: a volkeep that died, or an
 operation that ended with a container it could not start. `restart_pending` starts those
 containers again; it runs whenever volkeep connects to the engine and before each job.
+
+A journal that cannot be read (a disk fault: writes are atomic) may list containers still
+stopped, so it is never overwritten nor removed: it is kept aside as
+`<volume>.json.unreadable-<time>`, an error names it, and volkeep stops no container for
+that volume while it is there. The operator checks those containers and removes the file.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ log = structlog.get_logger()
 JOURNAL_DIRECTORY = "stopped"
 FORMAT_VERSION = 1
 START_RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds before each further attempt to start one
+UNREADABLE = ".unreadable-"  # between a journal's name and the time it was kept aside
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,10 @@ class Journal:
             raise ValueError(f"unreadable stop journal: {error!r}") from None
 
 
+class UnreadableJournal(Exception):
+    """A stop journal that is there but cannot be read or understood."""
+
+
 def journal_path(state_dir: Path, volume: str) -> Path:
     return state_dir / JOURNAL_DIRECTORY / f"{volume}.json"
 
@@ -101,12 +111,29 @@ def journal_path(state_dir: Path, volume: str) -> Path:
 def write_journal(state_dir: Path, journal: Journal) -> Journal:
     """Given the containers about to be stopped, write and sync the volume's journal; return
     what it now lists. Containers an earlier journal of the volume still lists (a dead
-    volkeep's, that could not be started again) stay in it, to be started last."""
+    volkeep's, that could not be started again) stay in it, to be started last.
+
+    Raise OperationError, stopping nothing, if an unreadable journal of the volume is kept
+    aside (an unreadable journal found now is kept aside first); OSError if the journal
+    cannot be written.
+    """
     path = journal_path(state_dir, journal.volume)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    listed = {container.id for container in journal.containers}
-    earlier = read_journal(path)
+    unreadable = unreadable_journals(state_dir, journal.volume)
+    try:
+        earlier = read_journal(path)
+    except UnreadableJournal as error:
+        earlier = None
+        unreadable.insert(0, set_aside(path, error))
+    if unreadable:
+        raise OperationError(
+            f"volkeep stops no container for this volume while {unreadable[0]} exists: that "
+            "stop journal was unreadable and the containers it listed may still be stopped; "
+            "start them if they should run, then remove the file (nothing was stopped)",
+            volume=journal.volume,
+        )
     if earlier is not None:
+        listed = {container.id for container in journal.containers}
         kept = tuple(c for c in earlier.containers if c.id not in listed)
         journal = Journal(journal.policy, journal.volume, journal.owner, journal.containers + kept)
     _write(path, journal)
@@ -124,15 +151,53 @@ def _write(path: Path, journal: Journal) -> None:
 
 
 def read_journal(path: Path) -> Journal | None:
-    """Given a journal's path, return the Journal, or None if there is none or it is
-    unreadable (which is logged: atomic writes make that a disk fault)."""
+    """Given a journal's path, return the Journal, or None if there is none.
+
+    Raise UnreadableJournal if it cannot be read or understood.
+    """
     try:
         return Journal.from_json(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        log.error("cannot read a stop journal", journal=str(path), error=str(error))
-        return None
+        raise UnreadableJournal(str(error)) from None
+
+
+def set_aside(path: Path, reason: UnreadableJournal) -> Path:
+    """Keep an unreadable journal as `<name>.unreadable-<time>`, where nothing overwrites it,
+    and log an error naming it; return where it is now (where it was, if it cannot be
+    moved)."""
+    kept = path.with_name(f"{path.name}{UNREADABLE}{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}")
+    try:
+        os.link(path, kept)  # never replaces a file
+        path.unlink()
+    except OSError as error:
+        log.error(
+            "a stop journal is unreadable and cannot be kept aside; remove it once the "
+            "containers it lists run again",
+            journal=str(path),
+            reason=str(reason),
+            error=str(error),
+        )
+        return path
+    log.error(
+        "a stop journal is unreadable: the containers it lists may still be stopped; it is "
+        "kept aside, and no container of the volume is stopped until it is removed",
+        journal=str(kept),
+        reason=str(reason),
+    )
+    return kept
+
+
+def unreadable_journals(state_dir: Path, volume: str) -> list[Path]:
+    """Return the paths of the volume's unreadable journals kept aside."""
+    directory = state_dir / JOURNAL_DIRECTORY
+    if not directory.is_dir():
+        return []
+    name = journal_path(state_dir, volume).name
+    return sorted(
+        path for path in directory.iterdir() if path.name.startswith(f"{name}{UNREADABLE}")
+    )
 
 
 def start_again(
@@ -276,10 +341,13 @@ def restart_pending(api: docker.APIClient, state_dir: Path) -> None:
                 held.enter_context(volume_lock(state_dir, volume, "start of stopped containers"))
             except OperationError:
                 continue  # an operation holds the volume
-            journal = read_journal(path)
-            if journal is None:
-                continue  # gone meanwhile, or unreadable (logged)
-            _restart_abandoned(api, state_dir, journal)
+            try:
+                journal = read_journal(path)
+            except UnreadableJournal as error:
+                set_aside(path, error)
+                continue
+            if journal is not None:  # else it is gone: its operation ended meanwhile
+                _restart_abandoned(api, state_dir, journal)
 
 
 def _restart_abandoned(api: docker.APIClient, state_dir: Path, journal: Journal) -> None:

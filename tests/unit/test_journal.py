@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import docker
 import pytest
+from structlog.testing import capture_logs
 
 from daemon import journal
 from daemon.docker.containers import ContainerInfo
@@ -16,6 +17,7 @@ from daemon.errors import OperationError
 from daemon.journal import (
     Journal,
     StoppedContainer,
+    UnreadableJournal,
     containers_stopped,
     journal_path,
     journals,
@@ -49,11 +51,12 @@ def test_containers_a_dead_volkeep_could_not_start_stay_listed(tmp_path: Path) -
     assert read_journal(journal_path(tmp_path, "app_db")) == newer
 
 
-def test_an_unreadable_journal_is_reported_as_none(tmp_path: Path) -> None:
+def test_an_unreadable_journal_is_an_error_and_a_missing_one_is_none(tmp_path: Path) -> None:
     path = journal_path(tmp_path, "app_db")
     path.parent.mkdir()
     path.write_text("{not json")
-    assert read_journal(path) is None
+    with pytest.raises(UnreadableJournal):
+        read_journal(path)
     assert read_journal(journal_path(tmp_path, "absent")) is None
 
 
@@ -140,3 +143,48 @@ def test_a_journal_whose_volume_lock_is_held_is_left_to_its_operation(tmp_path: 
         restart_pending(cast(Any, engine), tmp_path)
     assert engine.start_attempts == []
     assert journals(tmp_path) == [journal_path(tmp_path, "app_db")]
+
+
+def unreadable_journal(state_dir: Path, volume: str) -> bytes:
+    path = journal_path(state_dir, volume)
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b'{"version": 1, "policy": "app", "volume": "app_db", "containers": [{"id"')
+    return path.read_bytes()
+
+
+def test_an_unreadable_journal_is_kept_aside_and_no_container_is_stopped_until_it_is_removed(
+    tmp_path: Path,
+) -> None:
+    damaged = unreadable_journal(tmp_path, "app_db")
+    engine = FakeEngine({"id-db": True})
+
+    def backup() -> None:
+        with containers_stopped(cast(Any, engine), tmp_path, "app", "app_db", [info("db")], 10):
+            pass
+
+    with capture_logs() as logged, pytest.raises(OperationError) as refused:
+        backup()
+    (kept,) = (tmp_path / "stopped").glob("app_db.json.unreadable-*")
+    assert kept.read_bytes() == damaged
+    assert journals(tmp_path) == []
+    assert str(kept) in refused.value.message and "nothing was stopped" in refused.value.message
+    (error,) = [e for e in logged if e["log_level"] == "error"]
+    assert error["journal"] == str(kept)
+    assert engine.stopped == []
+
+    with pytest.raises(OperationError, match="stops no container for this volume"):
+        backup()  # the next backup too, until an operator looks
+    assert engine.stopped == []
+
+    kept.unlink()
+    backup()
+    assert engine.stopped == ["id-db"] and engine.running == {"id-db": True}
+
+
+def test_restarting_abandoned_journals_keeps_an_unreadable_one_aside(tmp_path: Path) -> None:
+    damaged = unreadable_journal(tmp_path, "app_db")
+    with capture_logs() as logged:
+        restart_pending(cast(Any, FakeEngine({})), tmp_path)
+    (kept,) = (tmp_path / "stopped").glob("app_db.json.unreadable-*")
+    assert kept.read_bytes() == damaged
+    assert [e["journal"] for e in logged if e["log_level"] == "error"] == [str(kept)]
