@@ -3,6 +3,10 @@
 A helper mounts volumes and runs one command of the helper image (tar, find...). Its
 stdout is read from the attach socket, never through a log driver: the default json-file
 driver would record the whole stream and cap it at ~20 MB/s (ENGINE-FACTS.md).
+
+Locked down: no network, every capability dropped but the few the operation needs, no new
+privileges, a read-only root file system (the volumes keep their own mode), at most
+HELPER_PIDS processes and HELPER_MEMORY bytes of memory.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ READ_BUFFER = 1 << 20
 PIECE_SIZE = 1 << 20
 QUEUE_DEPTH = 8
 STDERR_LIMIT = 64 << 10
+HELPER_PIDS = 64  # sh, find -exec rm, tar: a handful
+HELPER_MEMORY = 256 << 20  # busybox or GNU tar streaming a volume needs a few MiB
 
 READ_CAPABILITIES = ("DAC_READ_SEARCH",)  # read every file whatever its mode, change nothing
 WRITE_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID")
@@ -70,17 +76,7 @@ def helper_container(
     label; the labels also name this process, so that the next volkeep command removes the
     helper if this process dies.
     """
-    host_config = api.create_host_config(
-        mounts=[
-            DockerMount(m.target, m.volume, type="volume", read_only=m.read_only, no_copy=True)
-            for m in mounts
-        ],
-        network_mode="none",
-        cap_drop=["ALL"],
-        cap_add=list(capabilities),
-        security_opt=["no-new-privileges"],
-        log_config=LogConfig(type="none"),
-    )
+    host_config = helper_host_config(api, mounts, capabilities)
     # A name known before the engine answers: an interruption (SIGTERM) that lands while
     # the engine creates the container must not leave it behind.
     name = f"volkeep-helper-{secrets.token_hex(8)}"
@@ -107,6 +103,27 @@ def helper_container(
         with _live_helpers_lock:
             _live_helpers.discard(container_id)
         remove_container(api, container_id)
+
+
+def helper_host_config(
+    api: docker.APIClient, mounts: Sequence[Mount], capabilities: Sequence[str]
+) -> dict[str, Any]:
+    """Given a helper's mounts and capabilities, return its locked-down host config."""
+    host_config: dict[str, Any] = api.create_host_config(
+        mounts=[
+            DockerMount(m.target, m.volume, type="volume", read_only=m.read_only, no_copy=True)
+            for m in mounts
+        ],
+        network_mode="none",
+        cap_drop=["ALL"],
+        cap_add=list(capabilities),
+        security_opt=["no-new-privileges"],
+        log_config=LogConfig(type="none"),
+        read_only=True,
+        pids_limit=HELPER_PIDS,
+        mem_limit=HELPER_MEMORY,
+    )
+    return host_config
 
 
 def kill_helpers(api: docker.APIClient) -> int:
