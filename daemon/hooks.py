@@ -4,12 +4,18 @@ A before hook that fails aborts the volume's backup; the after hooks all run, wh
 happened before them, and their failures are reported. A command is an argument list,
 never a shell string. Its output goes to the log line by line, bound to the policy and
 volume of the backup it serves.
+
+A hook's arguments may hold secrets (`mysqldump -pSECRET`, a token after `--token`), and
+what is logged reaches the journal (SPEC §5.6): logs and error messages name a hook by its
+program and its bare flags only (`-v`, `--verbose`, the name of `--password=…`); every other
+argument shows as `…`. The hook's own output is logged as it writes it.
 """
 
 from __future__ import annotations
 
 import contextvars
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -34,13 +40,31 @@ OUTPUT_LINES_LOGGED = 200  # per hook; the rest is counted, not logged
 LINE_LIMIT = 2000  # characters of one logged line
 KILL_GRACE = 5.0  # seconds to wait for a killed command's output to end
 READ_SIZE = 64 << 10
+BARE_FLAG = re.compile(r"-[A-Za-z0-9]|--([A-Za-z0-9][A-Za-z0-9_-]*)?")  # -v, --verbose, --
+LONG_FLAG_WITH_VALUE = re.compile(r"(--[A-Za-z0-9][A-Za-z0-9_-]*)=.*", re.DOTALL)
+HIDDEN = "…"
 
 
 def describe(hook: Hook) -> str:
-    """Given a hook, return it for messages: "exec in db: pg_dump -U app", "run: sync"."""
+    """Given a hook, return it for logs and messages, its argument values hidden:
+    "exec in db: pg_dump -U …", "run: sync"."""
     if isinstance(hook, ExecHook):
-        return f"exec in {hook.container}: {shlex.join(hook.command)}"
-    return f"run: {shlex.join(hook.command)}"
+        return f"exec in {hook.container}: {redacted(hook.command)}"
+    return f"run: {redacted(hook.command)}"
+
+
+def redacted(command: Sequence[str]) -> str:
+    """Given a command, return it with every argument but the bare flags shown as `…`
+    ("mysqldump -u … --password=… …")."""
+    shown = [shlex.quote(command[0])] if command else []
+    for argument in command[1:]:
+        if BARE_FLAG.fullmatch(argument):
+            shown.append(argument)
+        elif flag := LONG_FLAG_WITH_VALUE.fullmatch(argument):
+            shown.append(f"{flag.group(1)}={HIDDEN}")
+        else:
+            shown.append(HIDDEN)
+    return " ".join(shown)
 
 
 def run_before_hooks(api: docker.APIClient, hooks: Sequence[Hook]) -> None:

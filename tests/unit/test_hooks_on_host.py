@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from daemon.config.model import RunHook
 from daemon.errors import OperationError
-from daemon.hooks import after_hooks, run_before_hooks, run_hook
+from daemon.hooks import after_hooks, redacted, run_before_hooks, run_hook
+from daemon.log import configure_logging
 
 NO_ENGINE: Any = None  # host hooks never talk to the engine
 
@@ -27,8 +31,8 @@ def test_a_failing_command_is_reported_with_its_status_and_last_line() -> None:
     with pytest.raises(OperationError) as failed:
         run_before_hooks(NO_ENGINE, [hook])
     assert failed.value.message == (
-        "before hook 1 (run: sh -c 'echo starting; echo '\"'\"'disk full'\"'\"' >&2; exit 4') "
-        "failed: exit status 4: disk full; the volume was not backed up"
+        "before hook 1 (run: sh -c …) failed: exit status 4: disk full; "
+        "the volume was not backed up"
     )
 
 
@@ -64,3 +68,44 @@ def test_failing_after_hooks_fail_a_successful_block() -> None:
     assert failed.value.message == (
         "the backup is done, but after hook 2 (run: false): exit status 1"
     )
+
+
+@pytest.fixture
+def json_log() -> Iterator[None]:
+    """volkeep's own logging, as in the journal, on the captured stderr."""
+    configure_logging("json")
+    yield
+    structlog.reset_defaults()
+
+
+def test_a_secret_argument_of_a_hook_never_reaches_the_log(
+    json_log: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = "echo dumping; exit 3"
+    hook = RunHook(("sh", "-c", script, "sh", "-pSECRET-1", "--password=SECRET-2", "SECRET-3"))
+    with pytest.raises(OperationError) as failed:
+        run_before_hooks(NO_ENGINE, [hook])
+    structlog.get_logger().error("backup failed", error=failed.value.message)  # as actions do
+    logged = capsys.readouterr().err
+    assert "SECRET" not in logged
+    lines = [json.loads(line) for line in logged.splitlines()]
+    started = next(line for line in lines if line["event"] == "hook started")
+    assert started["command"] == "run: sh -c … … … --password=… …"
+    assert [line["line"] for line in lines if line["event"] == "hook output"] == ["dumping"]
+    assert failed.value.message.startswith("before hook 1 (run: sh -c … … … --password=… …)")
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        (("sync",), "sync"),
+        (("pg_dump", "-U", "app", "-Fc", "shop"), "pg_dump -U … … …"),
+        (("mysqldump", "-pSECRET", "--single-transaction"), "mysqldump … --single-transaction"),
+        (("curl", "--header=Authorization: x", "--", "url"), "curl --header=… -- …"),
+        (("/opt/backup tool", "-v"), "'/opt/backup tool' -v"),
+    ],
+)
+def test_a_logged_command_keeps_the_program_and_bare_flags_only(
+    command: tuple[str, ...], shown: str
+) -> None:
+    assert redacted(command) == shown
