@@ -10,9 +10,10 @@ tar flags never produce them.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 BLOCK = 512
 MAX_EXTENDED_HEADER = 1 << 20  # a longer name or PAX header is not a volume, it is an attack
@@ -98,38 +99,67 @@ def _decode(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def _number(field_bytes: bytes) -> int:
+# A numeric header field as Go's archive/tar (the Engine's extractor) and Python's tarfile
+# both read it, to the same value: octal digits between spaces, then spaces or NULs.
+_OCTAL = re.compile(rb" *([0-7]*)[ \0]*")
+_PAX_INTEGER = re.compile(r"[+-]?[0-9]+")  # Go's strconv.ParseInt(value, 10, 64)
+_PAX_TIME = re.compile(r"[+-]?[0-9]+(?:\.[0-9]*)?")  # Go's parsePAXTime
+_INT64 = 1 << 63
+
+
+def _number(field_bytes: bytes) -> int | None:
+    """Given a numeric header field, return its value, or None if it is not a number."""
     if field_bytes and field_bytes[0] & 0x80:  # GNU base-256 for values too large for octal
         value = int.from_bytes(field_bytes[1:], "big")
         return value - (1 << (8 * len(field_bytes) - 8)) if field_bytes[0] == 0xFF else value
-    text = field_bytes.split(b"\0", 1)[0].strip(b" ")
-    try:
-        return int(text, 8) if text else 0
-    except ValueError:
-        raise TarFormatError(f"bad number field {field_bytes!r} in tar header") from None
+    match = _OCTAL.fullmatch(field_bytes)
+    if match is None:
+        return None
+    return int(match[1], 8) if match[1] else 0
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
+    """Given the data of a PAX header, return its records as Go's archive/tar reads them:
+    "<length> <key>=<value>\\n" from the first byte to the last. Raise ValueError naming
+    what is wrong otherwise."""
     records: dict[str, str] = {}
     position = 0
-    while position < len(data) and data[position] != 0:
+    while position < len(data):
         space = data.find(b" ", position)
-        if space < 0:
-            raise TarFormatError("malformed PAX header")
-        length = int(data[position:space])
-        record = data[space + 1 : position + length - 1]
-        key, _, value = record.partition(b"=")
+        length_field = data[position:space] if space > position else b""
+        if not length_field.isdigit():
+            raise ValueError(f"record length {length_field!r} at byte {position} is not a number")
+        end = position + int(length_field)
+        if end <= space + 1 or end > len(data) or data[end - 1] != 0x0A:
+            raise ValueError(f"record at byte {position} does not end where its length says")
+        key, equals, value = data[space + 1 : end - 1].partition(b"=")
+        if not key or not equals or b"\0" in key:
+            raise ValueError(f"record at byte {position} has no key")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        position += length
+        position = end
     return records
 
 
+def _pax_integer(value: str) -> int | None:
+    if _PAX_INTEGER.fullmatch(value) is None or not -_INT64 <= int(value) < _INT64:
+        return None
+    return int(value)
+
+
+def _pax_time(value: str) -> float | None:
+    if _PAX_TIME.fullmatch(value) is None or not -_INT64 <= int(value.partition(".")[0]) < _INT64:
+        return None
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
 def _checksum_ok(block: bytes) -> bool:
-    stored = _number(block[148:156])
+    stored = _OCTAL.fullmatch(block[148:156])
     unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    return stored == unsigned
+    return stored is not None and int(stored[1] or b"0", 8) == unsigned
 
 
+Number = TypeVar("Number", int, float)
 Include = Callable[[Member], bool]
 Emit = Callable[[bytes | bytearray | memoryview], object]
 
@@ -162,6 +192,8 @@ class TarScanner:
         self._global: dict[str, str] = {}
         self._extended_type: bytes | None = None
         self._extended_data = bytearray()
+        self._extended_name = ""  # the extended header's own name and offset, for messages
+        self._extended_at = 0
         self._remaining = 0  # data bytes of the current member (or extended header) still due
         self._padding = 0
         self._member: Member | None = None
@@ -196,7 +228,7 @@ class TarScanner:
                 if len(self._header) == BLOCK:
                     block = bytes(self._header)
                     self._header.clear()
-                    self._on_header(block)
+                    self._on_header(block, self.offset - len(view) - BLOCK)
 
     def close(self) -> None:
         """Raise TarFormatError unless the stream ended where a tar stream may end."""
@@ -225,7 +257,7 @@ class TarScanner:
             self._end_of_data()
         return view[take:]
 
-    def _on_header(self, block: bytes) -> None:
+    def _on_header(self, block: bytes, at: int) -> None:
         if block == bytes(BLOCK):
             if self._pending:
                 raise TarFormatError("extended header followed by an end marker")
@@ -235,19 +267,22 @@ class TarScanner:
                 self.ended = True
             return
         if self._zero_blocks:
-            raise TarFormatError(f"data after a zero block at offset {self.offset}")
+            raise TarFormatError(f"data after a zero block, at offset {at}")
         if not _checksum_ok(block):
-            raise TarFormatError(f"bad tar header checksum near offset {self.offset}")
+            raise TarFormatError(f"bad tar header checksum at offset {at}")
         typeflag = block[156:157]
-        size = _number(block[124:136])
+        name = _decode(block[0:100])
+        numbers = _header_numbers(block, name, at)
+        size = numbers[3]
         if typeflag in EXTENDED:
             if size > MAX_EXTENDED_HEADER:
-                raise TarFormatError(f"extended tar header of {size} bytes")
+                raise TarFormatError(f"extended tar header {name!r} of {size} bytes at offset {at}")
             self._extended_type = typeflag
+            self._extended_name, self._extended_at = name, at
             self._pending += block
             self._start_data(size)
             return
-        member = self._member_from(block, typeflag, size)
+        member = self._member_from(block, typeflag, numbers)
         self._member = member
         self._keep = self._include(member) if self._include else True
         if self._keep:
@@ -289,13 +324,20 @@ class TarScanner:
         elif typeflag == b"K":
             self._extended["linkpath"] = _decode(data)
         elif typeflag == b"x":
-            self._extended.update(_parse_pax(data))
+            self._extended.update(self._pax_records(data))
         else:  # a global header applies to every member that follows; forward it as it is
-            self._global.update(_parse_pax(data))
+            self._global.update(self._pax_records(data))
             self._out(self._pending)
             self._pending.clear()
 
-    def _member_from(self, block: bytes, typeflag: bytes, size: int) -> Member:
+    def _pax_records(self, data: bytes) -> dict[str, str]:
+        try:
+            return _parse_pax(data)
+        except ValueError as problem:
+            where = f"PAX header {self._extended_name!r} at offset {self._extended_at}"
+            raise TarFormatError(f"{where}: {problem}") from None
+
+    def _member_from(self, block: bytes, typeflag: bytes, numbers: list[int]) -> Member:
         records = {**self._global, **self._extended}
         if any(key.startswith("GNU.sparse.") for key in records) or typeflag == b"S":
             raise TarFormatError("sparse tar members are not supported")
@@ -311,14 +353,23 @@ class TarScanner:
             kind = "dir"  # pre-POSIX tars mark directories by a trailing slash only
         if kind == "hardlink":
             link = normalize_path(link)
+        mode, uid, gid, size, header_mtime = numbers
+        mtime: float = header_mtime
+        if records:
+            uid = _pax_number(records, "uid", _pax_integer, uid, name)
+            gid = _pax_number(records, "gid", _pax_integer, gid, name)
+            size = _pax_number(records, "size", _pax_integer, size, name)
+            mtime = _pax_number(records, "mtime", _pax_time, mtime, name)
+            _pax_number(records, "atime", _pax_time, 0.0, name)  # Go refuses a bad one too
+            _pax_number(records, "ctime", _pax_time, 0.0, name)
         return Member(
             path=normalize_path(name),
             type=kind,
-            mode=_number(block[100:108]) & 0o7777,
-            uid=int(records.get("uid", _number(block[108:116]))),
-            gid=int(records.get("gid", _number(block[116:124]))),
-            size=int(records.get("size", size)) if kind == "file" else 0,
-            mtime=_mtime(records.get("mtime"), _number(block[136:148])),
+            mode=mode & 0o7777,
+            uid=uid,
+            gid=gid,
+            size=size if kind == "file" else 0,
+            mtime=mtime,
             link=link if kind in ("symlink", "hardlink") else None,
             xattrs={
                 key.removeprefix("SCHILY.xattr."): value
@@ -329,8 +380,41 @@ class TarScanner:
         )
 
 
-def _mtime(pax_value: str | None, header_value: int) -> float:
-    if pax_value is None:
-        return header_value
-    value = float(pax_value)
-    return int(value) if value.is_integer() else value
+_HEADER_NUMBERS = (
+    ("mode", 100, 108),
+    ("uid", 108, 116),
+    ("gid", 116, 124),
+    ("size", 124, 136),
+    ("mtime", 136, 148),
+)
+
+
+def _header_numbers(block: bytes, name: str, at: int) -> list[int]:
+    """Given a header block, return its mode, uid, gid, size and mtime; raise TarFormatError
+    naming the member if one is not a number."""
+    numbers = []
+    for field, start, end in _HEADER_NUMBERS:
+        value = _number(block[start:end])
+        if value is None:
+            where = f"member {name!r} (header at offset {at})"
+            raise TarFormatError(f"{where}: bad {field} field {block[start:end]!r}")
+        numbers.append(value)
+    return numbers
+
+
+def _pax_number(
+    records: dict[str, str],
+    key: str,
+    parse: Callable[[str], Number | None],
+    default: Number,
+    name: str,
+) -> Number:
+    """Return the PAX record `key` read by `parse`, or `default` when it is absent or empty
+    (Go's archive/tar keeps the header's value then); raise TarFormatError if it is no number."""
+    value = records.get(key)
+    if not value:
+        return default
+    number = parse(value)
+    if number is None:
+        raise TarFormatError(f"member {name!r}: PAX {key} {value!r} is not a number")
+    return number

@@ -39,6 +39,40 @@ def scan(data: bytes, piece: int = 32768, **kwargs: object) -> tuple[list[Member
     return members, bytes(out)
 
 
+def header(name: str, kind: bytes = tarfile.REGTYPE, size: int = 0, **fields: object) -> bytes:
+    """One ustar header block, as tarfile writes it."""
+    return info(name, kind, size=size, **fields).tobuf(tarfile.USTAR_FORMAT)
+
+
+def patched(block: bytes, offset: int, value: bytes) -> bytes:
+    """The header block with `value` written at `offset` and its checksum made right again."""
+    changed = bytearray(block)
+    changed[offset : offset + len(value)] = value
+    changed[148:156] = b" " * 8
+    changed[148:156] = b"%06o\0 " % sum(changed)
+    return bytes(changed)
+
+
+def member_data(block: bytes, data: bytes) -> bytes:
+    return block + data + bytes(-len(data) % 512)
+
+
+def pax_record(key: bytes, value: bytes) -> bytes:
+    """One PAX record with its length right."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(b"%d" % length) + len(body) != length:
+        length += 1
+    return b"%d" % length + body
+
+
+def pax_member(records: bytes, name: str = "f", content: bytes = b"") -> bytes:
+    """A stream of one PAX header holding `records` as they are, its member and the end."""
+    extended = member_data(header(f"PaxHeaders/{name}", tarfile.XHDTYPE, len(records)), records)
+    return extended + member_data(header(name, size=len(content)), content) + END
+
+
+END = bytes(1024)
 LONG = "d" * 120 + "/" + "ü" * 90 + "/file"
 CONTENT = b"x" * 5000 + bytes(range(256))
 
@@ -134,3 +168,50 @@ def test_sparse_members_are_refused() -> None:
 )
 def test_names_are_normalized_without_hiding_escapes(name: str, normalized: str) -> None:
     assert normalize_path(name) == normalized
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize(
+    "records",
+    [
+        b"0 path=x\n",  # a length of zero used to loop for ever
+        b"abc path=x\n",
+        b"-11 path=x\n",
+        b"3 a=\n",  # shorter than its own length field
+        b"99 path=x\n",  # longer than the header
+        b"11 path=xyz\n",  # the length does not end at the newline
+        b"10 pathxy\n",  # no '='
+        b"7 =xy\n",  # no key
+        b"11 path=x\n\0",  # something after the last record
+        b"path=x\n",  # no length at all
+    ],
+)
+def test_a_malformed_pax_header_is_refused(records: bytes) -> None:
+    with pytest.raises(TarFormatError, match="PAX header 'PaxHeaders/f'"):
+        scan(pax_member(records))
+
+
+@pytest.mark.parametrize("key", [b"uid", b"gid", b"size", b"mtime", b"atime", b"ctime"])
+@pytest.mark.parametrize("value", [b"abc", b"1_0", b" 10", b"0x10", b"1e3", b"nan", b"1.2.3"])
+def test_a_pax_number_that_is_not_one_is_refused_naming_the_member(
+    key: bytes, value: bytes
+) -> None:
+    with pytest.raises(TarFormatError, match=f"member 'f': PAX {key.decode()} "):
+        scan(pax_member(pax_record(key, value)))
+
+
+@pytest.mark.parametrize(
+    ("offset", "field"), [(100, "mode"), (108, "uid"), (116, "gid"), (124, "size"), (136, "mtime")]
+)
+def test_a_header_number_that_is_not_one_is_refused_naming_the_member(
+    offset: int, field: str
+) -> None:
+    data = patched(header("f"), offset, b"12x4") + END
+    with pytest.raises(TarFormatError, match=f"member 'f' .*: bad {field} field"):
+        scan(data)
+
+
+def test_valid_pax_numbers_are_read() -> None:
+    records = b"12 uid=1000\n12 gid=-200\n" + pax_record(b"mtime", b"1700000000.5")
+    (member,), _ = scan(pax_member(records))
+    assert (member.uid, member.gid, member.mtime) == (1000, -200, 1700000000.5)
