@@ -350,7 +350,16 @@ class TarScanner:
         link = records.get("linkpath", _decode(block[157:257]))
         kind = TYPES[typeflag]
         if kind == "file" and name.endswith("/"):
-            kind = "dir"  # pre-POSIX tars mark directories by a trailing slash only
+            # Pre-POSIX tars mark directories by a trailing slash and type NUL: Go's
+            # archive/tar reads those as directories without data. It reads a type 0 (or 7)
+            # member named so as a regular file with data, GNU tar as a directory: readers
+            # that disagree on where the next header starts are not followed, but refused.
+            if typeflag != b"\0":
+                raise TarFormatError(
+                    f"member {name!r}: a regular file (type {typeflag.decode()}) with a "
+                    "directory's name, which tar readers do not read alike"
+                )
+            kind = "dir"
         if kind == "hardlink":
             link = normalize_path(link)
         mode, uid, gid, size, header_mtime = numbers

@@ -215,3 +215,19 @@ def test_valid_pax_numbers_are_read() -> None:
     records = b"12 uid=1000\n12 gid=-200\n" + pax_record(b"mtime", b"1700000000.5")
     (member,), _ = scan(pax_member(records))
     assert (member.uid, member.gid, member.mtime) == (1000, -200, 1700000000.5)
+
+
+@pytest.mark.parametrize("typeflag", [b"0", b"7"])
+def test_a_regular_file_with_a_directory_name_is_refused(typeflag: bytes) -> None:
+    # Go's archive/tar reads the block below as the content of "d/"; a scanner that took
+    # "d/" for a directory would see a member "evil" that the Engine never sees.
+    hidden = header("evil")
+    data = member_data(patched(header("d/", size=len(hidden)), 156, typeflag), hidden) + END
+    with pytest.raises(TarFormatError, match="member 'd/'.*a directory's name"):
+        scan(data)
+
+
+def test_an_old_style_directory_is_a_directory_without_data() -> None:
+    old_style = patched(header("d/", size=512), 156, b"\0")  # Go reads no data for it either
+    members, _ = scan(old_style + member_data(header("f", size=1), b"x") + END)
+    assert [(m.path, m.type, m.size) for m in members] == [("d", "dir", 0), ("f", "file", 1)]
