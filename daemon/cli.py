@@ -6,9 +6,10 @@ import argparse
 import functools
 import json
 import os
+import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -16,24 +17,47 @@ from types import FrameType
 import structlog
 
 from daemon import __version__
-from daemon.actions.backup import run_backup
+from daemon.actions.backup import Published, run_backup
 from daemon.actions.context import Context
 from daemon.actions.drill import run_drill
-from daemon.actions.listing import drill_summary, list_archives
+from daemon.actions.listing import ArchiveRow, drill_summary, list_archives
 from daemon.actions.prune import run_prune
 from daemon.actions.restore import restore_volume
 from daemon.actions.status import collect_status, describe_status
 from daemon.actions.validate import validate
 from daemon.archive.records import DrillRecord
 from daemon.config import load_config
-from daemon.config.model import Policy
+from daemon.config.model import Policy, RetentionRules
+from daemon.config.values import NAME as DEFINED_NAME
+from daemon.config.values import VOLUME_NAME
 from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, VolkeepError
 from daemon.log import configure_logging
 from daemon.progress import human_bytes
+from daemon.repository import Repository
 from daemon.retention import Decision, format_duration
 from daemon.scheduler import run_daemon
 
 log = structlog.get_logger()
+
+
+def _name(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    """Given the rule of a kind of name, return the argparse type that checks it (a volume
+    name from the command line becomes a lock file's and a storage key's name)."""
+
+    def check(text: str) -> str:
+        if not pattern.fullmatch(text):
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} name {text!r}: letters, digits, '_', '.' and '-', "
+                "starting with a letter or a digit"
+            )
+        return text
+
+    check.__name__ = what
+    return check
+
+
+VOLUME = _name(VOLUME_NAME, "volume")
+NAME = _name(DEFINED_NAME, "name")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,37 +88,55 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("validate", help="check the config and show what it covers")
 
-    backup = commands.add_parser("backup", help="back up a policy's volumes now")
+    backup = commands.add_parser(
+        "backup", help="back up a policy's volumes now, into each of its storages"
+    )
     backup.add_argument("policy")
-    backup.add_argument("--volume", action="append", default=[], help="only this volume")
+    backup.add_argument(
+        "--volume", type=VOLUME, action="append", default=[], help="only this volume (repeat)"
+    )
 
     listing = commands.add_parser("list", help="list archives, newest first")
     listing.add_argument("policy", nargs="?")
-    listing.add_argument("--volume")
+    listing.add_argument("--volume", type=VOLUME)
     listing.add_argument("--json", action="store_true")
+    _storage_and_host(listing, "list (default: every storage of the policy)")
 
     restore = commands.add_parser("restore", help="restore an archive into a volume")
     restore.add_argument("policy")
-    restore.add_argument("--volume", required=True, help="the volume the archive was taken of")
+    restore.add_argument(
+        "--volume", type=VOLUME, required=True, help="the volume the archive was taken of"
+    )
     restore.add_argument("--archive", default="latest", help="archive id, or latest")
-    restore.add_argument("--to", dest="target", help="target volume (default: --volume)")
+    restore.add_argument(
+        "--to", dest="target", type=VOLUME, help="target volume (default: --volume)"
+    )
     restore.add_argument(
         "--force", action="store_true", help="replace a non-empty target (saved first)"
     )
+    _storage_and_host(restore, "read (default: the first of the policy's that holds it)")
 
     prune = commands.add_parser("prune", help="apply retention now: keep or delete, and why")
     prune.add_argument("policy")
-    prune.add_argument("--volume", action="append", default=[], help="only this volume")
+    prune.add_argument(
+        "--volume", type=VOLUME, action="append", default=[], help="only this volume (repeat)"
+    )
     prune.add_argument("--dry-run", action="store_true", help="show the decisions, change nothing")
+    prune.add_argument(
+        "--storage", type=NAME, help="only this storage (default: each of the policy's)"
+    )
 
     drill = commands.add_parser(
         "drill", help="restore archives into a scratch volume and compare them with their manifest"
     )
     drill.add_argument("policy")
-    drill.add_argument("--volume", action="append", default=[], help="only this volume")
+    drill.add_argument(
+        "--volume", type=VOLUME, action="append", default=[], help="only this volume (repeat)"
+    )
     drill.add_argument(
         "--archive", help="archive id, or latest (default: the policy's drill.archive choice)"
     )
+    _storage_and_host(drill, "drill (default: drill.storage, else the policy's first)")
 
     status = commands.add_parser(
         "status", help="per volume: last backup, last drill, next runs; and the daemon"
@@ -103,44 +145,58 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_list(args: argparse.Namespace, config_rows: list) -> None:  # type: ignore[type-arg]
+def _storage_and_host(command: argparse.ArgumentParser, storage_help: str) -> None:
+    command.add_argument("--storage", type=NAME, help=f"the storage to {storage_help}")
+    command.add_argument(
+        "--host",
+        type=NAME,
+        help="the host whose archives to reach in a shared storage (disaster recovery on a "
+        "new host; default: this host)",
+    )
+
+
+def _print_list(args: argparse.Namespace, rows: list[ArchiveRow]) -> None:
     if args.json:
-        print(json.dumps([row.to_json() for row in config_rows], indent=1))
+        print(json.dumps([row.to_json() for row in rows], indent=1))
         return
     now = datetime.now(UTC)
-    header = ("POLICY", "VOLUME", "ID", "CREATED", "SIZE", "DRILL")
+    header = ("POLICY", "VOLUME", "STORAGE", "ID", "CREATED (UTC)", "SIZE", "DRILL")
     table = [header] + [
         (
             row.key.policy,
             row.key.volume,
+            row.storage,
             row.key.id,
-            row.manifest.started.strftime("%Y-%m-%d %H:%M:%S"),
+            row.manifest.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
             human_bytes(row.manifest.size),
             drill_summary(row.drill, now),
         )
-        for row in config_rows
+        for row in rows
     ]
     widths = [max(len(line[column]) for line in table) for column in range(len(header))]
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
-def _describe_rules(policy: Policy) -> str:
-    """Given a policy, return its keep rules as written ("keep_last 2, keep_within 10d")."""
+def _describe_rules(retention: RetentionRules, timezone: str) -> str:
+    """Given keep rules, return them as written ("keep_last 2, keep_within 10d")."""
     rules = [
         f"{name} {format_duration(value) if isinstance(value, timedelta) else value}"
-        for name, value in vars(policy.retention).items()
+        for name, value in vars(retention).items()
         if value is not None
     ]
     if not rules:
         return "no keep rules: every archive is kept"
-    return f"{', '.join(rules)} (calendar in {policy.timezone})"
+    return f"{', '.join(rules)} (calendar in {timezone})"
 
 
-def _print_prune(policy: Policy, dry_run: bool, volume: str, decisions: list[Decision]) -> None:
-    """Print one volume's decisions under its rules, newest first: keep or delete, the id,
-    the reasons."""
-    print(f"{policy.name}/{volume}: {_describe_rules(policy)}")
+def _print_prune(
+    policy: Policy, dry_run: bool, repository: Repository, volume: str, decisions: list[Decision]
+) -> None:
+    """Print one volume's decisions in one storage under its rules, newest first: keep or
+    delete, the id, the reasons."""
+    rules = _describe_rules(policy.retention_for(repository.name), policy.timezone)
+    print(f"{policy.name}/{volume} in {repository.name}: {rules}")
     width = max((len(decision.id) for decision in decisions), default=0)
     for decision in decisions:
         action = "keep" if decision.keep else "delete"
@@ -164,6 +220,15 @@ def _print_drill(record: DrillRecord) -> None:
     )
 
 
+def _print_backup(published: Published) -> None:
+    manifest = published.manifest
+    storages = ", ".join(repository.name for repository in published.repositories)
+    print(
+        f"{manifest.policy}/{manifest.volume}: archive {manifest.id} "
+        f"({human_bytes(manifest.size)}, {len(manifest.entries)} objects) in {storages}"
+    )
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     ctx = Context(config, args.state_dir)
@@ -173,31 +238,46 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
         print(validate(ctx))
     elif args.command == "backup":
-        for manifest in run_backup(ctx, args.policy, args.volume):
-            print(
-                f"{manifest.policy}/{manifest.volume}: archive {manifest.id} "
-                f"({human_bytes(manifest.size)}, {len(manifest.entries)} objects)"
-            )
+        run_backup(ctx, args.policy, args.volume, report=_print_backup)
     elif args.command == "list":
-        _print_list(args, list_archives(config, args.policy, args.volume))
+        rows = list_archives(ctx, args.policy, args.volume, storage=args.storage, host=args.host)
+        _print_list(args, rows)
     elif args.command == "restore":
         policy = ctx.policy(args.policy)
         result = restore_volume(
-            ctx, policy, args.volume, args.archive, args.target or args.volume, args.force
+            ctx,
+            policy,
+            args.volume,
+            args.archive,
+            args.target or args.volume,
+            args.force,
+            storage=args.storage,
+            host=args.host,
         )
         if result.safety_archive:
             print(
                 f"saved the previous content of {result.target} as archive {result.safety_archive}"
             )
-        print(f"restored {args.volume} archive {result.archive} into {result.target}")
+        print(
+            f"restored {args.volume} archive {result.archive} from {result.storage} "
+            f"into {result.target}"
+        )
     elif args.command == "prune":
         report = functools.partial(_print_prune, ctx.policy(args.policy), args.dry_run)
-        run_prune(ctx, args.policy, args.volume, args.dry_run, report=report)
+        run_prune(ctx, args.policy, args.volume, args.dry_run, args.storage, report=report)
     elif args.command == "drill":
-        run_drill(ctx, args.policy, args.volume, args.archive, report=_print_drill)
+        run_drill(
+            ctx,
+            args.policy,
+            args.volume,
+            args.archive,
+            storage=args.storage,
+            host=args.host,
+            report=_print_drill,
+        )
     elif args.command == "status":
         now = datetime.now(UTC)
-        status = collect_status(config, args.state_dir, now)
+        status = collect_status(ctx, now)
         print(json.dumps(status.to_json(), indent=1) if args.json else describe_status(status, now))
     return EXIT_OK
 

@@ -71,6 +71,11 @@ class OperationError(VolkeepError):
         return f"{address}: {self.message}" if address else self.message
 
 
+class StorageFailure(OperationError):
+    """A storage could not be read or written (unreachable, refused, full): a fault of the
+    storage, not of the archive."""
+
+
 class DockerUnavailable(VolkeepError):
     """The Docker engine does not answer."""
 

@@ -7,18 +7,19 @@ live volkeep process is using, on this host or another sharing the engine, is le
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import docker
 import structlog
 
-from daemon.config.model import Config
 from daemon.docker.helpers import LABEL_OWNER, LABEL_ROLE, remove_container
 from daemon.docker.volumes import remove_volume
 from daemon.errors import OperationError
 from daemon.locks import volume_lock
 from daemon.owner import owner_is_gone
-from daemon.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from daemon.actions.context import Context
 
 log = structlog.get_logger()
 
@@ -35,29 +36,32 @@ def remove_leftovers(api: docker.APIClient) -> None:
             log.warning("removed a leftover scratch volume", scratch_volume=volume["Name"])
 
 
-def remove_garbage(storage: Storage, policy: str, volume: str) -> None:
-    """Remove the volume's partial and uncommitted archive files (hold its lock)."""
-    for name in storage.remove_garbage(policy, volume):
-        log.warning("removed an incomplete archive file", file=name, storage=storage.name)
-
-
-def remove_incomplete_archives(config: Config, state_dir: Path) -> None:
-    """Remove the partial and uncommitted archive files of every policy's volumes in its
-    storage, except those of volumes an operation holds the lock of (it may be writing)."""
-    for policy in config.policies.values():
-        storage = open_storage(config.storages[policy.storage])
-        try:
-            volumes = storage.volumes(policy.name)
-        except OSError as error:
-            log.warning(
-                "cannot look for incomplete archives", storage=storage.name, error=str(error)
-            )
-            continue
-        for volume in volumes:
+def remove_incomplete_archives(ctx: Context) -> None:
+    """Remove this host's partial and uncommitted archive files of every policy's volumes in
+    each of its storages, except those of volumes an operation holds the lock of (it may be
+    writing)."""
+    for policy in ctx.config.policies.values():
+        for repository in ctx.repositories(policy):
             try:
-                with volume_lock(state_dir, volume, "removal of incomplete archives"):
-                    remove_garbage(storage, policy.name, volume)
-            except OperationError:
-                continue  # an operation of another process holds it
+                # a volume whose only files are partial ones is found by its name
+                volumes = sorted({*repository.volumes(policy.name), *policy.selector.names})
             except OSError as error:
-                log.warning("cannot remove incomplete archives", volume=volume, error=str(error))
+                log.warning(
+                    "cannot look for incomplete archives",
+                    error=repository.failure(error, "cannot list the archives").message,
+                )
+                continue
+            for volume in volumes:
+                try:
+                    with volume_lock(ctx.state_dir, volume, "removal of incomplete archives"):
+                        for blob in repository.remove_garbage(policy.name, volume):
+                            log.warning(
+                                "removed an incomplete archive file",
+                                file=blob,
+                                storage=repository.name,
+                            )
+                except OperationError:
+                    continue  # an operation of another process holds it
+                except OSError as error:
+                    failure = repository.failure(error, "cannot remove incomplete archives")
+                    log.warning("cannot remove incomplete archives", error=failure.message)

@@ -42,7 +42,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from daemon.actions.backup import policy_volumes, run_backup
 from daemon.actions.context import Context
-from daemon.actions.drill import run_drill
+from daemon.actions.drill import drillable_volumes, drilled_repository, run_drill
 from daemon.config import load_config
 from daemon.config.model import Config, Schedule
 from daemon.docker.client import connect
@@ -123,7 +123,7 @@ class ParallelLimit:
 
 
 def _back_up(ctx: Context, policy: str, volume: str) -> None:
-    run_backup(ctx, policy, [volume])
+    run_backup(ctx, policy, [volume], report=lambda published: None)
 
 
 def _drill(ctx: Context, policy: str, volume: str) -> None:
@@ -136,7 +136,7 @@ def _volumes(ctx: Context, kind: str, policy: str) -> list[str]:
     settings = ctx.policy(policy)
     if kind == "backup":
         return policy_volumes(ctx.docker(), settings, [])
-    return ctx.storage(settings).volumes(policy)
+    return drillable_volumes(drilled_repository(ctx, settings), policy)
 
 
 OPERATIONS: dict[str, Callable[[Context, str, str], None]] = {"backup": _back_up, "drill": _drill}
@@ -195,8 +195,9 @@ class Daemon:
         """
         with daemon_pid_file(self._state_dir):
             # connect, start again the containers a crash left stopped, remove leftovers
-            Context(self._config, self._state_dir).docker()
-            remove_incomplete_archives(self._config, self._state_dir)
+            ctx = Context(self._config, self._state_dir)
+            ctx.docker()
+            remove_incomplete_archives(ctx)
             engine = connect(timeout=KILL_TIMEOUT_SECONDS)  # to abort: never wait long
             self._install_signal_handlers()
             _forward_apscheduler_logs()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,13 +11,13 @@ import requests
 import structlog
 
 from daemon.actions.context import Context
+from daemon.actions.copies import Copies
 from daemon.actions.prune import prune_after_backup
 from daemon.archive.compression import SUFFIXES, compressor
 from daemon.archive.digest import HashingWriter
 from daemon.archive.exclude import MemberFilter
 from daemon.archive.manifest import Manifest
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
-from daemon.archive.verify import backup_keys, read_manifest
 from daemon.config.model import Compression, Policy
 from daemon.docker.client import engine_failure
 from daemon.docker.containers import containers_to_stop, containers_using
@@ -28,18 +27,9 @@ from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.hooks import after_hooks, run_before_hooks
 from daemon.journal import containers_stopped
 from daemon.progress import Progress
-from daemon.recovery import remove_garbage
-from daemon.storage import Storage
+from daemon.repository import Repository, allocate_key
 
 log = structlog.get_logger()
-
-
-def storage_failure(storage: Storage, error: OSError) -> OperationError:
-    """Given the error writing to a storage raised, return the error to report."""
-    return OperationError(
-        f"cannot write to storage {storage.name!r} ({storage.describe()}): "
-        f"{error.strerror or error}"
-    )
 
 
 def archive_stamp(moment: datetime) -> str:
@@ -58,49 +48,68 @@ class BackupSource:
     kind: str = "backup"
 
 
-def _expected_size(storage: Storage, source: BackupSource) -> int | None:
+def _expected_size(repositories: list[Repository], source: BackupSource) -> int | None:
     """Return the tar size of the volume's last backup: the estimate progress shows."""
-    keys = backup_keys(storage, source.policy, source.volume.name)
-    if not keys:
-        return None
-    try:
-        return read_manifest(storage, keys[0], entries=False).tar_size
-    except OperationError:
-        return None
+    for repository in repositories:
+        try:
+            keys = repository.backups(source.policy, source.volume.name)
+            if keys:
+                return repository.read_manifest(keys[0], entries=False).tar_size
+        except (OperationError, OSError):
+            continue
+    return None
+
+
+@dataclass(frozen=True)
+class Published:
+    """A new archive: its manifest, the storages that hold it, and those that failed."""
+
+    manifest: Manifest
+    repositories: list[Repository]
+    failures: list[OperationError]
 
 
 def back_up_volume(
     api: docker.APIClient,
-    storage: Storage,
+    repositories: list[Repository],
     source: BackupSource,
     on_stream_end: Callable[[], None] | None = None,
-) -> Manifest:
-    """Stream the volume through a helper's tar into a new archive and publish it.
+) -> Published:
+    """Stream the volume through a helper's tar into a new archive in every repository and
+    publish each copy.
 
-    The archive is written under a temporary name and published only once complete; the
+    Each copy is written under a temporary name and published only once complete; its
     manifest is written last. `on_stream_end` is called once the helper's tar has ended
-    well, before the archive is completed (containers stopped for the backup start again
-    there). Raise OperationError if anything fails, leaving nothing listed behind. The
-    caller holds the volume's lock.
+    well, before the archives are completed (containers stopped for the backup start again
+    there). Raise OperationError if no copy could be published, leaving nothing listed
+    behind; a copy that failed while others were published is in `failures`. The caller
+    holds the volume's lock.
     """
     flavour = detect_flavour(api, source.image)
     started = datetime.now(UTC)
-    stamp = archive_stamp(started) + ("-safety" if source.kind == "safety" else "")
+    suffix = SUFFIXES[source.compression.algorithm]
     try:
-        key = storage.allocate_id(source.policy, source.volume.name, stamp)
-        upload = storage.new_archive(key, SUFFIXES[source.compression.algorithm])
+        key = allocate_key(
+            repositories,
+            source.policy,
+            source.volume.name,
+            archive_stamp(started),
+            safety=source.kind == "safety",
+        )
     except OSError as error:
-        raise storage_failure(storage, error) from None
-    archive_file = key.file_name(SUFFIXES[source.compression.algorithm])
+        raise repositories[0].failure(error, "cannot read the archives") from None
     with structlog.contextvars.bound_contextvars(volume=source.volume.name, archive=key.id):
-        log.info("backup started", kind=source.kind, tar=flavour.name, storage=storage.name)
+        storages = [repository.name for repository in repositories]
+        log.info("backup started", kind=source.kind, tar=flavour.name, storages=storages)
+        copies = Copies(repositories, key, suffix)
         try:
-            stored = HashingWriter(upload)
+            stored = HashingWriter(copies)
             packer = compressor(source.compression, stored)
             selection = MemberFilter(source.exclude)
             entries: list[Member] = []
             scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.append)
-            progress = Progress(f"backing up {source.volume.name}", _expected_size(storage, source))
+            expected = _expected_size(repositories, source)
+            progress = Progress(f"backing up {source.volume.name}", expected)
             for chunk in volume_tar(api, source.image, flavour, source.volume.name):
                 scanner.feed(chunk)
                 progress.advance(len(chunk))
@@ -109,18 +118,15 @@ def back_up_volume(
             progress.finish()
             scanner.close()
             packer.finish()
-            upload.commit()
+            copies.commit()
         except TarFormatError as error:
-            upload.abort()
+            copies.abort()
             raise OperationError(f"unreadable tar stream from the helper: {error}") from None
         except (docker.errors.APIError, requests.RequestException) as error:
-            upload.abort()  # (Docker's errors are OSErrors too: they must come first)
+            copies.abort()
             raise engine_failure(error) from None
-        except OSError as error:
-            upload.abort()
-            raise storage_failure(storage, error) from None
         except BaseException:
-            upload.abort()
+            copies.abort()
             raise
         for path, why in selection.skipped:
             log.warning("left out of the archive", path=path, why=why)
@@ -131,10 +137,10 @@ def back_up_volume(
             volume=source.volume.name,
             volume_driver=source.volume.driver,
             volume_labels=source.volume.labels,
-            host=socket.gethostname(),
+            host=key.namespace,
             started=started,
             finished=datetime.now(UTC),
-            archive_file=archive_file,
+            archive_file=key.file_name(suffix),
             size=stored.size,
             sha256=stored.hexdigest(),
             compression=source.compression.algorithm,
@@ -144,21 +150,17 @@ def back_up_volume(
             exclude=list(source.exclude),
             entries=entries,
         )
-        try:
-            storage.write_manifest(key, manifest.json_chunks())
-        except OSError as error:
-            raise OperationError(
-                f"cannot write the manifest to storage {storage.name!r}: {error.strerror or error}"
-            ) from None
+        copies.publish(manifest.json_chunks)
         log.info(
             "backup published",
+            storages=[repository.name for repository in copies.published],
             size=stored.size,
             tar_size=scanner.offset,
             objects=len(entries),
             excluded=selection.excluded,
             seconds=round((manifest.finished - started).total_seconds(), 2),
         )
-        return manifest
+        return Published(manifest, copies.published, copies.failures)
 
 
 def policy_volumes(api: docker.APIClient, policy: Policy, requested: list[str]) -> list[str]:
@@ -175,11 +177,14 @@ def policy_volumes(api: docker.APIClient, policy: Policy, requested: list[str]) 
     return requested or covered
 
 
-def back_up_one(ctx: Context, policy: Policy, storage: Storage, name: str) -> Manifest:
-    """The steps of one volume's scheduled or manual backup, in order (caller holds the lock)."""
+def back_up_one(
+    ctx: Context, policy: Policy, repositories: list[Repository], name: str
+) -> Published:
+    """The steps of one volume's scheduled or manual backup, in order (caller holds the lock).
+
+    Retention then runs in each storage that holds the new archive, by its own rules."""
     api = ctx.docker()
     volume = require_volume(api, name, policy.name)
-    remove_garbage(storage, policy.name, name)
     source = BackupSource(
         policy.name, volume, policy.helper_image, policy.compression, policy.exclude
     )
@@ -191,19 +196,24 @@ def back_up_one(ctx: Context, policy: Policy, storage: Storage, name: str) -> Ma
         with containers_stopped(
             api, ctx.state_dir, policy.name, name, stopping, policy.stop_timeout
         ) as start_again:
-            manifest = back_up_volume(api, storage, source, on_stream_end=start_again)
-        prune_after_backup(ctx, policy, storage, name)
-    return manifest
+            published = back_up_volume(api, repositories, source, on_stream_end=start_again)
+        for repository in published.repositories:
+            prune_after_backup(ctx, policy, repository, name)
+    return published
 
 
-def run_backup(ctx: Context, policy_name: str, requested: list[str]) -> list[Manifest]:
-    """Back up the policy's volumes (or the requested ones), one after another.
+def run_backup(
+    ctx: Context, policy_name: str, requested: list[str], report: Callable[[Published], None]
+) -> list[Published]:
+    """Back up the policy's volumes (or the requested ones), one after another, each into
+    every storage of the policy; give each new archive to `report` as it is published.
 
-    Every volume is attempted; raise OperationError at the end if any failed.
+    Every volume is attempted; raise OperationError at the end if any failed, or if a
+    storage failed to take its copy (naming the storage).
     """
     policy = ctx.policy(policy_name)
-    storage = ctx.storage(policy)
-    manifests = []
+    repositories = ctx.repositories(policy)
+    results = []
     failures: list[OperationError] = []
     for name in policy_volumes(ctx.docker(), policy, requested):
         with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
@@ -212,13 +222,24 @@ def run_backup(ctx: Context, policy_name: str, requested: list[str]) -> list[Man
                     ctx.volume_lock(name, f"backup of {policy.name}"),
                     ctx.history.operation("backup", policy.name, name) as operation,
                 ):
-                    manifest = back_up_one(ctx, policy, storage, name)
-                    operation.archive, operation.bytes = manifest.id, manifest.size
-                    manifests.append(manifest)
+                    published = back_up_one(ctx, policy, repositories, name)
+                    operation.archive = published.manifest.id
+                    operation.bytes = published.manifest.size
+                    results.append(published)
+                    report(published)
+                    if published.failures:
+                        raise partial_failure(published.failures)
             except OperationError as error:
                 error.policy, error.volume = policy.name, name
                 log.error("backup failed", error=error.message)
                 failures.append(error)
     if failures:
         raise combined_failure(failures, "backup", policy.name)
-    return manifests
+    return results
+
+
+def partial_failure(failures: list[OperationError]) -> OperationError:
+    """Given the storages that failed to take their copy of an archive others hold, return
+    the error that says so."""
+    reasons = "; ".join(failure.message for failure in failures)
+    return OperationError(f"published, but not in every storage: {reasons}")

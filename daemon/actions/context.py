@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from daemon.errors import DockerUnavailable, UsageError
 from daemon.journal import journals, restart_after_crash
 from daemon.locks import volume_lock
 from daemon.recovery import remove_leftovers
+from daemon.repository import Repository
 from daemon.state import History
-from daemon.storage import Storage, open_storage
+from daemon.storage import BlobStore, open_store
 
 log = structlog.get_logger()
 
@@ -34,6 +36,7 @@ class Context:
     lock_wait: float = 0.0
     stopping: threading.Event = field(default_factory=threading.Event)
     _api: docker.APIClient | None = field(default=None, repr=False)
+    _stores: dict[str, BlobStore] = field(default_factory=dict, repr=False)
 
     def docker(self) -> docker.APIClient:
         """Return the engine client, connecting on first use; then first start again the
@@ -67,6 +70,15 @@ class Context:
         ):
             yield
 
+    @contextmanager
+    def volume_locks(self, volumes: list[str], operation: str) -> Iterator[None]:
+        """Hold the locks of several volumes for the block, taken in name order (so that
+        two operations never wait for each other)."""
+        with ExitStack() as held:
+            for volume in sorted(set(volumes)):
+                held.enter_context(self.volume_lock(volume, operation))
+            yield
+
     @property
     def history(self) -> History:
         return History(self.state_dir)
@@ -78,5 +90,32 @@ class Context:
             known = ", ".join(sorted(self.config.policies)) or "none"
             raise UsageError(f"unknown policy {name!r} (known: {known})") from None
 
-    def storage(self, policy: Policy) -> Storage:
-        return open_storage(self.config.storages[policy.storage])
+    @property
+    def host(self) -> str:
+        """The name this host writes its archives under (SPEC §4)."""
+        return self.config.daemon.host or socket.gethostname()
+
+    def repositories(
+        self, policy: Policy, *, storage: str | None = None, host: str | None = None
+    ) -> list[Repository]:
+        """Given a policy, return its storages' repositories in the order it lists them
+        (only `storage` if given), holding this host's archives or `host`'s.
+
+        Raise UsageError if the policy does not use `storage`.
+        """
+        names = policy.storage_names
+        if storage is not None:
+            if storage not in names:
+                raise UsageError(
+                    f"policy {policy.name!r} does not use storage {storage!r} "
+                    f"(it uses: {', '.join(names)})"
+                )
+            names = (storage,)
+        view = host or self.host
+        return [Repository(self.store(name), view, own=view == self.host) for name in names]
+
+    def store(self, name: str) -> BlobStore:
+        """Return the blob store of the storage `name`, opened once per context."""
+        if name not in self._stores:
+            self._stores[name] = open_store(self.config.storages[name])
+        return self._stores[name]

@@ -34,23 +34,23 @@ import structlog
 from daemon.actions.context import Context
 from daemon.actions.restore import extract_into
 from daemon.archive.compare import Comparison, compare_trees
-from daemon.archive.records import DrillRecord, read_drill_record, write_drill_record
+from daemon.archive.records import DrillRecord
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
-from daemon.archive.verify import (
-    MembersDiffer,
-    backup_keys,
-    find_key,
-    read_manifest,
-    verify_archive,
-)
+from daemon.archive.verify import MembersDiffer, verify_archive
 from daemon.config.model import DrillChoice, DrillConfig, Policy
 from daemon.docker.client import engine_failure
 from daemon.docker.helpers import helper_labels
 from daemon.docker.tarflavour import detect_flavour, volume_tar
 from daemon.docker.volumes import create_volume, remove_volume
-from daemon.errors import OperationError, UsageError, combined_failure
+from daemon.errors import (
+    DockerUnavailable,
+    OperationError,
+    StorageFailure,
+    UsageError,
+    combined_failure,
+)
 from daemon.progress import Progress
-from daemon.storage import ArchiveKey, Storage
+from daemon.repository import ArchiveKey, Repository, locate
 
 log = structlog.get_logger()
 SCRATCH_PREFIX = "volkeep-drill-"
@@ -75,23 +75,35 @@ def run_drill(
     policy_name: str,
     volumes: list[str],
     archive_id: str | None,
+    *,
+    storage: str | None = None,
+    host: str | None = None,
     report: Callable[[DrillRecord], None] | None = None,
 ) -> list[DrillRecord]:
-    """Given a policy, the volumes asked for (none: every volume it has archives of in its
-    storage) and an archive id (None: the policy's drill choice), drill them one after
-    another; return the verdicts, each also written beside its archive and in the run
-    history, and given to `report` as it is reached.
+    """Given a policy, the volumes asked for (none: every volume it has backups of in the
+    drilled storage) and an archive id (None: the policy's drill choice), drill them one
+    after another; return the verdicts, each also written beside its archive (in the
+    storage drilled) and in the run history, and given to `report` as it is reached.
+
+    The storage drilled: `storage`, else the policy's `drill.storage`; else, for an archive
+    id, the first storage that holds it, and for the drill choice the first of the
+    policy's storages. `host` drills another host's archives.
 
     Raise UsageError if an archive id is given for other than one volume. Every volume is
-    attempted; raise OperationError at the end if any drill failed or could not run.
+    attempted; raise OperationError at the end if any drill failed or could not run. A
+    drill that could not run (the engine or the storage failing) records no verdict on
+    the archive.
     """
     policy = ctx.policy(policy_name)
-    storage = ctx.storage(policy)
-    names = volumes or storage.volumes(policy.name)
+    chosen = storage or _drill_storage(policy)
+    repositories = ctx.repositories(policy, storage=chosen, host=host)
+    names = volumes or drillable_volumes(repositories[0], policy.name)
     if archive_id is not None and len(names) != 1:
         raise UsageError("--archive names an archive of one volume: add --volume")
     if not names:
-        raise OperationError("no archive in the storage to drill", policy=policy.name)
+        raise OperationError(
+            f"no archive in storage {repositories[0].name!r} to drill", policy=policy.name
+        )
     api = ctx.docker()
     records: list[DrillRecord] = []
     failures: list[OperationError] = []
@@ -99,9 +111,9 @@ def run_drill(
         with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
             try:
                 with ctx.volume_lock(name, f"drill of {policy.name}"):
-                    for key in choose_archives(storage, policy, name, archive_id):
+                    for repository, key in choose_archives(repositories, policy, name, archive_id):
                         try:
-                            record = _recorded_drill(ctx, api, storage, policy, key)
+                            record = _recorded_drill(ctx, api, repository, policy, key)
                         except DrillFailed as failure:
                             record = failure.record
                             failures.append(failure)
@@ -117,23 +129,47 @@ def run_drill(
     return records
 
 
+def _drill_storage(policy: Policy) -> str | None:
+    return policy.drill.storage if policy.drill else None
+
+
+def drilled_repository(ctx: Context, policy: Policy) -> Repository:
+    """Return the repository the policy's scheduled drills read: `drill.storage`, else the
+    first of its storages."""
+    return ctx.repositories(policy, storage=_drill_storage(policy))[0]
+
+
+def drillable_volumes(repository: Repository, policy: str) -> list[str]:
+    """Return the volumes the policy has backups of in the repository (a volume holding
+    only safety archives has nothing to drill)."""
+    return [volume for volume in repository.volumes(policy) if repository.backups(policy, volume)]
+
+
 def choose_archives(
-    storage: Storage, policy: Policy, volume: str, archive_id: str | None
-) -> list[ArchiveKey]:
-    """Given a volume and an archive id (None: the policy's drill choice), return the keys
-    of the archives to drill. Raise OperationError if there is none."""
+    repositories: list[Repository], policy: Policy, volume: str, archive_id: str | None
+) -> list[tuple[Repository, ArchiveKey]]:
+    """Given the repositories to drill from, a volume and an archive id (None: the policy's
+    drill choice, in the first repository), return the archives to drill. Raise
+    OperationError if there is none."""
     if archive_id is not None:
-        return [find_key(storage, policy.name, volume, archive_id)]
+        return [locate(repositories, policy.name, volume, archive_id)]
+    repository = repositories[0]
     settings = policy.drill or DrillConfig()
-    keys = backup_keys(storage, policy.name, volume)
+    try:
+        keys = repository.backups(policy.name, volume)
+    except OSError as error:
+        raise repository.failure(error, "cannot list the archives") from None
     if not keys:
-        raise OperationError("no archive in the storage", policy=policy.name, volume=volume)
+        raise OperationError(
+            f"no archive in storage {repository.name!r}", policy=policy.name, volume=volume
+        )
     last_drilled: dict[ArchiveKey, datetime] = {}
     if settings.archive == "oldest-unverified":
         for key in keys:
-            if (record := read_drill_record(storage, key)) is not None:
+            if (record := repository.read_drill(key)) is not None:
                 last_drilled[key] = record.finished
-    return pick_archives(keys, settings.archive, settings.max_per_run, last_drilled)
+    picked = pick_archives(keys, settings.archive, settings.max_per_run, last_drilled)
+    return [(repository, key) for key in picked]
 
 
 def pick_archives(
@@ -162,26 +198,22 @@ def pick_archives(
 
 
 def _recorded_drill(
-    ctx: Context, api: docker.APIClient, storage: Storage, policy: Policy, key: ArchiveKey
+    ctx: Context, api: docker.APIClient, repository: Repository, policy: Policy, key: ArchiveKey
 ) -> DrillRecord:
     """Given an archive (the caller holds its volume's lock), drill it and record the verdict
     beside the archive and in the run history; return it. Raise DrillFailed with the
-    verdict if it failed, OperationError if the verdict cannot be written."""
+    verdict if it failed; OperationError if the drill could not run (no verdict is then
+    recorded beside the archive: an engine hiccup says nothing of the archive) or the
+    verdict cannot be written."""
     with (
-        structlog.contextvars.bound_contextvars(archive=key.id),
+        structlog.contextvars.bound_contextvars(archive=key.id, storage=repository.name),
         ctx.history.operation("drill", policy.name, key.volume) as operation,
     ):
         operation.archive = key.id
         log.info("drill started", helper_image=policy.helper_image)
-        record = drill_archive(api, storage, policy.helper_image, key)
+        record = drill_archive(api, repository, policy.helper_image, key)
         operation.bytes = record.bytes
-        try:
-            write_drill_record(storage, key, record)
-        except OSError as error:
-            raise OperationError(
-                f"cannot write the drill record to storage {storage.name!r}: "
-                f"{error.strerror or error}"
-            ) from None
+        repository.write_drill(key, record)
         if not record.passed:
             log.error(
                 "drill failed",
@@ -200,30 +232,33 @@ def _recorded_drill(
 
 
 def drill_archive(
-    api: docker.APIClient, storage: Storage, image: str, key: ArchiveKey
+    api: docker.APIClient, repository: Repository, image: str, key: ArchiveKey
 ) -> DrillRecord:
     """Given an archive, check it, restore it into a scratch volume with the helper image,
     compare what comes back with its manifest, and return the verdict (not yet recorded).
 
-    Failures of the archive or of the drill are the verdict, not exceptions.
+    Failures of the archive are the verdict, not exceptions. Raise OperationError if the
+    drill could not run: the engine or the storage failed, which is no verdict.
     """
     started = time.monotonic()
     restore_seconds, restored, comparison, reason = 0.0, 0, Comparison(), None
     try:
-        manifest = read_manifest(storage, key)
-        checked = verify_archive(storage, key, manifest)
+        manifest = repository.read_manifest(key)
+        checked = verify_archive(repository, key, manifest)
         with scratch_volume(api, key.volume) as scratch:
-            extract_into(api, storage, checked, image, scratch, key.volume)
+            extract_into(api, checked, image, scratch, key.volume)
             restore_seconds, restored = time.monotonic() - started, manifest.tar_size
             found = read_back(api, image, scratch, key.volume, manifest.tar_size)
         comparison = compare_trees(manifest.entries, found)
         reason = comparison.summary() or None
     except MembersDiffer as error:
         comparison, reason = error.comparison, error.message
+    except (StorageFailure, DockerUnavailable):
+        raise
     except OperationError as error:
         reason = error.message
     except (docker.errors.APIError, requests.RequestException) as error:
-        reason = engine_failure(error).message
+        raise engine_failure(error) from None
     return DrillRecord(
         policy=key.policy,
         volume=key.volume,

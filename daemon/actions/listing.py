@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from daemon.archive.manifest import Manifest, ManifestError
-from daemon.archive.records import DrillRecord, read_drill_record
-from daemon.config.model import Config
-from daemon.errors import UsageError
-from daemon.storage import ArchiveKey, open_storage
+from daemon.actions.context import Context
+from daemon.archive.manifest import Manifest
+from daemon.archive.records import DrillRecord
+from daemon.errors import OperationError, UsageError
+from daemon.repository import ArchiveKey
 
 
 @dataclass(frozen=True)
 class ArchiveRow:
+    storage: str
     key: ArchiveKey
     manifest: Manifest
     drill: DrillRecord | None
@@ -22,6 +23,8 @@ class ArchiveRow:
         """The stable keys of `list --json`."""
         return {
             "id": self.key.id,
+            "storage": self.storage,
+            "host": self.manifest.host,
             "policy": self.key.policy,
             "volume": self.key.volume,
             "created": self.manifest.started.isoformat(),
@@ -29,30 +32,46 @@ class ArchiveRow:
             "sha256": self.manifest.sha256,
             "compression": self.manifest.compression,
             "encrypted": self.manifest.encryption is not None,
-            "kind": self.manifest.kind,
+            "kind": "safety" if self.key.is_safety else "backup",
             "drill": self.drill.to_json() if self.drill else {"verdict": "never"},
         }
 
 
 def list_archives(
-    config: Config, policy: str | None = None, volume: str | None = None
+    ctx: Context,
+    policy: str | None = None,
+    volume: str | None = None,
+    *,
+    storage: str | None = None,
+    host: str | None = None,
 ) -> list[ArchiveRow]:
-    """Return the committed archives of one policy (or all), newest first.
+    """Return the committed archives of one policy (or all) in each of its storages (or
+    only `storage`), of this host or of `host`, newest first.
 
-    Raise UsageError for an unknown policy. Unreadable manifests are skipped.
+    Raise UsageError for an unknown policy or a storage it does not use; OperationError
+    naming the storage if one cannot be read. Unreadable manifests are skipped.
     """
-    if policy is not None and policy not in config.policies:
-        raise UsageError(f"unknown policy {policy!r}")
-    names = [policy] if policy else sorted(config.policies)
+    if policy is None and storage is not None:
+        raise UsageError("--storage names one of a policy's storages: give the policy too")
+    policies = (
+        [ctx.policy(policy)]
+        if policy
+        else [ctx.policy(name) for name in sorted(ctx.config.policies)]
+    )
     rows = []
-    for name in names:
-        storage = open_storage(config.storages[config.policies[name].storage])
-        for key in storage.committed(name, volume):
+    for settings in policies:
+        for repository in ctx.repositories(settings, storage=storage, host=host):
             try:
-                manifest = Manifest.from_json(storage.read_manifest(key), entries=False)
-            except (OSError, ManifestError):
-                continue
-            rows.append(ArchiveRow(key, manifest, read_drill_record(storage, key)))
+                names = [volume] if volume else repository.volumes(settings.name)
+                keys = [key for name in names for key in repository.archives(settings.name, name)]
+            except OSError as error:
+                raise repository.failure(error, "cannot list the archives") from None
+            for key in keys:
+                try:
+                    manifest = repository.read_manifest(key, entries=False)
+                except OperationError:
+                    continue
+                rows.append(ArchiveRow(repository.name, key, manifest, repository.read_drill(key)))
     rows.sort(key=lambda row: row.manifest.started, reverse=True)
     return rows
 

@@ -5,13 +5,16 @@ For each volume, under its lock:
 1. Remove the volume's garbage: partial files of crashed backups, and archive files whose
    manifest is gone (a prune that died between deleting the manifest and the archive).
    A dry run removes nothing and does not report garbage.
-2. Read every committed archive's manifest and drill record. The backups (manifest kind
-   "backup") are the candidates of `retention.select`.
+2. Read every committed archive's manifest and drill record. The backups (not safety
+   archives) are the candidates of `retention.select`.
 3. Delete, oldest first, each backup the selection lets go: ask `retention.may_delete`
-   right before `Storage.delete`, which removes the manifest (the commit marker) first,
+   right before `Repository.delete`, which removes the manifest (the commit marker) first,
    then the archive file and its records.
 
-Safety archives (kind "safety", the content a forced restore replaced) are not rotated:
+Each storage of the policy is pruned on its own, by its own keep rules
+(`Policy.retention_for`), and only in this host's namespace (promise 10).
+
+Safety archives (the content a forced restore replaced) are not rotated:
 they hold the only copy of data no schedule backed up, so they stay until an operator
 removes them by hand (delete the manifest; the next prune or backup of that volume
 collects the archive file). They do not count for the keep rules, nor as the newest
@@ -32,13 +35,10 @@ import structlog
 
 from daemon.actions.context import Context
 from daemon.archive.manifest import Manifest
-from daemon.archive.records import read_drill_record
-from daemon.archive.verify import read_manifest
 from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError, combined_failure
-from daemon.recovery import remove_garbage
+from daemon.repository import ArchiveKey, Repository
 from daemon.retention import Candidate, Decision, may_delete, select
-from daemon.storage import ArchiveKey, Storage
 
 log = structlog.get_logger()
 
@@ -55,83 +55,102 @@ def run_prune(
     policy_name: str,
     volumes: list[str],
     dry_run: bool,
-    report: Callable[[str, list[Decision]], None] | None = None,
-) -> dict[str, list[Decision]]:
+    storage: str | None = None,
+    report: Callable[[Repository, str, list[Decision]], None] | None = None,
+) -> dict[tuple[str, str], list[Decision]]:
     """Given a policy and the volumes asked for (none: every volume the policy has archives
-    of in its storage), prune them one after another; return each volume's decisions, also
-    given to `report` as each volume is done. A real prune is recorded in the run history;
-    a dry run changes nothing.
+    of in the storage), prune them in each of the policy's storages (or only `storage`),
+    one after another; return the decisions by (storage, volume), also given to `report`
+    as each volume is done. A real prune is recorded in the run history; a dry run changes
+    nothing.
 
-    Raise UsageError for a requested volume without archives, before any work; raise
-    OperationError at the end if any volume failed (every volume is attempted).
+    Raise UsageError for a requested volume without archives in any of those storages,
+    before any work; raise OperationError at the end if any volume failed (every volume of
+    every storage is attempted).
     """
     policy = ctx.policy(policy_name)
-    storage = ctx.storage(policy)
-    stored = storage.volumes(policy.name)
-    for name in volumes:
-        if name not in stored:
-            raise UsageError(
-                f"policy {policy.name!r} has no archives of volume {name!r} in storage "
-                f"{storage.name!r} ({storage.describe()})"
-            )
-    pruned: dict[str, list[Decision]] = {}
+    repositories = ctx.repositories(policy, storage=storage)
+    stored: dict[str, list[str]] = {}
     failures: list[OperationError] = []
-    for name in volumes or stored:
-        with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
-            try:
-                with ctx.volume_lock(name, f"prune of {policy.name}"):
-                    if dry_run:
-                        pruned[name] = prune_volume(policy, storage, name, dry_run=True)
-                    else:
-                        pruned[name] = _recorded_prune(ctx, policy, storage, name)
-            except OperationError as error:
-                error.policy, error.volume = policy.name, name
-                log.error("prune failed", error=error.message)
-                failures.append(error)
+    for repository in repositories:
+        try:
+            stored[repository.name] = repository.volumes(policy.name)
+        except OSError as error:
+            failures.append(repository.failure(error, "cannot list the archives"))
+            stored[repository.name] = []
+    for name in volumes:
+        if not any(name in found for found in stored.values()):
+            where = ", ".join(f"storage {r.name!r} ({r.describe()})" for r in repositories)
+            raise UsageError(
+                f"policy {policy.name!r} has no archives of volume {name!r} in {where}"
+            )
+    pruned: dict[tuple[str, str], list[Decision]] = {}
+    for repository in repositories:
+        for name in volumes or stored[repository.name]:
+            if name not in stored[repository.name]:
                 continue
-        if report is not None:
-            report(name, pruned[name])
+            with structlog.contextvars.bound_contextvars(
+                policy=policy.name, volume=name, storage=repository.name
+            ):
+                try:
+                    with ctx.volume_lock(name, f"prune of {policy.name}"):
+                        if dry_run:
+                            decisions = prune_volume(policy, repository, name, dry_run=True)
+                        else:
+                            decisions = _recorded_prune(ctx, policy, repository, name)
+                except OperationError as error:
+                    error.policy, error.volume = policy.name, name
+                    log.error("prune failed", error=error.message)
+                    failures.append(error)
+                    continue
+            pruned[repository.name, name] = decisions
+            if report is not None:
+                report(repository, name, decisions)
     if failures:
         raise combined_failure(failures, "prune", policy.name)
     return pruned
 
 
-def prune_after_backup(ctx: Context, policy: Policy, storage: Storage, volume: str) -> None:
+def prune_after_backup(ctx: Context, policy: Policy, repository: Repository, volume: str) -> None:
     """Given a volume whose new backup was just published (the caller holds its lock),
     apply the policy's retention and record it in the run history. A failed prune is
     logged and recorded as failed; it does not undo the backup's success.
     """
     try:
-        _recorded_prune(ctx, policy, storage, volume)
+        _recorded_prune(ctx, policy, repository, volume)
     except OperationError as error:
         log.error("prune after backup failed", error=error.message)
 
 
 def prune_volume(
     policy: Policy,
-    storage: Storage,
+    repository: Repository,
     volume: str,
     *,
     dry_run: bool,
     now: datetime | None = None,
 ) -> list[Decision]:
-    """Given a policy, its storage and one volume whose lock the caller holds, apply the
-    policy's retention to the volume's archives and return one decision per committed
-    archive, newest first. With `dry_run`, change nothing.
+    """Given a policy, one of its repositories and one volume whose lock the caller holds,
+    apply the storage's retention to the volume's archives there and return one decision
+    per committed archive, newest first. With `dry_run`, change nothing.
 
     Raise OperationError, naming the archive if there is one, if the storage fails, or if
     the selection chose an archive that a safety rule protects (that one is kept).
     """
     now = now or datetime.now(UTC)
-    with structlog.contextvars.bound_contextvars(policy=policy.name, volume=volume):
+    with structlog.contextvars.bound_contextvars(
+        policy=policy.name, volume=volume, storage=repository.name
+    ):
         try:
             if not dry_run:
-                remove_garbage(storage, policy.name, volume)
-            backups, kept_aside = _read_archives(storage, policy.name, volume)
+                for blob in repository.remove_garbage(policy.name, volume):
+                    log.warning("removed an incomplete archive file", file=blob)
+            backups, kept_aside = _read_archives(repository, policy.name, volume)
         except OSError as error:
-            raise _storage_error(storage, policy.name, volume, None, error) from None
+            raise _prune_error(repository, policy.name, volume, None, error) from None
         candidates = [backup.candidate for backup in backups.values()]
-        decisions = select(candidates, policy.retention, policy.timezone, now) + kept_aside
+        rules = policy.retention_for(repository.name)
+        decisions = select(candidates, rules, policy.timezone, now) + kept_aside
         decisions.sort(key=lambda decision: decision.id, reverse=True)
         doomed = [backups[decision.id] for decision in reversed(decisions) if not decision.keep]
         kept = len(decisions) - len(doomed)
@@ -139,20 +158,22 @@ def prune_volume(
             log.info("prune planned, nothing deleted (dry run)", kept=kept, to_delete=len(doomed))
             return decisions
         for backup in doomed:
-            _delete(storage, backup, candidates, now)
+            _delete(repository, backup, candidates, now)
         freed = sum(backup.manifest.size for backup in doomed)
         log.info("prune finished", kept=kept, deleted=len(doomed), freed=freed)
         return decisions
 
 
-def _recorded_prune(ctx: Context, policy: Policy, storage: Storage, volume: str) -> list[Decision]:
+def _recorded_prune(
+    ctx: Context, policy: Policy, repository: Repository, volume: str
+) -> list[Decision]:
     """Given a volume whose lock the caller holds, prune it and record that in the history."""
     with ctx.history.operation("prune", policy.name, volume):
-        return prune_volume(policy, storage, volume, dry_run=False)
+        return prune_volume(policy, repository, volume, dry_run=False)
 
 
 def _read_archives(
-    storage: Storage, policy: str, volume: str
+    repository: Repository, policy: str, volume: str
 ) -> tuple[dict[str, _StoredBackup], list[Decision]]:
     """Given a volume, return its committed backups by id, and a keep decision for each
     other committed archive (safety archives, unreadable manifests) with why.
@@ -161,9 +182,9 @@ def _read_archives(
     """
     backups = {}
     kept_aside = []
-    for key in storage.committed(policy, volume):
+    for key in repository.archives(policy, volume):
         try:
-            manifest = read_manifest(storage, key, entries=False)
+            manifest = repository.read_manifest(key, entries=False)
         except OperationError as error:
             log.warning(
                 "kept an archive with an unreadable manifest", archive=key.id, error=error.message
@@ -172,18 +193,19 @@ def _read_archives(
                 Decision(key.id, True, ("unreadable manifest, kept until removed by hand",))
             )
             continue
-        if manifest.kind != "backup":
-            reason = f"{manifest.kind} archive, kept until removed by hand"
-            kept_aside.append(Decision(key.id, True, (reason,)))
+        if key.is_safety:
+            kept_aside.append(
+                Decision(key.id, True, ("safety archive, kept until removed by hand",))
+            )
             continue
-        drill = read_drill_record(storage, key)
+        drill = repository.read_drill(key)
         passed = drill is not None and drill.passed
         backups[key.id] = _StoredBackup(key, manifest, Candidate(key.id, manifest.started, passed))
     return backups, kept_aside
 
 
 def _delete(
-    storage: Storage, backup: _StoredBackup, candidates: list[Candidate], now: datetime
+    repository: Repository, backup: _StoredBackup, candidates: list[Candidate], now: datetime
 ) -> None:
     """Given a backup retention let go, delete it if the safety predicate agrees.
 
@@ -199,19 +221,15 @@ def _delete(
                 archive=key.id,
             )
         try:
-            storage.delete(key, backup.manifest.archive_file)
+            repository.delete(key, backup.manifest)
         except OSError as error:
-            raise _storage_error(storage, key.policy, key.volume, key.id, error) from None
+            raise _prune_error(repository, key.policy, key.volume, key.id, error) from None
         log.info("archive deleted by retention", size=backup.manifest.size)
 
 
-def _storage_error(
-    storage: Storage, policy: str, volume: str, archive: str | None, error: OSError
+def _prune_error(
+    repository: Repository, policy: str, volume: str, archive: str | None, error: OSError
 ) -> OperationError:
-    return OperationError(
-        f"cannot prune in storage {storage.name!r} ({storage.describe()}): "
-        f"{error.strerror or error}",
-        policy=policy,
-        volume=volume,
-        archive=archive,
-    )
+    failure = repository.failure(error, "cannot prune")
+    failure.policy, failure.volume, failure.archive = policy, volume, archive
+    return failure

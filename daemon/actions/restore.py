@@ -22,14 +22,14 @@ import structlog
 
 from daemon.actions.backup import BackupSource, back_up_volume
 from daemon.actions.context import Context
-from daemon.archive.verify import Verified, archive_chunks, find_archive, verify_archive
+from daemon.archive.verify import Verified, archive_chunks, verify_archive
 from daemon.config.model import Policy
 from daemon.docker.helpers import WRITE_CAPABILITIES, Mount, helper_container, run_helper
 from daemon.docker.volumes import create_volume, inspect_volume, remove_volume
 from daemon.errors import OperationError
 from daemon.progress import Progress
 from daemon.readahead import read_ahead
-from daemon.storage import Storage
+from daemon.repository import locate
 
 log = structlog.get_logger()
 TARGET = "/dst"
@@ -38,6 +38,7 @@ TARGET = "/dst"
 @dataclass(frozen=True)
 class RestoreResult:
     archive: str
+    storage: str
     target: str
     created_target: bool
     safety_archive: str | None
@@ -62,7 +63,7 @@ def empty_volume(api: docker.APIClient, image: str, volume: str) -> None:
 
 
 def extract_into(
-    api: docker.APIClient, storage: Storage, checked: Verified, image: str, target: str, owner: str
+    api: docker.APIClient, checked: Verified, image: str, target: str, owner: str
 ) -> None:
     """Stream the checked archive into the target volume through the Engine's archive
     endpoint, then give the volume root its recorded owner, mode and mtime."""
@@ -71,7 +72,7 @@ def extract_into(
     with helper_container(api, image, ["true"], [Mount(target, TARGET, read_only=False)]) as helper:
         try:
             # The next pieces are read, checked and decompressed while dockerd takes these.
-            pieces = read_ahead(archive_chunks(storage, checked))
+            pieces = read_ahead(archive_chunks(checked))
             api.put_archive(helper, TARGET, _counted(pieces, progress))
         except docker.errors.APIError as error:
             raise OperationError(
@@ -105,19 +106,27 @@ def restore_volume(
     archive_id: str | None,
     target: str,
     force: bool,
+    *,
+    storage: str | None = None,
+    host: str | None = None,
 ) -> RestoreResult:
-    """Restore the archive (`None` or "latest": the newest) of `volume` into `target`."""
-    storage = ctx.storage(policy)
+    """Restore the archive (`None` or "latest": the newest) of `volume` into `target`, from
+    `storage` (None: the first of the policy's storages that holds it), of this host or of
+    `host`. The source volume is locked too, so that no prune removes the archive while it
+    is read."""
     api = ctx.docker()
-    key, manifest = find_archive(storage, policy.name, volume, archive_id)
+    repository, key = locate(
+        ctx.repositories(policy, storage=storage, host=host), policy.name, volume, archive_id
+    )
     with (
         structlog.contextvars.bound_contextvars(
             policy=policy.name, volume=volume, archive=key.id, target=target
         ),
-        ctx.volume_lock(target, f"restore of {policy.name}/{volume} into {target}"),
+        ctx.volume_locks([volume, target], f"restore of {policy.name}/{volume} into {target}"),
     ):
-        log.info("restore started")
-        checked = verify_archive(storage, key, manifest)
+        log.info("restore started", storage=repository.name, host=repository.host)
+        manifest = repository.read_manifest(key)
+        checked = verify_archive(repository, key, manifest)
         existing = inspect_volume(api, target)
         created = existing is None
         safety = None
@@ -133,13 +142,18 @@ def restore_volume(
                 source = BackupSource(
                     policy.name, existing, policy.helper_image, policy.compression, kind="safety"
                 )
-                safety = back_up_volume(api, storage, source).id
-                log.info("saved the target's content as a safety archive", safety_archive=safety)
+                saved = back_up_volume(api, ctx.repositories(policy), source)
+                safety = saved.manifest.id
+                log.info(
+                    "saved the target's content as a safety archive",
+                    safety_archive=safety,
+                    storages=[saved_in.name for saved_in in saved.repositories],
+                )
                 empty_volume(api, policy.helper_image, target)
-            extract_into(api, storage, checked, policy.helper_image, target, target)
+            extract_into(api, checked, policy.helper_image, target, target)
         except BaseException:
             if created:
                 remove_volume(api, target)
             raise
         log.info("restore finished", objects=len(manifest.entries), bytes=manifest.tar_size)
-        return RestoreResult(key.id, target, created, safety)
+        return RestoreResult(key.id, repository.name, target, created, safety)

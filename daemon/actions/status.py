@@ -16,17 +16,18 @@ from pathlib import Path
 import docker
 import requests
 
+from daemon.actions.context import Context
 from daemon.actions.listing import age, drill_summary
-from daemon.archive.manifest import Manifest, ManifestError
-from daemon.archive.records import DrillRecord, read_drill_record
-from daemon.config.model import Config, Policy, Schedule
+from daemon.archive.manifest import Manifest
+from daemon.archive.records import DrillRecord
+from daemon.config.model import Policy, Schedule
 from daemon.docker.client import connect, engine_failure
 from daemon.docker.volumes import select_volumes
-from daemon.errors import DockerUnavailable
+from daemon.errors import DockerUnavailable, OperationError
 from daemon.locks import is_locked
 from daemon.progress import human_bytes
+from daemon.repository import Repository
 from daemon.state import Heartbeat, History, OperationRecord, daemon_running, read_heartbeat
-from daemon.storage import Storage, open_storage
 from daemon.triggers import first_run, next_run
 
 STALE_HEARTBEAT_SECONDS = 60  # the daemon rewrites it at least every 10 s
@@ -54,8 +55,14 @@ class Upcoming:
 class VolumeStatus:
     name: str
     last_backup: OperationRecord | None  # from this host's run history
-    newest_archive: Manifest | None  # from the storage
-    last_drill: DrillRecord | None  # from the storage: the most recent verdict
+    newest: dict[str, Manifest | None]  # by storage, in the policy's order: its newest backup
+    last_drill: DrillRecord | None  # from the storages: the most recent verdict
+
+    @property
+    def newest_archive(self) -> Manifest | None:
+        """The newest backup in any of the storages."""
+        found = [manifest for manifest in self.newest.values() if manifest is not None]
+        return max(found, key=lambda manifest: manifest.started, default=None)
 
     def to_json(self) -> dict[str, object]:
         backup = self.last_backup
@@ -73,9 +80,8 @@ class VolumeStatus:
                 "bytes": backup.bytes,
                 "error": backup.error,
             },
-            "newest_archive": None
-            if archive is None
-            else {"id": archive.id, "created": archive.started.isoformat(), "size": archive.size},
+            "newest_archive": _archive_json(archive),
+            "storages": {name: _archive_json(manifest) for name, manifest in self.newest.items()},
             "last_drill": None
             if drill is None
             else {
@@ -86,6 +92,12 @@ class VolumeStatus:
                 "reason": drill.reason,
             },
         }
+
+
+def _archive_json(manifest: Manifest | None) -> dict[str, object] | None:
+    if manifest is None:
+        return None
+    return {"id": manifest.id, "created": manifest.started.isoformat(), "size": manifest.size}
 
 
 @dataclass(frozen=True)
@@ -126,8 +138,9 @@ class Status:
         }
 
 
-def collect_status(config: Config, state_dir: Path, now: datetime) -> Status:
+def collect_status(ctx: Context, now: datetime) -> Status:
     """Given the config and the state dir, return the status at `now`."""
+    config, state_dir = ctx.config, ctx.state_dir
     running = daemon_running(state_dir)
     heartbeat = read_heartbeat(state_dir)
     history = History(state_dir)
@@ -149,12 +162,19 @@ def collect_status(config: Config, state_dir: Path, now: datetime) -> Status:
         notes.append(f"volumes selected by a match are not shown: {engine_failure(error)}")
     policies = []
     for policy in config.policies.values():
-        storage = open_storage(config.storages[policy.storage])
+        repositories = []
+        stored: set[str] = set()
+        for repository in ctx.repositories(policy):
+            try:
+                stored.update(repository.volumes(policy.name))
+                repositories.append(repository)
+            except OSError as error:
+                notes.append(str(repository.failure(error, "cannot list the archives")))
         names = sorted(
             {
                 *policy.selector.names,
                 *selected.get(policy.name, []),
-                *storage.volumes(policy.name),
+                *stored,
                 *(volume for owner, volume in backups if owner == policy.name),
             }
         )
@@ -162,8 +182,8 @@ def collect_status(config: Config, state_dir: Path, now: datetime) -> Status:
             VolumeStatus(
                 name,
                 backups.get((policy.name, name)),
-                _newest_backup(storage, policy.name, name),
-                _last_drill(storage, policy.name, name),
+                {r.name: _newest_backup(r, policy.name, name) for r in repositories},
+                _last_drill(repositories, policy.name, name),
             )
             for name in names
         ]
@@ -210,22 +230,24 @@ def _interrupted(record: OperationRecord, state_dir: Path) -> OperationRecord:
     return record
 
 
-def _newest_backup(storage: Storage, policy: str, volume: str) -> Manifest | None:
-    """Return the manifest of the volume's newest readable backup archive (not a safety
-    archive), or None."""
-    for key in sorted(storage.committed(policy, volume), key=lambda key: key.id, reverse=True):
+def _newest_backup(repository: Repository, policy: str, volume: str) -> Manifest | None:
+    """Return the manifest of the volume's newest readable backup in the repository (not a
+    safety archive), or None."""
+    for key in repository.backups(policy, volume):
         try:
-            manifest = Manifest.from_json(storage.read_manifest(key), entries=False)
-        except (OSError, ManifestError):
+            return repository.read_manifest(key, entries=False)
+        except (OSError, OperationError):
             continue
-        if manifest.kind == "backup":
-            return manifest
     return None
 
 
-def _last_drill(storage: Storage, policy: str, volume: str) -> DrillRecord | None:
+def _last_drill(repositories: list[Repository], policy: str, volume: str) -> DrillRecord | None:
     """Return the most recent drill verdict of any of the volume's archives, or None."""
-    records = [read_drill_record(storage, key) for key in storage.committed(policy, volume)]
+    records = [
+        repository.read_drill(key)
+        for repository in repositories
+        for key in repository.archives(policy, volume)
+    ]
     return max(
         (record for record in records if record is not None),
         key=lambda record: record.finished,
@@ -272,13 +294,20 @@ def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str
     else:
         last = f"{backup.outcome} {age(now - backup.started)} ago"
     archive = volume.newest_archive
+    if len(volume.newest) > 1:
+        newest = ", ".join(
+            f"{name}: {manifest.id if manifest else '-'}"
+            for name, manifest in volume.newest.items()
+        )
+    else:
+        newest = archive.id if archive else "-"
     drill = drill_summary(volume.last_drill, now)
     if volume.last_drill is not None and volume.last_drill.restore_seconds:
         drill += f", restore {volume.last_drill.restore_seconds:.1f}s"
     return (
         volume.name,
         last,
-        archive.id if archive else "-",
+        newest,
         human_bytes(archive.size) if archive else "-",
         drill,
     )

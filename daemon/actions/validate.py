@@ -35,7 +35,8 @@ def validate(ctx: Context) -> str:
         api = None
         lines.append(f"volumes not shown: {error}")
     for policy in config.policies.values():
-        lines.append(f"policy {policy.name} -> storage {policy.storage}")
+        storages = ", ".join(policy.storage_names)
+        lines.append(f"policy {policy.name} -> storage {storages} (host {ctx.host})")
         if api is not None:
             names = [volume.name for volume in select_volumes(api, policy.selector)]
             missing = [name for name in policy.selector.names if name not in names]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import BinaryIO
+from typing import Protocol
 
 from daemon.archive.compression import Sink
 
@@ -23,8 +23,12 @@ class HashingWriter:
         return self._sha256.hexdigest()
 
 
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class HashingReader:
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: Readable) -> None:
         self._source = source
         self._sha256 = hashlib.sha256()
         self.size = 0

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import socket
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from daemon import __version__
-from daemon.storage import ArchiveKey, Storage
-from daemon.storage.base import DRILL_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -46,22 +45,17 @@ class DrillRecord:
         document["restore_rate"] = self.restore_rate
         return document
 
+    def to_bytes(self) -> builtins.bytes:
+        return json.dumps(self.to_json(), indent=1).encode()
 
-def write_drill_record(storage: Storage, key: ArchiveKey, record: DrillRecord) -> None:
-    storage.write_record(key, DRILL_SUFFIX, json.dumps(record.to_json(), indent=1).encode())
-
-
-def read_drill_record(storage: Storage, key: ArchiveKey) -> DrillRecord | None:
-    """Return the archive's drill record, or None if it was never drilled (or the record is
-    unreadable: an unreadable verdict is no proof)."""
-    raw = storage.read_record(key, DRILL_SUFFIX)
-    if raw is None:
-        return None
-    try:
-        document = json.loads(raw)
-        document.pop("verdict", None)
-        document.pop("restore_rate", None)
-        document["finished"] = datetime.fromisoformat(document["finished"])
-        return DrillRecord(**document)
-    except (ValueError, KeyError, TypeError):
-        return None
+    @classmethod
+    def from_bytes(cls, raw: builtins.bytes) -> DrillRecord:
+        """Given a record as `to_bytes` wrote it, return it. Raise ValueError."""
+        try:
+            document = json.loads(raw)
+            document.pop("verdict", None)
+            document.pop("restore_rate", None)
+            document["finished"] = datetime.fromisoformat(document["finished"])
+            return cls(**document)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"unreadable drill record: {error}") from None

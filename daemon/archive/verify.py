@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 
 import zstandard
 
 from daemon.archive.compare import Comparison, compare_trees
-from daemon.archive.compression import SUFFIXES, decompressing_reader
+from daemon.archive.compression import decompressing_reader
 from daemon.archive.digest import HashingReader
-from daemon.archive.manifest import Manifest, ManifestError
+from daemon.archive.manifest import Manifest
 from daemon.archive.safety import PathGuard, UnsafeMember
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
 from daemon.errors import HostileArchive, OperationError
 from daemon.readahead import read_ahead
-from daemon.storage import ArchiveKey, Storage
+from daemon.repository import ArchiveKey, Repository
 
 READ_SIZE = 1 << 20
-SAFETY_SUFFIX = "-safety"
 
 
 class MembersDiffer(OperationError):
@@ -44,70 +44,9 @@ class MembersDiffer(OperationError):
 
 @dataclass(frozen=True)
 class Verified:
+    repository: Repository
     key: ArchiveKey
     manifest: Manifest
-
-
-def backup_keys(storage: Storage, policy: str, volume: str) -> list[ArchiveKey]:
-    """Given a volume, return the keys of its committed backups (no safety archives),
-    newest first."""
-    keys = (key for key in storage.committed(policy, volume) if not key.id.endswith(SAFETY_SUFFIX))
-    return sorted(keys, reverse=True)
-
-
-def find_key(storage: Storage, policy: str, volume: str, archive_id: str | None) -> ArchiveKey:
-    """Given an archive id (None or "latest": the newest backup), return its key.
-
-    Safety archives are only found by their id. An archive file whose manifest is gone is
-    found too, so that reading it says "manifest missing". Raise OperationError if there is
-    none.
-    """
-    if archive_id in (None, "latest"):
-        keys = backup_keys(storage, policy, volume)
-        if not keys:
-            raise OperationError("no archive in the storage", policy=policy, volume=volume)
-        return keys[0]
-    key = ArchiveKey(policy, volume, archive_id)
-    if key in set(storage.committed(policy, volume)):
-        return key
-    if "/" not in archive_id and _has_archive_file(storage, key):
-        return key
-    raise OperationError(
-        "no such archive (see volkeep list)", policy=policy, volume=volume, archive=archive_id
-    )
-
-
-def _has_archive_file(storage: Storage, key: ArchiveKey) -> bool:
-    for suffix in SUFFIXES.values():
-        try:
-            storage.open_archive(key, key.file_name(suffix)).close()
-        except FileNotFoundError:
-            continue
-        return True
-    return False
-
-
-def find_archive(
-    storage: Storage, policy: str, volume: str, archive_id: str | None
-) -> tuple[ArchiveKey, Manifest]:
-    """Given an archive id (None or "latest": the newest backup), return its key and manifest.
-
-    Raise OperationError if there is none, or if its manifest is missing or unreadable.
-    """
-    key = find_key(storage, policy, volume, archive_id)
-    return key, read_manifest(storage, key)
-
-
-def read_manifest(storage: Storage, key: ArchiveKey, *, entries: bool = True) -> Manifest:
-    """Return the archive's manifest (without its entries if `entries` is off).
-
-    Raise OperationError if it is missing or unreadable."""
-    try:
-        return Manifest.from_json(storage.read_manifest(key), entries=entries)
-    except FileNotFoundError:
-        raise _error(key, "manifest missing") from None
-    except ManifestError as error:
-        raise _error(key, str(error)) from None
 
 
 def _error(key: ArchiveKey, message: str) -> OperationError:
@@ -115,12 +54,12 @@ def _error(key: ArchiveKey, message: str) -> OperationError:
 
 
 def _stream(
-    storage: Storage, key: ArchiveKey, manifest: Manifest, scanner: TarScanner
+    repository: Repository, key: ArchiveKey, manifest: Manifest, scanner: TarScanner
 ) -> Iterator[None]:
     """Feed the archive's tar stream to the scanner, yielding after each piece; check the
     stored bytes against the manifest at the end. Errors name the archive."""
     try:
-        with storage.open_archive(key, manifest.archive_file) as stored:
+        with closing(repository.open_archive(key, manifest)) as stored:
             hashing = HashingReader(stored)
             reader = decompressing_reader(manifest.compression, hashing)  # type: ignore[arg-type]
             try:
@@ -134,8 +73,6 @@ def _stream(
                 raise
             if not scanner.ended:
                 _hash_the_rest(hashing)
-    except FileNotFoundError:
-        raise _error(key, "archive file missing") from None
     except UnsafeMember as error:
         raise HostileArchive(
             f"refused: {error}", policy=key.policy, volume=key.volume, archive=key.id
@@ -166,7 +103,7 @@ def _check_digest(key: ArchiveKey, manifest: Manifest, hashing: HashingReader) -
         raise _error(key, "archive SHA-256 mismatch: the stored bytes are not what was written")
 
 
-def verify_archive(storage: Storage, key: ArchiveKey, manifest: Manifest) -> Verified:
+def verify_archive(repository: Repository, key: ArchiveKey, manifest: Manifest) -> Verified:
     """Read the whole archive; return it checked if it is intact, safe and matches its
     manifest. Raise OperationError (HostileArchive for unsafe members, MembersDiffer for
     members that are not the manifest's entries) otherwise.
@@ -183,17 +120,17 @@ def verify_archive(storage: Storage, key: ArchiveKey, manifest: Manifest) -> Ver
 
     # Contents are not digested here: the SHA-256 of the stored bytes vouches for them.
     scanner = TarScanner(include=PathGuard().admit, done=check, digests=False)
-    for _ in _stream(storage, key, manifest, scanner):
+    for _ in _stream(repository, key, manifest, scanner):
         pass
     if differs or next(expected, None) is not None:
         members: list[Member] = []
-        for _ in _stream(storage, key, manifest, TarScanner(done=members.append)):
+        for _ in _stream(repository, key, manifest, TarScanner(done=members.append)):
             pass
         raise MembersDiffer(key, compare_trees(manifest.entries, members))
-    return Verified(key, manifest)
+    return Verified(repository, key, manifest)
 
 
-def archive_chunks(storage: Storage, checked: Verified) -> Iterator[bytes]:
+def archive_chunks(checked: Verified) -> Iterator[bytes]:
     """Yield the checked archive's tar stream, guarded again member by member (the stored
     file could change between the check and now) and re-hashed."""
     pending: list[bytes | memoryview] = []
@@ -204,7 +141,7 @@ def archive_chunks(storage: Storage, checked: Verified) -> Iterator[bytes]:
         pending.append(bytes(data) if isinstance(data, bytearray) else data)
 
     scanner = TarScanner(emit=keep, include=PathGuard().admit, digests=False)
-    for _ in _stream(storage, checked.key, checked.manifest, scanner):
+    for _ in _stream(checked.repository, checked.key, checked.manifest, scanner):
         if pending:
             yield b"".join(pending)
             pending.clear()

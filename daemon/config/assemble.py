@@ -97,7 +97,37 @@ def assemble_config(documents: Sequence[Document]) -> tuple[Config, list[ConfigP
     daemon, found = daemon_settings(nodes_of("daemon"))
     problems += found
     files = tuple(document.file for document in documents)
+    secrets = [problem for document in documents for problem in secret_problems(document.root)]
+    if secrets:  # no other message may show the secret's text
+        problems = secrets + [p for p in problems if SECRET_MARK not in p.message.upper()]
     return Config(storages, policies, daemon, files), problems
+
+
+SECRET_MARK = "AGE-SECRET-KEY-"
+
+
+def secret_problems(root: yaml.Node) -> list[ConfigProblem]:
+    """Given a file's root node, return a problem for each value that holds a private key
+    (an age identity): secrets come from files or the environment (SPEC §3a, promise 6)."""
+    problems = []
+    pending, seen = [root], set()
+    while pending:
+        node = pending.pop()
+        if id(node) in seen:  # an alias repeats a node, or holds itself
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            if SECRET_MARK in str(node.value).upper():
+                message = (
+                    "an age identity (a secret key) does not belong in the policy text: "
+                    "keep it in a file named by identity_file, readable by root only"
+                )
+                problems.append(problem_at(node, "", message))
+        elif isinstance(node, yaml.SequenceNode):
+            pending += node.value
+        elif isinstance(node, yaml.MappingNode):
+            pending += [part for pair in node.value for part in pair]
+    return sorted(problems, key=lambda problem: (problem.file, problem.line))
 
 
 def top_level_sections(root: yaml.Node) -> tuple[dict[str, yaml.Node], list[ConfigProblem]]:

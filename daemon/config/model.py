@@ -39,11 +39,34 @@ class Schedule:
 
 
 @dataclass(frozen=True)
-class StorageConfig:
+class LocalStorageConfig:
     name: str
-    type: Literal["local"]
-    path: Path
     source: Source
+    path: Path
+    type: Literal["local"] = "local"
+
+
+@dataclass(frozen=True)
+class S3StorageConfig:
+    """An S3-compatible bucket. Credentials are never here: they come from
+    `credentials_file` (AWS shared-credentials format, `profile` in it) or the standard AWS
+    chain (environment, AWS_PROFILE, instance metadata)."""
+
+    name: str
+    source: Source
+    bucket: str
+    prefix: str = ""  # "" or ending in "/"
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    credentials_file: Path | None = None
+    profile: str | None = None
+    ca_bundle: Path | None = None
+    storage_class: str | None = None
+    type: Literal["s3"] = "s3"
+
+
+StorageConfig = LocalStorageConfig | S3StorageConfig
 
 
 @dataclass(frozen=True)
@@ -86,6 +109,7 @@ class DrillConfig:
     schedule: Schedule | None = None
     archive: DrillChoice = "latest"
     max_per_run: int = 1
+    storage: str | None = None  # which of the policy's storages to drill (None: the first)
 
 
 @dataclass(frozen=True)
@@ -116,11 +140,20 @@ class Hooks:
 
 
 @dataclass(frozen=True)
+class PolicyStorage:
+    """One storage a policy writes every archive to, with its own retention if it has one
+    (None: the policy's)."""
+
+    name: str
+    retention: RetentionRules | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     source: Source
     selector: VolumeSelector
-    storage: str
+    storages: tuple[PolicyStorage, ...]
     schedule: Schedule | None = None
     timezone: str = "UTC"
     compression: Compression = field(default_factory=Compression)
@@ -132,6 +165,15 @@ class Policy:
     drill: DrillConfig | None = None
     hooks: Hooks = field(default_factory=Hooks)
     volume_hooks: Mapping[str, Hooks] = field(default_factory=dict, hash=False)
+
+    @property
+    def storage_names(self) -> tuple[str, ...]:
+        return tuple(storage.name for storage in self.storages)
+
+    def retention_for(self, storage: str) -> RetentionRules:
+        """Given one of the policy's storages, return the keep rules that apply there."""
+        own = next(entry.retention for entry in self.storages if entry.name == storage)
+        return self.retention if own is None else own
 
     def hooks_for(self, volume: str) -> Hooks:
         """Given a volume, return the hooks around its backup: the policy's before hooks, then
@@ -146,6 +188,7 @@ class DaemonSettings:
 
     max_parallel: int = 1
     shutdown_timeout: timedelta = timedelta(minutes=10)
+    host: str | None = None  # the name this host writes under (None: its hostname)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,12 @@ from daemon.config.model import (
     ExecHook,
     Hook,
     Hooks,
+    LocalStorageConfig,
     Policy,
+    PolicyStorage,
     RetentionRules,
     RunHook,
+    S3StorageConfig,
     StorageConfig,
     VolumeSelector,
 )
@@ -46,12 +49,17 @@ from daemon.config.nodes import (
 )
 from daemon.config.values import (
     absolute_path,
+    bucket_name,
     duration,
+    endpoint_url,
     exclude_pattern,
+    host_name,
+    key_prefix,
     label_selector,
     match_selector,
     schedule,
     seconds,
+    secret_in_policy,
     storage_reference,
     timezone,
     volume_name,
@@ -133,6 +141,7 @@ DRILL = record(
         "schedule": schedule,
         "archive": choice(DRILL_CHOICES, "drill archive choice"),
         "max_per_run": integer(minimum=1),
+        "storage": non_empty_string,
     },
     into=DrillConfig,
 )
@@ -142,13 +151,48 @@ MATCH = record(
     exactly_one_of=("label", "name", "compose_project"),
 )
 DAEMON = record(
-    {"max_parallel": integer(minimum=1), "shutdown_timeout": duration(allow_zero=True)},
+    {
+        "max_parallel": integer(minimum=1),
+        "shutdown_timeout": duration(allow_zero=True),
+        "host": host_name,
+    },
     into=DaemonSettings,
 )
-STORAGE_FIELDS: dict[str, Converter[Any]] = {
-    "type": choice(("local",), "storage type"),
-    "path": absolute_path,
+STORAGE_TYPES = ("local", "s3")
+STORAGE_TYPE = choice(STORAGE_TYPES, "storage type")
+# Keys under which people write credentials: each is refused with the way to do it instead.
+CREDENTIAL_KEYS = (
+    "access_key",
+    "access_key_id",
+    "aws_access_key_id",
+    "secret_key",
+    "secret_access_key",
+    "aws_secret_access_key",
+    "session_token",
+    "aws_session_token",
+    "password",
+)
+STORAGE_FIELDS: dict[str, dict[str, Converter[Any]]] = {
+    "local": {"type": STORAGE_TYPE, "path": absolute_path},
+    "s3": {
+        "type": STORAGE_TYPE,
+        "bucket": bucket_name,
+        "prefix": key_prefix,
+        "endpoint": endpoint_url,
+        "region": non_empty_string,
+        "path_style": boolean,
+        "credentials_file": absolute_path,
+        "profile": non_empty_string,
+        "ca_bundle": absolute_path,
+        "storage_class": non_empty_string,
+        **dict.fromkeys(
+            CREDENTIAL_KEYS,
+            secret_in_policy("credentials_file (or the AWS_* environment variables)"),
+        ),
+    },
 }
+STORAGE_CONFIGS = {"local": LocalStorageConfig, "s3": S3StorageConfig}
+STORAGE_REQUIRED = {"local": ("type", "path"), "s3": ("type", "bucket")}
 
 
 def policy_fields(storage_names: Collection[str]) -> dict[str, Converter[Any]]:
@@ -158,7 +202,7 @@ def policy_fields(storage_names: Collection[str]) -> dict[str, Converter[Any]]:
         "match": MATCH,
         "schedule": schedule,
         "timezone": timezone,
-        "storage": storage_reference(storage_names),
+        "storage": policy_storages(storage_names),
         "compression": compression,
         "exclude": list_of(exclude_pattern),
         "stop_containers": boolean,
@@ -186,6 +230,49 @@ def volume_hooks(node: yaml.Node, path: str) -> dict[str, Hooks]:
     return hooks
 
 
+def policy_storages(storage_names: Collection[str]) -> Converter[tuple[PolicyStorage, ...]]:
+    """Given the storages defined in any file, return a converter of a policy's `storage`:
+    one name, or a list of names and {name: ..., retention: {...}} entries (a storage with
+    its own keep rules, replacing the policy's there)."""
+    reference = storage_reference(storage_names)
+
+    def one(node: yaml.Node, path: str) -> PolicyStorage:
+        if isinstance(node, yaml.MappingNode):
+            fields = {"name": reference, "retention": RETENTION}
+            return record(fields, into=PolicyStorage, required=("name",))(node, path)
+        return PolicyStorage(reference(node, path))
+
+    several = list_of(one, expected="a storage name or a list of them", non_empty=True)
+
+    def convert(node: yaml.Node, path: str) -> tuple[PolicyStorage, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            return (PolicyStorage(reference(node, path)),)
+        storages = several(node, path)
+        names = [storage.name for storage in storages]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise invalid(
+                    node.value[index], f"{path}[{index}]", f"storage {name!r} is listed twice"
+                )
+        return storages
+
+    return convert
+
+
+def check_drilled_storage(
+    node: yaml.Node, path: str, drilled: str, storages: tuple[PolicyStorage, ...]
+) -> None:
+    """Raise Invalid if the drill's storage is not one the policy writes to."""
+    names = [storage.name for storage in storages]
+    if drilled not in names:
+        drill_node = value_of(node, "drill")
+        raise invalid(
+            value_of(drill_node, "storage"),
+            child_path(child_path(path, "drill"), "storage"),
+            f"the policy does not write to storage {drilled!r} (it uses: {', '.join(names)})",
+        )
+
+
 def check_hooked_volumes(node: yaml.Node, path: str, volumes: Collection[str]) -> None:
     """Given a policy's node with `volume_hooks` and the volumes it lists, raise Invalid for
     each hooked volume it does not back up: those hooks would never run."""
@@ -204,12 +291,26 @@ def check_hooked_volumes(node: yaml.Node, path: str, volumes: Collection[str]) -
 
 
 def parse_storage(entry: Entry, path: str) -> StorageConfig:
-    """Given the entry of a storage under `storage:`, return its StorageConfig."""
+    """Given the entry of a storage under `storage:`, return its StorageConfig: the keys a
+    storage takes depend on its `type`."""
+    node = entry.value_node
+    entries, _ = mapping_entries(node, path)
+    type_node = next((found.value_node for found in entries if found.name == "type"), None)
+    if type_node is None:
+        raise invalid(
+            node, child_path(path, "type"), f"missing key 'type' ({' or '.join(STORAGE_TYPES)})"
+        )
+    kind = STORAGE_TYPE(type_node, child_path(path, "type"))
 
     def build(**values: Any) -> StorageConfig:
-        return StorageConfig(name=entry.name, source=source_of(entry.key_node), **values)
+        values.pop("type")
+        config: StorageConfig = STORAGE_CONFIGS[kind](
+            name=entry.name, source=source_of(entry.key_node), **values
+        )
+        return config
 
-    return record(STORAGE_FIELDS, into=build, required=("type", "path"))(entry.value_node, path)
+    convert = record(STORAGE_FIELDS[kind], into=build, required=STORAGE_REQUIRED[kind])
+    return convert(node, path)
 
 
 def parse_policy(entry: Entry, path: str, storage_names: Collection[str]) -> Policy:
@@ -217,13 +318,24 @@ def parse_policy(entry: Entry, path: str, storage_names: Collection[str]) -> Pol
     return its Policy."""
 
     def build(
-        *, volumes: tuple[str, ...] = (), match: VolumeSelector | None = None, **values: Any
+        *,
+        volumes: tuple[str, ...] = (),
+        match: VolumeSelector | None = None,
+        storage: tuple[PolicyStorage, ...],
+        **values: Any,
     ) -> Policy:
         selector = match or VolumeSelector(names=volumes)
         if volumes and "volume_hooks" in values:
             check_hooked_volumes(entry.value_node, path, volumes)
+        drill = values.get("drill")
+        if drill is not None and drill.storage is not None:
+            check_drilled_storage(entry.value_node, path, drill.storage, storage)
         return Policy(
-            name=entry.name, source=source_of(entry.key_node), selector=selector, **values
+            name=entry.name,
+            source=source_of(entry.key_node),
+            selector=selector,
+            storages=storage,
+            **values,
         )
 
     convert = record(

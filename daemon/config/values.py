@@ -170,3 +170,56 @@ def storage_reference(storage_names: Collection[str]) -> Converter[str]:
         return text
 
     return convert
+
+
+def host_name(node: yaml.Node, path: str) -> str:
+    """Given the name a host writes its archives under, return it (a single path segment)."""
+    return defined_name("host")(node, path)
+
+
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def bucket_name(node: yaml.Node, path: str) -> str:
+    """Given an S3 bucket name, return it. Raise Invalid unless S3 accepts it."""
+    text = string(node, path)
+    if not BUCKET_NAME.fullmatch(text) or ".." in text:
+        raise invalid(
+            node,
+            path,
+            f"invalid bucket name {text!r}: 3 to 63 characters, lowercase letters, digits, "
+            "'.' and '-', starting and ending with a letter or a digit",
+        )
+    return text
+
+
+def key_prefix(node: yaml.Node, path: str) -> str:
+    """Given a key prefix ("prod/", "prod"), return it ending in "/" ("" for none)."""
+    text = string(node, path).strip("/")
+    if any(part in ("", ".", "..") for part in text.split("/")) and text:
+        raise invalid(node, path, f"invalid prefix {text!r}: no empty, '.' or '..' segments")
+    return f"{text}/" if text else ""
+
+
+def endpoint_url(node: yaml.Node, path: str) -> str:
+    """Given an S3 endpoint, return it. Raise Invalid unless it is an http(s) URL without
+    credentials in it."""
+    text = non_empty_string(node, path)
+    scheme, _, rest = text.partition("://")
+    if "@" in rest.split("/", 1)[0]:
+        raise invalid(
+            node, path, "credentials do not belong in the endpoint URL: use credentials_file"
+        )
+    if scheme not in ("http", "https") or not rest:
+        raise invalid(node, path, f"endpoint must be an http:// or https:// URL, got {text!r}")
+    return text.rstrip("/")
+
+
+def secret_in_policy(instead: str) -> Converter[object]:
+    """Given where a secret belongs, return a converter that refuses any value under the key
+    it converts, saying so (and never showing the value)."""
+
+    def convert(node: yaml.Node, path: str) -> object:
+        raise invalid(node, path, f"secrets do not belong in the policy text: use {instead}")
+
+    return convert

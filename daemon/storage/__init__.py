@@ -1,14 +1,21 @@
-"""Where archives live. One small interface (`Storage`), one module per backend."""
+"""Where archives live: one small blob-store interface (`BlobStore`), one module per backend.
+
+What the blobs mean (archives, manifests, hosts) is the repository's (`daemon.repository`).
+"""
 
 from __future__ import annotations
 
-from daemon.config.model import StorageConfig
-from daemon.storage.base import ArchiveKey, ArchiveUpload, Storage
-from daemon.storage.local import LocalStorage
+from daemon.config.model import LocalStorageConfig, StorageConfig
+from daemon.storage.base import BlobExists, BlobMissing, BlobStore, StoreUnavailable, Upload
+from daemon.storage.local import LocalStore
 
-__all__ = ["ArchiveKey", "ArchiveUpload", "Storage", "open_storage"]
+__all__ = ["BlobExists", "BlobMissing", "BlobStore", "StoreUnavailable", "Upload", "open_store"]
 
 
-def open_storage(config: StorageConfig) -> Storage:
+def open_store(config: StorageConfig) -> BlobStore:
     """Given a storage's configuration, return the backend that serves it."""
-    return LocalStorage(config.name, config.path)
+    if isinstance(config, LocalStorageConfig):
+        return LocalStore(config.name, config.path)
+    from daemon.storage.s3 import S3Store  # boto3 is loaded only when an S3 storage is used
+
+    return S3Store.from_config(config)

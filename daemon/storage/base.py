@@ -1,33 +1,38 @@
-"""The storage interface every backend implements.
+"""The blob store interface every storage backend implements.
 
-An archive is a pair of objects: the archive file and its manifest. The manifest is
-written last and is the commit marker (SPEC §4, §5.1): a backend lists, opens and counts
-only archives whose manifest exists.
+A blob store keeps named blobs: keys are `/`-separated paths relative to the storage's
+root (`host/policy/volume/volume-20261128T030000Z.tar.zst`). It knows nothing of archives,
+manifests, ids or hosts: every rule of the repository (SPEC §4, §5) lives above it, in
+`daemon.repository`, once for all backends. A backend is a handful of calls, proven by one
+shared conformance suite (tests/e2e/test_blob_stores.py).
 """
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 
-@dataclass(frozen=True, order=True)
-class ArchiveKey:
-    policy: str
-    volume: str
-    id: str  # the UTC start time, e.g. "20261128T030000Z"
-
-    def file_name(self, suffix: str) -> str:
-        return f"{self.volume}-{self.id}{suffix}"
+class BlobMissing(FileNotFoundError):
+    """The blob does not exist."""
 
 
-MANIFEST_SUFFIX = ".manifest.json"
-DRILL_SUFFIX = ".drill.json"
+class BlobExists(FileExistsError):
+    """A conditional create found the blob already there."""
 
 
-class ArchiveUpload(Protocol):
-    """An archive being written: invisible until `commit`, gone after `abort`."""
+class StoreUnavailable(OSError):
+    """The store cannot be reached or refuses the request (a message for the operator in
+    `strerror`, never a secret)."""
+
+
+class Upload(Protocol):
+    """A blob being written as a stream: invisible until `commit`, gone after `abort`.
+
+    `commit` publishes it whole and atomically (synced file renamed into place, or a
+    completed multipart upload). `abort` never raises.
+    """
 
     def write(self, data: bytes | bytearray | memoryview, /) -> object: ...
 
@@ -36,46 +41,51 @@ class ArchiveUpload(Protocol):
     def abort(self) -> None: ...
 
 
-class Storage(Protocol):
+class BlobReader(Protocol):
+    """A blob opened for reading, in order."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class BlobStore(Protocol):
     name: str
 
     def describe(self) -> str:
-        """Return where the storage is, for messages (a path or a URL without secrets)."""
+        """Return where the store is, for messages (a path or a URL, never a secret)."""
         ...
 
-    def allocate_id(self, policy: str, volume: str, stamp: str) -> ArchiveKey:
-        """Given a UTC time stamp, return a key no archive of this volume uses yet."""
+    def create(self, key: str) -> Upload:
+        """Begin a streamed upload of a new blob named `key`."""
         ...
 
-    def new_archive(self, key: ArchiveKey, suffix: str) -> ArchiveUpload: ...
-
-    def write_manifest(self, key: ArchiveKey, data: bytes | Iterable[bytes]) -> None:
-        """Publish the manifest atomically: this commits the archive."""
+    def put(self, key: str, data: bytes | Iterable[bytes], *, exclusive: bool = False) -> None:
+        """Write a small blob whole and atomically. With `exclusive`, create it only if
+        absent (conditional create: `If-None-Match: *`); raise BlobExists otherwise."""
         ...
 
-    def read_manifest(self, key: ArchiveKey) -> bytes: ...
-
-    def committed(self, policy: str, volume: str | None = None) -> Iterator[ArchiveKey]:
-        """Yield the keys of the archives that have a manifest."""
+    def get(self, key: str) -> bytes:
+        """Return a small blob whole. Raise BlobMissing."""
         ...
 
-    def volumes(self, policy: str) -> list[str]: ...
-
-    def open_archive(self, key: ArchiveKey, file_name: str) -> BinaryIO: ...
-
-    def write_record(self, key: ArchiveKey, suffix: str, data: bytes) -> None:
-        """Publish a record beside the archive (a drill verdict) atomically."""
+    def open(self, key: str) -> BlobReader:
+        """Open a blob for streamed reading. Raise BlobMissing."""
         ...
 
-    def read_record(self, key: ArchiveKey, suffix: str) -> bytes | None: ...
+    def exists(self, key: str) -> bool: ...
 
-    def delete(self, key: ArchiveKey, file_name: str) -> None:
-        """Delete the manifest first (uncommitting), then the archive and its records."""
+    def list(self, prefix: str) -> Iterator[str]:
+        """Yield the keys of the committed blobs under `prefix` (a directory ending in `/`,
+        or "" for all), at any depth, in no particular order; every page is read."""
         ...
 
-    def remove_garbage(self, policy: str, volume: str) -> list[str]:
-        """Remove partial uploads and archives without a manifest; return their names.
+    def delete(self, key: str) -> None:
+        """Delete the blob; a missing blob is no error."""
+        ...
 
-        Call only while holding the volume's lock: a running backup's files look the same.
-        """
+    def abort_incomplete(self, prefix: str) -> builtins.list[str]:
+        """Remove the uploads under `prefix` that were begun and never committed or aborted
+        (a crash's leftovers); return their keys. Call only when no upload under `prefix`
+        can be running (hold the volume's lock)."""
         ...

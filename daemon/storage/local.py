@@ -1,14 +1,21 @@
-"""A storage on a local (or mounted) file system."""
+"""A blob store on a local (or mounted) file system: the key is the path under the root.
+
+Blobs are written under a hidden temporary name beside their final one, synced, then
+renamed into place and the directory synced (the one atomic-publish step). Temporary files
+are never listed; `abort_incomplete` removes those a crash left. Files are mode 0600,
+directories 0700.
+"""
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from daemon.storage.base import DRILL_SUFFIX, MANIFEST_SUFFIX, ArchiveKey
+from daemon.storage.base import BlobExists, BlobMissing
 
 PARTIAL = ".partial"
 WRITE_BUFFER = 1 << 20
@@ -22,30 +29,32 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def publish(temporary: Path, final: Path) -> None:
-    """The one atomic-publish step: the temporary file is synced; rename it, sync the dir."""
-    os.replace(temporary, final)
+def publish(temporary: Path, final: Path, *, exclusive: bool = False) -> None:
+    """The one atomic-publish step: the temporary file is synced; move it into place, sync
+    the directory. With `exclusive`, never replace an existing file (raise BlobExists)."""
+    if exclusive:
+        try:
+            os.link(temporary, final)
+        except FileExistsError:
+            raise BlobExists(final) from None
+        finally:
+            temporary.unlink(missing_ok=True)
+    else:
+        os.replace(temporary, final)
     _fsync_directory(final.parent)
 
 
-def _archive_id(name: str, volume: str) -> str | None:
-    """Given a file name in a volume's directory, return the archive id it belongs to."""
-    prefix = f"{volume}-"
-    name = name.lstrip(".")
-    if not name.startswith(prefix):
-        return None
-    return name[len(prefix) :].split(".", 1)[0]
-
-
-def _create_private(path: Path) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(PARTIAL)
 
 
 class _LocalUpload:
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, *, exclusive: bool = False) -> None:
         self._final = final
+        self._exclusive = exclusive
         self._temporary = final.with_name(f".{final.name}{PARTIAL}")
-        self._file = os.fdopen(_create_private(self._temporary), "wb", buffering=WRITE_BUFFER)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        self._file = os.fdopen(os.open(self._temporary, flags, 0o600), "wb", WRITE_BUFFER)
 
     def write(self, data: bytes | bytearray | memoryview) -> object:
         return self._file.write(data)
@@ -54,28 +63,18 @@ class _LocalUpload:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        publish(self._temporary, self._final)
+        publish(self._temporary, self._final, exclusive=self._exclusive)
 
     def abort(self) -> None:
         # The disk that failed a write may fail the flush too; the file goes anyway.
         with contextlib.suppress(OSError):
             self._file.close()
-        self._temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._temporary.unlink(missing_ok=True)
 
 
-def _write_atomically(final: Path, data: bytes | Iterable[bytes]) -> None:
-    upload = _LocalUpload(final)
-    try:
-        for piece in [data] if isinstance(data, bytes) else data:
-            upload.write(piece)
-        upload.commit()
-    except BaseException:
-        upload.abort()
-        raise
-
-
-class LocalStorage:
-    """`<root>/<policy>/<volume>/<volume>-<id>.tar.zst` beside `…-<id>.manifest.json`."""
+class LocalStore:
+    """Blobs as files under `root`."""
 
     def __init__(self, name: str, root: Path) -> None:
         self.name = name
@@ -84,80 +83,73 @@ class LocalStorage:
     def describe(self) -> str:
         return str(self.root)
 
-    def _directory(self, policy: str, volume: str) -> Path:
-        return self.root / policy / volume
+    def _path(self, key: str) -> Path:
+        return self.root / key
 
-    def _path(self, key: ArchiveKey, suffix: str) -> Path:
-        return self._directory(key.policy, key.volume) / key.file_name(suffix)
+    def _upload(self, key: str, *, exclusive: bool = False) -> _LocalUpload:
+        path = self._path(key)
+        created = self.root
+        for part in Path(key).parent.parts:
+            created = created / part
+            created.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return _LocalUpload(path, exclusive=exclusive)
 
-    def allocate_id(self, policy: str, volume: str, stamp: str) -> ArchiveKey:
-        directory = self._directory(policy, volume)
-        for level in (self.root, self.root / policy, directory):
-            level.mkdir(mode=0o700, parents=True, exist_ok=True)
-        taken = {_archive_id(name, volume) for name in os.listdir(directory)}
-        key = ArchiveKey(policy, volume, stamp)
-        counter = 1
-        while key.id in taken:
-            counter += 1
-            key = ArchiveKey(policy, volume, f"{stamp}-{counter}")
-        return key
+    def create(self, key: str) -> _LocalUpload:
+        return self._upload(key)
 
-    def new_archive(self, key: ArchiveKey, suffix: str) -> _LocalUpload:
-        return _LocalUpload(self._path(key, suffix))
-
-    def write_manifest(self, key: ArchiveKey, data: bytes | Iterable[bytes]) -> None:
-        _write_atomically(self._path(key, MANIFEST_SUFFIX), data)
-
-    def read_manifest(self, key: ArchiveKey) -> bytes:
-        return self._path(key, MANIFEST_SUFFIX).read_bytes()
-
-    def volumes(self, policy: str) -> list[str]:
-        directory = self.root / policy
-        if not directory.is_dir():
-            return []
-        return sorted(entry.name for entry in directory.iterdir() if entry.is_dir())
-
-    def committed(self, policy: str, volume: str | None = None) -> Iterator[ArchiveKey]:
-        for volume_name in [volume] if volume else self.volumes(policy):
-            directory = self._directory(policy, volume_name)
-            if not directory.is_dir():
-                continue
-            prefix = f"{volume_name}-"
-            for name in sorted(os.listdir(directory)):
-                if name.startswith(prefix) and name.endswith(MANIFEST_SUFFIX):
-                    archive_id = name[len(prefix) : -len(MANIFEST_SUFFIX)]
-                    yield ArchiveKey(policy, volume_name, archive_id)
-
-    def open_archive(self, key: ArchiveKey, file_name: str) -> BinaryIO:
-        return open(self._directory(key.policy, key.volume) / file_name, "rb")
-
-    def write_record(self, key: ArchiveKey, suffix: str, data: bytes) -> None:
-        _write_atomically(self._path(key, suffix), data)
-
-    def read_record(self, key: ArchiveKey, suffix: str) -> bytes | None:
+    def put(self, key: str, data: bytes | Iterable[bytes], *, exclusive: bool = False) -> None:
+        if exclusive and self._path(key).exists():
+            raise BlobExists(key)
+        upload = self._upload(key, exclusive=exclusive)
         try:
-            return self._path(key, suffix).read_bytes()
-        except FileNotFoundError:
-            return None
+            for piece in [data] if isinstance(data, bytes) else data:
+                upload.write(piece)
+            upload.commit()
+        except BaseException:
+            upload.abort()
+            raise
 
-    def delete(self, key: ArchiveKey, file_name: str) -> None:
-        self._path(key, MANIFEST_SUFFIX).unlink(missing_ok=True)
-        _fsync_directory(self._directory(key.policy, key.volume))
-        (self._directory(key.policy, key.volume) / file_name).unlink(missing_ok=True)
-        self._path(key, DRILL_SUFFIX).unlink(missing_ok=True)
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobMissing(key) from None
 
-    def remove_garbage(self, policy: str, volume: str) -> list[str]:
-        directory = self._directory(policy, volume)
-        if not directory.is_dir():
-            return []
-        names = os.listdir(directory)
-        committed = {_archive_id(name, volume) for name in names if name.endswith(MANIFEST_SUFFIX)}
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobMissing(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        top = self._path(prefix) if prefix else self.root
+        if not top.is_dir():
+            return
+        for directory, subdirectories, names in os.walk(top):
+            subdirectories.sort()
+            relative = Path(directory).relative_to(self.root).as_posix()
+            base = "" if relative == "." else f"{relative}/"
+            for name in sorted(names):
+                if not _is_temporary(name):
+                    yield base + name
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            _fsync_directory(path.parent)
+
+    def abort_incomplete(self, prefix: str) -> builtins.list[str]:
+        top = self._path(prefix) if prefix else self.root
         removed = []
-        for name in names:
-            archive_id = _archive_id(name, volume)
-            if archive_id is None:
-                continue  # not ours: never delete what volkeep did not write
-            if name.endswith(PARTIAL) or archive_id not in committed:
-                (directory / name).unlink(missing_ok=True)
-                removed.append(name)
-        return removed
+        for directory, _, names in os.walk(top):
+            for name in names:
+                if _is_temporary(name):
+                    path = Path(directory) / name
+                    path.unlink(missing_ok=True)
+                    final = path.with_name(name[1 : -len(PARTIAL)])
+                    removed.append(final.relative_to(self.root).as_posix())
+        return sorted(removed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -82,6 +83,10 @@ class Workspace:
     def storage(self) -> Path:
         return self.root / "repo"
 
+    def archive_dir(self, policy: str, volume: str, host: str | None = None) -> Path:
+        """The directory of a volume's archives in the local storage (SPEC §4)."""
+        return self.storage / (host or socket.gethostname()) / policy / volume
+
     def write_config(self, policies: dict[str, dict[str, object]], **top: object) -> Path:
         document: dict[str, object] = {
             "version": 1,
@@ -113,3 +118,28 @@ class Workspace:
 @pytest.fixture
 def workspace(tmp_path: Path, helper_image: str) -> Workspace:
     return Workspace(tmp_path, helper_image)
+
+
+# S3: one real SeaweedFS for the session (SPEC §6), a fresh bucket for each test
+from tests.support.seaweed import S3Bucket, SeaweedServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    yield server
+    server.kill()  # its data is thrown away with the temporary directory
+
+
+@pytest.fixture
+def s3_bucket(s3_server: SeaweedServer, tmp_path: Path) -> Iterator[S3Bucket]:
+    """A new bucket, its credentials file, and `storage()` for a policy file's entry."""
+    if not s3_server.running:  # a test that killed the server and failed before restarting
+        s3_server.kill()
+        s3_server.start()
+    name = s3_server.create_bucket(f"vkt-{uuid.uuid4().hex[:12]}")
+    credentials = s3_server.credentials_file(tmp_path / "s3.credentials")
+    yield S3Bucket(s3_server, name, credentials)
+    if s3_server.running:
+        s3_server.delete_bucket(name)

@@ -55,7 +55,7 @@ def test_list_reads_only_the_storage(api, volumes, workspace):
     entry = listed[0]
     assert set(entry) >= {"id", "policy", "volume", "created", "size", "sha256", "compression"}
     assert entry["compression"] == "zstd" and entry["encrypted"] is False
-    stored = next(workspace.storage.glob(f"app/{source}/*.tar.zst"))
+    stored = next(workspace.archive_dir("app", source).glob("*.tar.zst"))
     assert entry["size"] == stored.stat().st_size
     assert stored.stat().st_mode & 0o777 == 0o600
 
@@ -135,7 +135,7 @@ def test_kill_9_mid_backup_leaves_no_listed_archive_and_the_next_run_cleans_up(
             large.write(os.urandom(1 << 20))
     workspace.write_config({"app": {"volumes": [source]}})
     process = subprocess.Popen(workspace.command("backup", "app"), stderr=subprocess.DEVNULL)
-    directory = workspace.storage / "app" / source
+    directory = workspace.archive_dir("app", source)
     deadline = time.monotonic() + 60
 
     def streaming() -> bool:
@@ -212,7 +212,7 @@ def test_corrupt_archive_is_refused_before_the_target_is_touched(api, volumes, w
     (mountpoint(api, source) / "file").write_bytes(os.urandom(1 << 20))
     workspace.write_config({"app": {"volumes": [source]}})
     assert workspace.run("backup", "app").returncode == 0
-    stored = next(workspace.storage.glob(f"app/{source}/*.tar.zst"))
+    stored = next(workspace.archive_dir("app", source).glob("*.tar.zst"))
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0xFF
     stored.write_bytes(bytes(data))
@@ -279,7 +279,9 @@ def test_a_gnu_tar_helper_also_keeps_extended_attributes_and_sub_second_mtimes(
     workspace.write_config({"app": {"volumes": [source]}})
     backup = workspace.run("backup", "app")
     assert backup.returncode == 0, backup.stderr
-    manifest = json.loads(next(workspace.storage.glob(f"app/{source}/*.manifest.json")).read_text())
+    manifest = json.loads(
+        next(workspace.archive_dir("app", source).glob("*.manifest.json")).read_text()
+    )
     assert manifest["tar"]["flavour"] == "gnu"
     target = source + "_restored"
     try:

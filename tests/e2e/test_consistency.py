@@ -64,7 +64,7 @@ def wait_for_lines(path: Path, count: int) -> None:
 
 def archived_files(workspace: Workspace, policy: str, volume: str) -> dict[str, bytes]:
     """Return the regular files of the volume's only archive, read with tarfile and zstd."""
-    (archive,) = (workspace.storage / policy / volume).glob("*.tar.zst")
+    (archive,) = workspace.archive_dir(policy, volume).glob("*.tar.zst")
     with (
         archive.open("rb") as raw,
         zstandard.ZstdDecompressor().stream_reader(raw) as plain,
@@ -157,7 +157,7 @@ def test_a_failed_backup_starts_the_writer_again_and_runs_the_after_hooks(
     backup = workspace.run("backup", "app")
 
     assert backup.returncode == 1
-    assert "cannot write to storage 'local'" in backup.stderr
+    assert "in storage 'local'" in backup.stderr
     assert "Read-only file system" in backup.stderr
     assert "Traceback" not in backup.stderr
     assert state(api, writer)["Running"] is True
@@ -346,7 +346,7 @@ def test_a_compose_project_is_selected_and_stopped_in_dependency_order(
     starts = [e["container"] for e in log if e["event"] == "container started again"]
     assert stops == [f"{data}_web", f"{data}_db"]
     assert starts == [f"{data}_db", f"{data}_web"]
-    assert [path.parent.name for path in workspace.storage.glob("shop/*/*.tar.zst")] == [data]
+    assert [path.parent.name for path in workspace.storage.glob("*/shop/*/*.tar.zst")] == [data]
 
 
 def test_before_hooks_run_in_the_container_as_the_user_asked_and_the_dump_is_archived(
@@ -400,7 +400,7 @@ def test_a_failing_after_hook_is_reported_and_the_archive_kept(api, volumes, wor
     assert backup.returncode == 1
     (failed,) = [e for e in events(backup.stderr) if e["event"] == "backup failed"]
     assert failed["error"] == "the backup is done, but after hook 1 (run: false): exit status 1"
-    assert len(list(workspace.storage.glob(f"app/{volume}/*.manifest.json"))) == 1
+    assert len(list(workspace.archive_dir("app", volume).glob(f"*.manifest.json"))) == 1
 
 
 @pytest.mark.parametrize("where", ["exec", "run"])
@@ -447,3 +447,84 @@ def test_an_exec_hook_into_a_container_that_is_not_running_fails_clearly(
         "running; the volume was not backed up"
     )
     assert stored_archives(workspace) == []
+
+
+def test_a_running_helper_is_held_to_a_read_only_root_and_pids_and_memory_limits(
+    api, volumes, helper_image
+):
+    from daemon.docker.helpers import WRITE_CAPABILITIES, Mount, helper_container
+
+    volume = volumes("hardened")
+    mounts = [Mount(volume, "/dst", read_only=False)]
+    command = ["sh", "-c", "touch /dst/volume-is-writable; touch /root-is-writable; sleep 30"]
+    with helper_container(
+        api, helper_image, command, mounts, capabilities=WRITE_CAPABILITIES
+    ) as helper:
+        api.start(helper)
+        deadline = time.monotonic() + 10
+        while not (mountpoint(api, volume) / "volume-is-writable").exists():
+            assert time.monotonic() < deadline, "the helper never wrote into its volume"
+            time.sleep(0.05)
+        running = api.inspect_container(helper)
+        api.kill(helper)
+    assert running["State"]["Running"] is True
+    host = running["HostConfig"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["PidsLimit"] == 64
+    assert host["Memory"] == 256 << 20
+    assert host["NetworkMode"] == "none"
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["LogConfig"]["Type"] == "none"
+    assert [m.get("ReadOnly", False) for m in host["Mounts"]] == [False]
+    assert api.containers(all=True, filters={"label": f"volkeep.volume={volume}"}) == []
+
+
+def test_restore_and_backup_helpers_do_their_work_with_a_read_only_root(api, volumes, helper_image):
+    """What the helpers of a restore (archive endpoint, chown, chmod, touch, find, rm) and of
+    a backup (tar) do, each in a helper whose root file system is read-only."""
+    import io
+
+    from daemon.docker.helpers import WRITE_CAPABILITIES, Mount, helper_container, run_helper
+    from daemon.docker.tarflavour import detect_flavour, volume_tar
+
+    volume = volumes("work")
+    mounts = [Mount(volume, "/dst", read_only=False)]
+    content = io.BytesIO()
+    with tarfile.open(fileobj=content, mode="w") as tar:
+        directory = tarfile.TarInfo("./etc")
+        directory.type, directory.mode, directory.uid = tarfile.DIRTYPE, 0o750, 1234
+        tar.addfile(directory)
+        member = tarfile.TarInfo("./etc/app.conf")
+        member.size, member.uid = 6, 1234
+        tar.addfile(member, io.BytesIO(b"debug\n"))
+    with helper_container(api, helper_image, ["true"], mounts) as helper:
+        assert api.put_archive(helper, "/dst", content.getvalue())
+    root = mountpoint(api, volume)
+    assert (root / "etc" / "app.conf").read_bytes() == b"debug\n"
+    assert (root / "etc").stat().st_uid == 1234
+
+    fix_root = 'chown 1234:1234 /dst && chmod 750 /dst && touch -m -d "@1700000000" /dst'
+    code, _, stderr = run_helper(
+        api, helper_image, ["sh", "-c", fix_root], mounts, capabilities=WRITE_CAPABILITIES
+    )
+    assert code == 0, stderr
+    assert (root.stat().st_uid, root.stat().st_mode & 0o777) == (1234, 0o750)
+    assert int(root.stat().st_mtime) == 1700000000
+
+    listing = ["find", "/dst", "-mindepth", "1"]
+    code, found, stderr = run_helper(api, helper_image, listing, [Mount(volume, "/dst")])
+    assert code == 0, stderr
+    assert sorted(found.decode().split()) == ["/dst/etc", "/dst/etc/app.conf"]
+
+    archived = b"".join(volume_tar(api, helper_image, detect_flavour(api, helper_image), volume))
+    with tarfile.open(fileobj=io.BytesIO(archived)) as tar:
+        assert "etc/app.conf" in [name.removeprefix("./") for name in tar.getnames()]
+
+    empty = [*listing, "-maxdepth", "1", "-exec", "rm", "-rf", "{}", "+"]
+    code, _, stderr = run_helper(api, helper_image, empty, mounts, capabilities=WRITE_CAPABILITIES)
+    assert code == 0, stderr
+    assert list(root.iterdir()) == []
+
+    code, _, stderr = run_helper(api, helper_image, ["touch", "/new-file"], mounts)
+    assert code != 0 and "Read-only file system" in stderr

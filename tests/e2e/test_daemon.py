@@ -73,7 +73,7 @@ def status(workspace: Workspace) -> dict[str, Any]:
 
 
 def partial_files(workspace: Workspace) -> list[Path]:
-    return sorted(workspace.storage.glob("*/*/.*.partial"))
+    return sorted(workspace.storage.glob("*/*/*/.*.partial"))
 
 
 def helpers_of(api: docker.APIClient, volume: str) -> list[dict[str, Any]]:

@@ -48,12 +48,8 @@ class Drilled:
 
     @property
     def archive(self) -> Path:
-        return (
-            self.workspace.storage
-            / "app"
-            / self.volume
-            / f"{self.volume}-{self.archive_id}.tar.zst"
-        )
+        directory = self.workspace.archive_dir("app", self.volume)
+        return directory / f"{self.volume}-{self.archive_id}.tar.zst"
 
     @property
     def manifest_path(self) -> Path:

@@ -21,7 +21,7 @@ def back_up(workspace: Workspace, volume: str) -> str:
 
 
 def on_disk(workspace: Workspace, volume: str) -> list[str]:
-    return sorted(os.listdir(workspace.storage / "app" / volume))
+    return sorted(os.listdir(workspace.archive_dir("app", volume)))
 
 
 def pairs(volume: str, *ids: str) -> list[str]:
@@ -69,13 +69,13 @@ def test_prune_dry_run_deletes_nothing_and_prints_why(api, volumes, workspace):
     workspace.write_config({"app": {"volumes": [source]}})
     ids = [back_up(workspace, source) for _ in range(3)]
     workspace.write_config({"app": {"volumes": [source], "retention": {"keep_last": 1}}})
-    directory = workspace.storage / "app" / source
+    directory = workspace.archive_dir("app", source)
     before = {path.name: path.stat().st_mtime_ns for path in directory.iterdir()}
 
     dry = workspace.run("prune", "app", "--dry-run")
 
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[0] == f"app/{source}: keep_last 1 (calendar in UTC)"
+    assert dry.stdout.splitlines()[0] == f"app/{source} in local: keep_last 1 (calendar in UTC)"
     assert printed_decisions(dry.stdout) == [
         ("keep", ids[2], "last 1, newest archive"),
         ("delete", ids[1], "no keep rule matches"),
@@ -99,7 +99,7 @@ def test_crash_between_manifest_and_archive_deletion_leaves_no_listed_orphan(
     source = volumes("halfdeleted")
     workspace.write_config({"app": {"volumes": [source]}})
     ids = [back_up(workspace, source) for _ in range(3)]
-    directory = workspace.storage / "app" / source
+    directory = workspace.archive_dir("app", source)
     # the first half of Storage.delete: the manifest (the commit marker) goes first
     (directory / f"{source}-{ids[0]}.manifest.json").unlink()
 
@@ -114,7 +114,7 @@ def test_crash_between_manifest_and_archive_deletion_leaves_no_listed_orphan(
         ("keep", ids[1]),
     ]
     removed = logged(pruned.stderr, "removed an incomplete archive file")
-    assert [line["file"] for line in removed] == [f"{source}-{ids[0]}.tar.zst"]
+    assert [line["file"].rsplit("/", 1)[-1] for line in removed] == [f"{source}-{ids[0]}.tar.zst"]
     assert on_disk(workspace, source) == pairs(source, ids[1], ids[2])
 
     (directory / f"{source}-{ids[1]}.manifest.json").unlink()

@@ -151,7 +151,7 @@ def test_merge_keys_share_settings_between_policies(tmp_path: Path) -> None:
     other = load_config(write(tmp_path, {"a.yaml": text})).policies["other"]
     assert other.selector.names == ("other_db",)
     assert other.retention.keep_last == 3
-    assert other.storage == "local"
+    assert other.storage_names == ("local",)
 
 
 def refused(name: str, files: str | dict[str, str], *, at: str, says: str) -> Any:

@@ -10,6 +10,7 @@ from daemon.config.model import (
     ExecHook,
     Hooks,
     Policy,
+    PolicyStorage,
     RunHook,
     Source,
     VolumeSelector,
@@ -120,7 +121,7 @@ def test_a_volume_s_hooks_run_inside_the_policy_s() -> None:
         name="app",
         source=Source("a.yaml", 1),
         selector=VolumeSelector(names=("db", "files")),
-        storage="local",
+        storages=(PolicyStorage("local"),),
         hooks=Hooks(before=(run("policy-before"),), after=(run("policy-after"),)),
         volume_hooks={"db": Hooks(before=(run("db-before"),), after=(run("db-after"),))},
     )

@@ -11,12 +11,14 @@ import pytest
 from daemon.actions import prune
 from daemon.actions.prune import prune_volume
 from daemon.archive.manifest import Manifest
-from daemon.archive.records import DrillRecord, write_drill_record
-from daemon.config.model import Policy, RetentionRules, Source, VolumeSelector
+from daemon.archive.records import DrillRecord
+from daemon.config.model import Policy, PolicyStorage, RetentionRules, Source, VolumeSelector
 from daemon.errors import OperationError
+from daemon.repository import MANIFEST_SUFFIX, ArchiveKey, Repository, allocate_key
 from daemon.retention import Decision
-from daemon.storage.base import MANIFEST_SUFFIX, ArchiveKey
-from daemon.storage.local import LocalStorage
+from daemon.storage.local import LocalStore
+
+HOST = "testhost"
 
 NOW = datetime(2026, 2, 1, tzinfo=UTC)
 VOLUME = "db"
@@ -27,17 +29,17 @@ def policy(**rules: int) -> Policy:
         name="app",
         source=Source("volkeep.yaml", 1),
         selector=VolumeSelector(names=(VOLUME,)),
-        storage="local",
+        storages=(PolicyStorage("local"),),
         retention=RetentionRules(**rules),
     )
 
 
-def plant(storage: LocalStorage, when: str, kind: str = "backup") -> ArchiveKey:
+def plant(storage: Repository, when: str, kind: str = "backup") -> ArchiveKey:
     """Given an ISO time in UTC, commit an archive of VOLUME created then; return its key."""
     started = datetime.fromisoformat(when).replace(tzinfo=UTC)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("-safety" if kind == "safety" else "")
-    key = storage.allocate_id("app", VOLUME, stamp)
-    upload = storage.new_archive(key, ".tar.zst")
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    key = allocate_key([storage], "app", VOLUME, stamp, safety=kind == "safety")
+    upload = storage.begin(key, ".tar.zst")
     upload.write(b"archive " + key.id.encode())
     upload.commit()
     manifest = Manifest(
@@ -56,11 +58,11 @@ def plant(storage: LocalStorage, when: str, kind: str = "backup") -> ArchiveKey:
         tar_size=0,
         host="test",
     )
-    storage.write_manifest(key, manifest.to_json())
+    storage.commit(key, [manifest.to_json()])
     return key
 
 
-def pass_drill(storage: LocalStorage, key: ArchiveKey) -> None:
+def pass_drill(storage: Repository, key: ArchiveKey) -> None:
     record = DrillRecord(
         policy=key.policy,
         volume=key.volume,
@@ -71,11 +73,15 @@ def pass_drill(storage: LocalStorage, key: ArchiveKey) -> None:
         restore_seconds=1.0,
         bytes=1,
     )
-    write_drill_record(storage, key, record)
+    storage.write_drill(key, record)
 
 
-def files(storage: LocalStorage) -> list[str]:
-    return sorted(os.listdir(storage.root / "app" / VOLUME))
+def directory(storage: Repository) -> Path:
+    return Path(storage.describe()) / HOST / "app" / VOLUME
+
+
+def files(storage: Repository) -> list[str]:
+    return sorted(os.listdir(directory(storage)))
 
 
 def pair(key: ArchiveKey) -> list[str]:
@@ -83,8 +89,8 @@ def pair(key: ArchiveKey) -> list[str]:
 
 
 @pytest.fixture
-def storage(tmp_path: Path) -> LocalStorage:
-    return LocalStorage("local", tmp_path / "repo")
+def storage(tmp_path: Path) -> Repository:
+    return Repository(LocalStore("local", tmp_path / "repo"), HOST, own=True)
 
 
 def test_deleted_archives_lose_both_files_and_the_rest_keep_theirs(storage):
@@ -103,7 +109,7 @@ def test_deleted_archives_lose_both_files_and_the_rest_keep_theirs(storage):
 
 def test_dry_run_deletes_nothing_and_leaves_garbage_alone(storage):
     keys = [plant(storage, f"2026-01-{day:02d}T03:00") for day in (1, 2, 3)]
-    orphan = storage.root / "app" / VOLUME / f"{VOLUME}-20251231T030000Z.tar.zst"
+    orphan = directory(storage) / f"{VOLUME}-20251231T030000Z.tar.zst"
     orphan.write_bytes(b"no manifest")
     before = files(storage)
 
@@ -147,7 +153,7 @@ def test_the_newest_drill_passed_archive_outlives_keep_last(storage):
 
 def test_an_archive_with_an_unreadable_manifest_is_kept(storage):
     unreadable = plant(storage, "2026-01-01T03:00")
-    (storage.root / "app" / VOLUME / unreadable.file_name(MANIFEST_SUFFIX)).write_text("{")
+    (directory(storage) / unreadable.file_name(MANIFEST_SUFFIX)).write_text("{")
     plant(storage, "2026-01-02T03:00")
     plant(storage, "2026-01-03T03:00")
 

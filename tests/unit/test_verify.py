@@ -14,11 +14,11 @@ from daemon.archive.compression import SUFFIXES, compressor
 from daemon.archive.digest import HashingWriter
 from daemon.archive.manifest import Manifest
 from daemon.archive.tarstream import Member, TarScanner
-from daemon.archive.verify import find_archive, verify_archive
+from daemon.archive.verify import verify_archive
 from daemon.config.model import Compression
 from daemon.errors import OperationError
-from daemon.storage import ArchiveKey
-from daemon.storage.local import LocalStorage
+from daemon.repository import MANIFEST_SUFFIX, ArchiveKey, Repository
+from daemon.storage.local import LocalStore
 
 KEY = ArchiveKey("app", "db", "20261101T030000Z")
 
@@ -46,9 +46,9 @@ def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     entries: list[Member] = []
     scanner = TarScanner(done=entries.append)
     scanner.feed(raw)
-    storage = LocalStorage("local", tmp_path_factory.mktemp(algorithm))
-    storage.allocate_id(KEY.policy, KEY.volume, KEY.id)
-    upload = storage.new_archive(KEY, SUFFIXES[algorithm])
+    # written in the layout before host names (`<policy>/<volume>/…`): still readable
+    storage = LocalStore("local", tmp_path_factory.mktemp(algorithm))
+    upload = storage.create(KEY.blob(SUFFIXES[algorithm]))
     hashing = HashingWriter(upload)
     packer = compressor(Compression(algorithm), hashing)  # type: ignore[arg-type]
     packer.write(raw)
@@ -71,7 +71,7 @@ def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         host="test",
         entries=entries,
     )
-    storage.write_manifest(KEY, manifest.to_json())
+    storage.put(KEY.blob(MANIFEST_SUFFIX), manifest.to_json())
     assert hashing.size > 2 << 20
     return storage.root
 
@@ -79,8 +79,9 @@ def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def verdict(root: Path, damage: int | None = None, keep: int | None = None) -> str:
     """Check a copy of the archive with one byte flipped at `damage` or cut after `keep`
     bytes; return the error message, or "intact"."""
-    storage = LocalStorage("local", root)
-    key, manifest = find_archive(storage, KEY.policy, KEY.volume, KEY.id)
+    storage = Repository(LocalStore("local", root), "testhost", own=True)
+    key = storage.find(KEY.policy, KEY.volume, KEY.id)
+    manifest = storage.read_manifest(key)
     path = root / KEY.policy / KEY.volume / manifest.archive_file
     original = path.read_bytes()
     data = bytearray(original)
