@@ -223,7 +223,7 @@ def test_a_regular_file_with_a_directory_name_is_refused(typeflag: bytes) -> Non
     # "d/" for a directory would see a member "evil" that the Engine never sees.
     hidden = header("evil")
     data = member_data(patched(header("d/", size=len(hidden)), 156, typeflag), hidden) + END
-    with pytest.raises(TarFormatError, match="member 'd/'.*a directory's name"):
+    with pytest.raises(TarFormatError, match=r"member 'd/'.*a directory's name"):
         scan(data)
 
 
