@@ -3,8 +3,9 @@ files, and forwards the raw bytes of the members its caller keeps.
 
 It never holds more than one header (and its extended headers) in memory, so memory stays
 flat however large the stream. It understands what the helpers' tars write: ustar, GNU long
-names and links ('L'/'K') and PAX headers ('x'/'g'). Sparse members are refused: volkeep's
-tar flags never produce them.
+names and links ('L'/'K') and PAX headers ('x'; global 'g' headers are checked and ignored,
+as the Docker Engine ignores them). Sparse members are refused: volkeep's tar flags never
+produce them.
 """
 
 from __future__ import annotations
@@ -189,7 +190,6 @@ class TarScanner:
         self._header = bytearray()  # the block being assembled
         self._pending = bytearray()  # raw extended headers belonging to the next member
         self._extended: dict[str, str] = {}
-        self._global: dict[str, str] = {}
         self._extended_type: bytes | None = None
         self._extended_data = bytearray()
         self._extended_name = ""  # the extended header's own name and offset, for messages
@@ -277,6 +277,13 @@ class TarScanner:
         if typeflag in EXTENDED:
             if size > MAX_EXTENDED_HEADER:
                 raise TarFormatError(f"extended tar header {name!r} of {size} bytes at offset {at}")
+            if typeflag == b"g" and self._pending:
+                # Go drops the extended headers before a global one, tarfile applies them
+                # to the member after it: refused rather than read one way.
+                raise TarFormatError(
+                    f"global PAX header {name!r} at offset {at} between an extended header "
+                    "and its member"
+                )
             self._extended_type = typeflag
             self._extended_name, self._extended_at = name, at
             self._pending += block
@@ -325,8 +332,11 @@ class TarScanner:
             self._extended["linkpath"] = _decode(data)
         elif typeflag == b"x":
             self._extended.update(self._pax_records(data))
-        else:  # a global header applies to every member that follows; forward it as it is
-            self._global.update(self._pax_records(data))
+        else:
+            # A global header is checked and ignored: Go's archive/tar hands it over as a
+            # member of its own and the Engine's extractor skips it, so restoring never
+            # applies its records to anything. It is forwarded as it came.
+            self._pax_records(data)
             self._out(self._pending)
             self._pending.clear()
 
@@ -338,7 +348,7 @@ class TarScanner:
             raise TarFormatError(f"{where}: {problem}") from None
 
     def _member_from(self, block: bytes, typeflag: bytes, numbers: list[int]) -> Member:
-        records = {**self._global, **self._extended}
+        records = self._extended
         if any(key.startswith("GNU.sparse.") for key in records) or typeflag == b"S":
             raise TarFormatError("sparse tar members are not supported")
         if typeflag not in TYPES:

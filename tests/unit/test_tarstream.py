@@ -231,3 +231,23 @@ def test_an_old_style_directory_is_a_directory_without_data() -> None:
     old_style = patched(header("d/", size=512), 156, b"\0")  # Go reads no data for it either
     members, _ = scan(old_style + member_data(header("f", size=1), b"x") + END)
     assert [(m.path, m.type, m.size) for m in members] == [("d", "dir", 0), ("f", "file", 1)]
+
+
+def global_header(records: bytes) -> bytes:
+    return member_data(header("GlobalHead", tarfile.XGLTYPE, len(records)), records)
+
+
+def test_global_pax_headers_are_ignored_as_the_engine_ignores_them() -> None:
+    records = pax_record(b"path", b"evil") + pax_record(b"uid", b"0")
+    data = global_header(records) + member_data(header("f", size=1, uid=7), b"x") + END
+    members, out = scan(data)
+    assert [(m.path, m.uid) for m in members] == [("f", 7)]
+    assert out == data  # forwarded as they came: the Engine skips them too
+
+
+def test_a_global_pax_header_between_an_extended_header_and_its_member_is_refused() -> None:
+    # Go drops the extended header's records there, tarfile keeps them: refused.
+    extended = pax_member(pax_record(b"path", b"long"))
+    data = extended[:1024] + global_header(pax_record(b"comment", b"x")) + extended[1024:]
+    with pytest.raises(TarFormatError, match="global PAX header 'GlobalHead'"):
+        scan(data)
