@@ -111,8 +111,12 @@ _INT64 = 1 << 63
 def _number(field_bytes: bytes) -> int | None:
     """Given a numeric header field, return its value, or None if it is not a number."""
     if field_bytes and field_bytes[0] & 0x80:  # GNU base-256 for values too large for octal
+        if field_bytes[0] not in (0x80, 0xFF):
+            return None  # Go would read the marker byte's other bits, tarfile refuses them
         value = int.from_bytes(field_bytes[1:], "big")
-        return value - (1 << (8 * len(field_bytes) - 8)) if field_bytes[0] == 0xFF else value
+        if field_bytes[0] == 0xFF:
+            value -= 1 << (8 * len(field_bytes) - 8)
+        return value if -_INT64 <= value < _INT64 else None  # Go's int64, as Go checks
     match = _OCTAL.fullmatch(field_bytes)
     if match is None:
         return None
@@ -378,6 +382,8 @@ class TarScanner:
             uid = _pax_number(records, "uid", _pax_integer, uid, name)
             gid = _pax_number(records, "gid", _pax_integer, gid, name)
             size = _pax_number(records, "size", _pax_integer, size, name)
+            if size < 0:
+                raise TarFormatError(f"member {name!r}: PAX size {records['size']!r} is negative")
             mtime = _pax_number(records, "mtime", _pax_time, mtime, name)
             _pax_number(records, "atime", _pax_time, 0.0, name)  # Go refuses a bad one too
             _pax_number(records, "ctime", _pax_time, 0.0, name)
@@ -414,7 +420,7 @@ def _header_numbers(block: bytes, name: str, at: int) -> list[int]:
     numbers = []
     for field, start, end in _HEADER_NUMBERS:
         value = _number(block[start:end])
-        if value is None:
+        if value is None or (value < 0 and field == "size"):
             where = f"member {name!r} (header at offset {at})"
             raise TarFormatError(f"{where}: bad {field} field {block[start:end]!r}")
         numbers.append(value)

@@ -251,3 +251,25 @@ def test_a_global_pax_header_between_an_extended_header_and_its_member_is_refuse
     data = extended[:1024] + global_header(pax_record(b"comment", b"x")) + extended[1024:]
     with pytest.raises(TarFormatError, match="global PAX header 'GlobalHead'"):
         scan(data)
+
+
+@pytest.mark.parametrize("piece", [1, 100, 512, 4096])
+@pytest.mark.parametrize(
+    "size_field",
+    [
+        b"\xff" * 11 + b"\x00",  # -256 in base-256: parsing then depended on the chunks
+        b"\xff" * 12,  # -1
+        b"\x80" + (1 << 63).to_bytes(11, "big"),  # more than Go's int64
+        b"\x81" + bytes(11),  # base-256 with bits in the marker byte: Go and tarfile differ
+    ],
+    ids=["minus-256", "minus-1", "beyond-int64", "marker-bits"],
+)
+def test_an_impossible_base_256_size_is_refused(size_field: bytes, piece: int) -> None:
+    data = patched(header("f"), 124, size_field) + member_data(header("g", size=3), b"abc") + END
+    with pytest.raises(TarFormatError, match=r"member 'f' .*: bad size field"):
+        scan(data, piece=piece)
+
+
+def test_a_negative_pax_size_is_refused() -> None:
+    with pytest.raises(TarFormatError, match="member 'f': PAX size '-1' is negative"):
+        scan(pax_member(pax_record(b"size", b"-1")))
