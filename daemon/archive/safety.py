@@ -1,9 +1,10 @@
 """The one path-safety check (SPEC §5.5) that every restore and drill calls.
 
 An archive member may only create something inside the target: no absolute names, no
-names that climb with `..`, nothing written through a symlink the archive made, no hard
-link to a path outside, no device nodes. A symlink whose *target* points outside is
-ordinary content and is allowed: it is restored as it was and never followed.
+names that climb with `..`, nothing written through a symlink the archive made (or a hard
+link to one, which is the same symlink), no hard link to a path outside, no device nodes.
+A symlink whose *target* points outside is ordinary content and is allowed: it is
+restored as it was and never followed.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ class PathGuard:
                 problem = f"hard link target through the symlink {link!r}"
         if problem is not None:
             raise UnsafeMember(f"member {member.path!r}: {problem}")
-        if member.type == "symlink":
+        if member.type == "symlink" or (
+            # A hard link to a symlink is that symlink under a second name (link(2) does not
+            # follow it): what is written below that name goes through it just the same.
+            member.type == "hardlink" and member.link in self._symlinks
+        ):
             self._symlinks.add(member.path)
 
     def admit(self, member: Member) -> bool:

@@ -45,6 +45,19 @@ def test_ordinary_content_passes_including_symlinks_pointing_outside() -> None:
             [member("link", "symlink", "/etc"), member("hard", "hardlink", "link/shadow")],
             "hard link target through the symlink",
         ),
+        (  # a hard link to a symlink is that symlink again
+            [member("s", "symlink", "/etc"), member("h", "hardlink", "s"), member("h/evil")],
+            "through the symlink 'h'",
+        ),
+        (
+            [
+                member("s", "symlink", "/etc"),
+                member("h", "hardlink", "s"),
+                member("h2", "hardlink", "h"),
+                member("h2/evil"),
+            ],
+            "through the symlink 'h2'",
+        ),
         ([member("dev", "char")], "device node"),
         ([member("dev", "block")], "device node"),
         ([member(".", "symlink", "/")], "root is not a directory"),
