@@ -23,8 +23,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from daemon.archive.manifest import Manifest, ManifestError
+from daemon.archive.encryption import Identities
+from daemon.archive.manifest import EntriesSealed, Manifest, ManifestError, Unseal
 from daemon.archive.records import DrillRecord
+from daemon.archive.sealing import unsealer
 from daemon.errors import OperationError, StorageFailure
 from daemon.storage.base import BlobMissing, BlobReader, BlobStore, Upload
 
@@ -154,17 +156,26 @@ class Repository:
     def holds(self, policy: str, volume: str, archive_id: str) -> bool:
         return any(key.id == archive_id for key in self.archives(policy, volume))
 
-    def read_manifest(self, key: ArchiveKey, *, entries: bool = True) -> Manifest:
-        """Return the archive's manifest (without its entries if `entries` is off).
+    def read_manifest(
+        self, key: ArchiveKey, *, entries: bool = True, identities: Identities | None = None
+    ) -> Manifest:
+        """Return the archive's manifest (without its entries if `entries` is off); the
+        sealed entries of an encrypted archive are opened with `identities`.
 
-        Raise OperationError if it is missing or unreadable, or names an archive file that
-        is not this archive's (a hostile manifest must not point elsewhere)."""
+        Raise OperationError if it is missing or unreadable, if its entries are sealed and
+        no identity is given, or if it names an archive file that is not this archive's (a
+        hostile manifest must not point elsewhere)."""
         try:
-            manifest = Manifest.from_json(
-                self.store.get(key.blob(MANIFEST_SUFFIX)), entries=entries
-            )
+            raw = self.store.get(key.blob(MANIFEST_SUFFIX))
+            manifest = Manifest.from_json(raw, entries=entries, unseal=_unsealer(identities, raw))
         except BlobMissing:
             raise self._error(key, "manifest missing") from None
+        except EntriesSealed as sealed:
+            raise self._error(
+                key,
+                f"{sealed}: restoring or drilling it needs one of their identities "
+                "(encryption.age.identity_file in the policy)",
+            ) from None
         except ManifestError as error:
             raise self._error(key, str(error)) from None
         except OSError as error:
@@ -257,6 +268,17 @@ class Repository:
         if key is None:
             return StorageFailure(message)
         return StorageFailure(message, policy=key.policy, volume=key.volume, archive=key.id)
+
+
+def _unsealer(identities: Identities | None, raw: bytes) -> Unseal | None:
+    if identities is None:
+        return None
+
+    def unseal(sealed: bytes) -> bytes:
+        recipients = Manifest.from_json(raw, entries=False).recipients
+        return unsealer(identities, recipients)(sealed)
+
+    return unseal
 
 
 def allocate_key(

@@ -15,8 +15,11 @@ from daemon.actions.copies import Copies
 from daemon.actions.prune import prune_after_backup
 from daemon.archive.compression import SUFFIXES, compressor
 from daemon.archive.digest import HashingWriter
+from daemon.archive.encryption import SUFFIX as AGE_SUFFIX
+from daemon.archive.encryption import Recipient, encrypting_writer, recipient_strings
 from daemon.archive.exclude import MemberFilter
 from daemon.archive.manifest import Manifest
+from daemon.archive.sealing import seal
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
 from daemon.config.model import Compression, Policy
 from daemon.docker.client import engine_failure
@@ -46,6 +49,7 @@ class BackupSource:
     compression: Compression
     exclude: tuple[str, ...] = ()
     kind: str = "backup"
+    recipients: tuple[Recipient, ...] = ()  # age public keys; none: not encrypted
 
 
 def _expected_size(repositories: list[Repository], source: BackupSource) -> int | None:
@@ -87,7 +91,7 @@ def back_up_volume(
     """
     flavour = detect_flavour(api, source.image)
     started = datetime.now(UTC)
-    suffix = SUFFIXES[source.compression.algorithm]
+    suffix = SUFFIXES[source.compression.algorithm] + (AGE_SUFFIX if source.recipients else "")
     try:
         key = allocate_key(
             repositories,
@@ -102,9 +106,13 @@ def back_up_volume(
         storages = [repository.name for repository in repositories]
         log.info("backup started", kind=source.kind, tar=flavour.name, storages=storages)
         copies = Copies(repositories, key, suffix)
+        sealing = None
         try:
+            # the codec chain: tar → zstd → age → SHA-256 of the stored bytes → each copy
             stored = HashingWriter(copies)
-            packer = compressor(source.compression, stored)
+            if source.recipients:
+                sealing = encrypting_writer(stored, source.recipients)
+            packer = compressor(source.compression, sealing or stored)
             selection = MemberFilter(source.exclude)
             entries: list[Member] = []
             scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.append)
@@ -118,6 +126,8 @@ def back_up_volume(
             progress.finish()
             scanner.close()
             packer.finish()
+            if sealing is not None:
+                sealing.finish()
             copies.commit()
         except TarFormatError as error:
             copies.abort()
@@ -128,6 +138,9 @@ def back_up_volume(
         except BaseException:
             copies.abort()
             raise
+        finally:
+            if sealing is not None:
+                sealing.close()
         for path, why in selection.skipped:
             log.warning("left out of the archive", path=path, why=why)
         manifest = Manifest(
@@ -145,11 +158,15 @@ def back_up_volume(
             sha256=stored.hexdigest(),
             compression=source.compression.algorithm,
             compression_level=source.compression.level,
+            encryption="age" if source.recipients else None,
+            recipients=recipient_strings(source.recipients),
             tar_flavour=flavour.name,
             tar_size=scanner.offset,
             exclude=list(source.exclude),
             entries=entries,
         )
+        if source.recipients:
+            manifest.sealed_entries = seal(manifest.entry_lines(), source.recipients)
         copies.publish(manifest.json_chunks)
         log.info(
             "backup published",
@@ -186,7 +203,12 @@ def back_up_one(
     api = ctx.docker()
     volume = require_volume(api, name, policy.name)
     source = BackupSource(
-        policy.name, volume, policy.helper_image, policy.compression, policy.exclude
+        policy.name,
+        volume,
+        policy.helper_image,
+        policy.compression,
+        policy.exclude,
+        recipients=tuple(ctx.recipients(policy)),
     )
     hooks = policy.hooks_for(name)
     with after_hooks(api, hooks.after):

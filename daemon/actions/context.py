@@ -12,9 +12,17 @@ from pathlib import Path
 import docker
 import structlog
 
+from daemon.archive.encryption import (
+    EncryptionError,
+    Identities,
+    Recipient,
+    load_identities,
+    load_recipients_file,
+    parse_recipient,
+)
 from daemon.config.model import Config, Policy
 from daemon.docker.client import connect
-from daemon.errors import DockerUnavailable, UsageError
+from daemon.errors import DockerUnavailable, OperationError, UsageError
 from daemon.journal import journals, restart_after_crash
 from daemon.locks import volume_lock
 from daemon.recovery import remove_leftovers
@@ -113,6 +121,37 @@ class Context:
             names = (storage,)
         view = host or self.host
         return [Repository(self.store(name), view, own=view == self.host) for name in names]
+
+    def recipients(self, policy: Policy) -> list[Recipient]:
+        """Return the age recipients the policy's archives are encrypted to (none: the policy
+        does not encrypt). Raise OperationError if the recipients file cannot be read."""
+        settings = policy.encryption
+        if settings is None:
+            return []
+        try:
+            if settings.recipients_file is not None:
+                return load_recipients_file(settings.recipients_file)
+            return [parse_recipient(text) for text in settings.recipients]
+        except EncryptionError as error:
+            raise OperationError(str(error), policy=policy.name) from None
+
+    def identities(self, policy: Policy) -> Identities | None:
+        """Return the identities of the policy's identity file, or None if it names none.
+        Warn if others may read the file. Raise OperationError if it cannot be read."""
+        settings = policy.encryption
+        if settings is None or settings.identity_file is None:
+            return None
+        try:
+            identities = load_identities(settings.identity_file)
+        except EncryptionError as error:
+            raise OperationError(str(error), policy=policy.name) from None
+        if identities.too_open:
+            log.warning(
+                "the identity file is readable by others: chmod 600 it",
+                identity_file=str(settings.identity_file),
+                mode=f"{identities.mode:04o}",
+            )
+        return identities
 
     def store(self, name: str) -> BlobStore:
         """Return the blob store of the storage `name`, opened once per context."""

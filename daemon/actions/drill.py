@@ -34,6 +34,7 @@ import structlog
 from daemon.actions.context import Context
 from daemon.actions.restore import extract_into
 from daemon.archive.compare import Comparison, compare_trees
+from daemon.archive.encryption import Identities
 from daemon.archive.records import DrillRecord
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
 from daemon.archive.verify import MembersDiffer, verify_archive
@@ -211,7 +212,7 @@ def _recorded_drill(
     ):
         operation.archive = key.id
         log.info("drill started", helper_image=policy.helper_image)
-        record = drill_archive(api, repository, policy.helper_image, key)
+        record = drill_archive(api, repository, policy.helper_image, key, ctx.identities(policy))
         operation.bytes = record.bytes
         repository.write_drill(key, record)
         if not record.passed:
@@ -232,7 +233,11 @@ def _recorded_drill(
 
 
 def drill_archive(
-    api: docker.APIClient, repository: Repository, image: str, key: ArchiveKey
+    api: docker.APIClient,
+    repository: Repository,
+    image: str,
+    key: ArchiveKey,
+    identities: Identities | None = None,
 ) -> DrillRecord:
     """Given an archive, check it, restore it into a scratch volume with the helper image,
     compare what comes back with its manifest, and return the verdict (not yet recorded).
@@ -242,9 +247,11 @@ def drill_archive(
     """
     started = time.monotonic()
     restore_seconds, restored, comparison, reason = 0.0, 0, Comparison(), None
+    encrypted = False
     try:
-        manifest = repository.read_manifest(key)
-        checked = verify_archive(repository, key, manifest)
+        encrypted = repository.read_manifest(key, entries=False).encryption is not None
+        manifest = repository.read_manifest(key, identities=identities)
+        checked = verify_archive(repository, key, manifest, identities)
         with scratch_volume(api, key.volume) as scratch:
             extract_into(api, checked, image, scratch, key.volume)
             restore_seconds, restored = time.monotonic() - started, manifest.tar_size
@@ -259,6 +266,9 @@ def drill_archive(
         reason = error.message
     except (docker.errors.APIError, requests.RequestException) as error:
         raise engine_failure(error) from None
+    if encrypted and comparison.count:
+        reason = f"{comparison.count} objects differ from the manifest (their paths are not "
+        reason += "recorded in clear: the archive is encrypted)"
     return DrillRecord(
         policy=key.policy,
         volume=key.volume,
@@ -269,7 +279,8 @@ def drill_archive(
         restore_seconds=restore_seconds,
         bytes=restored,
         reason=reason,
-        differences=comparison.differences,
+        # the record is clear text beside the archive: an encrypted archive's paths stay out
+        differences=[] if encrypted else comparison.differences,
         difference_count=comparison.count,
     )
 

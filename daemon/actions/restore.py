@@ -125,8 +125,9 @@ def restore_volume(
         ctx.volume_locks([volume, target], f"restore of {policy.name}/{volume} into {target}"),
     ):
         log.info("restore started", storage=repository.name, host=repository.host)
-        manifest = repository.read_manifest(key)
-        checked = verify_archive(repository, key, manifest)
+        identities = ctx.identities(policy)
+        manifest = repository.read_manifest(key, identities=identities)
+        checked = verify_archive(repository, key, manifest, identities)
         existing = inspect_volume(api, target)
         created = existing is None
         safety = None
@@ -140,7 +141,12 @@ def restore_volume(
                         "content (it is saved first as a safety archive)"
                     )
                 source = BackupSource(
-                    policy.name, existing, policy.helper_image, policy.compression, kind="safety"
+                    policy.name,
+                    existing,
+                    policy.helper_image,
+                    policy.compression,
+                    kind="safety",
+                    recipients=tuple(ctx.recipients(policy)),
                 )
                 saved = back_up_volume(api, ctx.repositories(policy), source)
                 safety = saved.manifest.id

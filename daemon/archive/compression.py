@@ -77,8 +77,12 @@ def compressor(compression: Compression, sink: Sink) -> Compressor:
     return _Zstd(level, sink) if algorithm == "zstd" else _Gzip(level, sink)
 
 
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
 class _GzipReader:
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: Readable) -> None:
         self._source = source
         self._decompressor = zlib.decompressobj(31)
 
@@ -99,13 +103,15 @@ class _GzipReader:
                 return b""
 
 
-def decompressing_reader(algorithm: str, source: BinaryIO) -> BinaryIO:
+def decompressing_reader(algorithm: str, source: Readable) -> BinaryIO:
     """Given the manifest's compression and the stored bytes, return a reader of the tar."""
     if algorithm == "zstd":
         reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(
-            source, read_size=1 << 20, read_across_frames=True
+            source,  # type: ignore[arg-type]  # it needs only read()
+            read_size=1 << 20,
+            read_across_frames=True,
         )
         return reader
     if algorithm == "gzip":
         return _GzipReader(source)  # type: ignore[return-value]
-    return source
+    return source  # type: ignore[return-value]

@@ -16,8 +16,14 @@ from functools import partial
 import zstandard
 
 from daemon.archive.compare import Comparison, compare_trees
-from daemon.archive.compression import decompressing_reader
+from daemon.archive.compression import Readable, decompressing_reader
 from daemon.archive.digest import HashingReader
+from daemon.archive.encryption import (
+    EncryptionError,
+    Identities,
+    NoIdentityMatches,
+    decrypting_reader,
+)
 from daemon.archive.manifest import Manifest
 from daemon.archive.safety import PathGuard, UnsafeMember
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
@@ -47,6 +53,7 @@ class Verified:
     repository: Repository
     key: ArchiveKey
     manifest: Manifest
+    identities: Identities | None = None
 
 
 def _error(key: ArchiveKey, message: str) -> OperationError:
@@ -54,21 +61,27 @@ def _error(key: ArchiveKey, message: str) -> OperationError:
 
 
 def _stream(
-    repository: Repository, key: ArchiveKey, manifest: Manifest, scanner: TarScanner
+    repository: Repository,
+    key: ArchiveKey,
+    manifest: Manifest,
+    identities: Identities | None,
+    scanner: TarScanner,
 ) -> Iterator[None]:
     """Feed the archive's tar stream to the scanner, yielding after each piece; check the
     stored bytes against the manifest at the end. Errors name the archive."""
     try:
         with closing(repository.open_archive(key, manifest)) as stored:
             hashing = HashingReader(stored)
-            reader = decompressing_reader(manifest.compression, hashing)  # type: ignore[arg-type]
+            reader = decompressing_reader(
+                manifest.compression, _opened(key, manifest, identities, hashing)
+            )
             try:
                 # Reading, hashing and decompressing run a few pieces ahead, in a thread,
                 # while this one parses and digests.
                 for piece in read_ahead(iter(partial(reader.read, READ_SIZE), b""), 4):
                     scanner.feed(piece)
                     yield
-            except (zstandard.ZstdError, zlib.error, EOFError, TarFormatError):
+            except (zstandard.ZstdError, zlib.error, EOFError, TarFormatError, EncryptionError):
                 _hash_the_rest(hashing)  # a damaged archive is not a truncated one
                 raise
             if not scanner.ended:
@@ -83,11 +96,31 @@ def _stream(
     except TarFormatError as error:
         _check_digest(key, manifest, hashing)
         raise _error(key, f"corrupt archive: {error}") from None
+    except NoIdentityMatches as error:
+        raise _error(key, str(error)) from None
+    except EncryptionError as error:  # age authenticates every chunk: this is tampering
+        raise _error(key, str(error)) from None
     _check_digest(key, manifest, hashing)
     try:
         scanner.close()
     except TarFormatError as error:
         raise _error(key, f"truncated archive: {error}") from None
+
+
+def _opened(
+    key: ArchiveKey, manifest: Manifest, identities: Identities | None, stored: HashingReader
+) -> Readable:
+    """Given the stored bytes, return the compressed stream: decrypted as it passes if the
+    archive is encrypted. Raise OperationError if it is and there is no identity."""
+    if manifest.encryption is None:
+        return stored
+    if identities is None:
+        raise _error(
+            key,
+            f"the archive is encrypted to {', '.join(manifest.recipients)}: restoring or "
+            "drilling it needs one of their identities (encryption.age.identity_file)",
+        )
+    return decrypting_reader(stored, identities, encrypted_to=manifest.recipients)
 
 
 def _hash_the_rest(hashing: HashingReader) -> None:
@@ -103,7 +136,12 @@ def _check_digest(key: ArchiveKey, manifest: Manifest, hashing: HashingReader) -
         raise _error(key, "archive SHA-256 mismatch: the stored bytes are not what was written")
 
 
-def verify_archive(repository: Repository, key: ArchiveKey, manifest: Manifest) -> Verified:
+def verify_archive(
+    repository: Repository,
+    key: ArchiveKey,
+    manifest: Manifest,
+    identities: Identities | None = None,
+) -> Verified:
     """Read the whole archive; return it checked if it is intact, safe and matches its
     manifest. Raise OperationError (HostileArchive for unsafe members, MembersDiffer for
     members that are not the manifest's entries) otherwise.
@@ -120,14 +158,15 @@ def verify_archive(repository: Repository, key: ArchiveKey, manifest: Manifest) 
 
     # Contents are not digested here: the SHA-256 of the stored bytes vouches for them.
     scanner = TarScanner(include=PathGuard().admit, done=check, digests=False)
-    for _ in _stream(repository, key, manifest, scanner):
+    for _ in _stream(repository, key, manifest, identities, scanner):
         pass
     if differs or next(expected, None) is not None:
         members: list[Member] = []
-        for _ in _stream(repository, key, manifest, TarScanner(done=members.append)):
+        again = TarScanner(done=members.append)
+        for _ in _stream(repository, key, manifest, identities, again):
             pass
         raise MembersDiffer(key, compare_trees(manifest.entries, members))
-    return Verified(repository, key, manifest)
+    return Verified(repository, key, manifest, identities)
 
 
 def archive_chunks(checked: Verified) -> Iterator[bytes]:
@@ -141,7 +180,9 @@ def archive_chunks(checked: Verified) -> Iterator[bytes]:
         pending.append(bytes(data) if isinstance(data, bytearray) else data)
 
     scanner = TarScanner(emit=keep, include=PathGuard().admit, digests=False)
-    for _ in _stream(checked.repository, checked.key, checked.manifest, scanner):
+    for _ in _stream(
+        checked.repository, checked.key, checked.manifest, checked.identities, scanner
+    ):
         if pending:
             yield b"".join(pending)
             pending.clear()

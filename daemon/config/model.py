@@ -140,6 +140,16 @@ class Hooks:
 
 
 @dataclass(frozen=True)
+class AgeEncryption:
+    """Archives encrypted to these age recipients (public keys, checked when loaded); the
+    identity file (private keys) is needed only to restore and drill."""
+
+    recipients: tuple[str, ...] = ()
+    recipients_file: Path | None = None
+    identity_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class PolicyStorage:
     """One storage a policy writes every archive to, with its own retention if it has one
     (None: the policy's)."""
@@ -165,6 +175,7 @@ class Policy:
     drill: DrillConfig | None = None
     hooks: Hooks = field(default_factory=Hooks)
     volume_hooks: Mapping[str, Hooks] = field(default_factory=dict, hash=False)
+    encryption: AgeEncryption | None = None
 
     @property
     def storage_names(self) -> tuple[str, ...]:

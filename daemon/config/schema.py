@@ -11,7 +11,9 @@ from typing import Any
 
 import yaml
 
+from daemon.archive.encryption import EncryptionError, parse_recipient
 from daemon.config.model import (
+    AgeEncryption,
     Compression,
     CompressionAlgorithm,
     DaemonSettings,
@@ -145,6 +147,29 @@ DRILL = record(
     },
     into=DrillConfig,
 )
+
+
+def age_recipient(node: yaml.Node, path: str) -> str:
+    """Given an age public key (`age1…`, `ssh-ed25519 …`), return it. Raise Invalid if it is
+    none (the message never echoes what looks like a secret)."""
+    text = non_empty_string(node, path)
+    try:
+        return parse_recipient(text).text
+    except EncryptionError as error:
+        raise invalid(node, path, str(error)) from None
+
+
+AGE = record(
+    {
+        "recipients": list_of(age_recipient, non_empty=True, unique=True),
+        "recipients_file": absolute_path,
+        "identity_file": absolute_path,
+        "identity": secret_in_policy("identity_file (a file readable by root only)"),
+    },
+    into=AgeEncryption,
+    exactly_one_of=("recipients", "recipients_file"),
+)
+ENCRYPTION = record({"age": AGE}, into=lambda age: age, required=("age",))
 MATCH = record(
     {"label": label_selector, "name": non_empty_string, "compose_project": non_empty_string},
     into=match_selector,
@@ -212,6 +237,7 @@ def policy_fields(storage_names: Collection[str]) -> dict[str, Converter[Any]]:
         "drill": DRILL,
         "hooks": HOOKS,
         "volume_hooks": volume_hooks,
+        "encryption": ENCRYPTION,
     }
 
 
