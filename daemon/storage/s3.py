@@ -1,0 +1,541 @@
+"""A blob store in an S3-compatible bucket: the key is the object key after the prefix.
+
+A streamed blob is a multipart upload, invisible until it is completed: its parts are
+uploaded by two threads while the writer fills the next one, at most two more waiting, so
+an upload holds at most five parts in memory (40 MiB with 8 MiB parts; parts grow every
+thousand so that 10,000 are never needed, 80 MiB past 8 GB). A blob under one part is one
+plain PUT at commit. Every failure becomes a StoreUnavailable whose message is one
+sentence naming the storage (never a secret, never a repr).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, cast
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    SSLError,
+)
+from urllib3.exceptions import HTTPError
+
+from daemon.config.model import S3StorageConfig
+from daemon.storage.base import BlobExists, BlobMissing, StoreUnavailable
+
+if TYPE_CHECKING:
+    from botocore.response import StreamingBody
+    from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.literals import StorageClassType
+    from mypy_boto3_s3.type_defs import (
+        CompletedPartTypeDef,
+        CreateMultipartUploadRequestTypeDef,
+        PutObjectRequestTypeDef,
+    )
+
+MIB = 1 << 20
+PART_SIZE = 8 * MIB
+PARTS_PER_SIZE = 1_000  # every thousand parts, the part size grows by PART_SIZE
+MAX_PARTS = 10_000  # S3's limit
+UPLOADING_THREADS = 2
+PARTS_WAITING = 2
+CONNECT_TIMEOUT = 3.0  # five attempts and their backoff stay within ~30 s for a dead host
+READ_TIMEOUT = 60.0
+
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "InvalidSecurity",
+    }
+)
+DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "403", "Forbidden"})
+MISSING_BUCKET_CODES = frozenset({"NoSuchBucket"})
+MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+BlobData = bytes | bytearray | memoryview
+
+
+def part_size(number: int) -> int:
+    """Given a part's number (from 1), return its size: 8 MiB for the first thousand parts,
+    16 MiB for the next thousand, and so on (10,000 parts hold about 440 GB)."""
+    return PART_SIZE * (1 + (number - 1) // PARTS_PER_SIZE)
+
+
+def _unavailable(message: str) -> StoreUnavailable:
+    error = StoreUnavailable(message)
+    error.strerror = message
+    return error
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _http_status(error: ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _network_reason(error: BaseException) -> str:
+    """Given a connection error, return its cause in a few words ("connection refused")."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror[:1].lower() + current.strerror[1:]
+        kwargs = getattr(current, "kwargs", {})
+        inner = kwargs.get("error") if isinstance(kwargs, dict) else None
+        pending += [inner if isinstance(inner, BaseException) else None]
+        pending += [current.__cause__, current.__context__]
+    return "no connection"
+
+
+class S3Store:
+    """A BlobStore in an S3 bucket, under the configured prefix."""
+
+    def __init__(self, config: S3StorageConfig) -> None:
+        self.name = config.name
+        self.config = config
+        self.prefix = config.prefix
+        self._where = config.endpoint or "AWS S3"
+        self._lock = threading.Lock()
+        self._clients: dict[int, S3Client] = {}
+
+    @classmethod
+    def from_config(cls, config: S3StorageConfig) -> S3Store:
+        return cls(config)
+
+    def describe(self) -> str:
+        return f"s3://{self.config.bucket}/{self.prefix} at {self._where}"
+
+    def create(self, key: str) -> S3Upload:
+        return S3Upload(self, key)
+
+    def put(self, key: str, data: bytes | Iterable[bytes], *, exclusive: bool = False) -> None:
+        body = data if isinstance(data, bytes) else b"".join(data)
+        request: PutObjectRequestTypeDef = {
+            "Bucket": self.config.bucket,
+            "Key": self.prefix + key,
+            "Body": body,
+        }
+        if exclusive:
+            request["IfNoneMatch"] = "*"
+        if self.config.storage_class:
+            request["StorageClass"] = cast("StorageClassType", self.config.storage_class)
+        try:
+            self.client().put_object(**request)
+        except ClientError as error:
+            if exclusive and (_error_code(error) in CONFLICT_CODES or _http_status(error) == 412):
+                if self._our_retried_put(error, key, body):
+                    return
+                raise BlobExists(key) from None
+            raise self.failure(error, f"writing {key!r}") from error
+        except (BotoCoreError, HTTPError, OSError) as error:
+            raise self.failure(error, f"writing {key!r}") from error
+
+    def _our_retried_put(self, error: ClientError, key: str, body: bytes) -> bool:
+        """A conditional create whose first attempt landed but whose answer was lost is
+        refused when retried: the blob there is then ours, byte for byte."""
+        retried = error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+        if not retried:
+            return False
+        try:
+            return self.get(key) == body
+        except (BlobMissing, StoreUnavailable):
+            return False
+
+    def get(self, key: str) -> bytes:
+        reader = self.open(key)
+        try:
+            return reader.read()
+        finally:
+            reader.close()
+
+    def open(self, key: str) -> S3Reader:
+        try:
+            response = self.client().get_object(Bucket=self.config.bucket, Key=self.prefix + key)
+        except ClientError as error:
+            if _error_code(error) in MISSING_KEY_CODES:
+                raise BlobMissing(key) from None
+            raise self.failure(error, f"reading {key!r}") from error
+        except (BotoCoreError, HTTPError, OSError) as error:
+            raise self.failure(error, f"reading {key!r}") from error
+        return S3Reader(self, key, response["Body"])
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client().head_object(Bucket=self.config.bucket, Key=self.prefix + key)
+        except ClientError as error:
+            if _error_code(error) not in MISSING_KEY_CODES:
+                raise self.failure(error, f"looking for {key!r}") from error
+            self._check_bucket()  # a missing bucket answers 404 too; that is no "absent"
+            return False
+        except (BotoCoreError, HTTPError, OSError) as error:
+            raise self.failure(error, f"looking for {key!r}") from error
+        return True
+
+    def _check_bucket(self) -> None:
+        try:
+            self.client().head_bucket(Bucket=self.config.bucket)
+        except ClientError as error:
+            if _http_status(error) == 404:
+                raise self._missing_bucket() from None
+            raise self.failure(error, "looking for the bucket") from error
+        except (BotoCoreError, HTTPError, OSError) as error:
+            raise self.failure(error, "looking for the bucket") from error
+
+    def list(self, prefix: str) -> Iterator[str]:
+        paginator = self.client().get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.config.bucket, Prefix=self.prefix + prefix)
+        try:
+            for page in pages:
+                for entry in page.get("Contents", []):
+                    yield entry["Key"][len(self.prefix) :]
+        except (ClientError, BotoCoreError, HTTPError, OSError) as error:
+            raise self.failure(error, f"listing {prefix or 'the blobs'!r}") from error
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client().delete_object(Bucket=self.config.bucket, Key=self.prefix + key)
+        except ClientError as error:
+            if _error_code(error) not in MISSING_KEY_CODES:
+                raise self.failure(error, f"deleting {key!r}") from error
+        except (BotoCoreError, HTTPError, OSError) as error:
+            raise self.failure(error, f"deleting {key!r}") from error
+
+    def abort_incomplete(self, prefix: str) -> builtins.list[str]:
+        client = self.client()
+        paginator = client.get_paginator("list_multipart_uploads")
+        pages = paginator.paginate(Bucket=self.config.bucket, Prefix=self.prefix + prefix)
+        aborted: builtins.list[str] = []
+        try:
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    self._abort_upload(client, upload["Key"], upload["UploadId"])
+                    aborted.append(upload["Key"][len(self.prefix) :])
+        except (ClientError, BotoCoreError, HTTPError, OSError) as error:
+            raise self.failure(error, "removing unfinished uploads") from error
+        return aborted
+
+    def _abort_upload(self, client: S3Client, full_key: str, upload_id: str) -> None:
+        try:
+            client.abort_multipart_upload(
+                Bucket=self.config.bucket, Key=full_key, UploadId=upload_id
+            )
+        except ClientError as error:
+            if _error_code(error) != "NoSuchUpload":
+                raise
+
+    def begin_multipart(self, key: str) -> str:
+        request: CreateMultipartUploadRequestTypeDef = {
+            "Bucket": self.config.bucket,
+            "Key": self.prefix + key,
+        }
+        if self.config.storage_class:
+            request["StorageClass"] = cast("StorageClassType", self.config.storage_class)
+        return self.client().create_multipart_upload(**request)["UploadId"]
+
+    def client(self, *, attempts: int = 5) -> S3Client:
+        """Return the client (built on first use, so that a store is cheap to make and a
+        bad profile is an error of the operation, not of loading the config)."""
+        with self._lock:
+            if attempts not in self._clients:
+                self._clients[attempts] = self._build_client(attempts)
+            return self._clients[attempts]
+
+    def _build_client(self, attempts: int) -> S3Client:
+        config = self.config
+        core = botocore.session.Session()
+        if config.credentials_file is not None:
+            if not os.access(config.credentials_file, os.R_OK):
+                raise _unavailable(
+                    f"storage {self.name!r}: cannot read the credentials file "
+                    f"{config.credentials_file}"
+                )
+            core.set_config_variable("credentials_file", str(config.credentials_file))
+            # an explicit profile makes the file win over AWS_* variables in the environment
+            core.set_config_variable("profile", config.profile or "default")
+        elif config.profile:
+            core.set_config_variable("profile", config.profile)
+        session = boto3.Session(botocore_session=core)
+        settings = Config(
+            region_name=config.region,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+            retries={"mode": "standard", "total_max_attempts": attempts},
+            s3={"addressing_style": "path"} if config.path_style else None,
+            max_pool_connections=UPLOADING_THREADS + 2,
+        )
+        try:
+            return session.client(
+                "s3",
+                endpoint_url=config.endpoint,
+                verify=str(config.ca_bundle) if config.ca_bundle else None,
+                config=settings,
+            )
+        except (BotoCoreError, ValueError) as error:
+            raise self.failure(error, "connecting") from error
+
+    def _missing_bucket(self) -> StoreUnavailable:
+        return _unavailable(
+            f"storage {self.name!r}: bucket {self.config.bucket!r} does not exist at {self._where}"
+        )
+
+    def failure(self, error: BaseException, doing: str) -> StoreUnavailable:
+        """Given an error of boto3 while `doing` something, return the StoreUnavailable that
+        says in one sentence what went wrong."""
+        storage = f"storage {self.name!r}"
+        if isinstance(error, StoreUnavailable):
+            return error
+        if isinstance(error, ClientError):
+            code = _error_code(error)
+            if code in MISSING_BUCKET_CODES:
+                return self._missing_bucket()
+            if code in CREDENTIAL_CODES:
+                return _unavailable(f"{storage}: the credentials were refused ({code})")
+            if code in DENIED_CODES:
+                return _unavailable(
+                    f"{storage}: access to bucket {self.config.bucket!r} was denied "
+                    f"while {doing} ({code}: wrong credentials or no permission)"
+                )
+            message = str(error.response.get("Error", {}).get("Message", "")).splitlines()
+            detail = f": {message[0]}" if message and message[0] else ""
+            status = _http_status(error)
+            return _unavailable(
+                f"{storage}: {doing} failed with {code or 'an error'} (HTTP {status}){detail}"
+            )
+        if isinstance(error, SSLError):
+            return _unavailable(
+                f"{storage}: TLS with {self._where} failed: {_network_reason(error)}"
+            )
+        if isinstance(error, EndpointConnectionError | ConnectTimeoutError):
+            return _unavailable(f"{storage}: cannot reach {self._where}: {_network_reason(error)}")
+        if isinstance(error, ReadTimeoutError):
+            return _unavailable(
+                f"{storage}: {self._where} did not answer within {READ_TIMEOUT:.0f} s while {doing}"
+            )
+        if isinstance(error, ConnectionClosedError | ResponseStreamingError | HTTPError):
+            return _unavailable(f"{storage}: the connection to {self._where} broke while {doing}")
+        if isinstance(error, NoCredentialsError | PartialCredentialsError):
+            source = (
+                f"in profile {self.config.profile or 'default'!r} of {self.config.credentials_file}"
+                if self.config.credentials_file
+                else "in the environment, the AWS profile or the instance metadata"
+            )
+            return _unavailable(f"{storage}: no complete S3 credentials found {source}")
+        if isinstance(error, ProfileNotFound):
+            return _unavailable(
+                f"{storage}: profile {self.config.profile or 'default'!r} is not in "
+                f"{self.config.credentials_file or 'the AWS config'}"
+            )
+        if isinstance(error, OSError) and error.strerror:
+            return _unavailable(f"{storage}: {doing} failed: {error.strerror}")
+        return _unavailable(f"{storage}: {doing} failed: {error}")
+
+
+class S3Reader:
+    """A blob being read from its GET response, a read's failure a StoreUnavailable."""
+
+    def __init__(self, store: S3Store, key: str, body: StreamingBody) -> None:
+        self._store = store
+        self._key = key
+        self._body = body
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return self._body.read(None if size < 0 else size)
+        except (BotoCoreError, HTTPError, OSError) as error:
+            raise self._store.failure(error, f"reading {self._key!r}") from error
+
+    def close(self) -> None:
+        self._body.close()
+
+
+class S3Upload:
+    """A blob being written: parts filled here, uploaded by a small pool, completed by
+    `commit`; the multipart upload begins with the first full part."""
+
+    def __init__(self, store: S3Store, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._buffer = io.BytesIO()
+        self._parts_sent = 0
+        self._upload_id: str | None = None
+        self._etags: dict[int, str] = {}
+        self._failure: StoreUnavailable | None = None
+        self._lock = threading.Lock()
+        self._finished = False
+        # a part holds a slot from when it is handed over until its upload ends
+        self._slots = threading.BoundedSemaphore(UPLOADING_THREADS + PARTS_WAITING)
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: set[Future[None]] = set()
+
+    def write(self, data: BlobData, /) -> int:
+        self._check_usable()
+        view = memoryview(data).cast("B")
+        written = len(view)
+        while view:
+            room = part_size(self._parts_sent + 1) - self._buffer.tell()
+            self._buffer.write(view[:room])
+            view = view[room:]
+            if self._buffer.tell() >= part_size(self._parts_sent + 1):
+                self._send_part()
+        return written
+
+    def commit(self) -> None:
+        self._check_usable()
+        self._finished = True
+        try:
+            if self._upload_id is None:
+                self._store.put(self._key, self._buffer.getvalue())
+                return
+            if self._buffer.tell():
+                self._send_part()
+            self._wait_for_parts()
+            self._complete()
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def abort(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._cleanup()
+
+    def _check_usable(self) -> None:
+        self._raise_if_failed()
+        if self._finished:
+            raise ValueError(f"the upload of {self._key!r} is already finished")
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _send_part(self) -> None:
+        number = self._parts_sent + 1
+        if number > MAX_PARTS:
+            self._fail(
+                _unavailable(
+                    f"storage {self._store.name!r}: {self._key!r} is larger than "
+                    f"{MAX_PARTS:,} parts allow"
+                )
+            )
+            self._raise_if_failed()
+        if self._upload_id is None:
+            self._upload_id = self._begin()
+            self._pool = ThreadPoolExecutor(UPLOADING_THREADS, thread_name_prefix="s3-part")
+        assert self._pool is not None
+        part, self._buffer = self._buffer, io.BytesIO()
+        self._parts_sent = number
+        self._slots.acquire()
+        future = self._pool.submit(self._upload_part, number, part)
+        with self._lock:
+            self._in_flight.add(future)
+        future.add_done_callback(self._part_done)
+        self._raise_if_failed()
+
+    def _begin(self) -> str:
+        try:
+            return self._store.begin_multipart(self._key)
+        except (ClientError, BotoCoreError, HTTPError, OSError) as error:
+            failure = self._store.failure(error, f"beginning {self._key!r}")
+            self._fail(failure)
+            raise failure from error
+
+    def _part_done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._in_flight.discard(future)
+        self._slots.release()
+
+    def _upload_part(self, number: int, part: io.BytesIO) -> None:
+        if self._failure is not None or self._upload_id is None:
+            return
+        part.seek(0)
+        try:
+            response = self._store.client().upload_part(
+                Bucket=self._store.config.bucket,
+                Key=self._store.prefix + self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=part,
+            )
+        except (ClientError, BotoCoreError, HTTPError, OSError) as error:
+            failure = self._store.failure(error, f"writing part {number} of {self._key!r}")
+            self._fail(failure)
+            raise failure from error
+        finally:
+            part.close()
+        self._etags[number] = response["ETag"]
+
+    def _wait_for_parts(self) -> None:
+        """Return when every part is uploaded; raise as soon as one has failed (the others'
+        retries are not waited for)."""
+        with self._lock:
+            in_flight = set(self._in_flight)
+        futures.wait(in_flight, return_when=futures.FIRST_EXCEPTION)
+        self._raise_if_failed()
+
+    def _complete(self) -> None:
+        assert self._upload_id is not None
+        parts: list[CompletedPartTypeDef] = [
+            {"PartNumber": number, "ETag": self._etags[number]} for number in sorted(self._etags)
+        ]
+        try:
+            self._store.client().complete_multipart_upload(
+                Bucket=self._store.config.bucket,
+                Key=self._store.prefix + self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except (ClientError, BotoCoreError, HTTPError, OSError) as error:
+            raise self._store.failure(error, f"completing {self._key!r}") from error
+
+    def _fail(self, failure: StoreUnavailable) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = failure
+
+    def _cleanup(self) -> None:
+        """Stop the workers and abort the multipart upload, once and briefly: one that
+        cannot be aborted now is removed by the next `abort_incomplete`."""
+        self._fail(
+            _unavailable(f"storage {self._store.name!r}: the upload of {self._key!r} was aborted")
+        )
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._buffer = io.BytesIO()
+        if self._upload_id is None:
+            return
+        # abort never raises: a leftover is the next abort_incomplete's to remove
+        with contextlib.suppress(Exception):
+            self._store.client(attempts=2).abort_multipart_upload(
+                Bucket=self._store.config.bucket,
+                Key=self._store.prefix + self._key,
+                UploadId=self._upload_id,
+            )
