@@ -20,6 +20,7 @@ A storage is a blob store (`daemon.storage`); this module knows what its blobs m
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -285,11 +286,14 @@ def allocate_key(
     repositories: Iterable[Repository], policy: str, volume: str, stamp: str, *, safety: bool
 ) -> ArchiveKey:
     """Given the repositories a new archive goes to, return a key for it that none of them
-    uses yet (the same id in every storage). Raise OSError."""
+    uses yet (the same id in every storage). A storage that cannot be read now is passed
+    over: its copy will fail on its own, and its manifest's conditional create would refuse
+    a taken id anyway."""
     repositories = list(repositories)
     taken: set[str] = set()
     for repository in repositories:
-        taken |= repository.taken_ids(policy, volume)
+        with contextlib.suppress(OSError):
+            taken |= repository.taken_ids(policy, volume)
     mark = SAFETY_MARK if safety else ""
     candidate, counter = f"{stamp}{mark}", 1
     while candidate in taken:

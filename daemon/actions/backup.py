@@ -92,16 +92,13 @@ def back_up_volume(
     flavour = detect_flavour(api, source.image)
     started = datetime.now(UTC)
     suffix = SUFFIXES[source.compression.algorithm] + (AGE_SUFFIX if source.recipients else "")
-    try:
-        key = allocate_key(
-            repositories,
-            source.policy,
-            source.volume.name,
-            archive_stamp(started),
-            safety=source.kind == "safety",
-        )
-    except OSError as error:
-        raise repositories[0].failure(error, "cannot read the archives") from None
+    key = allocate_key(
+        repositories,
+        source.policy,
+        source.volume.name,
+        archive_stamp(started),
+        safety=source.kind == "safety",
+    )
     with structlog.contextvars.bound_contextvars(volume=source.volume.name, archive=key.id):
         storages = [repository.name for repository in repositories]
         log.info("backup started", kind=source.kind, tar=flavour.name, storages=storages)
