@@ -87,10 +87,16 @@ class Workspace:
         """The directory of a volume's archives in the local storage (SPEC §4)."""
         return self.storage / (host or socket.gethostname()) / policy / volume
 
-    def write_config(self, policies: dict[str, dict[str, object]], **top: object) -> Path:
+    def write_config(
+        self,
+        policies: dict[str, dict[str, object]],
+        storages: dict[str, dict[str, object]] | None = None,
+        **top: object,
+    ) -> Path:
+        """Write a policy file with a local storage named "local" (and `storages`)."""
         document: dict[str, object] = {
             "version": 1,
-            "storage": {"local": {"type": "local", "path": str(self.storage)}},
+            "storage": {"local": {"type": "local", "path": str(self.storage)}, **(storages or {})},
             "policies": {
                 name: {"storage": "local", "helper_image": self.helper_image, **policy}
                 for name, policy in policies.items()
