@@ -7,6 +7,12 @@ driver would record the whole stream and cap it at ~20 MB/s (ENGINE-FACTS.md).
 Locked down: no network, every capability dropped but the few the operation needs, no new
 privileges, a read-only root file system (the volumes keep their own mode), at most
 HELPER_PIDS processes and HELPER_MEMORY bytes of memory.
+
+Every way out of `helper_container` removes the helper, by a name chosen before the engine
+is asked to create it. `kill_helpers` ends the helpers of this process when it stops: it
+kills those that run, and aborts from this side the uploads into the Engine's archive
+endpoint (`put_archive`), since the engine holds a container's lock while it extracts and
+would neither kill nor remove the helper before the upload ends.
 """
 
 from __future__ import annotations
@@ -16,19 +22,22 @@ import secrets
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import docker
 import requests
+import structlog
 from docker.types import LogConfig
 from docker.types import Mount as DockerMount
 
 from daemon.errors import OperationError
 from daemon.owner import this_process
 from daemon.readahead import read_ahead
+
+log = structlog.get_logger()
 
 LABEL_ROLE = "volkeep.role"
 LABEL_VOLUME = "volkeep.volume"
@@ -44,8 +53,18 @@ HELPER_MEMORY = 256 << 20  # busybox or GNU tar streaming a volume needs a few M
 READ_CAPABILITIES = ("DAC_READ_SEARCH",)  # read every file whatever its mode, change nothing
 WRITE_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID")
 
-# The helpers this process has created and not yet removed, for `kill_helpers`.
-_live_helpers: set[str] = set()
+
+@dataclass
+class _LiveHelper:
+    """A helper this process has asked the engine for and not yet removed."""
+
+    id: str | None = None  # once the engine has answered
+    cancelled: threading.Event = field(default_factory=threading.Event)  # by kill_helpers
+    uploading: bool = False  # a put_archive into it is under way
+
+
+# The live helpers by name, for `kill_helpers` and `put_archive`.
+_live_helpers: dict[str, _LiveHelper] = {}
 _live_helpers_lock = threading.Lock()
 
 
@@ -78,31 +97,44 @@ def helper_container(
     """
     host_config = helper_host_config(api, mounts, capabilities)
     # A name known before the engine answers: an interruption (SIGTERM) that lands while
-    # the engine creates the container must not leave it behind.
+    # the engine creates the container, or just after, must not leave it behind.
     name = f"volkeep-helper-{secrets.token_hex(8)}"
-    try:
-        container = api.create_container(
-            image,
-            list(command),
-            host_config=host_config,
-            labels=helper_labels(owner or (mounts[0].volume if mounts else "")),
-            network_disabled=True,
-            name=name,
-        )
-    except docker.errors.ImageNotFound:
-        raise missing_image(image) from None
-    except BaseException:
-        remove_container(api, name)
-        raise
-    container_id: str = container["Id"]
+    helper = _LiveHelper()
     with _live_helpers_lock:
-        _live_helpers.add(container_id)
+        _live_helpers[name] = helper
     try:
+        try:
+            container = api.create_container(
+                image,
+                list(command),
+                host_config=host_config,
+                labels=helper_labels(owner or (mounts[0].volume if mounts else "")),
+                network_disabled=True,
+                name=name,
+            )
+        except docker.errors.ImageNotFound:
+            raise missing_image(image) from None
+        container_id: str = container["Id"]
+        helper.id = container_id
         yield container_id
     finally:
         with _live_helpers_lock:
-            _live_helpers.discard(container_id)
-        remove_container(api, container_id)
+            del _live_helpers[name]
+        _remove_helper(api, name)
+
+
+def _remove_helper(api: docker.APIClient, name: str) -> None:
+    """Remove a helper on the way out of its block. An engine failure is logged, never
+    raised: it would hide the block's own outcome, and the helper's labels let the next
+    volkeep process remove it."""
+    try:
+        remove_container(api, name)
+    except (docker.errors.APIError, requests.RequestException) as error:
+        log.error(
+            "cannot remove a helper container; the next volkeep process removes it",
+            container=name,
+            error=str(error).splitlines()[0] if str(error) else type(error).__name__,
+        )
 
 
 def helper_host_config(
@@ -127,21 +159,66 @@ def helper_host_config(
 
 
 def kill_helpers(api: docker.APIClient) -> int:
-    """Kill every running helper container of this process, so that the operations reading
-    or feeding them fail and clean up as on any failure; return how many were running.
+    """End every helper of this process, so that the operations reading or feeding them fail
+    and clean up as on any failure; return how many were ended.
 
-    A helper that is created but not started yet is not killed: call again.
+    An upload into a helper is aborted from this side (the next chunk raises, see
+    `put_archive`): killing the helper would wait for the upload to end. A helper created but
+    not started yet is not killed, but no longer starts (HelperOutput); call again.
     """
     with _live_helpers_lock:
-        helpers = sorted(_live_helpers)
-    killed = 0
-    for container_id in helpers:
+        helpers = list(_live_helpers.items())
+    ended = 0
+    for name, helper in helpers:
+        helper.cancelled.set()
+        if helper.uploading:
+            ended += 1
+            continue
         try:
-            api.kill(container_id)
-            killed += 1
+            api.kill(name)
+            ended += 1
         except (docker.errors.APIError, requests.RequestException):
             continue  # not started yet, already gone, or the engine is slow: call again
-    return killed
+    return ended
+
+
+def _registered(container: str) -> _LiveHelper:
+    """Given a live helper's id or name, return its entry. Raise ValueError if it is none."""
+    with _live_helpers_lock:
+        for name, helper in _live_helpers.items():
+            if container in (name, helper.id):
+                return helper
+    raise ValueError(f"{container} is not a live helper of this process")
+
+
+def _cancelled(container: str) -> OperationError:
+    return OperationError(f"helper {container[:12]} was cancelled: volkeep is stopping")
+
+
+def put_archive(
+    api: docker.APIClient, container: str, path: str, chunks: Iterable[bytes | memoryview]
+) -> None:
+    """Stream a tar into `path` in a helper through the Engine's archive endpoint, which
+    extracts it (into a volume mount: the helper's root file system is read-only).
+
+    Raise OperationError if `kill_helpers` cancelled the helper (the upload stops at the next
+    chunk), docker.errors.APIError if the engine cannot extract.
+    """
+    helper = _registered(container)
+
+    def fed() -> Iterator[bytes | memoryview]:
+        for chunk in chunks:
+            if helper.cancelled.is_set():
+                raise _cancelled(container)
+            yield chunk
+
+    if helper.cancelled.is_set():
+        raise _cancelled(container)
+    helper.uploading = True
+    try:
+        api.put_archive(container, path, fed())
+    finally:
+        helper.uploading = False
 
 
 def missing_image(image: str) -> OperationError:
@@ -202,6 +279,10 @@ class HelperOutput:
     """
 
     def __init__(self, api: docker.APIClient, container_id: str) -> None:
+        """Attach to the created helper and start it. Raise OperationError if
+        `kill_helpers` cancelled it already."""
+        if _registered(container_id).cancelled.is_set():
+            raise _cancelled(container_id)
         self._api = api
         self._container_id = container_id
         self._socket = _attach(api, container_id, "stdout")

@@ -400,7 +400,7 @@ def test_a_failing_after_hook_is_reported_and_the_archive_kept(api, volumes, wor
     assert backup.returncode == 1
     (failed,) = [e for e in events(backup.stderr) if e["event"] == "backup failed"]
     assert failed["error"] == "the backup is done, but after hook 1 (run: false): exit status 1"
-    assert len(list(workspace.archive_dir("app", volume).glob(f"*.manifest.json"))) == 1
+    assert len(list(workspace.archive_dir("app", volume).glob("*.manifest.json"))) == 1
 
 
 @pytest.mark.parametrize("where", ["exec", "run"])
@@ -528,3 +528,48 @@ def test_restore_and_backup_helpers_do_their_work_with_a_read_only_root(api, vol
 
     code, _, stderr = run_helper(api, helper_image, ["touch", "/new-file"], mounts)
     assert code != 0 and "Read-only file system" in stderr
+
+
+def test_stopping_aborts_an_extraction_into_a_helper_at_once_and_removes_the_helper(
+    api, volumes, helper_image
+):
+    """The engine holds a helper's lock while its archive endpoint extracts: killing or
+    removing the helper would wait for the whole upload. kill_helpers aborts it from our side."""
+    import threading
+
+    from daemon.docker.helpers import Mount, helper_container, kill_helpers, put_archive
+    from daemon.errors import OperationError
+
+    volume = volumes("extracting")
+
+    def slow_archive():  # 30 s to send a member announced at 64 MiB
+        member = tarfile.TarInfo("big")
+        member.size = 64 << 20
+        yield member.tobuf()
+        for _ in range(600):
+            time.sleep(0.05)
+            yield bytes(64 << 10)
+
+    uploading = threading.Event()
+    outcome: dict[str, str] = {}
+
+    def extract() -> None:
+        mounts = [Mount(volume, "/dst", read_only=False)]
+        try:
+            with helper_container(api, helper_image, ["true"], mounts) as helper:
+                uploading.set()
+                put_archive(api, helper, "/dst", slow_archive())
+        except OperationError as error:
+            outcome["error"] = error.message
+
+    extraction = threading.Thread(target=extract)
+    extraction.start()
+    assert uploading.wait(10)
+    time.sleep(1)  # the engine is extracting
+    began = time.monotonic()
+    assert kill_helpers(api) == 1
+    assert time.monotonic() - began < 1, "kill_helpers waited for the engine"
+    extraction.join(10)
+    assert not extraction.is_alive() and time.monotonic() - began < 5
+    assert "was cancelled: volkeep is stopping" in outcome["error"]
+    assert api.containers(all=True, filters={"label": f"volkeep.volume={volume}"}) == []
