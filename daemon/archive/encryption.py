@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from daemon.errors import VolkeepError
 SUFFIX = ".age"
 QUEUE_BYTES = 1 << 20  # per direction; the measured throughput is flat above 256 KiB
 SOURCE_READ = 256 << 10
+OUTPUT_BATCH = 64 << 10  # one age chunk
 IDENTITY_FILE_LIMIT = 1 << 20  # an identity file is a few lines; refuse to slurp a disk
 
 _SSH_TYPES = ("ssh-ed25519", "ssh-rsa")
@@ -215,8 +217,10 @@ def _ssh_identity(where: str, text: str) -> object:
 
 def _read_secret_text(where: str) -> tuple[str, int]:
     try:
-        with open(where, "rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
+        # O_NONBLOCK: a FIFO in its place would otherwise block the open until a writer came
+        descriptor = os.open(where, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(descriptor, "rb") as file:
+            mode = os.fstat(descriptor).st_mode
             if not stat.S_ISREG(mode):
                 raise EncryptionError(f"identity file {where} is not a regular file")
             data = file.read(IDENTITY_FILE_LIMIT + 1)
@@ -278,7 +282,9 @@ class _Worker:
     def _run(self, call: Callable[[object, object], None]) -> None:
         error = None
         try:
-            call(_WorkerReader(self), _WorkerWriter(self))
+            writer = _WorkerWriter(self)
+            call(_WorkerReader(self), writer)
+            writer.flush()
         except BaseException as raised:
             error = raised
         with self.lock:
@@ -306,24 +312,19 @@ class _Worker:
             self._worker.wait()
         self._worker_ready = None
 
-    def take_inbound(self, size: int) -> bytes:
-        """Worker side: up to `size` bytes of input, b"" at its end."""
+    def take_inbound(self) -> memoryview:
+        """Worker side: the next piece of input, whole; an empty view at its end."""
         with self.lock:
             if not self.inbound:
                 self._worker_wait(lambda: bool(self.inbound) or self.inbound_closed or self.aborted)
             if self.aborted:
                 raise _Aborted
             if not self.inbound:
-                return b""
-            piece = self.inbound[0]
-            if len(piece) > size > 0:
-                self.inbound[0] = piece[size:]
-                piece = piece[:size]
-            else:
-                self.inbound.popleft()
+                return memoryview(b"")
+            piece = self.inbound.popleft()
             self.inbound_size -= len(piece)
             self.changed()
-        return piece.tobytes()
+        return piece
 
     def put_outbound(self, data: bytes) -> None:
         """Worker side: queue output for the caller, waiting while the queue is full."""
@@ -362,13 +363,17 @@ class _Worker:
         self.changed()
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def abort(self) -> None:
-        """Caller side: stop the worker, drop what is queued, and wait for the thread."""
+    def cancel(self) -> None:
+        """Caller side: tell the worker to stop at its next read or write; drop the queues."""
         with self.lock:
             self.aborted = True
             self.inbound.clear()
             self.outbound.clear()
             self.changed()
+
+    def abort(self) -> None:
+        """Caller side: stop the worker and wait for its thread to end."""
+        self.cancel()
         self._thread.join()
 
     def join(self) -> None:
@@ -376,23 +381,46 @@ class _Worker:
 
 
 class _WorkerReader:
+    """What pyrage reads from: hands out the piece it took from the queue, 8 KiB at a time.
+
+    Taking whole pieces keeps the lock out of the 8 KiB reads rage makes; the piece held
+    here is one the caller already counted as its memory.
+    """
+
     def __init__(self, worker: _Worker) -> None:
         self._worker = worker
+        self._piece = memoryview(b"")
 
     def read(self, size: int = -1) -> bytes:
-        return self._worker.take_inbound(size)
+        if not self._piece:
+            self._piece = self._worker.take_inbound()
+        if 0 <= size < len(self._piece):
+            chunk, self._piece = self._piece[:size], self._piece[size:]
+        else:
+            chunk, self._piece = self._piece, memoryview(b"")
+        return chunk.tobytes()
 
 
 class _WorkerWriter:
+    """What pyrage writes to: gathers its writes (8 KiB each when decrypting) into batches."""
+
     def __init__(self, worker: _Worker) -> None:
         self._worker = worker
+        self._pending = bytearray()
 
     def write(self, data: bytes) -> int:
-        self._worker.put_outbound(data)
+        if not self._pending and len(data) >= OUTPUT_BATCH:
+            self._worker.put_outbound(data)
+        else:
+            self._pending += data
+            if len(self._pending) >= OUTPUT_BATCH:
+                self.flush()
         return len(data)
 
     def flush(self) -> None:
-        pass
+        if self._pending:
+            self._worker.put_outbound(bytes(self._pending))
+            self._pending.clear()
 
 
 class EncryptingWriter:
@@ -413,6 +441,7 @@ class EncryptingWriter:
             lambda reader, writer: pyrage.encrypt_io(reader, writer, natives),
             limit,
         )
+        weakref.finalize(self, self._worker.cancel)  # dropped unfinished: free the thread
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Encrypt `data` into the sink; return its length. Raise what the sink raised."""
@@ -536,6 +565,7 @@ class DecryptingReader:
             lambda reader, writer: pyrage.decrypt_io(reader, writer, natives),
             limit,
         )
+        weakref.finalize(self, self._worker.cancel)  # dropped unread: free the thread
 
     def read(self, size: int = -1) -> bytes:
         """Return up to `size` plain bytes (all that is left if `size` < 0), b"" at the end."""
@@ -613,6 +643,17 @@ def _encryption_failure(error: BaseException | None) -> BaseException:
     return error
 
 
+# rage's words for a header that does not parse, fails its MAC, or ends early
+_DAMAGED_HEADER = frozenset(
+    (
+        "Header is invalid",
+        "Header MAC is invalid",
+        "Incomplete header",
+        "failed to fill whole buffer",
+    )
+)
+
+
 def _decryption_failure(error: BaseException, encrypted_to: Sequence[str]) -> BaseException:
     message = str(error)
     if isinstance(error, pyrage.DecryptError):
@@ -620,7 +661,7 @@ def _decryption_failure(error: BaseException, encrypted_to: Sequence[str]) -> Ba
             return NoIdentityMatches(encrypted_to)
         if message.startswith("Unknown age format"):
             return EncryptionError("not an age file, or one from a newer age version")
-        if message in ("Header MAC is invalid", "Header is invalid", "failed to fill whole buffer"):
+        if message in _DAMAGED_HEADER:
             return ArchiveModified("its age header is damaged")
         return EncryptionError(f"decryption failed: {message}")
     if isinstance(error, OSError):
