@@ -76,6 +76,11 @@ class StorageFailure(OperationError):
     storage, not of the archive."""
 
 
+class KeyMissing(OperationError):
+    """An encrypted archive and no identity that opens it: a fault of the setup, not of the
+    archive."""
+
+
 class DockerUnavailable(VolkeepError):
     """The Docker engine does not answer."""
 

@@ -362,7 +362,3 @@ def _restart_abandoned(api: docker.APIClient, state_dir: Path, journal: Journal)
                 stopped_by=journal.owner,
             )
         start_again(api, state_dir, journal, {})
-
-
-# The name daemon.actions.context still imports.
-restart_after_crash = restart_pending

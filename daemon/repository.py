@@ -24,11 +24,11 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from daemon.archive.encryption import Identities
+from daemon.archive.encryption import Identities, NoIdentityMatches
 from daemon.archive.manifest import EntriesSealed, Manifest, ManifestError, Unseal
 from daemon.archive.records import DrillRecord
 from daemon.archive.sealing import unsealer
-from daemon.errors import OperationError, StorageFailure
+from daemon.errors import KeyMissing, OperationError, StorageFailure
 from daemon.storage.base import BlobMissing, BlobReader, BlobStore, Upload
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -172,10 +172,16 @@ class Repository:
         except BlobMissing:
             raise self._error(key, "manifest missing") from None
         except EntriesSealed as sealed:
-            raise self._error(
-                key,
+            raise KeyMissing(
                 f"{sealed}: restoring or drilling it needs one of their identities "
                 "(encryption.age.identity_file in the policy)",
+                policy=key.policy,
+                volume=key.volume,
+                archive=key.id,
+            ) from None
+        except NoIdentityMatches as error:
+            raise KeyMissing(
+                str(error), policy=key.policy, volume=key.volume, archive=key.id
             ) from None
         except ManifestError as error:
             raise self._error(key, str(error)) from None

@@ -23,7 +23,7 @@ from daemon.archive.encryption import (
 from daemon.config.model import Config, Policy
 from daemon.docker.client import connect
 from daemon.errors import DockerUnavailable, OperationError, UsageError
-from daemon.journal import journals, restart_after_crash
+from daemon.journal import journals, restart_pending
 from daemon.locks import volume_lock
 from daemon.recovery import remove_leftovers
 from daemon.repository import Repository
@@ -52,7 +52,7 @@ class Context:
         if self._api is None:
             self._api = connect()
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            restart_after_crash(self._api, self.state_dir)
+            restart_pending(self._api, self.state_dir)
             remove_leftovers(self._api)
         return self._api
 

@@ -45,6 +45,7 @@ from daemon.docker.tarflavour import detect_flavour, volume_tar
 from daemon.docker.volumes import create_volume, remove_volume
 from daemon.errors import (
     DockerUnavailable,
+    KeyMissing,
     OperationError,
     StorageFailure,
     UsageError,
@@ -260,7 +261,7 @@ def drill_archive(
         reason = comparison.summary() or None
     except MembersDiffer as error:
         comparison, reason = error.comparison, error.message
-    except (StorageFailure, DockerUnavailable):
+    except (StorageFailure, DockerUnavailable, KeyMissing):
         raise
     except OperationError as error:
         reason = error.message

@@ -24,7 +24,13 @@ from daemon.actions.backup import BackupSource, back_up_volume
 from daemon.actions.context import Context
 from daemon.archive.verify import Verified, archive_chunks, verify_archive
 from daemon.config.model import Policy
-from daemon.docker.helpers import WRITE_CAPABILITIES, Mount, helper_container, run_helper
+from daemon.docker.helpers import (
+    WRITE_CAPABILITIES,
+    Mount,
+    helper_container,
+    put_archive,
+    run_helper,
+)
 from daemon.docker.volumes import create_volume, inspect_volume, remove_volume
 from daemon.errors import OperationError
 from daemon.progress import Progress
@@ -73,7 +79,7 @@ def extract_into(
         try:
             # The next pieces are read, checked and decompressed while dockerd takes these.
             pieces = read_ahead(archive_chunks(checked))
-            api.put_archive(helper, TARGET, _counted(pieces, progress))
+            put_archive(api, helper, TARGET, _counted(pieces, progress))
         except docker.errors.APIError as error:
             raise OperationError(
                 f"the Docker engine failed to extract: {error.explanation}"

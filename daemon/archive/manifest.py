@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from daemon import __version__
-from daemon.archive.encryption import EncryptionError
+from daemon.archive.encryption import EncryptionError, NoIdentityMatches
 from daemon.archive.tarstream import Member
 
 FORMAT_VERSION = 1
@@ -162,6 +162,8 @@ class Manifest:
                 entries=members if entries else [],
             )
         except ManifestError:
+            raise
+        except NoIdentityMatches:
             raise
         except EncryptionError as error:
             raise ManifestError(f"cannot open the sealed entries: {error}") from None

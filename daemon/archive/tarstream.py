@@ -6,6 +6,13 @@ flat however large the stream. It understands what the helpers' tars write: usta
 names and links ('L'/'K') and PAX headers ('x'; global 'g' headers are checked and ignored,
 as the Docker Engine ignores them). Sparse members are refused: volkeep's tar flags never
 produce them.
+
+A restore hands the archive to the Docker Engine, whose extractor is Go's archive/tar. The
+scanner reads a stream exactly as Go does or refuses it, so that the path guard (SPEC §5.5)
+and the manifest see the members a restore writes, no more and no other. Where tar readers
+disagree on what some bytes mean (Go, Python's tarfile, GNU tar: a prefix field in a GNU
+header, two long names for one member, a regular file with a directory's name...), the
+stream is refused rather than read one way; the tars of the helpers never write them.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any, TypeVar
 
 BLOCK = 512
 MAX_EXTENDED_HEADER = 1 << 20  # a longer name or PAX header is not a volume, it is an attack
+ZERO_BLOCK = bytes(BLOCK)
 
 TYPES = {
     b"0": "file",
@@ -106,6 +114,21 @@ _OCTAL = re.compile(rb" *([0-7]*)[ \0]*")
 _PAX_INTEGER = re.compile(r"[+-]?[0-9]+")  # Go's strconv.ParseInt(value, 10, 64)
 _PAX_TIME = re.compile(r"[+-]?[0-9]+(?:\.[0-9]*)?")  # Go's parsePAXTime
 _INT64 = 1 << 63
+_NAME_KEYS = ("path", "linkpath", "uname", "gname")  # Go refuses a NUL in their values
+_HEADER_NUMBERS = (
+    ("mode", 100, 108),
+    ("uid", 108, 116),
+    ("gid", 116, 124),
+    ("size", 124, 136),
+    ("mtime", 136, 148),
+)
+_DEVICE_NUMBERS = (("devmajor", 329, 337), ("devminor", 337, 345))
+_EXTENDED_NAMES = {
+    b"L": "GNU long name",
+    b"K": "GNU long link name",
+    b"x": "PAX header",
+    b"g": "global PAX header",
+}
 
 
 def _number(field_bytes: bytes) -> int | None:
@@ -123,6 +146,49 @@ def _number(field_bytes: bytes) -> int | None:
     return int(match[1], 8) if match[1] else 0
 
 
+def _checksum_ok(block: bytes) -> bool:
+    """Say whether the header's checksum is right, summed unsigned or (as some old tars did,
+    and as Go and tarfile accept) signed."""
+    stored = _OCTAL.fullmatch(block[148:156])
+    if stored is None:
+        return False
+    value = int(stored[1] or b"0", 8)
+    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    if value == unsigned:
+        return True
+    high = sum(1 for byte in block[:148] + block[156:] if byte & 0x80)
+    return value == unsigned - 256 * high
+
+
+def _read_header(block: bytes, at: int) -> tuple[str, list[int]]:
+    """Given a header block whose checksum is right, return its full name and its mode,
+    uid, gid, size and mtime. Raise TarFormatError, naming the member, for what Go's
+    archive/tar refuses or reads otherwise than tarfile."""
+    name = _decode(block[0:100])
+    where = f"member {name!r} (header at offset {at})"
+    numbers = []
+    for field, start, end in _HEADER_NUMBERS:
+        value = _number(block[start:end])
+        if value is None or (value < 0 and field == "size"):
+            raise TarFormatError(f"{where}: bad {field} field {block[start:end]!r}")
+        numbers.append(value)
+    magic = block[257:265]
+    if magic.startswith(b"ustar\0"):  # POSIX ustar or pax; Go does not check the version
+        if block[508:512] == b"tar\0":
+            raise TarFormatError(f"{where}: a star header, which tar readers read differently")
+        if block[345]:
+            name = _decode(block[345:500]) + "/" + name
+    elif block[345]:
+        # In a GNU header those bytes are times, Go reads no prefix there (nor in a
+        # pre-POSIX one) and tarfile does: refused rather than read one way.
+        raise TarFormatError(f"{where}: bytes in the prefix field of a non-POSIX header")
+    if magic.startswith(b"ustar"):  # Go checks the device numbers of ustar and GNU headers
+        for field, start, end in _DEVICE_NUMBERS:
+            if _number(block[start:end]) is None:
+                raise TarFormatError(f"{where}: bad {field} field {block[start:end]!r}")
+    return name, numbers
+
+
 def _parse_pax(data: bytes) -> dict[str, str]:
     """Given the data of a PAX header, return its records as Go's archive/tar reads them:
     "<length> <key>=<value>\\n" from the first byte to the last. Raise ValueError naming
@@ -137,10 +203,15 @@ def _parse_pax(data: bytes) -> dict[str, str]:
         end = position + int(length_field)
         if end <= space + 1 or end > len(data) or data[end - 1] != 0x0A:
             raise ValueError(f"record at byte {position} does not end where its length says")
-        key, equals, value = data[space + 1 : end - 1].partition(b"=")
-        if not key or not equals or b"\0" in key:
+        raw_key, equals, raw_value = data[space + 1 : end - 1].partition(b"=")
+        if not raw_key or not equals or b"\0" in raw_key:
             raise ValueError(f"record at byte {position} has no key")
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        key = raw_key.decode("utf-8", "surrogateescape")
+        if key in _NAME_KEYS and b"\0" in raw_value:
+            raise ValueError(f"record {key!r} holds a NUL")
+        if key.startswith("GNU.sparse."):
+            raise ValueError("sparse tar members are not supported")
+        records[key] = raw_value.decode("utf-8", "surrogateescape")
         position = end
     return records
 
@@ -158,13 +229,27 @@ def _pax_time(value: str) -> float | None:
     return int(number) if number.is_integer() else number
 
 
-def _checksum_ok(block: bytes) -> bool:
-    stored = _OCTAL.fullmatch(block[148:156])
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    return stored is not None and int(stored[1] or b"0", 8) == unsigned
-
-
 Number = TypeVar("Number", int, float)
+
+
+def _pax_number(
+    records: dict[str, str],
+    key: str,
+    parse: Callable[[str], Number | None],
+    default: Number,
+    name: str,
+) -> Number:
+    """Return the PAX record `key` read by `parse`, or `default` when it is absent or empty
+    (Go's archive/tar keeps the header's value then); raise TarFormatError if it is no number."""
+    value = records.get(key)
+    if not value:
+        return default
+    number = parse(value)
+    if number is None:
+        raise TarFormatError(f"member {name!r}: PAX {key} {value!r} is not a number")
+    return number
+
+
 Include = Callable[[Member], bool]
 Emit = Callable[[bytes | bytearray | memoryview], object]
 
@@ -174,9 +259,9 @@ class TarScanner:
 
     `include(member)` is called once each member's header is complete and decides whether
     its bytes are forwarded to `emit`; `done(member)` is called for each kept member once
-    its data has passed
-    (with `sha256` set for regular files, unless `digests` is off). `include` may raise to
-    stop the stream before the member's bytes are forwarded.
+    its data has passed (with `sha256` set for regular files, unless `digests` is off).
+    `include` may raise to stop the stream before the member's bytes are forwarded.
+    Bytearrays given to `emit` are reused afterwards: it must copy what it keeps of them.
     """
 
     def __init__(
@@ -193,10 +278,12 @@ class TarScanner:
         self._done = done
         self._header = bytearray()  # the block being assembled
         self._pending = bytearray()  # raw extended headers belonging to the next member
-        self._extended: dict[str, str] = {}
-        self._extended_type: bytes | None = None
+        self._long_name: str | None = None  # what the extended headers say of the next member
+        self._long_link: str | None = None
+        self._pax: dict[str, str] | None = None
+        self._extended_type: bytes | None = None  # the extended header being read, if any
         self._extended_data = bytearray()
-        self._extended_name = ""  # the extended header's own name and offset, for messages
+        self._extended_name = ""  # its own name and offset, for messages
         self._extended_at = 0
         self._remaining = 0  # data bytes of the current member (or extended header) still due
         self._padding = 0
@@ -216,15 +303,7 @@ class TarScanner:
             if self._remaining:
                 view = self._take_data(view)
             elif self._padding:
-                take = min(self._padding, len(view))
-                if self._keep and self._extended_type is None:
-                    self._out(view[:take])
-                elif self._extended_type is not None:
-                    self._pending += view[:take]
-                self._padding -= take
-                view = view[take:]
-                if not self._padding:
-                    self._end_of_data()
+                view = self._take_padding(view)
             else:
                 take = min(BLOCK - len(self._header), len(view))
                 self._header += view[:take]
@@ -261,10 +340,29 @@ class TarScanner:
             self._end_of_data()
         return view[take:]
 
+    def _take_padding(self, view: memoryview) -> memoryview:
+        take = min(self._padding, len(view))
+        piece = view[:take]
+        if self._extended_type is not None:
+            # tarfile reads a PAX header on into its padding, Go does not: only zeros there.
+            if piece.tobytes().count(0) != take:
+                raise TarFormatError(
+                    f"{self._extended_description()}: bytes other than zeros after its data"
+                )
+            self._pending += piece
+        elif self._keep:
+            self._out(piece)
+        self._padding -= take
+        if not self._padding:
+            self._end_of_data()
+        return view[take:]
+
     def _on_header(self, block: bytes, at: int) -> None:
-        if block == bytes(BLOCK):
+        if block == ZERO_BLOCK:
             if self._pending:
-                raise TarFormatError("extended header followed by an end marker")
+                raise TarFormatError(
+                    f"{self._extended_description()}: followed by an end marker, not a member"
+                )
             self._zero_blocks += 1
             self._out(block)
             if self._zero_blocks == 2:
@@ -275,25 +373,11 @@ class TarScanner:
         if not _checksum_ok(block):
             raise TarFormatError(f"bad tar header checksum at offset {at}")
         typeflag = block[156:157]
-        name = _decode(block[0:100])
-        numbers = _header_numbers(block, name, at)
-        size = numbers[3]
+        name, numbers = _read_header(block, at)
         if typeflag in EXTENDED:
-            if size > MAX_EXTENDED_HEADER:
-                raise TarFormatError(f"extended tar header {name!r} of {size} bytes at offset {at}")
-            if typeflag == b"g" and self._pending:
-                # Go drops the extended headers before a global one, tarfile applies them
-                # to the member after it: refused rather than read one way.
-                raise TarFormatError(
-                    f"global PAX header {name!r} at offset {at} between an extended header "
-                    "and its member"
-                )
-            self._extended_type = typeflag
-            self._extended_name, self._extended_at = name, at
-            self._pending += block
-            self._start_data(size)
+            self._start_extended(typeflag, name, numbers[3], block, at)
             return
-        member = self._member_from(block, typeflag, numbers)
+        member = self._member_from(block, typeflag, name, numbers)
         self._member = member
         self._keep = self._include(member) if self._include else True
         if self._keep:
@@ -301,11 +385,35 @@ class TarScanner:
                 self._out(self._pending)
             self._out(block)
         self._pending.clear()
-        self._extended = {}
+        self._long_name = self._long_link = self._pax = None
         wanted = self._keep and self._digests and member.type == "file"
         self._digest = hashlib.sha256() if wanted else None
         # Like POSIX readers, only regular files (and unknown types) carry data blocks.
         self._start_data(member.size)
+
+    def _start_extended(self, typeflag: bytes, name: str, size: int, block: bytes, at: int) -> None:
+        self._extended_type = typeflag
+        self._extended_name, self._extended_at = name, at
+        where = self._extended_description()
+        if size > MAX_EXTENDED_HEADER:
+            raise TarFormatError(f"{where}: {size} bytes long")
+        if typeflag == b"g" and self._pending:
+            # Go drops the extended headers before a global one, tarfile applies them to the
+            # member after it: refused rather than read one way.
+            raise TarFormatError(f"{where}: between an extended header and its member")
+        # Two of a kind for one member: Go keeps the last, tarfile the first.
+        if (
+            (typeflag == b"x" and self._pax is not None)
+            or (typeflag == b"L" and self._long_name is not None)
+            or (typeflag == b"K" and self._long_link is not None)
+        ):
+            raise TarFormatError(f"{where}: a second one for the same member")
+        self._pending += block
+        self._start_data(size)
+
+    def _extended_description(self) -> str:
+        what = _EXTENDED_NAMES.get(self._extended_type or b"", "extended header")
+        return f"{what} {self._extended_name!r} at offset {self._extended_at}"
 
     def _start_data(self, size: int) -> None:
         self._remaining = size
@@ -330,12 +438,16 @@ class TarScanner:
             self._done(member)
 
     def _on_extended(self, typeflag: bytes, data: bytes) -> None:
-        if typeflag == b"L":
-            self._extended["path"] = _decode(data)
-        elif typeflag == b"K":
-            self._extended["linkpath"] = _decode(data)
+        if typeflag in (b"L", b"K"):
+            text = _decode(data)
+            if not text:  # Go ignores an empty one, tarfile does not
+                raise TarFormatError(f"{self._extended_description()}: empty")
+            if typeflag == b"L":
+                self._long_name = text
+            else:
+                self._long_link = text
         elif typeflag == b"x":
-            self._extended.update(self._pax_records(data))
+            self._pax = self._pax_records(data)
         else:
             # A global header is checked and ignored: Go's archive/tar hands it over as a
             # member of its own and the Engine's extractor skips it, so restoring never
@@ -348,21 +460,21 @@ class TarScanner:
         try:
             return _parse_pax(data)
         except ValueError as problem:
-            where = f"PAX header {self._extended_name!r} at offset {self._extended_at}"
-            raise TarFormatError(f"{where}: {problem}") from None
+            raise TarFormatError(f"{self._extended_description()}: {problem}") from None
 
-    def _member_from(self, block: bytes, typeflag: bytes, numbers: list[int]) -> Member:
-        records = self._extended
-        if any(key.startswith("GNU.sparse.") for key in records) or typeflag == b"S":
-            raise TarFormatError("sparse tar members are not supported")
-        if typeflag not in TYPES:
-            raise TarFormatError(f"unsupported tar member type {typeflag!r}")
-        name = _decode(block[0:100])
-        if block[257:263] == b"ustar\0" and block[345] != 0:
-            name = _decode(block[345:500]) + "/" + name
-        name = records.get("path", name)
-        link = records.get("linkpath", _decode(block[157:257]))
-        kind = TYPES[typeflag]
+    def _member_from(self, block: bytes, typeflag: bytes, name: str, numbers: list[int]) -> Member:
+        """Given a member's header and the extended headers before it, return the member as
+        Go's archive/tar reads it; raise TarFormatError where Go refuses it or where tar
+        readers disagree."""
+        kind = TYPES.get(typeflag)
+        if kind is None:
+            if typeflag == b"S":
+                raise TarFormatError(f"member {name!r}: sparse tar members are not supported")
+            raise TarFormatError(f"member {name!r}: unsupported tar member type {typeflag!r}")
+        records = self._pax or {}
+        header_name = name
+        name = _full_name(name, self._long_name, records, "path")
+        link = _full_name(_decode(block[157:257]), self._long_link, records, "linkpath")
         if kind == "file" and name.endswith("/"):
             # Pre-POSIX tars mark directories by a trailing slash and type NUL: Go's
             # archive/tar reads those as directories without data. It reads a type 0 (or 7)
@@ -374,11 +486,19 @@ class TarScanner:
                     "directory's name, which tar readers do not read alike"
                 )
             kind = "dir"
+        if typeflag == b"\0" and name.endswith("/") != header_name.endswith("/"):
+            # Go decides by the long name, tarfile by the header's own: refused.
+            raise TarFormatError(
+                f"member {name!r}: its long name and its header name {header_name!r} differ "
+                "on being a directory"
+            )
         if kind == "hardlink":
             link = normalize_path(link)
         mode, uid, gid, size, header_mtime = numbers
         mtime: float = header_mtime
         if records:
+            if records.get("size") == "":  # Go keeps the header's size, tarfile reads 0
+                raise TarFormatError(f"member {name!r}: empty PAX size")
             uid = _pax_number(records, "uid", _pax_integer, uid, name)
             gid = _pax_number(records, "gid", _pax_integer, gid, name)
             size = _pax_number(records, "size", _pax_integer, size, name)
@@ -405,41 +525,14 @@ class TarScanner:
         )
 
 
-_HEADER_NUMBERS = (
-    ("mode", 100, 108),
-    ("uid", 108, 116),
-    ("gid", 116, 124),
-    ("size", 124, 136),
-    ("mtime", 136, 148),
-)
-
-
-def _header_numbers(block: bytes, name: str, at: int) -> list[int]:
-    """Given a header block, return its mode, uid, gid, size and mtime; raise TarFormatError
-    naming the member if one is not a number."""
-    numbers = []
-    for field, start, end in _HEADER_NUMBERS:
-        value = _number(block[start:end])
-        if value is None or (value < 0 and field == "size"):
-            where = f"member {name!r} (header at offset {at})"
-            raise TarFormatError(f"{where}: bad {field} field {block[start:end]!r}")
-        numbers.append(value)
-    return numbers
-
-
-def _pax_number(
-    records: dict[str, str],
-    key: str,
-    parse: Callable[[str], Number | None],
-    default: Number,
-    name: str,
-) -> Number:
-    """Return the PAX record `key` read by `parse`, or `default` when it is absent or empty
-    (Go's archive/tar keeps the header's value then); raise TarFormatError if it is no number."""
-    value = records.get(key)
-    if not value:
-        return default
-    number = parse(value)
-    if number is None:
-        raise TarFormatError(f"member {name!r}: PAX {key} {value!r} is not a number")
-    return number
+def _full_name(header_value: str, long_value: str | None, records: dict[str, str], key: str) -> str:
+    """Return a member's name (or link name) from its GNU long name, its PAX record or its
+    header. Both long forms at once are refused: Go ranks the GNU one first, tarfile the one
+    that comes first; so is an empty PAX one (Go ignores it, tarfile does not)."""
+    record = records.get(key)
+    if record is not None and (long_value is not None or not record):
+        problem = "both a GNU long name and a PAX" if record else "an empty PAX"
+        raise TarFormatError(f"member {header_value!r}: {problem} {key}")
+    if long_value is not None:
+        return long_value
+    return header_value if record is None else record

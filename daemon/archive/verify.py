@@ -27,7 +27,7 @@ from daemon.archive.encryption import (
 from daemon.archive.manifest import Manifest
 from daemon.archive.safety import PathGuard, UnsafeMember
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
-from daemon.errors import HostileArchive, OperationError
+from daemon.errors import HostileArchive, KeyMissing, OperationError
 from daemon.readahead import read_ahead
 from daemon.repository import ArchiveKey, Repository
 
@@ -97,7 +97,7 @@ def _stream(
         _check_digest(key, manifest, hashing)
         raise _error(key, f"corrupt archive: {error}") from None
     except NoIdentityMatches as error:
-        raise _error(key, str(error)) from None
+        raise KeyMissing(str(error), policy=key.policy, volume=key.volume, archive=key.id) from None
     except EncryptionError as error:  # age authenticates every chunk: this is tampering
         raise _error(key, str(error)) from None
     _check_digest(key, manifest, hashing)
@@ -115,10 +115,12 @@ def _opened(
     if manifest.encryption is None:
         return stored
     if identities is None:
-        raise _error(
-            key,
+        raise KeyMissing(
             f"the archive is encrypted to {', '.join(manifest.recipients)}: restoring or "
             "drilling it needs one of their identities (encryption.age.identity_file)",
+            policy=key.policy,
+            volume=key.volume,
+            archive=key.id,
         )
     return decrypting_reader(stored, identities, encrypted_to=manifest.recipients)
 
