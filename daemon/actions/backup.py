@@ -12,6 +12,7 @@ import structlog
 
 from daemon.actions.context import Context
 from daemon.actions.copies import Copies
+from daemon.actions.failures import volume_failure
 from daemon.actions.prune import prune_after_backup
 from daemon.archive.compression import SUFFIXES, compressor
 from daemon.archive.digest import HashingWriter
@@ -235,23 +236,19 @@ def run_backup(
     results = []
     failures: list[OperationError] = []
     for name in policy_volumes(ctx.docker(), policy, requested):
-        with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
-            try:
-                with (
-                    ctx.volume_lock(name, f"backup of {policy.name}"),
-                    ctx.history.operation("backup", policy.name, name) as operation,
-                ):
-                    published = back_up_one(ctx, policy, repositories, name)
-                    operation.archive = published.manifest.id
-                    operation.bytes = published.manifest.size
-                    results.append(published)
-                    report(published)
-                    if published.failures:
-                        raise partial_failure(published.failures)
-            except OperationError as error:
-                error.policy, error.volume = policy.name, name
-                log.error("backup failed", error=error.message)
-                failures.append(error)
+        with (
+            structlog.contextvars.bound_contextvars(policy=policy.name, volume=name),
+            volume_failure(failures, "backup", policy.name, name),
+            ctx.volume_lock(name, f"backup of {policy.name}"),
+            ctx.history.operation("backup", policy.name, name) as operation,
+        ):
+            published = back_up_one(ctx, policy, repositories, name)
+            operation.archive = published.manifest.id
+            operation.bytes = published.manifest.size
+            results.append(published)
+            report(published)
+            if published.failures:
+                raise partial_failure(published.failures)
     if failures:
         raise combined_failure(failures, "backup", policy.name)
     return results

@@ -32,6 +32,7 @@ import requests
 import structlog
 
 from daemon.actions.context import Context
+from daemon.actions.failures import volume_failure
 from daemon.actions.restore import extract_into
 from daemon.archive.compare import Comparison, compare_trees
 from daemon.archive.encryption import Identities
@@ -110,22 +111,20 @@ def run_drill(
     records: list[DrillRecord] = []
     failures: list[OperationError] = []
     for name in names:
-        with structlog.contextvars.bound_contextvars(policy=policy.name, volume=name):
-            try:
-                with ctx.volume_lock(name, f"drill of {policy.name}"):
-                    for repository, key in choose_archives(repositories, policy, name, archive_id):
-                        try:
-                            record = _recorded_drill(ctx, api, repository, policy, key)
-                        except DrillFailed as failure:
-                            record = failure.record
-                            failures.append(failure)
-                        records.append(record)
-                        if report is not None:
-                            report(record)
-            except OperationError as error:
-                error.policy, error.volume = policy.name, name
-                log.error("drill failed", error=error.message)
-                failures.append(error)
+        with (
+            structlog.contextvars.bound_contextvars(policy=policy.name, volume=name),
+            volume_failure(failures, "drill", policy.name, name),
+            ctx.volume_lock(name, f"drill of {policy.name}"),
+        ):
+            for repository, key in choose_archives(repositories, policy, name, archive_id):
+                try:
+                    record = _recorded_drill(ctx, api, repository, policy, key)
+                except DrillFailed as failure:
+                    record = failure.record
+                    failures.append(failure)
+                records.append(record)
+                if report is not None:
+                    report(record)
     if failures:
         raise combined_failure(failures, "drill", policy.name)
     return records

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 import structlog
 
 from daemon.actions.context import Context
+from daemon.actions.failures import volume_failure
 from daemon.archive.manifest import Manifest
 from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError, combined_failure
@@ -89,23 +90,20 @@ def run_prune(
         for name in volumes or stored[repository.name]:
             if name not in stored[repository.name]:
                 continue
-            with structlog.contextvars.bound_contextvars(
-                policy=policy.name, volume=name, storage=repository.name
+            with (
+                structlog.contextvars.bound_contextvars(
+                    policy=policy.name, volume=name, storage=repository.name
+                ),
+                volume_failure(failures, "prune", policy.name, name),
+                ctx.volume_lock(name, f"prune of {policy.name}"),
             ):
-                try:
-                    with ctx.volume_lock(name, f"prune of {policy.name}"):
-                        if dry_run:
-                            decisions = prune_volume(policy, repository, name, dry_run=True)
-                        else:
-                            decisions = _recorded_prune(ctx, policy, repository, name)
-                except OperationError as error:
-                    error.policy, error.volume = policy.name, name
-                    log.error("prune failed", error=error.message)
-                    failures.append(error)
-                    continue
-            pruned[repository.name, name] = decisions
-            if report is not None:
-                report(repository, name, decisions)
+                if dry_run:
+                    decisions = prune_volume(policy, repository, name, dry_run=True)
+                else:
+                    decisions = _recorded_prune(ctx, policy, repository, name)
+                pruned[repository.name, name] = decisions
+                if report is not None:
+                    report(repository, name, decisions)
     if failures:
         raise combined_failure(failures, "prune", policy.name)
     return pruned
