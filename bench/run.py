@@ -1,13 +1,26 @@
-"""volkeep's benchmark: backup, restore and drill against the baselines of issue 2.
+"""volkeep's benchmark: backup, restore and drill, on local storage, on S3 and encrypted.
 
     python3 bench/run.py [--runs 3] [--image volkeep-helper:busybox] [--skip-naive]
+                         [--only local,s3,encryption] [--json PATH]
 
 Builds (once, then reuses) a ~1 GiB mixed volume, a ~100 MiB volume and a 10,000-tiny-file
-volume, then times with a warm page cache, medians of --runs: volkeep backup and restore,
-the naive peer approach (busybox `tar -czf` through `docker run`, and its restore), the
-container stream limit (`tar -cf` with log driver none), the container write limit
-(`tar -xf` through `docker run -i`), and the raw host limit. Prints MB/s, the ratios the
-targets are stated in, the compression ratio and volkeep's peak RSS per volume.
+volume, then times with a warm page cache, medians of --runs:
+
+- local: volkeep backup, restore and drill of every volume to local storage; for the mixed
+  volume the naive peer approach (busybox `tar -czf` through `docker run`, and its
+  restore), the container stream limit (`tar -cf` with log driver none), the container
+  write limit (`tar -xf` through `docker run -i`) and the raw host limit;
+- s3: a SeaweedFS on loopback (started here in its own temporary directory, killed at the
+  end); the mixed volume backed up to s3 only and to [local, s3], restored (into a fresh
+  volume) and drilled from s3;
+- encryption: the mixed volume backed up, restored and drilled on local storage with age
+  encryption (a key generated for the run).
+
+The mixed volume's local backup, restore and drill are the reference of every ratio, so
+they always run; the s3 and encryption cases are interleaved with them round by round (a
+shared machine drifts, and a ratio should compare like with like). `--only` picks parts.
+Prints MB/s, the ratios the targets are stated in, the compression ratio and volkeep's
+peak RSS for every command.
 """
 
 from __future__ import annotations
@@ -24,14 +37,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import docker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PREFIX = "vkbench_"
 MIXED, MEDIUM, TINY = PREFIX + "mixed", PREFIX + "medium", PREFIX + "tiny"
 TARGET = PREFIX + "target"
 MB = 1e6
+PARTS = ("local", "s3", "encryption")
+BUCKET = "vkbench"
+RSS_LIMIT_MIB = 150
 
 
 def mountpoint(api: docker.APIClient, volume: str) -> Path:
@@ -101,6 +121,10 @@ def warm(root: Path) -> None:
     subprocess.run(raw_tar(root), check=True)
 
 
+def sync() -> None:
+    subprocess.run(["sync"], check=True)
+
+
 def raw_tar(root: Path) -> list[str]:
     """The raw host limit: host tar of the volume's directory, piped to nothing."""
     return ["sh", "-c", 'tar -cf - -C "$1" . | cat > /dev/null', "raw-tar", str(root)]
@@ -134,8 +158,45 @@ def timed(
         if code != 0:
             stderr_file.seek(0)
             error = stderr_file.read().decode(errors="replace")
-            raise SystemExit(f"failed: {command}\n{error[-2000:]}")
+            raise SystemExit(f"failed (exit {code}): {command}\n{error[-2000:]}")
         return elapsed, int(rss_file.read())
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed command: `prepare` runs before each run, untimed."""
+
+    label: str
+    prepare: Callable[[], None]
+    command: Callable[[], list[str]]
+    stdin: Path | None = None
+    stdout: Path | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of keeping the mixed volume: a policy of the benchmark's config."""
+
+    key: str
+    label: str
+    policy: str
+    storage: str  # where `list` reads the archive size
+    restores: bool = True  # also restored and drilled (a fan-out's copies are the others')
+
+
+VARIANTS = {
+    "local": Variant("local", "local", "bench", "local"),
+    "s3": Variant("s3", "s3 only", "s3only", "offsite"),
+    "fanout": Variant("fanout", "[local, s3]", "fanout", "local", restores=False),
+    "encrypted": Variant("encrypted", "age, local", "sealed", "local"),
+}
+
+
+def variant_label(label: str, variant: Variant) -> str:
+    return label if variant.key == "local" else f"{label}, {variant.label}"
+
+
+PART_VARIANTS = {"local": ["local"], "s3": ["s3", "fanout"], "encryption": ["encrypted"]}
 
 
 class Bench:
@@ -154,39 +215,109 @@ class Bench:
             "--state-dir", str(self.state), "--log-format", "json", *args,
         ]  # fmt: skip
 
-    def write_config(self) -> None:
-        policy = {"storage": "local", "helper_image": self.image, "volumes": [MIXED, MEDIUM, TINY]}
+    def write_config(
+        self, s3: dict[str, object] | None = None, encryption: dict[str, object] | None = None
+    ) -> None:
+        """The local policy `bench` of every volume; with `s3` (a storage entry) the mixed
+        volume's `s3only` and `fanout` policies; with `encryption`, its `sealed` policy."""
+        storages: dict[str, object] = {"local": {"type": "local", "path": str(self.repo)}}
+        common = {"helper_image": self.image}
+        policies: dict[str, object] = {
+            "bench": {**common, "storage": "local", "volumes": [MIXED, MEDIUM, TINY]}
+        }
+        if s3 is not None:
+            storages["offsite"] = s3
+            policies["s3only"] = {**common, "storage": "offsite", "volumes": [MIXED]}
+            policies["fanout"] = {**common, "storage": ["local", "offsite"], "volumes": [MIXED]}
+        if encryption is not None:
+            policies["sealed"] = {
+                **common, "storage": "local", "volumes": [MIXED], "encryption": encryption,
+            }  # fmt: skip
         self.config.write_text(
-            json.dumps(
-                {
-                    "version": 1,
-                    "storage": {"local": {"type": "local", "path": str(self.repo)}},
-                    "policies": {"bench": policy},
-                }
-            )
+            json.dumps({"version": 1, "storage": storages, "policies": policies}, indent=1)
         )
+        check = subprocess.run(self.volkeep("validate"), capture_output=True, text=True)
+        if check.returncode != 0:
+            raise SystemExit(f"the benchmark's config is refused:\n{check.stdout}{check.stderr}")
 
     def fresh_target(self) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             self.api.remove_volume(TARGET, force=True)
-        subprocess.run(["sync"], check=True)
+        sync()
 
-    def median(self, label: str, prepare: Callable[[], None], command: Callable[[], list[str]],
-               **kwargs: object) -> tuple[float, int]:  # fmt: skip
-        times, peak = [], 0
-        for _ in range(self.runs):
-            prepare()
-            seconds, rss = timed(command(), **kwargs)  # type: ignore[arg-type]
-            times.append(seconds)
-            peak = max(peak, rss)
-        result = statistics.median(times)
-        print(f"  {label:<44} {result:7.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)})",
-              flush=True)  # fmt: skip
-        return result, peak
+    def interleaved(self, cases: list[Case]) -> dict[str, tuple[float, int]]:
+        """Run every case --runs times, round by round (each round starting one case later),
+        print each median with its runs, and return {label: (median seconds, peak RSS KiB)}."""
+        times: dict[str, list[float]] = {case.label: [] for case in cases}
+        peaks = dict.fromkeys(times, 0)
+        for index in range(self.runs):
+            shift = index % len(cases)
+            for case in cases[shift:] + cases[:shift]:
+                case.prepare()
+                seconds, rss = timed(case.command(), stdin=case.stdin, stdout=case.stdout)
+                times[case.label].append(seconds)
+                peaks[case.label] = max(peaks[case.label], rss)
+        results = {}
+        width = max(44, *(len(case.label) for case in cases))
+        for case in cases:
+            result = statistics.median(times[case.label])
+            runs = ", ".join(f"{t:.2f}" for t in times[case.label])
+            print(f"  {case.label:<{width}} {result:7.2f} s  (runs: {runs})", flush=True)
+            results[case.label] = (result, peaks[case.label])
+        return results
+
+    def median(
+        self,
+        label: str,
+        prepare: Callable[[], None],
+        command: Callable[[], list[str]],
+        stdin: Path | None = None,
+        stdout: Path | None = None,
+    ) -> tuple[float, int]:
+        return self.interleaved([Case(label, prepare, command, stdin, stdout)])[label]
+
+    def archive_size(self, policy: str, volume: str, storage: str) -> float:
+        """The median size of the volume's backups in one storage, as `list --json` says."""
+        listing = subprocess.run(
+            self.volkeep("list", policy, "--volume", volume, "--storage", storage, "--json"),
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if listing.returncode != 0:
+            raise SystemExit(f"failed: volkeep list {policy}\n{listing.stderr[-2000:]}")
+        rows = [row for row in json.loads(listing.stdout) if row["kind"] == "backup"]
+        if not rows:
+            raise SystemExit(f"volkeep list {policy} --storage {storage}: no archive of {volume}")
+        return float(statistics.median(int(row["size"]) for row in rows))
+
+    def mixed(self, variants: list[Variant]) -> dict[str, dict[str, float]]:
+        """Backup, restore and drill of the mixed volume in each variant, interleaved."""
+        root = mountpoint(self.api, MIXED)
+        restorable = [variant for variant in variants if variant.restores]
+        operations = {
+            "backup": ("volkeep backup", lambda: warm(root), ()),
+            "restore": ("volkeep restore (fresh volume)", self.fresh_target, ("--to", TARGET)),
+            "drill": ("volkeep drill (check, restore, read back, compare)", sync,
+                      ("--archive", "latest")),
+        }  # fmt: skip
+        results: dict[str, dict[str, float]] = {variant.key: {} for variant in variants}
+        for operation, (label, prepare, extra) in operations.items():
+            chosen = variants if operation == "backup" else restorable
+            cases = [
+                Case(variant_label(label, variant), prepare,
+                     partial(self.volkeep, operation, variant.policy, "--volume", MIXED, *extra))
+                for variant in chosen
+            ]  # fmt: skip
+            measured = self.interleaved(cases)
+            for variant in chosen:
+                seconds, rss = measured[variant_label(label, variant)]
+                results[variant.key] |= {operation: seconds, f"{operation}_rss_mib": rss / 1024}
+        for variant in variants:
+            size = self.archive_size(variant.policy, MIXED, variant.storage)
+            results[variant.key]["archive_size"] = size
+        return results
 
     def backup_and_restore(self, volume: str) -> dict[str, float]:
         root = mountpoint(self.api, volume)
-        shutil.rmtree(self.repo / "bench" / volume, ignore_errors=True)
         backup, backup_rss = self.median(
             "volkeep backup", lambda: warm(root), lambda: self.volkeep("backup", "bench",
                                                                         "--volume", volume)
@@ -198,11 +329,9 @@ class Bench:
         )
         drill, drill_rss = self.median(
             "volkeep drill (check, restore, read back, compare)",
-            lambda: subprocess.run(["sync"], check=True),
+            sync,
             lambda: self.volkeep("drill", "bench", "--volume", volume, "--archive", "latest"),
         )
-        stored = [p for p in (self.repo / "bench" / volume).glob("*.tar.zst")]
-        archive_size = statistics.median(p.stat().st_size for p in stored)
         return {
             "backup": backup,
             "restore": restore,
@@ -210,7 +339,7 @@ class Bench:
             "backup_rss_mib": backup_rss / 1024,
             "restore_rss_mib": restore_rss / 1024,
             "drill_rss_mib": drill_rss / 1024,
-            "archive_size": archive_size,
+            "archive_size": self.archive_size("bench", volume, "local"),
         }
 
     def baselines(self, volume: str, skip_naive: bool) -> dict[str, float]:
@@ -259,59 +388,174 @@ class Bench:
         return results
 
 
+def parse_parts(text: str) -> list[str]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(
+            f"unknown part {', '.join(unknown) or '(none)'}: choose from {', '.join(PARTS)}"
+        )
+    return parts
+
+
+def age_encryption(work: Path) -> dict[str, object]:
+    """A fresh age key: the identity in a file of mode 0600, the recipient in the policy."""
+    from pyrage import x25519
+
+    identity = x25519.Identity.generate()
+    identity_file = work / "age-identity.txt"
+    descriptor = os.open(identity_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as key:
+        key.write(f"{identity}\n")
+    return {"age": {"recipients": [str(identity.to_public())],
+                    "identity_file": str(identity_file)}}  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--image", default="volkeep-helper:busybox")
     parser.add_argument("--skip-naive", action="store_true", help="skip the slow gzip peer")
+    parser.add_argument(
+        "--only", type=parse_parts, default=list(PARTS), metavar="PARTS",
+        help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all); the mixed "
+        "volume's local backup, restore and drill always run: every ratio is against them",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    parts: list[str] = args.only
     api = docker.APIClient(timeout=600)
     build_volume(api, MIXED, fill_mixed)
-    build_volume(api, MEDIUM, fill_medium)
-    build_volume(api, TINY, fill_tiny)
+    if "local" in parts:
+        build_volume(api, MEDIUM, fill_medium)
+        build_volume(api, TINY, fill_tiny)
     work = Path(tempfile.mkdtemp(prefix="volkeep-bench-", dir="/var/tmp"))
     bench = Bench(api, args.image, args.runs, work)
-    bench.write_config()
     report: dict[str, dict[str, float]] = {}
+    variants: dict[str, dict[str, float]] = {}
+    seaweed = None
+    seaweed_root = None
     try:
-        for volume in (MIXED, MEDIUM, TINY):
+        s3_storage = None
+        if "s3" in parts:
+            from tests.support.seaweed import SeaweedServer
+
+            seaweed_root = Path(tempfile.mkdtemp(prefix="volkeep-bench-s3-", dir="/var/tmp"))
+            seaweed = SeaweedServer(seaweed_root)
+            print(f"starting SeaweedFS in {seaweed_root} ...", flush=True)
+            seaweed.start()
+            s3_storage = {
+                "type": "s3",
+                "bucket": seaweed.create_bucket(BUCKET),
+                "endpoint": seaweed.endpoint,
+                "region": "us-east-1",
+                "path_style": True,
+                "credentials_file": str(seaweed.credentials_file(work / "s3.credentials")),
+            }
+        encryption = age_encryption(work) if "encryption" in parts else None
+        bench.write_config(s3_storage, encryption)
+        chosen = ["local"] + [key for part in parts if part != "local"
+                              for key in PART_VARIANTS[part]]  # fmt: skip
+        size = volume_bytes(mountpoint(api, MIXED))
+        print(f"\n{MIXED}: {size / MB:.0f} MB ({', '.join(VARIANTS[k].label for k in chosen)})",
+              flush=True)  # fmt: skip
+        variants = bench.mixed([VARIANTS[key] for key in chosen])
+        report[MIXED] = dict(variants["local"])
+        if "local" in parts:
+            report[MIXED] |= bench.baselines(MIXED, args.skip_naive)
+        report[MIXED]["bytes"] = size
+        for volume in (MEDIUM, TINY) if "local" in parts else ():
             size = volume_bytes(mountpoint(api, volume))
             print(f"\n{volume}: {size / MB:.0f} MB", flush=True)
-            results = bench.backup_and_restore(volume)
-            if volume == MIXED:
-                results |= bench.baselines(volume, args.skip_naive)
-            results["bytes"] = size
-            report[volume] = results
+            report[volume] = bench.backup_and_restore(volume) | {"bytes": size}
     finally:
         bench.fresh_target()
+        if seaweed is not None:
+            seaweed.kill()
+        if seaweed_root is not None:
+            shutil.rmtree(seaweed_root, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-    summarize(report)
+    summarize(report, variants)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        args.json.write_text(json.dumps({"volumes": report, "mixed": variants}, indent=1))
     return 0
 
 
-def summarize(report: dict[str, dict[str, float]]) -> None:
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def summarize(report: dict[str, dict[str, float]], variants: dict[str, dict[str, float]]) -> None:
     mixed = report[MIXED]
-    rate = lambda seconds: mixed["bytes"] / seconds / MB  # noqa: E731
+
+    def rate(seconds: float) -> float:
+        return mixed["bytes"] / seconds / MB
+
     print("\n== mixed volume, MB/s (median)")
     for key in ("raw_host", "stream_limit", "backup", "naive_backup", "write_limit", "restore",
                 "naive_restore", "drill"):  # fmt: skip
         if key in mixed:
             print(f"  {key:<14} {rate(mixed[key]):8.1f} MB/s  {mixed[key]:7.2f} s")
+
+    print("\n== mixed volume by storage and encryption: seconds (median), MB/s, peak RSS MiB")
+    print(f"  {'variant':<12} {'backup':>7} {'MB/s':>6} {'restore':>8} {'MB/s':>6} {'drill':>6}"
+          f" {'RSS backup':>11} {'restore':>8} {'drill':>6} {'archive':>10}")  # fmt: skip
+    for key, results in variants.items():
+        if "restore" in results:
+            restore = (f"{results['restore']:8.2f} {rate(results['restore']):6.1f}"
+                       f" {results['drill']:6.2f}")  # fmt: skip
+            restore_rss = f"{results['restore_rss_mib']:8.1f} {results['drill_rss_mib']:6.1f}"
+        else:
+            restore, restore_rss = f"{'-':>8} {'-':>6} {'-':>6}", f"{'-':>8} {'-':>6}"
+        print(f"  {VARIANTS[key].label:<12} {results['backup']:7.2f}"
+              f" {rate(results['backup']):6.1f} {restore} {results['backup_rss_mib']:11.1f}"
+              f" {restore_rss} {results['archive_size'] / MB:7.1f} MB")  # fmt: skip
+
     print("\n== targets")
     if "naive_backup" in mixed:
         speedup = mixed["naive_backup"] / mixed["backup"]
-        print(f"  backup vs naive gzip helper:   {speedup:5.1f}x faster   (target >= 8x)")
-    print(f"  backup / container stream limit: {mixed['backup'] / mixed['stream_limit']:5.2f}"
-          "          (target <= 2.0)")  # fmt: skip
-    print(f"  restore / container write limit: {mixed['restore'] / mixed['write_limit']:5.2f}"
-          "          (target <= 1.3)")  # fmt: skip
-    print(f"  compression ratio (zstd):        {mixed['bytes'] / mixed['archive_size']:5.2f}")
+        print(f"  backup vs naive gzip helper:     {speedup:5.1f}x faster  (target >= 8x)"
+              f"    {verdict(speedup >= 8)}")  # fmt: skip
+    ratio_lines: list[tuple[str, float, float | None]] = []
+    if "stream_limit" in mixed:
+        ratio_lines += [
+            ("backup / container stream limit", mixed["backup"] / mixed["stream_limit"], 2.0),
+            ("restore / container write limit", mixed["restore"] / mixed["write_limit"], 1.3),
+        ]
+    local = variants["local"]
+    if "fanout" in variants:
+        ratio_lines += [
+            ("backup [local, s3] / local backup", variants["fanout"]["backup"] / local["backup"],
+             1.3),
+            ("backup s3 only / local backup", variants["s3"]["backup"] / local["backup"], None),
+            ("restore from s3 / from local", variants["s3"]["restore"] / local["restore"], 1.2),
+            ("drill from s3 / from local", variants["s3"]["drill"] / local["drill"], None),
+        ]  # fmt: skip
+    if "encrypted" in variants:
+        sealed = variants["encrypted"]
+        ratio_lines += [
+            ("encrypted / plain backup", sealed["backup"] / local["backup"], 1.15),
+            ("encrypted / plain restore", sealed["restore"] / local["restore"], 1.15),
+            ("encrypted / plain drill", sealed["drill"] / local["drill"], None),
+        ]
+    for label, ratio, target in ratio_lines:
+        goal = f"(target <= {target})  {verdict(ratio <= target)}" if target else "(no target)"
+        print(f"  {label + ':':<34} {ratio:5.2f}          {goal}")
+    print(f"  compression ratio (zstd):          {mixed['bytes'] / mixed['archive_size']:5.2f}")
     if "naive_size" in mixed:
-        print(f"  compression ratio (naive gzip):  {mixed['bytes'] / mixed['naive_size']:5.2f}")
-    print("\n== per volume: seconds, and peak RSS of volkeep in MiB (target < 150, flat)")
+        print(f"  compression ratio (naive gzip):    {mixed['bytes'] / mixed['naive_size']:5.2f}")
+    peaks = [
+        (f"{name} {operation}", results[f"{operation}_rss_mib"])
+        for name, results in [*((VARIANTS[k].label, r) for k, r in variants.items()),
+                              *((v, r) for v, r in report.items() if v != MIXED)]
+        for operation in ("backup", "restore", "drill") if f"{operation}_rss_mib" in results
+    ]  # fmt: skip
+    worst, worst_mib = max(peaks, key=lambda peak: peak[1])
+    print(f"  peak RSS of every volkeep command: {worst_mib:5.1f} MiB ({worst})"
+          f"  (target < {RSS_LIMIT_MIB} MiB)  {verdict(worst_mib < RSS_LIMIT_MIB)}")  # fmt: skip
+
+    print(f"\n== per volume (local storage): seconds, and peak RSS of volkeep in MiB"
+          f" (target < {RSS_LIMIT_MIB}, flat)")  # fmt: skip
     print(f"  {'volume':<16} {'size':>8} {'backup':>7} {'restore':>8} {'drill':>6}"
           f" {'RSS backup':>11} {'restore':>8} {'drill':>6}")  # fmt: skip
     for volume, results in report.items():
