@@ -22,7 +22,7 @@ from daemon.actions.context import Context
 from daemon.actions.drill import run_drill
 from daemon.actions.listing import ArchiveRow, drill_summary, list_archives
 from daemon.actions.prune import run_prune
-from daemon.actions.restore import restore_volume
+from daemon.actions.restore import RestoreRequest, restore_volume
 from daemon.actions.status import collect_status, describe_status
 from daemon.actions.validate import validate
 from daemon.archive.records import DrillRecord
@@ -113,6 +113,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     restore.add_argument(
         "--force", action="store_true", help="replace a non-empty target (saved first)"
+    )
+    restore.add_argument(
+        "--stop-containers",
+        action="store_true",
+        help="stop the running containers that use the target for the restore, and start "
+        "them again after it (without it, such a target is refused)",
+    )
+    restore.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="restore only the members matching PATTERN (repeat; exclude-pattern syntax: "
+        "'uploads/2024/', '*.conf', 'app/config.yml'); the target is not emptied",
     )
     _storage_and_host(restore, "read (default: the first of the policy's that holds it)")
 
@@ -244,15 +258,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_list(args, rows)
     elif args.command == "restore":
         policy = ctx.policy(args.policy)
-        result = restore_volume(
-            ctx,
-            policy,
-            args.volume,
-            args.archive,
-            args.target or args.volume,
-            args.force,
+        request = RestoreRequest(
             storage=args.storage,
             host=args.host,
+            force=args.force,
+            stop_containers=args.stop_containers,
+            paths=tuple(args.path),
+        )
+        result = restore_volume(
+            ctx, policy, args.volume, args.archive, args.target or args.volume, request
         )
         if result.safety_archive:
             print(

@@ -38,7 +38,7 @@ from daemon.archive.compare import Comparison, compare_trees
 from daemon.archive.encryption import Identities
 from daemon.archive.records import DrillRecord
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
-from daemon.archive.verify import MembersDiffer, verify_archive
+from daemon.archive.verify import MembersDiffer, StoredArchive
 from daemon.config.model import DrillChoice, DrillConfig, Policy
 from daemon.docker.client import engine_failure
 from daemon.docker.helpers import helper_labels
@@ -100,7 +100,12 @@ def run_drill(
     policy = ctx.policy(policy_name)
     chosen = storage or _drill_storage(policy)
     repositories = ctx.repositories(policy, storage=chosen, host=host)
-    names = volumes or drillable_volumes(repositories[0], policy.name)
+    if volumes:
+        names = volumes
+    elif archive_id is not None:  # an archive whose manifest is gone is still found
+        names = repositories[0].volumes(policy.name)
+    else:
+        names = drillable_volumes(repositories[0], policy.name)
     if archive_id is not None and len(names) != 1:
         raise UsageError("--archive names an archive of one volume: add --volume")
     if not names:
@@ -251,9 +256,10 @@ def drill_archive(
     try:
         encrypted = repository.read_manifest(key, entries=False).encryption is not None
         manifest = repository.read_manifest(key, identities=identities)
-        checked = verify_archive(repository, key, manifest, identities)
+        archive = StoredArchive(repository, key, manifest, identities)
         with scratch_volume(api, key.volume) as scratch:
-            extract_into(api, checked, image, scratch, key.volume)
+            # one pass: checked as it streams into the scratch volume
+            extract_into(api, archive, image, scratch, key.volume)
             restore_seconds, restored = time.monotonic() - started, manifest.tar_size
             found = read_back(api, image, scratch, key.volume, manifest.tar_size)
         comparison = compare_trees(manifest.entries, found)

@@ -1,20 +1,30 @@
 """Restore an archive into a volume.
 
-1. Find the archive and read its manifest.
-2. Check it whole before touching any volume: SHA-256 and size against the manifest, every
-   member header against the path-safety rules and against the manifest's entries.
-3. Prepare the target: create it if missing; a non-empty target needs --force, and then its
-   content is first saved as a safety archive and the target emptied.
-4. Stream the archive again, decompressed, into the Engine's archive endpoint on a helper
-   container that mounts the target (dockerd extracts it, keeping ownership, modes and the
-   mtimes of directories and symlinks, which busybox tar would drop); re-check the SHA-256.
-5. Give the volume root its recorded owner, mode and mtime (the Engine skips the root).
-A target volkeep created is removed again if the restore fails.
+1. Find the archive (the first of the policy's storages that holds it) and read its
+   manifest; lock the source volume (no prune removes the archive meanwhile) and the target.
+2. Never under a running application (SPEC promise 11): containers that use the target
+   and run are refused, or with --stop-containers stopped through the crash-safe journal
+   and started again after the restore.
+3. Prepare the target: create it if missing. A non-empty target needs --force: its content
+   is saved first as a safety archive while, at the same time, the archive is checked whole
+   (SHA-256 and size, path safety, members against the manifest's entries); then the
+   target is emptied (not with --path: a partial restore writes over what it restores).
+4. Stream the archive, decompressed (and decrypted), into the Engine's archive endpoint on
+   a helper container that mounts the target (dockerd extracts it, keeping ownership, modes
+   and the mtimes of directories and symlinks, which busybox tar would drop). A target
+   volkeep created, or found empty, is restored in one pass: the checks run as the archive
+   streams, and a fault found late removes (or empties) the target again.
+5. Create the symlinks the Engine refuses (relative targets that climb above the volume
+   root: ordinary content, SPEC §5.5) as recorded, then give their parent directories and
+   the volume root their recorded owner, mode and mtime.
 """
 
 from __future__ import annotations
 
+import contextlib
+import posixpath
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import docker
@@ -22,8 +32,11 @@ import structlog
 
 from daemon.actions.backup import BackupSource, back_up_volume
 from daemon.actions.context import Context
-from daemon.archive.verify import Verified, archive_chunks, verify_archive
+from daemon.archive.select import leaves_the_target, select_members
+from daemon.archive.tarstream import Member
+from daemon.archive.verify import StoredArchive, archive_chunks, verify_archive
 from daemon.config.model import Policy
+from daemon.docker.containers import containers_using, stop_order
 from daemon.docker.helpers import (
     WRITE_CAPABILITIES,
     Mount,
@@ -31,14 +44,27 @@ from daemon.docker.helpers import (
     put_archive,
     run_helper,
 )
-from daemon.docker.volumes import create_volume, inspect_volume, remove_volume
-from daemon.errors import OperationError
+from daemon.docker.volumes import VolumeInfo, create_volume, inspect_volume, remove_volume
+from daemon.errors import OperationError, UsageError
+from daemon.journal import containers_stopped
 from daemon.progress import Progress
 from daemon.readahead import read_ahead
 from daemon.repository import locate
 
 log = structlog.get_logger()
 TARGET = "/dst"
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """How to restore: from which storage and host, with --force, --stop-containers,
+    --path."""
+
+    storage: str | None = None
+    host: str | None = None
+    force: bool = False
+    stop_containers: bool = False
+    paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,34 +95,107 @@ def empty_volume(api: docker.APIClient, image: str, volume: str) -> None:
 
 
 def extract_into(
-    api: docker.APIClient, checked: Verified, image: str, target: str, owner: str
+    api: docker.APIClient,
+    archive: StoredArchive,
+    image: str,
+    target: str,
+    owner: str,
+    selected: set[str] | None = None,
 ) -> None:
-    """Stream the checked archive into the target volume through the Engine's archive
-    endpoint, then give the volume root its recorded owner, mode and mtime."""
-    manifest = checked.manifest
+    """Stream the archive (only the `selected` members, if given) into the target volume
+    through the Engine's archive endpoint, checking it as it passes; then create the
+    symlinks the Engine refuses and give the volume root its recorded owner, mode and
+    mtime. Raise OperationError if the archive or the extraction fails."""
+    manifest = archive.manifest
+    deferred: list[Member] = []
+    deferred_paths: set[str] = set()
+
+    def include(member: Member) -> bool:
+        if selected is not None and member.path not in selected:
+            return False
+        to_a_deferred = member.type == "hardlink" and member.link in deferred_paths
+        if leaves_the_target(member) or to_a_deferred:
+            deferred.append(member)
+            deferred_paths.add(member.path)
+            return False
+        return True
+
     progress = Progress(f"restoring into {target}", total=manifest.tar_size)
     with helper_container(api, image, ["true"], [Mount(target, TARGET, read_only=False)]) as helper:
         try:
             # The next pieces are read, checked and decompressed while dockerd takes these.
-            pieces = read_ahead(archive_chunks(checked))
+            pieces = read_ahead(archive_chunks(archive, include))
             put_archive(api, helper, TARGET, _counted(pieces, progress))
         except docker.errors.APIError as error:
             raise OperationError(
                 f"the Docker engine failed to extract: {error.explanation}"
             ) from None
     progress.finish()
+    if deferred:
+        _create_links(api, image, target, owner, deferred, manifest.entries)
     root = next((entry for entry in manifest.entries if entry.path == "."), None)
-    if root is None:
+    if root is None or selected is not None:
         return
     fix_root = 'chown "$1" /dst && chmod "$2" /dst && touch -m -d "@$3" /dst'
     command = ["sh", "-c", fix_root, "volkeep", f"{root.uid}:{root.gid}", f"{root.mode:o}"]
     command.append(str(int(root.mtime)))
+    _write_helper(
+        api, image, target, owner, command, "cannot restore the volume root's owner and mode"
+    )
+
+
+# Positional arguments: the number of links, then per link its kind ("s" symlink, "h" hard
+# link), path, target, owner and mtime; then pairs of directory and mtime to set again.
+CREATE_LINKS = """
+n=$1; shift
+while [ "$n" -gt 0 ]; do
+  if [ "$1" = s ]; then
+    ln -s -- "$3" "/dst/$2" && chown -h "$4" "/dst/$2" && touch -h -m -d "@$5" "/dst/$2" || exit 1
+  else
+    ln -- "/dst/$3" "/dst/$2" || exit 1
+  fi
+  shift 5; n=$((n - 1))
+done
+while [ "$#" -gt 0 ]; do touch -m -d "@$2" "/dst/$1" || exit 1; shift 2; done
+"""
+LINKS_PER_HELPER = 500
+
+
+def _create_links(
+    api: docker.APIClient,
+    image: str,
+    target: str,
+    owner: str,
+    links: list[Member],
+    entries: list[Member],
+) -> None:
+    """Create the links the Engine's extractor refuses, as recorded, and give their parent
+    directories their recorded mtime again (creating a link changes it)."""
+    parents = {posixpath.dirname(link.path) or "." for link in links}
+    directories = [entry for entry in entries if entry.type == "dir" and entry.path in parents]
+    for start in range(0, len(links), LINKS_PER_HELPER):
+        batch = links[start : start + LINKS_PER_HELPER]
+        arguments = [str(len(batch))]
+        for link in batch:
+            kind = "s" if link.type == "symlink" else "h"
+            owned = f"{link.uid}:{link.gid}"
+            arguments += [kind, link.path, link.link or "", owned, str(int(link.mtime))]
+        last = start + LINKS_PER_HELPER >= len(links)
+        for directory in directories if last else []:
+            arguments += [directory.path, str(int(directory.mtime))]
+        command = ["sh", "-c", CREATE_LINKS, "volkeep", *arguments]
+        _write_helper(api, image, target, owner, command, "cannot create the archive's symlinks")
+
+
+def _write_helper(
+    api: docker.APIClient, image: str, target: str, owner: str, command: list[str], doing: str
+) -> None:
     mounts = [Mount(target, TARGET, read_only=False)]
     code, _, stderr = run_helper(
         api, image, command, mounts, capabilities=WRITE_CAPABILITIES, owner=owner
     )
     if code != 0:
-        raise OperationError(f"cannot restore the volume root's owner and mode: {stderr}")
+        raise OperationError(f"{doing}: {stderr.strip()}")
 
 
 def _counted(chunks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:
@@ -111,18 +210,16 @@ def restore_volume(
     volume: str,
     archive_id: str | None,
     target: str,
-    force: bool,
-    *,
-    storage: str | None = None,
-    host: str | None = None,
+    request: RestoreRequest,
 ) -> RestoreResult:
-    """Restore the archive (`None` or "latest": the newest) of `volume` into `target`, from
-    `storage` (None: the first of the policy's storages that holds it), of this host or of
-    `host`. The source volume is locked too, so that no prune removes the archive while it
-    is read."""
+    """Restore the archive (`None` or "latest": the newest) of `volume` into `target` as
+    `request` says (see the module's docstring for the steps)."""
     api = ctx.docker()
     repository, key = locate(
-        ctx.repositories(policy, storage=storage, host=host), policy.name, volume, archive_id
+        ctx.repositories(policy, storage=request.storage, host=request.host),
+        policy.name,
+        volume,
+        archive_id,
     )
     with (
         structlog.contextvars.bound_contextvars(
@@ -133,39 +230,80 @@ def restore_volume(
         log.info("restore started", storage=repository.name, host=repository.host)
         identities = ctx.identities(policy)
         manifest = repository.read_manifest(key, identities=identities)
-        checked = verify_archive(repository, key, manifest, identities)
+        archive = StoredArchive(repository, key, manifest, identities)
+        selected = None
+        if request.paths:
+            selected = select_members(manifest.entries, request.paths)
+            if not selected:
+                raise UsageError(
+                    f"no member of archive {key.id} matches --path {' '.join(request.paths)} "
+                    "(see volkeep list --files)"
+                )
         existing = inspect_volume(api, target)
+        running = [c for c in containers_using(api, target) if c.running] if existing else []
+        if running and not request.stop_containers:
+            names = ", ".join(container.name for container in running)
+            raise OperationError(
+                f"target volume {target!r} is used by running containers ({names}): stop "
+                "them, or add --stop-containers to have volkeep stop them for the restore"
+            )
         created = existing is None
-        safety = None
         if created:
             create_volume(api, target)
+        was_empty = created
+        safety = None
         try:
-            if existing is not None and not is_empty(api, policy.helper_image, target, target):
-                if not force:
-                    raise OperationError(
-                        f"target volume {target!r} is not empty; use --force to replace its "
-                        "content (it is saved first as a safety archive)"
-                    )
-                source = BackupSource(
-                    policy.name,
-                    existing,
-                    policy.helper_image,
-                    policy.compression,
-                    kind="safety",
-                    recipients=tuple(ctx.recipients(policy)),
-                )
-                saved = back_up_volume(api, ctx.repositories(policy), source)
-                safety = saved.manifest.id
-                log.info(
-                    "saved the target's content as a safety archive",
-                    safety_archive=safety,
-                    storages=[saved_in.name for saved_in in saved.repositories],
-                )
-                empty_volume(api, policy.helper_image, target)
-            extract_into(api, checked, policy.helper_image, target, target)
+            with containers_stopped(
+                api, ctx.state_dir, policy.name, target, stop_order(running), policy.stop_timeout
+            ):
+                was_empty = created or is_empty(api, policy.helper_image, target, target)
+                if not was_empty:
+                    if not request.force:
+                        raise OperationError(
+                            f"target volume {target!r} is not empty; use --force to replace "
+                            "its content (it is saved first as a safety archive)"
+                        )
+                    assert existing is not None
+                    safety = _save_and_check(ctx, api, policy, existing, archive)
+                    if selected is None:
+                        empty_volume(api, policy.helper_image, target)
+                extract_into(api, archive, policy.helper_image, target, target, selected)
         except BaseException:
             if created:
                 remove_volume(api, target)
+            elif was_empty:
+                with contextlib.suppress(OperationError, docker.errors.DockerException):
+                    empty_volume(api, policy.helper_image, target)
             raise
         log.info("restore finished", objects=len(manifest.entries), bytes=manifest.tar_size)
         return RestoreResult(key.id, repository.name, target, created, safety)
+
+
+def _save_and_check(
+    ctx: Context,
+    api: docker.APIClient,
+    policy: Policy,
+    existing: VolumeInfo,
+    archive: StoredArchive,
+) -> str:
+    """Save the target's content as a safety archive in every storage of the policy while
+    the archive to restore is checked whole; return the safety archive's id. Raise
+    OperationError if either fails (nothing of the target is changed yet)."""
+    source = BackupSource(
+        policy.name,
+        existing,
+        policy.helper_image,
+        policy.compression,
+        kind="safety",
+        recipients=tuple(ctx.recipients(policy)),
+    )
+    with ThreadPoolExecutor(1, thread_name_prefix="volkeep-check") as pool:
+        checking = pool.submit(verify_archive, archive)
+        saved = back_up_volume(api, ctx.repositories(policy), source)
+        checking.result()
+    log.info(
+        "saved the target's content as a safety archive",
+        safety_archive=saved.manifest.id,
+        storages=[repository.name for repository in saved.repositories],
+    )
+    return saved.manifest.id

@@ -26,7 +26,7 @@ from daemon.archive.encryption import (
 )
 from daemon.archive.manifest import Manifest
 from daemon.archive.safety import PathGuard, UnsafeMember
-from daemon.archive.tarstream import Member, TarFormatError, TarScanner
+from daemon.archive.tarstream import Emit, Include, Member, TarFormatError, TarScanner
 from daemon.errors import HostileArchive, KeyMissing, OperationError
 from daemon.readahead import read_ahead
 from daemon.repository import ArchiveKey, Repository
@@ -49,7 +49,9 @@ class MembersDiffer(OperationError):
 
 
 @dataclass(frozen=True)
-class Verified:
+class StoredArchive:
+    """An archive and what reading it needs: its storage, its manifest, the identities."""
+
     repository: Repository
     key: ArchiveKey
     manifest: Manifest
@@ -138,42 +140,60 @@ def _check_digest(key: ArchiveKey, manifest: Manifest, hashing: HashingReader) -
         raise _error(key, "archive SHA-256 mismatch: the stored bytes are not what was written")
 
 
-def verify_archive(
-    repository: Repository,
-    key: ArchiveKey,
-    manifest: Manifest,
-    identities: Identities | None = None,
-) -> Verified:
-    """Read the whole archive; return it checked if it is intact, safe and matches its
-    manifest. Raise OperationError (HostileArchive for unsafe members, MembersDiffer for
-    members that are not the manifest's entries) otherwise.
+def _checked(
+    archive: StoredArchive,
+    *,
+    emit: Emit | None = None,
+    include: Include | None = None,
+) -> Iterator[None]:
+    """Read the archive once, yielding after each piece: every member header against the
+    path-safety rules and, in order, against the manifest's entries; the stored bytes
+    against the manifest's size and SHA-256 at the end. Members `include` refuses are
+    checked but not emitted. Raise OperationError (HostileArchive, MembersDiffer) at the
+    first fault.
 
     Members are checked against the entries as they pass, without keeping them: only when
     they differ is the archive read again, to say how.
     """
+    repository, key, manifest, identities = (
+        archive.repository,
+        archive.key,
+        archive.manifest,
+        archive.identities,
+    )
     expected = (entry.path for entry in manifest.entries)
+    guard = PathGuard()
     differs = False
 
-    def check(member: Member) -> None:
+    def admit(member: Member) -> bool:
         nonlocal differs
+        guard.check(member)
         differs = differs or next(expected, None) != member.path
+        return include is None or include(member)
 
     # Contents are not digested here: the SHA-256 of the stored bytes vouches for them.
-    scanner = TarScanner(include=PathGuard().admit, done=check, digests=False)
-    for _ in _stream(repository, key, manifest, identities, scanner):
-        pass
+    scanner = TarScanner(emit=emit, include=admit, digests=False)
+    yield from _stream(repository, key, manifest, identities, scanner)
     if differs or next(expected, None) is not None:
         members: list[Member] = []
         again = TarScanner(done=members.append)
         for _ in _stream(repository, key, manifest, identities, again):
             pass
         raise MembersDiffer(key, compare_trees(manifest.entries, members))
-    return Verified(repository, key, manifest, identities)
 
 
-def archive_chunks(checked: Verified) -> Iterator[bytes]:
-    """Yield the checked archive's tar stream, guarded again member by member (the stored
-    file could change between the check and now) and re-hashed."""
+def verify_archive(archive: StoredArchive) -> None:
+    """Read the whole archive and check it (see `_checked`) without writing anything.
+    Raise OperationError if it is damaged, unsafe or does not match its manifest."""
+    for _ in _checked(archive):
+        pass
+
+
+def archive_chunks(archive: StoredArchive, include: Include | None = None) -> Iterator[bytes]:
+    """Yield the archive's tar stream (the members `include` keeps), checked as it passes
+    (see `_checked`): a fault raises before the faulty member's bytes are yielded, and the
+    SHA-256 of the whole is checked after the last piece, so a consumer must treat what it
+    received as unproven until the iterator is exhausted."""
     pending: list[bytes | memoryview] = []
 
     def keep(data: bytes | bytearray | memoryview) -> None:
@@ -181,10 +201,7 @@ def archive_chunks(checked: Verified) -> Iterator[bytes]:
         # the scanner's own header buffer (a bytearray it reuses) must be copied.
         pending.append(bytes(data) if isinstance(data, bytearray) else data)
 
-    scanner = TarScanner(emit=keep, include=PathGuard().admit, digests=False)
-    for _ in _stream(
-        checked.repository, checked.key, checked.manifest, checked.identities, scanner
-    ):
+    for _ in _checked(archive, emit=keep, include=include):
         if pending:
             yield b"".join(pending)
             pending.clear()
