@@ -1,6 +1,7 @@
 """The state dir: run history in SQLite, schedule anchors, and the daemon's pid file.
 
-- `operations`: every operation with its outcome, for `volkeep status`.
+- `operations`: every operation with its outcome, for `volkeep status` and the metrics;
+  written by `History.operation`, the recorder of each operation's events.
 - `downtime`: the containers a backup stopped, and for how long.
 - `schedules`: per scheduler job, when it last ran (or was first scheduled), so that a run
   missed while the daemon was down is caught up once at its next start.
@@ -19,11 +20,13 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
-from daemon.errors import OperationError, VolkeepError
+from daemon import events
+from daemon.errors import OperationError
+from daemon.events import Event, Operation, OperationFailed, OperationFinished, OperationStarted
 from daemon.locks import is_held
 
 SCHEMA = """
@@ -74,14 +77,6 @@ class Downtime:
         return (self.started - self.stopped).total_seconds()
 
 
-@dataclass
-class Operation:
-    """What an action fills in while it runs."""
-
-    archive: str | None = None
-    bytes: int | None = None
-
-
 @dataclass(frozen=True)
 class OperationRecord:
     """One recorded operation; `outcome` is running, ok or failed."""
@@ -101,6 +96,36 @@ def _time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+@dataclass(frozen=True)
+class Outcomes:
+    """When a kind of operation of a volume last succeeded and last failed (None: never)."""
+
+    last_success: datetime | None = None
+    last_failure: datetime | None = None
+
+    @property
+    def failing(self) -> bool:
+        """Whether its last finished operation failed."""
+        if self.last_failure is None:
+            return False
+        return self.last_success is None or self.last_failure > self.last_success
+
+
+class _Recorder:
+    """Writes one operation's events to the history: a row when it starts, its outcome
+    when it ends."""
+
+    def __init__(self, history: History) -> None:
+        self._history = history
+        self._row: int | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, OperationStarted):
+            self._row = self._history.record_started(event)
+        elif isinstance(event, OperationFinished | OperationFailed) and self._row is not None:
+            self._history.record_ended(self._row, event)
+
+
 class History:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -113,38 +138,39 @@ class History:
 
     @contextmanager
     def operation(self, kind: str, policy: str, volume: str) -> Iterator[Operation]:
-        """Record the operation run in the block: started now, then its outcome and error."""
-        operation = Operation()
+        """Run the operation of the block, announced on the event stream
+        (`events.operation`), with this history as its recorder: started now, then its
+        outcome and error. Raise sqlite3.Error if the history cannot be written."""
+        with events.operation(kind, policy, volume, recorder=_Recorder(self)) as operation:
+            yield operation
+
+    def record_started(self, started: OperationStarted) -> int:
+        """Record an operation as running; return its row."""
         with closing(self._connect()) as connection, connection:
             row = connection.execute(
                 "INSERT INTO operations (kind, policy, volume, started, outcome) "
                 "VALUES (?, ?, ?, ?, 'running')",
-                (kind, policy, volume, datetime.now(UTC).isoformat()),
+                (started.kind, started.policy, started.volume, started.at.isoformat()),
             ).lastrowid
-        outcome, error = "failed", None
-        try:
-            yield operation
-            outcome = "ok"
-        except VolkeepError as failure:
-            error = str(failure)
-            raise
-        except BaseException as failure:
-            error = f"interrupted: {failure!r}"
-            raise
-        finally:
-            with closing(self._connect()) as connection, connection:
-                connection.execute(
-                    "UPDATE operations SET finished = ?, outcome = ?, archive = ?, bytes = ?, "
-                    "error = ? WHERE id = ?",
-                    (
-                        datetime.now(UTC).isoformat(),
-                        outcome,
-                        operation.archive,
-                        operation.bytes,
-                        error,
-                        row,
-                    ),
-                )
+        assert row is not None
+        return row
+
+    def record_ended(self, row: int, ended: OperationFinished | OperationFailed) -> None:
+        """Record the outcome of the operation of `row`."""
+        error = ended.error if isinstance(ended, OperationFailed) else None
+        with closing(self._connect()) as connection, connection:
+            connection.execute(
+                "UPDATE operations SET finished = ?, outcome = ?, archive = ?, bytes = ?, "
+                "error = ? WHERE id = ?",
+                (
+                    ended.at.isoformat(),
+                    "ok" if error is None else "failed",
+                    ended.archive,
+                    ended.bytes,
+                    error,
+                    row,
+                ),
+            )
 
     def record_downtime(self, downtime: Downtime) -> None:
         """Record that a container was stopped for a backup and started again."""
@@ -200,6 +226,24 @@ class History:
                 _time(finished), outcome, size, error,
             )  # fmt: skip
         return records
+
+    def outcomes(self) -> dict[tuple[str, str, str], Outcomes]:
+        """Return, by (kind, policy, volume), when its operations last succeeded and failed."""
+        with closing(self._connect()) as connection:
+            rows = connection.execute(
+                "SELECT kind, policy, volume, outcome, MAX(finished) FROM operations "
+                "WHERE outcome IN ('ok', 'failed') AND finished IS NOT NULL "
+                "GROUP BY kind, policy, volume, outcome"
+            ).fetchall()
+        found: dict[tuple[str, str, str], Outcomes] = {}
+        for kind, policy, volume, outcome, finished in rows:
+            known = found.get((kind, policy, volume), Outcomes())
+            when = datetime.fromisoformat(finished)
+            if outcome == "ok":
+                found[kind, policy, volume] = replace(known, last_success=when)
+            else:
+                found[kind, policy, volume] = replace(known, last_failure=when)
+        return found
 
     def schedule_anchor(self, job: str, now: datetime) -> datetime:
         """Given a scheduler job id, return the time its schedule counts from: the start of
