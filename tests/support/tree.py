@@ -47,6 +47,18 @@ def build_fidelity_tree(root: Path) -> None:
     long_dir.mkdir(parents=True)
     (long_dir / ("f" * 50)).write_text("long path")
     os.mkfifo(root / "fifo")
+    # what the Engine's extractor refuses or alters (issue 11): symlinks whose relative
+    # target climbs out of the volume, hard links to them, to a symlink, to a mode 0000 file
+    (root / "links" / "deep").mkdir(parents=True)
+    os.symlink("../../../../elsewhere", root / "links" / "up")
+    os.symlink("../outside/file", root / "top_up")
+    os.symlink("../../x", root / "links" / "deep" / "inside")
+    os.link(root / "links" / "up", root / "links" / "up_hard", follow_symlinks=False)
+    os.link(root / "rel_link", root / "hard_to_symlink", follow_symlinks=False)
+    os.link(root / "zero_mode", root / "hard_to_zero_mode")
+    os.lchown(root / "links" / "up", 999, 999)
+    os.utime(root / "links" / "up", (MTIME_2090, MTIME_2090), follow_symlinks=False)
+    os.utime(root / "links", (MTIME_1975, MTIME_1975))
     with open(root / "sparse", "wb") as sparse:
         sparse.seek(50 << 20)
         sparse.write(b"end")
