@@ -14,6 +14,8 @@ from typing import Literal
 
 CompressionAlgorithm = Literal["zstd", "gzip", "none"]
 DrillChoice = Literal["latest", "random", "oldest-unverified"]
+NotifyEvent = Literal["failure", "drill_failure", "recovered", "missed"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("failure", "drill_failure", "recovered", "missed")
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,16 @@ class AgeEncryption:
 
 
 @dataclass(frozen=True)
+class NotifySettings:
+    """Where a policy's notifications go (SPEC §3b). The URLs may hold secrets (tokens,
+    passwords): they stay out of reprs and logs."""
+
+    urls: tuple[str, ...] = field(default=(), repr=False)  # Apprise URLs
+    ping: str | None = field(default=None, repr=False)  # Healthchecks-style: /start, /fail
+    events: tuple[NotifyEvent, ...] = NOTIFY_EVENTS  # which events go to `urls`
+
+
+@dataclass(frozen=True)
 class PolicyStorage:
     """One storage a policy writes every archive to, with its own retention if it has one
     (None: the policy's)."""
@@ -176,6 +188,7 @@ class Policy:
     hooks: Hooks = field(default_factory=Hooks)
     volume_hooks: Mapping[str, Hooks] = field(default_factory=dict, hash=False)
     encryption: AgeEncryption | None = None
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @property
     def storage_names(self) -> tuple[str, ...]:
@@ -194,12 +207,22 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics and the status page (`daemon.metrics`): served on `listen` (host,
+    port; port 0: any free one), written to the node_exporter file `textfile`, or both."""
+
+    listen: tuple[str, int] | None = None
+    textfile: Path | None = None
+
+
+@dataclass(frozen=True)
 class DaemonSettings:
     """Process-wide settings (top-level `daemon:` block)."""
 
     max_parallel: int = 1
     shutdown_timeout: timedelta = timedelta(minutes=10)
     host: str | None = None  # the name this host writes under (None: its hostname)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from daemon.config.model import (
     StorageConfig,
     VolumeSelector,
 )
+from daemon.config.monitoring import METRICS, NOTIFY
 from daemon.config.nodes import (
     Converter,
     Entry,
@@ -180,6 +181,7 @@ DAEMON = record(
         "max_parallel": integer(minimum=1),
         "shutdown_timeout": duration(allow_zero=True),
         "host": host_name,
+        "metrics": METRICS,
     },
     into=DaemonSettings,
 )
@@ -238,6 +240,7 @@ def policy_fields(storage_names: Collection[str]) -> dict[str, Converter[Any]]:
         "hooks": HOOKS,
         "volume_hooks": volume_hooks,
         "encryption": ENCRYPTION,
+        "notify": NOTIFY,
     }
 
 
