@@ -20,17 +20,18 @@ from daemon import __version__
 from daemon.actions.backup import Published, run_backup
 from daemon.actions.context import Context
 from daemon.actions.drill import run_drill
-from daemon.actions.listing import ArchiveRow, drill_summary, list_archives
+from daemon.actions.listing import ArchiveRow, archive_files, drill_summary, list_archives
 from daemon.actions.prune import run_prune
 from daemon.actions.restore import RestoreRequest, restore_volume
 from daemon.actions.status import collect_status, describe_status
 from daemon.actions.validate import validate
 from daemon.archive.records import DrillRecord
+from daemon.archive.tarstream import Member
 from daemon.config import load_config
 from daemon.config.model import Policy, RetentionRules
 from daemon.config.values import NAME as DEFINED_NAME
 from daemon.config.values import VOLUME_NAME
-from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, VolkeepError
+from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, UsageError, VolkeepError
 from daemon.log import configure_logging
 from daemon.progress import human_bytes
 from daemon.repository import Repository
@@ -101,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--volume", type=VOLUME)
     listing.add_argument("--json", action="store_true")
     _storage_and_host(listing, "list (default: every storage of the policy)")
+    listing.add_argument(
+        "--files",
+        nargs="*",
+        metavar="PATTERN",
+        help="list what one archive holds (--volume, --archive), from its manifest, without "
+        "reading the archive; with PATTERNs, only what restore --path PATTERN would restore",
+    )
+    listing.add_argument("--archive", default="latest", help="with --files: archive id, or latest")
 
     restore = commands.add_parser("restore", help="restore an archive into a volume")
     restore.add_argument("policy")
@@ -192,6 +201,20 @@ def _print_list(args: argparse.Namespace, rows: list[ArchiveRow]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
+def _print_files(args: argparse.Namespace, entries: list[Member]) -> None:
+    if args.json:
+        print(json.dumps([entry.to_json() for entry in entries], indent=1))
+        return
+    for entry in entries:
+        moment = datetime.fromtimestamp(entry.mtime, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        size = human_bytes(entry.size) if entry.type == "file" else "-"
+        link = f" -> {entry.link}" if entry.link else ""
+        print(
+            f"{entry.type:<8} {entry.mode:04o} {entry.uid:>5}:{entry.gid:<5} {size:>9} "
+            f"{moment}  {entry.path}{link}"
+        )
+
+
 def _describe_rules(retention: RetentionRules, timezone: str) -> str:
     """Given keep rules, return them as written ("keep_last 2, keep_within 10d")."""
     rules = [
@@ -253,6 +276,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(validate(ctx))
     elif args.command == "backup":
         run_backup(ctx, args.policy, args.volume, report=_print_backup)
+    elif args.command == "list" and args.files is not None:
+        if args.policy is None or args.volume is None:
+            raise UsageError("--files lists one archive: give the policy and --volume")
+        entries = archive_files(
+            ctx,
+            ctx.policy(args.policy),
+            args.volume,
+            args.archive,
+            args.files,
+            storage=args.storage,
+            host=args.host,
+        )
+        _print_files(args, entries)
     elif args.command == "list":
         rows = list_archives(ctx, args.policy, args.volume, storage=args.storage, host=args.host)
         _print_list(args, rows)

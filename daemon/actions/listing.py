@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from daemon.actions.context import Context
 from daemon.archive.manifest import Manifest
 from daemon.archive.records import DrillRecord
+from daemon.archive.select import select_members
+from daemon.archive.tarstream import Member
+from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError
-from daemon.repository import ArchiveKey
+from daemon.repository import ArchiveKey, locate
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,28 @@ def list_archives(
                 rows.append(ArchiveRow(repository.name, key, manifest, repository.read_drill(key)))
     rows.sort(key=lambda row: row.manifest.started, reverse=True)
     return rows
+
+
+def archive_files(
+    ctx: Context,
+    policy: Policy,
+    volume: str,
+    archive_id: str | None,
+    patterns: Sequence[str],
+    *,
+    storage: str | None = None,
+    host: str | None = None,
+) -> list[Member]:
+    """Return the objects one archive holds, from its manifest (the sealed entries of an
+    encrypted one need the policy's identity); with patterns, only those `restore --path`
+    with them would restore. Raise OperationError if there is no such archive."""
+    repositories = ctx.repositories(policy, storage=storage, host=host)
+    repository, key = locate(repositories, policy.name, volume, archive_id)
+    manifest = repository.read_manifest(key, identities=ctx.identities(policy))
+    if not patterns:
+        return manifest.entries
+    chosen = select_members(manifest.entries, patterns)
+    return [entry for entry in manifest.entries if entry.path in chosen]
 
 
 def drill_summary(drill: DrillRecord | None, now: datetime) -> str:
