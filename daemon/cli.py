@@ -30,13 +30,14 @@ from daemon.archive.tarstream import Member
 from daemon.config import load_config
 from daemon.config.model import Policy, RetentionRules
 from daemon.config.values import NAME as DEFINED_NAME
-from daemon.config.values import VOLUME_NAME
+from daemon.config.values import VOLUME_NAME, shorten
 from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, UsageError, VolkeepError
 from daemon.log import configure_logging
 from daemon.progress import human_bytes
 from daemon.repository import Repository
 from daemon.retention import Decision, format_duration
 from daemon.scheduler import run_daemon
+from daemon.statedir import WRITERS, check_state_dir
 
 log = structlog.get_logger()
 
@@ -48,8 +49,8 @@ def _name(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
     def check(text: str) -> str:
         if not pattern.fullmatch(text):
             raise argparse.ArgumentTypeError(
-                f"invalid {what} name {text!r}: letters, digits, '_', '.' and '-', "
-                "starting with a letter or a digit"
+                f"invalid {what} name {shorten(text)!r}: letters, digits, '_', '.' and '-', "
+                "starting with a letter or a digit, 200 at most"
             )
         return text
 
@@ -268,6 +269,7 @@ def _print_backup(published: Published) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    check_state_dir(args.state_dir, write=args.command in WRITERS)
     ctx = Context(config, args.state_dir)
     ctx.recover()
     if args.command == "run":

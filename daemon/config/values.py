@@ -26,8 +26,11 @@ from daemon.config.nodes import (
 from daemon.config.schedule import parse_duration, parse_schedule
 from daemon.config.suggest import did_you_mean
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+# Names become file and directory names (locks, archives: "<volume>-<id>.manifest.json",
+# at most 255 bytes), so they are bounded here, where the operator reads the error.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{1,199}")
+IMAGE_REFERENCE = re.compile(r"[a-z0-9][^\s]{0,254}")
 
 
 def defined_name(what: str) -> Converter[str]:
@@ -39,8 +42,8 @@ def defined_name(what: str) -> Converter[str]:
             raise invalid(
                 node,
                 path,
-                f"invalid {what} name {text!r}: use letters, digits, '_', '.' and '-', "
-                "starting with a letter or a digit",
+                f"invalid {what} name {shorten(text)!r}: up to 100 letters, digits, '_', '.' "
+                "and '-', starting with a letter or a digit",
             )
         return text
 
@@ -54,8 +57,8 @@ def volume_name(node: yaml.Node, path: str) -> str:
         raise invalid(
             node,
             path,
-            f"invalid volume name {text!r}: Docker volume names are at least 2 characters, "
-            "letters, digits, '_', '.' and '-', starting with a letter or a digit",
+            f"invalid volume name {shorten(text)!r}: 2 to 200 letters, digits, '_', '.' and '-', "
+            "starting with a letter or a digit",
         )
     return text
 
@@ -223,3 +226,23 @@ def secret_in_policy(instead: str) -> Converter[object]:
         raise invalid(node, path, f"secrets do not belong in the policy text: use {instead}")
 
     return convert
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """Given a value to quote in a message, return it cut to `limit` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
+def image_reference(node: yaml.Node, path: str) -> str:
+    """Given a helper image reference ("busybox:1.36", "registry/x/tar@sha256:…"), return it.
+    Raise Invalid unless it has the shape of one (lowercase start, no spaces, at most 255
+    characters)."""
+    text = non_empty_string(node, path)
+    if not IMAGE_REFERENCE.fullmatch(text):
+        raise invalid(
+            node,
+            path,
+            f"invalid image reference {shorten(text)!r}: at most 255 characters without "
+            "spaces, like 'busybox:1.36'",
+        )
+    return text
