@@ -214,6 +214,12 @@ def test_a_cut_short_ciphertext_fails_with_an_encryption_error(key: Key) -> None
             decrypt(ciphertext[:cut], key.identities())
 
 
+def test_bytes_appended_after_the_last_chunk_say_the_archive_was_modified(key: Key) -> None:
+    ciphertext = encrypt(os.urandom(CHUNK), [key.recipient])
+    with pytest.raises(ArchiveModified, match="the archive was modified"):
+        decrypt(ciphertext + b"\n", key.identities())
+
+
 def test_stock_age_and_zstd_and_tar_restore_what_the_writer_produced(
     key: Key, tmp_path: Path
 ) -> None:
