@@ -266,14 +266,14 @@ class _Pipe:
         self._writable = threading.Condition(self._lock)
         self._limit = limit
         self._low = limit // 2
-        self._pieces: deque[memoryview] = deque()
+        self._pieces: deque[bytes | memoryview] = deque()
         self._size = 0
         self._closed = False
         self._broken = False
         self._reader_wants = 0
         self._writer_waits = False
 
-    def put(self, piece: memoryview) -> None:
+    def put(self, piece: bytes | memoryview) -> None:
         """Producer: queue `piece`; wait while the pipe holds more than its limit."""
         with self._lock:
             if self._broken:
@@ -303,22 +303,26 @@ class _Pipe:
                 return memoryview(b"")
             piece = self._pieces.popleft()
             self._taken(len(piece))
-        return piece
+        return memoryview(piece)
 
     def take(self, size: int) -> bytes:
         """Consumer: up to `size` bytes, waiting for a useful amount; b"" once closed and empty."""
         with self._lock:
             self._wait_for(min(size, self._low) or 1)
-            pieces, total = [], 0
+            pieces: list[bytes | memoryview] = []
+            total = 0
             while self._pieces and total < size:
                 piece = self._pieces.popleft()
                 if total + len(piece) > size:
-                    self._pieces.appendleft(piece[size - total :])
-                    piece = piece[: size - total]
+                    view = memoryview(piece)  # split without copying
+                    self._pieces.appendleft(view[size - total :])
+                    piece = view[: size - total]
                 pieces.append(piece)
                 total += len(piece)
             self._taken(total)
-        return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
+        if len(pieces) == 1:
+            return pieces[0] if isinstance(pieces[0], bytes) else pieces[0].tobytes()
+        return b"".join(pieces)
 
     def _wait_for(self, wanted: int) -> None:
         while self._size < wanted and not self._closed and not self._broken:
@@ -456,18 +460,22 @@ class _PipeWriter:
 
     def __init__(self, pipe: _Pipe) -> None:
         self._pipe = pipe
-        self._pending = bytearray()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
 
     def write(self, data: bytes) -> int:
-        self._pending += data
-        if len(self._pending) >= OUTPUT_BATCH:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= OUTPUT_BATCH:
             self.flush()
         return len(data)
 
     def flush(self) -> None:
         if self._pending:
-            self._pipe.put(memoryview(bytes(self._pending)))
+            batch = b"".join(self._pending)
             self._pending.clear()
+            self._pending_size = 0
+            self._pipe.put(batch)
 
 
 class EncryptingWriter:
