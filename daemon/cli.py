@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 import structlog
 
@@ -62,8 +63,15 @@ VOLUME = _name(VOLUME_NAME, "volume")
 NAME = _name(DEFINED_NAME, "name")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error, pointing at --help (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"volkeep: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="volkeep", description="Scheduled backups of Docker volumes, with restore drills."
     )
     parser.add_argument("--version", action="version", version=f"volkeep {__version__}")
@@ -84,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], default="info"
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     commands.add_parser("run", help="the daemon: scheduled backups and drills until SIGTERM")
 
@@ -180,26 +190,30 @@ def _storage_and_host(command: argparse.ArgumentParser, storage_help: str) -> No
 
 
 def _print_list(args: argparse.Namespace, rows: list[ArchiveRow]) -> None:
+    for row in rows:
+        if row.problem is not None:
+            address = f"{row.key.policy}/{row.key.volume}/{row.key.id} in {row.storage}"
+            print(f"volkeep: warning: {address}: {row.problem}", file=sys.stderr)
     if args.json:
         print(json.dumps([row.to_json() for row in rows], indent=1))
         return
     now = datetime.now(UTC)
     header = ("POLICY", "VOLUME", "STORAGE", "ID", "CREATED (UTC)", "SIZE", "DRILL")
-    table = [header] + [
-        (
-            row.key.policy,
-            row.key.volume,
-            row.storage,
-            row.key.id,
-            row.manifest.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            human_bytes(row.manifest.size),
-            drill_summary(row.drill, now),
+    table = [header]
+    for row in rows:
+        manifest = row.manifest
+        created = (
+            manifest.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if manifest else "-"
         )
-        for row in rows
-    ]
+        size = human_bytes(manifest.size) if manifest else "-"
+        drill = row.mark or drill_summary(row.drill, now)
+        table.append(
+            (row.key.policy, row.key.volume, row.storage, row.key.id, created, size, drill)
+        )
     widths = [max(len(line[column]) for line in table) for column in range(len(header))]
     for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
 
 
 def _print_files(args: argparse.Namespace, entries: list[Member]) -> None:

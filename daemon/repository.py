@@ -108,7 +108,7 @@ class Repository:
                     found.add(parts[0])
         return sorted(found)
 
-    def _files(self, policy: str, volume: str) -> dict[ArchiveKey, set[str]]:
+    def files(self, policy: str, volume: str) -> dict[ArchiveKey, set[str]]:
         """Return every archive id of the volume with the suffixes of its files."""
         files: dict[ArchiveKey, set[str]] = {}
         for namespace in self._namespaces():
@@ -122,7 +122,7 @@ class Repository:
 
     def archives(self, policy: str, volume: str) -> list[ArchiveKey]:
         """Return the volume's committed archives (backups and safety), newest first."""
-        committed = (key for key, suffixes in self._files(policy, volume).items()
+        committed = (key for key, suffixes in self.files(policy, volume).items()
                      if MANIFEST_SUFFIX in suffixes)  # fmt: skip
         return sorted(committed, reverse=True)
 
@@ -144,7 +144,7 @@ class Repository:
                     f"no archive in storage {self.name!r}", policy=policy, volume=volume
                 )
             return keys[0]
-        for key in self._files(policy, volume):
+        for key in self.files(policy, volume):
             if key.id == archive_id:
                 return key
         raise OperationError(
@@ -225,7 +225,7 @@ class Repository:
             raise OperationError(f"the archives of host {self.host!r} are read-only here")
 
     def taken_ids(self, policy: str, volume: str) -> set[str]:
-        return {key.id for key in self._files(policy, volume)}
+        return {key.id for key in self.files(policy, volume)}
 
     def begin(self, key: ArchiveKey, suffix: str) -> Upload:
         """Begin the upload of a new archive's file."""
@@ -254,7 +254,7 @@ class Repository:
         removed = []
         for namespace in self._namespaces():
             removed += self.store.abort_incomplete(volume_directory(namespace, policy, volume))
-        for key, suffixes in self._files(policy, volume).items():
+        for key, suffixes in self.files(policy, volume).items():
             if MANIFEST_SUFFIX in suffixes:
                 continue
             for suffix in sorted(suffixes):

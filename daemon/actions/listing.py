@@ -13,31 +13,45 @@ from daemon.archive.select import select_members
 from daemon.archive.tarstream import Member
 from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError
-from daemon.repository import ArchiveKey, locate
+from daemon.repository import MANIFEST_SUFFIX, ArchiveKey, Repository, locate
 
 
 @dataclass(frozen=True)
 class ArchiveRow:
+    """One committed archive of a storage; `problem` says what is wrong with it, if
+    anything: an unreadable manifest (`manifest` is then None), a missing archive file."""
+
     storage: str
     key: ArchiveKey
-    manifest: Manifest
+    manifest: Manifest | None
     drill: DrillRecord | None
+    problem: str | None = None
+
+    @property
+    def mark(self) -> str | None:
+        """UNREADABLE or FILE MISSING, for a row with a problem."""
+        if self.problem is None:
+            return None
+        return "UNREADABLE" if self.manifest is None else "FILE MISSING"
 
     def to_json(self) -> dict[str, object]:
         """The stable keys of `list --json`."""
+        manifest = self.manifest
         return {
             "id": self.key.id,
             "storage": self.storage,
-            "host": self.manifest.host,
+            "host": manifest.host if manifest else self.key.namespace,
             "policy": self.key.policy,
             "volume": self.key.volume,
-            "created": self.manifest.started.isoformat(),
-            "size": self.manifest.size,
-            "sha256": self.manifest.sha256,
-            "compression": self.manifest.compression,
-            "encrypted": self.manifest.encryption is not None,
+            "created": manifest.started.isoformat() if manifest else None,
+            "size": manifest.size if manifest else None,
+            "sha256": manifest.sha256 if manifest else None,
+            "compression": manifest.compression if manifest else None,
+            "encrypted": manifest.encryption is not None if manifest else None,
             "kind": "safety" if self.key.is_safety else "backup",
             "drill": self.drill.to_json() if self.drill else {"verdict": "never"},
+            "problem": self.problem,
+            "state": self.mark or "ok",
         }
 
 
@@ -50,34 +64,42 @@ def list_archives(
     host: str | None = None,
 ) -> list[ArchiveRow]:
     """Return the committed archives of one policy (or all) in each of its storages (or
-    only `storage`), of this host or of `host`, newest first.
+    only `storage`), of this host or of `host`, newest first. An archive whose manifest
+    cannot be read, or whose file is missing, is a row with its problem: `list` never
+    hides an archive.
 
     Raise UsageError for an unknown policy or a storage it does not use; OperationError
-    naming the storage if one cannot be read. Unreadable manifests are skipped.
+    naming the storage if one cannot be read.
     """
     if policy is None and storage is not None:
         raise UsageError("--storage names one of a policy's storages: give the policy too")
-    policies = (
-        [ctx.policy(policy)]
-        if policy
-        else [ctx.policy(name) for name in sorted(ctx.config.policies)]
-    )
+    names = [policy] if policy else sorted(ctx.config.policies)
     rows = []
-    for settings in policies:
+    for settings in (ctx.policy(name) for name in names):
         for repository in ctx.repositories(settings, storage=storage, host=host):
             try:
-                names = [volume] if volume else repository.volumes(settings.name)
-                keys = [key for name in names for key in repository.archives(settings.name, name)]
+                volumes = [volume] if volume else repository.volumes(settings.name)
+                files = {
+                    key: suffixes
+                    for name in volumes
+                    for key, suffixes in repository.files(settings.name, name).items()
+                    if MANIFEST_SUFFIX in suffixes
+                }
             except OSError as error:
                 raise repository.failure(error, "cannot list the archives") from None
-            for key in keys:
-                try:
-                    manifest = repository.read_manifest(key, entries=False)
-                except OperationError:
-                    continue
-                rows.append(ArchiveRow(repository.name, key, manifest, repository.read_drill(key)))
-    rows.sort(key=lambda row: row.manifest.started, reverse=True)
+            rows += [_row(repository, key, suffixes) for key, suffixes in files.items()]
+    rows.sort(key=lambda row: (row.manifest is not None, row.key.id), reverse=True)
     return rows
+
+
+def _row(repository: Repository, key: ArchiveKey, suffixes: set[str]) -> ArchiveRow:
+    try:
+        manifest = repository.read_manifest(key, entries=False)
+    except OperationError as error:
+        return ArchiveRow(repository.name, key, None, None, f"unreadable manifest: {error.message}")
+    stored = manifest.archive_file[len(key.file_name("")) :]
+    problem = None if stored in suffixes else "the archive file is missing"
+    return ArchiveRow(repository.name, key, manifest, repository.read_drill(key), problem)
 
 
 def archive_files(

@@ -168,7 +168,16 @@ class Manifest:
         except EncryptionError as error:
             raise ManifestError(f"cannot open the sealed entries: {error}") from None
         except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ManifestError(f"unreadable manifest: {error!r}") from None
+            raise ManifestError(f"unreadable manifest: {describe_error(error)}") from None
+
+
+def describe_error(error: Exception) -> str:
+    """Given why a manifest could not be parsed, return it as a phrase (no Python repr)."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"not valid JSON at line {error.lineno}, column {error.colno} ({error.msg})"
+    if isinstance(error, KeyError):
+        return f"the field {error.args[0]!r} is missing"
+    return str(error) or "a field has the wrong type"
 
 
 def _entry_lines(raw: bytes, start: int) -> list[Member]:

@@ -1,0 +1,117 @@
+"""Bad input, as a new operator types it: the right exit code, one line naming the thing at
+fault, never an internal error or a Python repr; and `list` never hides an archive."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import Workspace, mountpoint
+
+pytestmark = pytest.mark.e2e
+
+PYTHON_REPR = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Interrupt)\(|Traceback|internal error")
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("volkeep:")]
+    assert len(lines) == 1, stderr
+    assert not PYTHON_REPR.search(stderr), stderr
+    return lines[0]
+
+
+@pytest.fixture
+def configured(api, volumes, workspace: Workspace) -> tuple[Workspace, str]:
+    source = volumes("operator")
+    (mountpoint(api, source) / "file").write_text("content")
+    workspace.write_config({"app": {"volumes": [source]}})
+    return workspace, source
+
+
+def bad_inputs(workspace: Workspace, source: str) -> dict[str, tuple[list[str], int, str]]:
+    """Each case: the arguments, the exit code, a word the one line must hold."""
+    a_file = workspace.root / "a-file"
+    a_file.write_text("not a directory")
+    return {
+        "state dir is a file": (["--state-dir", str(a_file), "backup", "app"], 2, str(a_file)),
+        "state dir under a file": (
+            ["--state-dir", str(a_file / "state"), "backup", "app"],
+            2,
+            str(a_file),
+        ),
+        "unknown policy": (["backup", "nope"], 2, "nope"),
+        "volume with a slash": (["restore", "app", "--volume", "a/b"], 2, "a/b"),
+        "volume that climbs": (["drill", "app", "--volume", ".."], 2, ".."),
+        "target with a slash": (["restore", "app", "--volume", source, "--to", "../x"], 2, "../x"),
+        "unknown storage": (["list", "app", "--storage", "elsewhere"], 2, "elsewhere"),
+        "unknown archive": (["restore", "app", "--volume", source, "--archive", "2020"], 1, "2020"),
+        "volume the policy does not cover": (
+            ["backup", "app", "--volume", "other_vol"],
+            2,
+            "other_vol",
+        ),
+        "files without a volume": (["list", "app", "--files"], 2, "--volume"),
+    }
+
+
+def test_bad_command_lines_are_one_line_with_the_right_exit_code(configured):
+    workspace, source = configured
+    for case, (arguments, code, named) in bad_inputs(workspace, source).items():
+        result = workspace.run(*arguments)
+        assert result.returncode == code, (case, result.stderr)
+        assert named in one_line(result.stderr), case
+
+
+@pytest.mark.parametrize(
+    ("policy", "named"),
+    [
+        ({"volumes": ["v" * 300]}, "invalid volume name"),
+        ({"volumes": ["ok_vol"], "helper_image": "x" * 10_000}, "invalid image reference"),
+        ({"volumes": ["ok_vol"], "storage": ["local", "local"]}, "listed twice"),
+    ],
+)
+def test_configs_that_cannot_run_fail_validate(workspace, policy, named):
+    workspace.write_config({"app": policy})
+    result = workspace.run("validate")
+    assert result.returncode == 2
+    assert named in result.stderr and "volkeep.yaml:" in result.stderr
+    assert not PYTHON_REPR.search(result.stderr)
+
+
+def test_a_policy_name_too_long_for_the_file_system_fails_validate(workspace):
+    workspace.config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "storage": {"local": {"type": "local", "path": str(workspace.storage)}},
+                "policies": {"p" * 300: {"volumes": ["ok_vol"], "storage": "local"}},
+            }
+        )
+    )
+    result = workspace.run("validate")
+    assert result.returncode == 2 and "invalid policy name" in result.stderr
+
+
+def test_list_shows_a_corrupt_manifest_and_a_missing_archive_file(configured):
+    workspace, source = configured
+    for _ in range(3):
+        assert workspace.run("backup", "app").returncode == 0
+    directory = workspace.archive_dir("app", source)
+    manifests = sorted(directory.glob("*.manifest.json"))
+    assert len(manifests) >= 2, "ids are whole seconds: take more time between backups"
+    manifests[0].write_text("{ not json")
+    (gone,) = [path for path in directory.glob("*.tar.zst") if manifests[1].name[:-14] in path.name]
+    gone.unlink()
+
+    table = workspace.run("list", "app")
+    listed = json.loads(workspace.run("list", "app", "--json").stdout)
+
+    assert table.returncode == 0
+    assert "UNREADABLE" in table.stdout and "FILE MISSING" in table.stdout
+    assert table.stderr.count("volkeep: warning:") == 2
+    states = sorted(entry["state"] for entry in listed)
+    assert states.count("UNREADABLE") == 1 and states.count("FILE MISSING") == 1
+    assert not PYTHON_REPR.search(table.stdout + table.stderr)
