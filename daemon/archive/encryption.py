@@ -185,7 +185,16 @@ def load_identities(path: str | os.PathLike[str]) -> Identities:
     missing, unreadable, or holds no usable identity.
     """
     where = os.fspath(path)
-    text, mode = _read_secret_text(where)
+    data, mode = _read_secret(where)
+    if data.lstrip().startswith((b"age-encryption.org/", b"-----BEGIN AGE ENCRYPTED FILE-----")):
+        raise EncryptionError(
+            f"identity file {where} is itself encrypted (age -p); give it decrypted, mode 0600"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EncryptionError(f"identity file {where} is not text") from None
+    del data
     if text.lstrip().startswith("-----BEGIN"):
         return Identities(where, [_ssh_identity(where, text)], mode)
     natives = []
@@ -217,7 +226,7 @@ def _ssh_identity(where: str, text: str) -> object:
     return native
 
 
-def _read_secret_text(where: str) -> tuple[str, int]:
+def _read_secret(where: str) -> tuple[bytes, int]:
     try:
         # O_NONBLOCK: a FIFO in its place would otherwise block the open until a writer came
         descriptor = os.open(where, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -230,10 +239,7 @@ def _read_secret_text(where: str) -> tuple[str, int]:
         raise EncryptionError(f"identity file {where}: {_os_reason(error)}") from None
     if len(data) > IDENTITY_FILE_LIMIT:
         raise EncryptionError(f"identity file {where} is too large to be an identity file")
-    try:
-        return data.decode("utf-8"), mode
-    except UnicodeDecodeError:
-        raise EncryptionError(f"identity file {where} is not text") from None
+    return data, mode
 
 
 def _read_text(path: str | os.PathLike[str], what: str) -> str:

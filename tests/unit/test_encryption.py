@@ -334,6 +334,11 @@ def test_identity_file_errors_name_the_file(tmp_path: Path) -> None:
     binary = tmp_path / "binary"
     binary.write_bytes(b"\xff\xfe\x00")
     assert refusal(load_identities, binary) == f"identity file {binary} is not text"
+    locked = tmp_path / "locked.age"
+    locked.write_bytes(encrypt(b"AGE-SECRET-KEY-1...", [Key(tmp_path, "k").recipient]))
+    assert refusal(load_identities, locked) == (
+        f"identity file {locked} is itself encrypted (age -p); give it decrypted, mode 0600"
+    )
     plugin = tmp_path / "plugin.txt"
     write_private(plugin, "# a yubikey\nAGE-PLUGIN-YUBIKEY-1QQQQQQ\n")
     assert refusal(load_identities, plugin) == f"{plugin}:2: plugin identities are not supported"
