@@ -1,13 +1,15 @@
 """The policy file format: what each key may hold, and the model object it becomes.
 
 The tables below are the schema. Each key maps to a converter (see `nodes`) of the value
-written there; `values` holds the converters of single values.
+written there; `values` holds the converters of single values. Beside each table, its
+`..._HELP` table says what each key means, with an example: the JSON Schema that editors
+read is generated from both (`daemon.config.json_schema`, `volkeep schema`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -57,6 +59,7 @@ from daemon.config.values import (
     endpoint_url,
     exclude_pattern,
     host_name,
+    image_reference,
     key_prefix,
     label_selector,
     match_selector,
@@ -67,6 +70,35 @@ from daemon.config.values import (
     timezone,
     volume_name,
 )
+
+
+class Help(NamedTuple):
+    """What a key means, and an example of what it may hold (editors show both)."""
+
+    text: str
+    example: object
+
+
+DURATION_FORMS = "a duration like '30s', '10m' or '1h30m', or a number of seconds"
+
+# The keys of a file's top level (read in `assemble`).
+TOP_LEVEL_HELP = {
+    "version": Help("Format version of this file. Required; 1 is the only version so far.", 1),
+    "daemon": Help(
+        "Process-wide settings. Optional, and allowed in one file only.",
+        {"max_parallel": 1, "shutdown_timeout": "10m"},
+    ),
+    "storage": Help(
+        "Where archives are written, by name (letters, digits, '_', '.', '-'). A storage "
+        "defined in one file can be used by the policies of any other file.",
+        {"local": {"type": "local", "path": "/var/backups/volkeep"}},
+    ),
+    "policies": Help(
+        "Backup policies by name (letters, digits, '_', '.', '-'): which volumes, when, "
+        "where to, and which archives to keep.",
+        {"app": {"volumes": ["app_db"], "schedule": "0 3 * * *", "storage": "local"}},
+    ),
+}
 
 # The levels each compression algorithm accepts, and how to say so.
 COMPRESSION_LEVELS: dict[str, tuple[Collection[int], str]] = {
@@ -111,10 +143,21 @@ ALGORITHM = choice(ALGORITHMS, "compression")
 COMPRESSION = record(
     {"algorithm": ALGORITHM, "level": integer()}, into=Compression, required=("algorithm",)
 )
+COMPRESSION_HELP = {
+    "algorithm": Help("Compression algorithm: zstd, gzip or none.", "zstd"),
+    "level": Help("Compression level: zstd 1 to 22 (or -5 to -1, faster), gzip 1 to 9.", 3),
+}
 ARGUMENTS = list_of(
     string, expected="a list of arguments (no shell), like [pg_dump, -U, app]", non_empty=True
 )
 RUN_HOOK = record({"command": ARGUMENTS, "timeout": seconds()}, into=RunHook, required=("command",))
+RUN_HOOK_HELP = {
+    "command": Help(
+        "The command to run on the host, as a list of arguments (never through a shell).",
+        ["logger", "volkeep backed up app"],
+    ),
+    "timeout": Help(f"How long the command may run before it is killed: {DURATION_FORMS}.", "5m"),
+}
 EXEC_HOOK = record(
     {
         "container": non_empty_string,
@@ -125,8 +168,39 @@ EXEC_HOOK = record(
     into=ExecHook,
     required=("container", "command"),
 )
+EXEC_HOOK_HELP = {
+    "container": Help("Name of the running container to run the command in.", "app_db"),
+    "command": Help(
+        "The command to run in the container, as a list of arguments (no shell).",
+        ["pg_dump", "-U", "app", "-f", "/var/lib/postgresql/data/dump.sql"],
+    ),
+    "user": Help("The user to run the command as, inside the container.", "postgres"),
+    "timeout": Help(f"How long the command may run before the hook fails: {DURATION_FORMS}.", "5m"),
+}
 HOOK = record({"exec": EXEC_HOOK, "run": run_hook}, into=only_hook, exactly_one_of=("exec", "run"))
+HOOK_HELP = {
+    "exec": Help(
+        "Run a command inside a running container, through the Docker API.",
+        {"container": "app_db", "command": ["pg_dump", "-U", "app", "-f", "/dump.sql"]},
+    ),
+    "run": Help(
+        "Run a command on the host: a list of arguments, or {command: [...], timeout: ...}.",
+        ["sync"],
+    ),
+}
 HOOKS = record({"before": list_of(HOOK), "after": list_of(HOOK)}, into=Hooks)
+HOOKS_HELP = {
+    "before": Help(
+        "Hooks run before the volume's backup, before containers are stopped; one that fails "
+        "aborts the volume's backup.",
+        [{"run": ["sync"]}],
+    ),
+    "after": Help(
+        "Hooks run after the volume's backup, once containers are started again, even when "
+        "the backup failed.",
+        [{"run": ["logger", "volkeep backed up app"]}],
+    ),
+}
 RETENTION = record(
     {
         "keep_last": integer(minimum=1),
@@ -139,6 +213,15 @@ RETENTION = record(
     },
     into=RetentionRules,
 )
+RETENTION_HELP = {
+    "keep_last": Help("Keep the N most recent archives.", 5),
+    "keep_hourly": Help("Keep one archive per hour, for the N most recent hours.", 24),
+    "keep_daily": Help("Keep one archive per day, for the N most recent days.", 7),
+    "keep_weekly": Help("Keep one archive per week, for the N most recent weeks.", 4),
+    "keep_monthly": Help("Keep one archive per month, for the N most recent months.", 6),
+    "keep_yearly": Help("Keep one archive per year, for the N most recent years.", 1),
+    "keep_within": Help(f"Keep every archive newer than this: {DURATION_FORMS}.", "10d"),
+}
 DRILL = record(
     {
         "schedule": schedule,
@@ -148,6 +231,21 @@ DRILL = record(
     },
     into=DrillConfig,
 )
+DRILL_HELP = {
+    "schedule": Help(
+        "When to drill: a 5-field cron expression, '@every 6h' or '@daily' and the like.",
+        "30 4 * * 0",
+    ),
+    "archive": Help(
+        "Which archive to drill: latest, random (any), or oldest-unverified (the never "
+        "drilled ones, oldest first; then the least recently drilled).",
+        "latest",
+    ),
+    "max_per_run": Help("How many archives of each volume one drill checks.", 1),
+    "storage": Help(
+        "Which of the policy's storages to drill from (default: the first it lists).", "local"
+    ),
+}
 
 
 def age_recipient(node: yaml.Node, path: str) -> str:
@@ -170,12 +268,44 @@ AGE = record(
     into=AgeEncryption,
     exactly_one_of=("recipients", "recipients_file"),
 )
+AGE_HELP = {
+    "recipients": Help(
+        "Public keys to encrypt to: age (age1...) or ssh-ed25519 / ssh-rsa keys.",
+        ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"],
+    ),
+    "recipients_file": Help(
+        "Instead of recipients: a file of public keys, one a line.",
+        "/etc/volkeep/recipients.txt",
+    ),
+    "identity_file": Help(
+        "The file of private keys (age identities) that opens the archives, readable by root "
+        "only; needed only to restore and drill.",
+        "/etc/volkeep/age-identity.txt",
+    ),
+}
 ENCRYPTION = record({"age": AGE}, into=lambda age: age, required=("age",))
+ENCRYPTION_HELP = {
+    "age": Help(
+        "Encrypt archives with age: readable with `age -d -i KEY | zstd -d | tar -x`.",
+        {"recipients": ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]},
+    ),
+}
 MATCH = record(
     {"label": label_selector, "name": non_empty_string, "compose_project": non_empty_string},
     into=match_selector,
     exactly_one_of=("label", "name", "compose_project"),
 )
+MATCH_HELP = {
+    "label": Help(
+        "Every volume with this label: 'key=value', or just 'key' (any value).",
+        "volkeep.policy=app",
+    ),
+    "name": Help("Every volume whose name matches this shell pattern.", "app_*"),
+    "compose_project": Help(
+        "Every volume of this Docker Compose project (label com.docker.compose.project).",
+        "app",
+    ),
+}
 DAEMON = record(
     {
         "max_parallel": integer(minimum=1),
@@ -185,6 +315,45 @@ DAEMON = record(
     },
     into=DaemonSettings,
 )
+DAEMON_HELP = {
+    "max_parallel": Help("How many backups or drills may run at the same time.", 1),
+    "shutdown_timeout": Help(
+        f"On SIGTERM, how long running operations may take to finish: {DURATION_FORMS}.", "10m"
+    ),
+    "host": Help(
+        "The name this host writes its archives under in a storage (default: its host name).",
+        "web-1",
+    ),
+    "metrics": Help(
+        "Prometheus metrics and a read-only status page: served on `listen`, written to "
+        "`textfile`, or both.",
+        {"listen": "127.0.0.1:9318"},
+    ),
+}
+# The help of the tables in `monitoring`.
+METRICS_HELP = {
+    "listen": Help(
+        "Where to serve /metrics and the status page at /: HOST:PORT, [IPv6]:PORT, or a port "
+        "on 127.0.0.1.",
+        "127.0.0.1:9318",
+    ),
+    "textfile": Help(
+        "A file (*.prom) for node_exporter's textfile collector, rewritten after each run.",
+        "/var/lib/prometheus/node-exporter/volkeep.prom",
+    ),
+}
+NOTIFY_HELP = {
+    "urls": Help("Apprise URLs to notify of the events.", ["ntfy://ntfy.example/backups"]),
+    "ping": Help(
+        "A Healthchecks-style URL: pinged at /start, on success, and at /fail.",
+        "https://hc.example/ping/UUID",
+    ),
+    "events": Help(
+        "Which events go to the URLs: failure, drill_failure, recovered, missed (default: "
+        "all of them).",
+        ["failure", "drill_failure"],
+    ),
+}
 STORAGE_TYPES = ("local", "s3")
 STORAGE_TYPE = choice(STORAGE_TYPES, "storage type")
 # Keys under which people write credentials: each is refused with the way to do it instead.
@@ -220,6 +389,42 @@ STORAGE_FIELDS: dict[str, dict[str, Converter[Any]]] = {
 }
 STORAGE_CONFIGS = {"local": LocalStorageConfig, "s3": S3StorageConfig}
 STORAGE_REQUIRED = {"local": ("type", "path"), "s3": ("type", "bucket")}
+STORAGE_TYPE_HELP = Help(
+    "Kind of storage: local (a directory on this host) or s3 (an S3-compatible bucket).",
+    "local",
+)
+STORAGE_HELP = {
+    "local": {
+        "type": STORAGE_TYPE_HELP,
+        "path": Help(
+            "Absolute path of the directory that holds the archives.", "/var/backups/volkeep"
+        ),
+    },
+    "s3": {
+        "type": STORAGE_TYPE_HELP._replace(example="s3"),
+        "bucket": Help("Name of the bucket.", "volkeep-backups"),
+        "prefix": Help("Key prefix of everything volkeep writes in the bucket.", "prod/"),
+        "endpoint": Help(
+            "URL of the S3-compatible service (default: AWS).", "https://s3.example.net"
+        ),
+        "region": Help("Region of the bucket.", "eu-west-1"),
+        "path_style": Help(
+            "Name the bucket in the URL's path, not its host (MinIO, SeaweedFS, Ceph, Garage).",
+            True,
+        ),
+        "credentials_file": Help(
+            "File of the access keys, in AWS shared-credentials format (default: the AWS_* "
+            "environment variables, AWS_PROFILE, instance metadata).",
+            "/etc/volkeep/offsite.credentials",
+        ),
+        "profile": Help("Profile to read in the credentials file.", "backup"),
+        "ca_bundle": Help(
+            "Certificates (PEM) to trust for the endpoint, instead of the system's.",
+            "/etc/ssl/private-ca.pem",
+        ),
+        "storage_class": Help("Storage class of the objects written.", "STANDARD_IA"),
+    },
+}
 
 
 def policy_fields(storage_names: Collection[str]) -> dict[str, Converter[Any]]:
@@ -234,7 +439,7 @@ def policy_fields(storage_names: Collection[str]) -> dict[str, Converter[Any]]:
         "exclude": list_of(exclude_pattern),
         "stop_containers": boolean,
         "stop_timeout": seconds(allow_zero=True),
-        "helper_image": non_empty_string,
+        "helper_image": image_reference,
         "retention": RETENTION,
         "drill": DRILL,
         "hooks": HOOKS,
@@ -242,6 +447,83 @@ def policy_fields(storage_names: Collection[str]) -> dict[str, Converter[Any]]:
         "encryption": ENCRYPTION,
         "notify": NOTIFY,
     }
+
+
+POLICY_REQUIRED = ("storage",)
+POLICY_EXACTLY_ONE_OF = ("volumes", "match")
+POLICY_HELP = {
+    "volumes": Help("The Docker volumes this policy backs up, by name.", ["app_db", "app_uploads"]),
+    "match": Help(
+        "Instead of volumes: every volume that matches a label, a name pattern or a Compose "
+        "project, when the policy runs.",
+        {"compose_project": "app"},
+    ),
+    "schedule": Help(
+        "When to back up: a 5-field cron expression ('0 3 * * *': 03:00 every day), an "
+        "interval ('@every 6h'), or @hourly, @daily, @weekly, @monthly, @yearly. Without "
+        "it, the policy runs on demand only.",
+        "0 3 * * *",
+    ),
+    "timezone": Help(
+        "Time zone of the cron schedules (an IANA name); default UTC.", "Europe/Paris"
+    ),
+    "storage": Help(
+        "The storage that keeps the archives, by name; or a list of them, each archive going "
+        "to each, an entry {name: ..., retention: {...}} with keep rules of its own.",
+        "local",
+    ),
+    "compression": Help(
+        "Compression of the archives: zstd (default), gzip or none, or {algorithm: ..., "
+        "level: ...}.",
+        "zstd",
+    ),
+    "exclude": Help(
+        "Paths inside the volume to leave out, as patterns relative to its root: no leading "
+        "'/', no '..'.",
+        ["cache/", "*.tmp"],
+    ),
+    "stop_containers": Help(
+        "Stop the running containers that use a volume while it is backed up (for databases "
+        "that cannot flush on demand); they start again as soon as the volume is read. A "
+        "container label volkeep.stop-during-backup=true or =false wins over this.",
+        False,
+    ),
+    "stop_timeout": Help(
+        f"How long a stopped container gets to exit before it is killed: {DURATION_FORMS}.",
+        "30s",
+    ),
+    "helper_image": Help(
+        "Image of the helper container that reads and writes volumes; it needs sh and tar and "
+        "is never pulled, so it must exist on this host.",
+        "busybox:1.36",
+    ),
+    "retention": Help(
+        "Which archives to keep after each backup: an archive is kept if any rule keeps it; "
+        "with no rule, every archive is kept.",
+        {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6},
+    ),
+    "drill": Help(
+        "Restore drills: an archive restored into a scratch volume and compared with its "
+        "manifest, byte for byte.",
+        {"schedule": "30 4 * * 0", "archive": "latest"},
+    ),
+    "hooks": Help(
+        "Commands run before and after each volume's backup.",
+        {"before": [{"run": ["sync"]}]},
+    ),
+    "volume_hooks": Help(
+        "Hooks of one volume only, by volume name: run inside the policy's hooks.",
+        {"app_db": {"before": [{"exec": {"container": "app_db", "command": ["sync"]}}]}},
+    ),
+    "encryption": Help(
+        "Encrypt the archives; without it, archives are not encrypted.",
+        {"age": {"recipients_file": "/etc/volkeep/recipients.txt"}},
+    ),
+    "notify": Help(
+        "Notifications of failed backups and drills, and recoveries.",
+        {"urls": ["ntfy://ntfy.example/backups"]},
+    ),
+}
 
 
 def volume_hooks(node: yaml.Node, path: str) -> dict[str, Hooks]:
@@ -264,11 +546,13 @@ def policy_storages(storage_names: Collection[str]) -> Converter[tuple[PolicySto
     one name, or a list of names and {name: ..., retention: {...}} entries (a storage with
     its own keep rules, replacing the policy's there)."""
     reference = storage_reference(storage_names)
+    entry = record(
+        {"name": reference, "retention": RETENTION}, into=PolicyStorage, required=("name",)
+    )
 
     def one(node: yaml.Node, path: str) -> PolicyStorage:
         if isinstance(node, yaml.MappingNode):
-            fields = {"name": reference, "retention": RETENTION}
-            return record(fields, into=PolicyStorage, required=("name",))(node, path)
+            return entry(node, path)
         return PolicyStorage(reference(node, path))
 
     several = list_of(one, expected="a storage name or a list of them", non_empty=True)
@@ -286,6 +570,12 @@ def policy_storages(storage_names: Collection[str]) -> Converter[tuple[PolicySto
         return storages
 
     return convert
+
+
+POLICY_STORAGE_HELP = {
+    "name": Help("The storage, by name.", "offsite"),
+    "retention": Help("Keep rules of this storage, instead of the policy's.", {"keep_daily": 30}),
+}
 
 
 def check_drilled_storage(
@@ -370,7 +660,7 @@ def parse_policy(entry: Entry, path: str, storage_names: Collection[str]) -> Pol
     convert = record(
         policy_fields(storage_names),
         into=build,
-        required=("storage",),
-        exactly_one_of=("volumes", "match"),
+        required=POLICY_REQUIRED,
+        exactly_one_of=POLICY_EXACTLY_ONE_OF,
     )
     return convert(entry.value_node, path)
