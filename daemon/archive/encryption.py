@@ -3,10 +3,11 @@
 The archives are standard age files (`age -d -i IDENTITY FILE | zstd -d | tar -x` restores
 one without volkeep). The cryptography is pyrage's (bindings for rage, the Rust age). pyrage
 streams only by pulling (`encrypt_io(reader, writer, …)`), while the backup pipeline pushes,
-so each stream runs that one call in a worker thread fed (or drained) through one small
-bounded queue: the writer's worker reads the queue and writes the sink; the reader's
-worker reads the source and fills the queue. What the sink or source raises in the
-worker comes back to the caller as it was raised.
+so each stream runs that one call in a worker thread between two small bounded queues.
+The caller's sink and source are only ever called from the caller's thread, inside
+`write`, `finish` and `read`: the worker touches nothing but the queues, so once one of
+those calls has raised, or `close()` has returned, nothing touches the sink or source
+again, and the caller may abort or drain them as it likes.
 
 Secrets never leave this module in text: no error message, repr or str holds an identity
 or the content of an identity file; errors name the file (and line) only.
@@ -22,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn, Protocol, TypeVar
+from typing import NoReturn, Protocol
 
 import pyrage
 from pyrage import ssh, x25519
@@ -35,7 +36,6 @@ SOURCE_READ = 256 << 10
 OUTPUT_BATCH = 64 << 10  # one age chunk
 IDENTITY_FILE_LIMIT = 1 << 20  # an identity file is a few lines; refuse to slurp a disk
 
-_T = TypeVar("_T")
 _SSH_TYPES = ("ssh-ed25519", "ssh-rsa")
 _SECRET_PREFIXES = ("AGE-SECRET-KEY-", "AGE-PLUGIN-")
 
@@ -256,170 +256,155 @@ def _os_reason(error: OSError) -> str:
 
 
 class _Aborted(Exception):
-    """Raised on one side of a pipe when the other side gave up."""
-
-
-class _Pipe:
-    """A bounded queue of byte pieces from one producer thread to one consumer thread.
-
-    Each side that waits says what for, and the other wakes it only once that holds:
-    pyrage keeps the GIL while it encrypts, so a needless wake-up costs a GIL hand-over.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._lock = threading.Lock()
-        self._readable = threading.Condition(self._lock)
-        self._writable = threading.Condition(self._lock)
-        self._limit = limit
-        self._low = limit // 2
-        self._pieces: deque[bytes | memoryview] = deque()
-        self._size = 0
-        self._closed = False
-        self._broken = False
-        self._reader_wants = 0
-        self._writer_waits = False
-
-    def put(self, piece: bytes | memoryview) -> None:
-        """Producer: queue `piece`; wait while the pipe holds more than its limit."""
-        with self._lock:
-            if self._broken:
-                raise _Aborted
-            self._pieces.append(piece)
-            self._size += len(piece)
-            if self._reader_wants and self._size >= self._reader_wants:
-                self._readable.notify()
-            while self._size > self._limit and not self._broken:
-                self._writer_waits = True
-                self._writable.wait()
-            self._writer_waits = False
-            if self._broken:
-                raise _Aborted
-
-    def close(self) -> None:
-        """Producer: no more pieces."""
-        with self._lock:
-            self._closed = True
-            self._readable.notify()
-
-    def take_piece(self) -> memoryview:
-        """Consumer: the next piece, whole; an empty view once the pipe is closed and empty."""
-        with self._lock:
-            self._wait_for(1)
-            if not self._pieces:
-                return memoryview(b"")
-            piece = self._pieces.popleft()
-            self._taken(len(piece))
-        return memoryview(piece)
-
-    def take(self, size: int) -> bytes:
-        """Consumer: up to `size` bytes, waiting for a useful amount; b"" once closed and empty."""
-        with self._lock:
-            self._wait_for(min(size, self._low) or 1)
-            pieces: list[bytes | memoryview] = []
-            total = 0
-            while self._pieces and total < size:
-                piece = self._pieces.popleft()
-                if total + len(piece) > size:
-                    view = memoryview(piece)  # split without copying
-                    self._pieces.appendleft(view[size - total :])
-                    piece = view[: size - total]
-                pieces.append(piece)
-                total += len(piece)
-            self._taken(total)
-        if len(pieces) == 1:
-            return pieces[0] if isinstance(pieces[0], bytes) else pieces[0].tobytes()
-        return b"".join(pieces)
-
-    def _wait_for(self, wanted: int) -> None:
-        while self._size < wanted and not self._closed and not self._broken:
-            if self._writer_waits:
-                self._writable.notify()
-            self._reader_wants = wanted
-            self._readable.wait()
-        self._reader_wants = 0
-        if self._broken:
-            raise _Aborted
-
-    def _taken(self, size: int) -> None:
-        self._size -= size
-        if self._writer_waits and self._size <= self._low:
-            self._writable.notify()
-
-    def break_(self) -> None:
-        """Either side: give up; the other side's next call raises _Aborted."""
-        with self._lock:
-            self._broken = True
-            self._pieces.clear()
-            self._size = 0
-            self._readable.notify()
-            self._writable.notify()
+    """Raised inside the worker when the caller gave up on the stream."""
 
 
 class _Worker:
-    """Runs one pyrage call in a daemon thread; keeps its error, or the caller's.
+    """One pyrage call in a thread, fed and drained through two bounded queues of bytes.
 
-    `caller_error` is what the caller's own sink or source raised inside the worker (pyrage
-    wraps those, and the caller should see its own exception, not the wrapping).
+    The caller appends to `inbound` and takes from `outbound`; the worker reads and writes
+    them through the file-like adapters below. Either side that waits says what it waits
+    for, and the other wakes it only once that holds: pyrage keeps the GIL while it
+    encrypts, so a needless wake-up costs a GIL hand-over, not just a context switch.
+    Every attribute is guarded by `lock`.
     """
 
-    def __init__(self, name: str, pipe: _Pipe) -> None:
+    def __init__(self, name: str, call: Callable[[object, object], None], limit: int) -> None:
+        self.lock = threading.Lock()
+        self.limit = limit
+        self.inbound: deque[memoryview] = deque()
+        self.inbound_size = 0
+        self.inbound_closed = False
+        self.outbound: deque[bytes | memoryview] = deque()
+        self.outbound_size = 0
+        self.aborted = False
+        self.done = False
         self.error: BaseException | None = None
-        self.caller_error: BaseException | None = None
-        self._pipe = pipe
-        self._name = name
-        self._thread: threading.Thread | None = None
-
-    def start(self, call: Callable[[], None]) -> None:
-        self._thread = threading.Thread(target=self._run, args=(call,), name=self._name)
-        self._thread.daemon = True
+        self._caller = threading.Condition(self.lock)
+        self._caller_ready: Callable[[], bool] | None = None
+        self._worker = threading.Condition(self.lock)
+        self._worker_ready: Callable[[], bool] | None = None
+        self._thread = threading.Thread(target=self._run, args=(call,), name=name, daemon=True)
         self._thread.start()
 
-    def _run(self, call: Callable[[], None]) -> None:
+    def _run(self, call: Callable[[object, object], None]) -> None:
+        error = None
         try:
-            call()
-        except BaseException as error:
+            writer = _WorkerWriter(self)
+            call(_WorkerReader(self), writer)
+            writer.flush()
+        except BaseException as raised:
+            error = raised
+        with self.lock:
             self.error = error
-        if self.caller_error is not None or self.error is not None:
-            self._pipe.break_()
-        else:
-            self._pipe.close()
+            self.done = True
+            self.changed()
 
-    def calling(self, function: Callable[[], _T]) -> _T:
-        """Call the caller's sink or source, keeping what it raises."""
-        try:
-            return function()
-        except BaseException as error:
-            self.caller_error = error
-            raise
+    def changed(self) -> None:
+        """With the lock held, after a change: wake the side whose wait is over."""
+        if self._caller_ready is not None and self._caller_ready():
+            self._caller.notify()
+        if self._worker_ready is not None and self._worker_ready():
+            self._worker.notify()
 
-    def stop(self) -> None:
-        """Caller: break the pipe and wait for the thread."""
-        self._pipe.break_()
-        self.join()
+    def caller_wait(self, ready: Callable[[], bool]) -> None:
+        """Caller side, with the lock held: wait until `ready()`."""
+        while not ready():
+            self._caller_ready = ready
+            self._caller.wait()
+        self._caller_ready = None
+
+    def _worker_wait(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            self._worker_ready = ready
+            self._worker.wait()
+        self._worker_ready = None
+
+    def take_inbound(self) -> memoryview:
+        """Worker side: the next piece of input, whole; an empty view at its end."""
+        with self.lock:
+            if not self.inbound:
+                self._worker_wait(lambda: bool(self.inbound) or self.inbound_closed or self.aborted)
+            if self.aborted:
+                raise _Aborted
+            if not self.inbound:
+                return memoryview(b"")
+            piece = self.inbound.popleft()
+            self.inbound_size -= len(piece)
+            self.changed()
+        return piece
+
+    def put_outbound(self, data: bytes) -> None:
+        """Worker side: queue output for the caller, waiting while the queue is full."""
+        with self.lock:
+            if self.outbound_size > self.limit:
+                self._worker_wait(lambda: self.outbound_size <= self.limit or self.aborted)
+            if self.aborted:
+                raise _Aborted
+            self.outbound.append(data)
+            self.outbound_size += len(data)
+            self.changed()
+
+    def put_inbound(self, data: memoryview) -> None:
+        """Caller side, with the lock held."""
+        self.inbound.append(data)
+        self.inbound_size += len(data)
+        self.changed()
+
+    def close_inbound(self) -> None:
+        """Caller side, with the lock held: the input has ended."""
+        self.inbound_closed = True
+        self.changed()
+
+    def take_outbound(self, size: int) -> bytes:
+        """Caller side, with the lock held: up to `size` bytes of output (all if negative)."""
+        pieces: list[bytes | memoryview] = []
+        total = 0
+        while self.outbound and (size < 0 or total < size):
+            piece = self.outbound.popleft()
+            if size >= 0 and total + len(piece) > size:
+                view = memoryview(piece)  # split without copying
+                self.outbound.appendleft(view[size - total :])
+                piece = view[: size - total]
+            pieces.append(piece)
+            total += len(piece)
+        self.outbound_size -= total
+        self.changed()
+        if len(pieces) == 1 and isinstance(pieces[0], bytes):
+            return pieces[0]
+        return b"".join(pieces)
+
+    def cancel(self) -> None:
+        """Caller side: tell the worker to stop at its next read or write; drop the queues."""
+        with self.lock:
+            self.aborted = True
+            self.inbound.clear()
+            self.outbound.clear()
+            self.changed()
+
+    def abort(self) -> None:
+        """Caller side: stop the worker and wait for its thread to end."""
+        self.cancel()
+        self._thread.join()
 
     def join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-
-    def failure(self, translate: Callable[[BaseException], BaseException]) -> BaseException:
-        """Caller, once the thread has ended: the exception to raise for its failure."""
-        if self.caller_error is not None:
-            return self.caller_error
-        if self.error is not None:
-            return translate(self.error)
-        return EncryptionError("the age stream ended early")
+        self._thread.join()
 
 
-class _PipeReader:
-    """What pyrage encrypts from: whole pieces from the pipe, handed out in rage's 8 KiB reads."""
+class _WorkerReader:
+    """What pyrage reads from: hands out the piece it took from the queue, 8 KiB at a time.
 
-    def __init__(self, pipe: _Pipe) -> None:
-        self._pipe = pipe
+    Taking whole pieces keeps the lock out of the 8 KiB reads rage makes; the piece held
+    here is one the caller already counted as its memory.
+    """
+
+    def __init__(self, worker: _Worker) -> None:
+        self._worker = worker
         self._piece = memoryview(b"")
 
     def read(self, size: int = -1) -> bytes:
         if not self._piece:
-            self._piece = self._pipe.take_piece()
+            self._piece = self._worker.take_inbound()
         if 0 <= size < len(self._piece):
             chunk, self._piece = self._piece[:size], self._piece[size:]
         else:
@@ -427,53 +412,22 @@ class _PipeReader:
         return chunk.tobytes()
 
 
-class _SinkWriter:
-    """What pyrage encrypts into: the caller's sink, its exceptions kept for the caller."""
+class _WorkerWriter:
+    """What pyrage writes to: gathers its writes (8 KiB each when decrypting) into batches."""
 
-    def __init__(self, sink: Sink, worker: _Worker) -> None:
-        self._sink = sink
+    def __init__(self, worker: _Worker) -> None:
         self._worker = worker
-
-    def write(self, data: bytes) -> int:
-        self._worker.calling(lambda: self._sink.write(data))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-
-class _SourceReader:
-    """What pyrage decrypts from: the caller's source, read in large pieces."""
-
-    def __init__(self, source: Source, worker: _Worker) -> None:
-        self._source = source
-        self._worker = worker
-        self._piece = memoryview(b"")
-
-    def read(self, size: int = -1) -> bytes:
-        if not self._piece:
-            data = self._worker.calling(lambda: self._source.read(SOURCE_READ))
-            self._piece = memoryview(data).cast("B")
-        if 0 <= size < len(self._piece):
-            chunk, self._piece = self._piece[:size], self._piece[size:]
-        else:
-            chunk, self._piece = self._piece, memoryview(b"")
-        return chunk.tobytes()
-
-
-class _PipeWriter:
-    """What pyrage decrypts into: gathers its 8 KiB writes into batches for the pipe."""
-
-    def __init__(self, pipe: _Pipe) -> None:
-        self._pipe = pipe
         self._pending: list[bytes] = []
         self._pending_size = 0
 
     def write(self, data: bytes) -> int:
-        self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size >= OUTPUT_BATCH:
-            self.flush()
+        if not self._pending and len(data) >= OUTPUT_BATCH:
+            self._worker.put_outbound(data)
+        else:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size >= OUTPUT_BATCH:
+                self.flush()
         return len(data)
 
     def flush(self) -> None:
@@ -481,57 +435,99 @@ class _PipeWriter:
             batch = b"".join(self._pending)
             self._pending.clear()
             self._pending_size = 0
-            self._pipe.put(batch)
+            self._worker.put_outbound(batch)
 
 
 class EncryptingWriter:
-    """Takes plain bytes by `write` and writes the age file into the sink; `finish` ends it.
+    """Takes plain bytes by `write`, writes the age file into the sink; `finish` ends it.
 
-    The sink is written from the worker thread, while the caller goes on; what the sink
-    raises comes back, as it was raised, from the caller's next `write` or `finish`. Use as
-    a context manager, or call `close()` on failure: an unfinished stream is then abandoned
-    (its worker stopped) and the sink gets no more bytes.
+    Use as a context manager, or call `close()` on failure: an unfinished stream is then
+    abandoned (its worker stopped) and the sink gets no more bytes.
     """
 
     def __init__(self, sink: Sink, recipients: Sequence[Recipient], limit: int) -> None:
         if not recipients:
             raise EncryptionError("encryption needs at least one recipient")
         natives = [recipient.native for recipient in recipients]
-        self._pipe = _Pipe(limit)
+        self._sink = sink
         self._finished = False
-        self._worker = _Worker("volkeep-age-encrypt", self._pipe)
-        source, target = _PipeReader(self._pipe), _SinkWriter(sink, self._worker)
-        self._worker.start(lambda: pyrage.encrypt_io(source, target, natives))
-        weakref.finalize(self, self._pipe.break_)  # dropped unfinished: free the thread
+        self._worker = _Worker(
+            "volkeep-age-encrypt",
+            lambda reader, writer: pyrage.encrypt_io(reader, writer, natives),
+            limit,
+        )
+        weakref.finalize(self, self._worker.cancel)  # dropped unfinished: free the thread
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Queue `data` for encryption; return its length. Raise what the stream raised."""
+        """Encrypt `data` into the sink; return its length. Raise what the sink raised."""
         if self._finished:
             raise ValueError("write to a finished or closed encrypting writer")
         size = len(data)
         if size:
-            try:
-                self._pipe.put(_immutable_view(data))
-            except _Aborted:
-                self._finished = True
-                self._worker.join()
-                raise self._worker.failure(_encryption_failure) from None
+            view = _immutable_view(data)
+            self._guarded(lambda: self._write(view))
         return size
 
+    def _write(self, view: memoryview) -> None:
+        worker = self._worker
+        with worker.lock:
+            worker.put_inbound(view)
+        low = worker.limit // 2
+        while True:
+            with worker.lock:
+                if worker.inbound_size > worker.limit:
+                    worker.caller_wait(
+                        lambda: (
+                            worker.inbound_size <= low
+                            or worker.outbound_size > worker.limit
+                            or worker.done
+                        )
+                    )
+                if worker.done and worker.error is not None:
+                    raise _encryption_failure(worker.error)
+                output = worker.take_outbound(-1) if worker.outbound else b""
+                space = worker.inbound_size <= worker.limit
+            if output:
+                self._sink.write(output)
+            if space:
+                return
+
     def finish(self) -> None:
-        """End the age file, wait until the sink has all of it. Raise what the stream raised."""
+        """Write the end of the age file into the sink and wait for the worker."""
         if self._finished:
             raise ValueError("finish of a finished or closed encrypting writer")
         self._finished = True
-        self._pipe.close()
-        self._worker.join()
-        if self._worker.error is not None or self._worker.caller_error is not None:
-            raise self._worker.failure(_encryption_failure)
+        self._guarded(self._finish)
+
+    def _finish(self) -> None:
+        worker = self._worker
+        with worker.lock:
+            worker.close_inbound()
+        while True:
+            with worker.lock:
+                worker.caller_wait(lambda: worker.outbound_size > worker.limit or worker.done)
+                output = worker.take_outbound(-1) if worker.outbound else b""
+                ended = worker.done
+            if output:
+                self._sink.write(output)
+            if ended:
+                break
+        worker.join()
+        if worker.error is not None:
+            raise _encryption_failure(worker.error)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except BaseException:
+            self._finished = True
+            self._worker.abort()
+            raise
 
     def close(self) -> None:
         """Abandon the stream if it was not finished; harmless after `finish`."""
         self._finished = True
-        self._worker.stop()
+        self._worker.abort()
 
     def __enter__(self) -> EncryptingWriter:
         return self
@@ -554,7 +550,7 @@ def encrypting_writer(
 ) -> EncryptingWriter:
     """Given a sink and recipients, return a writer that encrypts into the sink as age.
 
-    Memory stays within about `limit` plus one write whatever the stream's size. Raise
+    Memory stays within about twice `limit` whatever the stream's size. Raise
     EncryptionError if there is no recipient.
     """
     return EncryptingWriter(sink, recipients, limit)
@@ -563,10 +559,9 @@ def encrypting_writer(
 class DecryptingReader:
     """Reads an age file from the source and gives back its plain bytes by `read`.
 
-    The source is read from the worker thread. `read` raises NoIdentityMatches or
-    ArchiveModified (both EncryptionError) when the archive cannot be opened or fails
-    authentication, and what the source raised, as it was raised. Call `close()` (or use as
-    a context manager) to abandon it early.
+    `read` raises NoIdentityMatches or ArchiveModified (both EncryptionError) when the
+    archive cannot be opened or fails authentication, and whatever the source raised.
+    Call `close()` (or use as a context manager) to abandon it early.
     """
 
     def __init__(
@@ -577,18 +572,15 @@ class DecryptingReader:
         limit: int,
     ) -> None:
         natives = identities.natives()
+        self._source = source
         self._encrypted_to = tuple(encrypted_to)
-        self._pipe = _Pipe(limit)
         self._closed = False
-        self._worker = _Worker("volkeep-age-decrypt", self._pipe)
-        origin, target = _SourceReader(source, self._worker), _PipeWriter(self._pipe)
-
-        def decrypt() -> None:
-            pyrage.decrypt_io(origin, target, natives)
-            target.flush()
-
-        self._worker.start(decrypt)
-        weakref.finalize(self, self._pipe.break_)  # dropped unread: free the thread
+        self._worker = _Worker(
+            "volkeep-age-decrypt",
+            lambda reader, writer: pyrage.decrypt_io(reader, writer, natives),
+            limit,
+        )
+        weakref.finalize(self, self._worker.cancel)  # dropped unread: free the thread
 
     def read(self, size: int = -1) -> bytes:
         """Return up to `size` plain bytes (all that is left if `size` < 0), b"" at the end."""
@@ -599,22 +591,42 @@ class DecryptingReader:
         if size == 0:
             return b""
         try:
-            data = self._pipe.take(size)
-        except _Aborted:
+            return self._read(size)
+        except BaseException:
             self.close()
-            raise self._worker.failure(self._translate) from None
-        if not data:
-            self._worker.join()
-        return data
+            raise
 
-    def _translate(self, error: BaseException) -> BaseException:
-        return _decryption_failure(error, self._encrypted_to)
+    def _read(self, size: int) -> bytes:
+        worker = self._worker
+        enough = min(size, worker.limit)
+        low = worker.limit // 2
+
+        def wants_input() -> bool:
+            return not worker.inbound_closed and worker.inbound_size <= low
+
+        while True:
+            with worker.lock:
+                worker.caller_wait(
+                    lambda: worker.done or wants_input() or worker.outbound_size >= enough
+                )
+                if worker.outbound_size >= enough or (worker.done and worker.outbound):
+                    return worker.take_outbound(size)
+                if worker.done:
+                    if worker.error is not None:
+                        raise _decryption_failure(worker.error, self._encrypted_to)
+                    return b""
+            data = self._source.read(SOURCE_READ)
+            with worker.lock:
+                if data:
+                    worker.put_inbound(memoryview(data).cast("B"))
+                else:
+                    worker.close_inbound()
 
     def close(self) -> None:
         """Stop decrypting; the source is not read again."""
         if not self._closed:
             self._closed = True
-            self._worker.stop()
+            self._worker.abort()
 
     def __enter__(self) -> DecryptingReader:
         return self
@@ -633,12 +645,14 @@ def decrypting_reader(
     """Given the stored bytes of an age file and identities, return a reader of its plain bytes.
 
     `encrypted_to` (the manifest's recipients) names the recipients in NoIdentityMatches.
-    Memory stays within about `limit` plus one read whatever the stream's size.
+    Memory stays within about twice `limit` whatever the stream's size.
     """
     return DecryptingReader(source, identities, encrypted_to, limit)
 
 
-def _encryption_failure(error: BaseException) -> BaseException:
+def _encryption_failure(error: BaseException | None) -> BaseException:
+    if error is None:
+        return EncryptionError("encryption ended before its input did")
     if isinstance(error, pyrage.EncryptError):
         return EncryptionError(f"encryption failed: {error}")
     return error

@@ -419,6 +419,48 @@ def test_a_writer_dropped_unfinished_frees_its_worker(key: Key) -> None:
     assert not worker_thread.is_alive()
 
 
+class ThreadRecorder:
+    """A sink and a source that note which thread calls them."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.threads: set[int] = set()
+        self.written = io.BytesIO()
+        self._data = io.BytesIO(data)
+
+    def write(self, data: bytes) -> int:
+        self.threads.add(threading.get_ident())
+        return self.written.write(data)
+
+    def read(self, size: int) -> bytes:
+        self.threads.add(threading.get_ident())
+        return self._data.read(size)
+
+
+def test_the_sink_and_the_source_are_only_called_from_the_callers_thread(key: Key) -> None:
+    data = os.urandom(40 * CHUNK)
+    sink = ThreadRecorder()
+    writer = encrypting_writer(sink, [key.recipient], limit=64 << 10)
+    for offset in range(0, len(data), 100_000):
+        writer.write(data[offset : offset + 100_000])
+    writer.finish()
+    source = ThreadRecorder(sink.written.getvalue())
+    with decrypting_reader(source, key.identities(), limit=64 << 10) as reader:
+        assert reader.read() == data
+    assert sink.threads == source.threads == {threading.get_ident()}
+
+
+def test_after_close_the_sink_is_never_written_again(key: Key) -> None:
+    sink = ThreadRecorder()
+    writer = encrypting_writer(sink, [key.recipient], limit=64 << 10)
+    for _ in range(20):
+        writer.write(os.urandom(CHUNK))
+    writer.close()
+    written = sink.written.tell()
+    with pytest.raises(ValueError, match="finished or closed"):
+        writer.write(b"more")
+    assert sink.written.tell() == written
+
+
 class FailingSource:
     def __init__(self, data: bytes, fail_at: int) -> None:
         self._data = io.BytesIO(data)
