@@ -21,6 +21,7 @@ from daemon import __version__
 from daemon.actions.backup import Published, run_backup
 from daemon.actions.context import Context
 from daemon.actions.drill import run_drill
+from daemon.actions.init import run_init
 from daemon.actions.listing import ArchiveRow, archive_files, drill_summary, list_archives
 from daemon.actions.prune import run_prune
 from daemon.actions.restore import RestoreRequest, restore_volume
@@ -29,12 +30,22 @@ from daemon.actions.validate import validate
 from daemon.archive.records import DrillRecord
 from daemon.archive.tarstream import Member
 from daemon.config import load_config
+from daemon.config.json_schema import policy_file_schema_text
 from daemon.config.model import Policy, RetentionRules
 from daemon.config.values import NAME as DEFINED_NAME
 from daemon.config.values import VOLUME_NAME, shorten
-from daemon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, UsageError, VolkeepError
+from daemon.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    OperationError,
+    UsageError,
+    VolkeepError,
+)
 from daemon.log import configure_logging
 from daemon.progress import human_bytes
+from daemon.render import paint, plural
 from daemon.repository import Repository
 from daemon.retention import Decision, format_duration
 from daemon.scheduler import run_daemon
@@ -176,6 +187,14 @@ def _parser() -> argparse.ArgumentParser:
         "status", help="per volume: last backup, last drill, next runs; and the daemon"
     )
     status.add_argument("--json", action="store_true")
+
+    commands.add_parser("schema", help="print the JSON Schema of policy files, for editors")
+
+    init = commands.add_parser(
+        "init", help="draft a first policy file from the volumes and containers on this host"
+    )
+    init.add_argument("--output", type=Path, help="write it to this file (default: print it)")
+    init.add_argument("--force", action="store_true", help="replace --output if it exists")
     return parser
 
 
@@ -263,7 +282,7 @@ def _print_drill(record: DrillRecord) -> None:
     """Print one drill's verdict: passed with the restore time, or FAILED and why."""
     address = f"{record.policy}/{record.volume} {record.archive}"
     if not record.passed:
-        print(f"{address}: FAILED: {record.reason}")
+        print(f"{address}: {paint('FAILED')}: {record.reason}")
         return
     rate = f", {human_bytes(record.restore_rate)}/s" if record.restore_rate else ""
     print(
@@ -272,16 +291,31 @@ def _print_drill(record: DrillRecord) -> None:
     )
 
 
-def _print_backup(published: Published) -> None:
-    manifest = published.manifest
-    storages = ", ".join(repository.name for repository in published.repositories)
+def _print_backup(volume: str, outcome: Published | OperationError) -> None:
+    """Print one volume's outcome: its new archive and where it is, or FAILED and why."""
+    if isinstance(outcome, OperationError):
+        print(f"{outcome.policy}/{volume}: {paint('FAILED')}: {outcome.message}")
+        return
+    manifest = outcome.manifest
+    storages = ", ".join(repository.name for repository in outcome.repositories)
+    objects = plural(len(manifest.entries), "object")
     print(
         f"{manifest.policy}/{manifest.volume}: archive {manifest.id} "
-        f"({human_bytes(manifest.size)}, {len(manifest.entries)} objects) in {storages}"
+        f"({human_bytes(manifest.size)}, {objects}) in {storages}"
     )
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "schema":
+        print(policy_file_schema_text(), end="")
+        return EXIT_OK
+    if args.command == "init":
+        draft = run_init(args.output, force=args.force)
+        if args.output is None:
+            print(draft.text, end="")
+        else:
+            print(f"wrote {args.output}: {draft.summary()}")
+        return EXIT_OK
     config = load_config(args.config)
     check_state_dir(args.state_dir, write=args.command in WRITERS)
     ctx = Context(config, args.state_dir)

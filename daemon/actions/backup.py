@@ -223,10 +223,14 @@ def back_up_one(
 
 
 def run_backup(
-    ctx: Context, policy_name: str, requested: list[str], report: Callable[[Published], None]
+    ctx: Context,
+    policy_name: str,
+    requested: list[str],
+    report: Callable[[str, Published | OperationError], None],
 ) -> list[Published]:
     """Back up the policy's volumes (or the requested ones), one after another, each into
-    every storage of the policy; give each new archive to `report` as it is published.
+    every storage of the policy; give `report` each volume's outcome as it is reached: the
+    new archive, or the failure (both, for an archive some storage failed to take).
 
     Every volume is attempted; raise OperationError at the end if any failed, or if a
     storage failed to take its copy (naming the storage).
@@ -236,6 +240,7 @@ def run_backup(
     results = []
     failures: list[OperationError] = []
     for name in policy_volumes(ctx.docker(), policy, requested):
+        failed = len(failures)
         with (
             structlog.contextvars.bound_contextvars(policy=policy.name, volume=name),
             volume_failure(failures, "backup", policy.name, name),
@@ -246,9 +251,11 @@ def run_backup(
             operation.archive = published.manifest.id
             operation.bytes = published.manifest.size
             results.append(published)
-            report(published)
+            report(name, published)
             if published.failures:
                 raise partial_failure(published.failures)
+        for failure in failures[failed:]:
+            report(name, failure)
     if failures:
         raise combined_failure(failures, "backup", policy.name)
     return results

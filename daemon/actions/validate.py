@@ -9,6 +9,7 @@ from daemon.config.model import Policy, Schedule
 from daemon.docker.containers import containers_to_stop, containers_using
 from daemon.docker.volumes import select_volumes
 from daemon.errors import DockerUnavailable
+from daemon.render import plural
 from daemon.triggers import next_run
 
 
@@ -16,7 +17,7 @@ def _next(schedule: Schedule | None, policy: Policy, now: datetime) -> str:
     if schedule is None:
         return "not scheduled"
     moment = next_run(schedule, policy.timezone, now)
-    when = moment.strftime("%Y-%m-%d %H:%M %Z") if moment else "never"
+    when = moment.strftime("%Y-%m-%d %H:%M:%S %Z") if moment else "never"
     return f"{schedule.text!r}, next {when}"
 
 
@@ -26,7 +27,8 @@ def validate(ctx: Context) -> str:
     config = ctx.config
     now = datetime.now(UTC)
     lines = [
-        f"config OK: {len(config.policies)} policies, {len(config.storages)} storages "
+        f"config OK: {plural(len(config.policies), 'policy')}, "
+        f"{plural(len(config.storages), 'storage')} "
         f"({', '.join(str(path) for path in config.files)})"
     ]
     try:

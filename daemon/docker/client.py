@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import docker
 import requests
 from docker.utils import kwargs_from_env
@@ -11,6 +13,7 @@ from daemon.errors import DockerUnavailable, OperationError
 # Streams can stall for long stretches (a slow disk, a huge file); operations are bounded
 # by cancellation, not by a socket timeout.
 API_TIMEOUT = 3600
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 
 def connect(timeout: int = API_TIMEOUT) -> docker.APIClient:
@@ -19,16 +22,37 @@ def connect(timeout: int = API_TIMEOUT) -> docker.APIClient:
 
     Raise DockerUnavailable if the engine does not answer.
     """
+    address = os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
     try:
         api = docker.APIClient(**kwargs_from_env(), timeout=timeout)
         api.ping()
     except (docker.errors.DockerException, requests.RequestException, OSError) as error:
-        raise DockerUnavailable(f"the Docker engine does not answer: {_reason(error)}") from None
+        raise DockerUnavailable(
+            f"the Docker engine does not answer at {address}: {_why_unreachable(error, address)}"
+        ) from None
     return api
+
+
+def _why_unreachable(error: Exception, address: str) -> str:
+    """Given why connecting failed, return it as a phrase with the likely fix."""
+    text = str(error)
+    if "FileNotFoundError" in text or "No such file" in text:
+        return "no such socket; is dockerd running? (systemctl start docker)"
+    if "PermissionError" in text or "Permission denied" in text:
+        return "permission denied; run as root or as a member of the docker group"
+    if "ConnectionRefused" in text or "Connection refused" in text:
+        return "connection refused; is dockerd running?"
+    if isinstance(error, requests.Timeout) or "timed out" in text.lower():
+        return "it did not answer in time"
+    return _reason(error)
 
 
 def engine_failure(error: Exception) -> OperationError:
     """Given an error the Docker SDK raised mid-operation, return the error to report."""
+    if isinstance(error, requests.Timeout):
+        return OperationError("the Docker engine did not answer in time (read timed out)")
+    if isinstance(error, requests.ConnectionError):
+        return OperationError("the Docker engine went away (connection lost)")
     explanation = getattr(error, "explanation", None) or _reason(error)
     return OperationError(f"the Docker engine failed: {explanation}")
 

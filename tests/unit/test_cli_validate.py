@@ -43,5 +43,5 @@ def test_a_valid_config_is_summarised_and_exits_0(tmp_path: Path) -> None:
         capture_output=True, text=True, env={"DOCKER_HOST": "unix:///nonexistent.sock"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "config OK: 1 policies" in result.stdout
+    assert "config OK: 1 policy" in result.stdout
     assert "'0 3 * * *', next" in result.stdout

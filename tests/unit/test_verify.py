@@ -14,7 +14,7 @@ from daemon.archive.compression import SUFFIXES, compressor
 from daemon.archive.digest import HashingWriter
 from daemon.archive.manifest import Manifest
 from daemon.archive.tarstream import Member, TarScanner
-from daemon.archive.verify import verify_archive
+from daemon.archive.verify import StoredArchive, verify_archive
 from daemon.config.model import Compression
 from daemon.errors import OperationError
 from daemon.repository import MANIFEST_SUFFIX, ArchiveKey, Repository
@@ -89,7 +89,7 @@ def verdict(root: Path, damage: int | None = None, keep: int | None = None) -> s
         data[damage] ^= 0x10
     path.write_bytes(bytes(data[:keep]))
     try:
-        verify_archive(storage, key, manifest)
+        verify_archive(StoredArchive(storage, key, manifest))
         return "intact"
     except OperationError as error:
         return error.message

@@ -17,7 +17,7 @@ from daemon.errors import OperationError
     ("raised", "message"),
     [
         (docker.errors.APIError("boom", explanation="no such container"), "no such container"),
-        (requests.ConnectionError("connection aborted"), "connection aborted"),
+        (requests.ConnectionError("connection aborted"), "connection lost"),
         (PermissionError(13, "Permission denied", "/var/lib/volkeep/locks"), "/var/lib/volkeep"),
         (sqlite3.OperationalError("database is locked"), "run history"),
         (OperationError("helper image missing"), "helper image missing"),
