@@ -210,9 +210,15 @@ def _storage_and_host(command: argparse.ArgumentParser, storage_help: str) -> No
 
 def _print_list(args: argparse.Namespace, rows: list[ArchiveRow]) -> None:
     for row in rows:
+        address = f"{row.key.policy}/{row.key.volume}/{row.key.id} in {row.storage}"
         if row.problem is not None:
-            address = f"{row.key.policy}/{row.key.volume}/{row.key.id} in {row.storage}"
             print(f"volkeep: warning: {address}: {row.problem}", file=sys.stderr)
+        if row.key.in_the_future():
+            print(
+                f"volkeep: warning: {address} is dated in the future (the clock of the host "
+                "that wrote it is ahead?); 'latest' passes it over",
+                file=sys.stderr,
+            )
     if args.json:
         print(json.dumps([row.to_json() for row in rows], indent=1))
         return

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from daemon.archive.encryption import Identities, NoIdentityMatches
 from daemon.archive.manifest import EntriesSealed, Manifest, ManifestError, Unseal
@@ -31,6 +32,9 @@ from daemon.archive.sealing import unsealer
 from daemon.errors import KeyMissing, OperationError, StorageFailure
 from daemon.storage.base import BlobMissing, BlobReader, BlobStore, Upload
 
+# An archive dated later than this past now was written by a host whose clock is ahead:
+# it is not what `latest` means (SPEC §2), and list, status and backups warn about it.
+FUTURE_TOLERANCE = timedelta(minutes=5)
 MANIFEST_SUFFIX = ".manifest.json"
 DRILL_SUFFIX = ".drill.json"
 SAFETY_MARK = "-safety"
@@ -49,6 +53,18 @@ class ArchiveKey:
     def is_safety(self) -> bool:
         """The one rule: a safety archive's id ends in "-safety"."""
         return self.id.endswith(SAFETY_MARK)
+
+    @property
+    def time(self) -> datetime | None:
+        """The UTC start time the id records, or None if it records none."""
+        try:
+            return datetime.strptime(self.id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            return None
+
+    def in_the_future(self, now: datetime | None = None) -> bool:
+        moment = self.time
+        return moment is not None and moment > (now or datetime.now(UTC)) + FUTURE_TOLERANCE
 
     @property
     def directory(self) -> str:
@@ -139,11 +155,12 @@ class Repository:
         """
         if archive_id in (None, "latest"):
             keys = self.backups(policy, volume)
-            if not keys:
-                raise OperationError(
-                    f"no archive in storage {self.name!r}", policy=policy, volume=volume
-                )
-            return keys[0]
+            present = [key for key in keys if not key.in_the_future()]
+            if not present:
+                why = "every archive is dated in the future (a clock ahead?): name one with "
+                message = why + "--archive ID" if keys else f"no archive in storage {self.name!r}"
+                raise OperationError(message, policy=policy, volume=volume)
+            return present[0]
         for key in self.files(policy, volume):
             if key.id == archive_id:
                 return key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.hooks import after_hooks, run_before_hooks
 from daemon.journal import containers_stopped
 from daemon.progress import Progress
-from daemon.repository import Repository, allocate_key
+from daemon.repository import ArchiveKey, Repository, allocate_key
 
 log = structlog.get_logger()
 
@@ -166,6 +167,7 @@ def back_up_volume(
         if source.recipients:
             manifest.sealed_entries = seal(manifest.entry_lines(), source.recipients)
         copies.publish(manifest.json_chunks)
+        _warn_of_the_future(copies.published, key)
         log.info(
             "backup published",
             storages=[repository.name for repository in copies.published],
@@ -176,6 +178,22 @@ def back_up_volume(
             seconds=round((manifest.finished - started).total_seconds(), 2),
         )
         return Published(manifest, copies.published, copies.failures)
+
+
+def _warn_of_the_future(repositories: list[Repository], key: ArchiveKey) -> None:
+    """Warn about the volume's archives dated after the new one: a clock went back, or the
+    host that wrote them had one ahead. They take keep_last places until then."""
+    for repository in repositories:
+        with contextlib.suppress(OSError):
+            later = [
+                other.id for other in repository.backups(key.policy, key.volume) if other > key
+            ]
+            if later:
+                log.warning(
+                    "archives dated after the new one: is a clock wrong?",
+                    storage=repository.name,
+                    archives=later,
+                )
 
 
 def policy_volumes(api: docker.APIClient, policy: Policy, requested: list[str]) -> list[str]:
