@@ -1,20 +1,27 @@
-"""The scheduler's pure parts: which jobs a config asks for, when a job runs first (the
-missed-run rule), the parallel limit, and the systemd notify protocol."""
+"""The scheduler's parts without Docker: which jobs a config asks for, when a job runs first
+(the missed-run rule), a reload that fails half way, the parallel limit, and the systemd
+notify protocol."""
 
 from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.config import load_config, parse_schedule
 from daemon.notify import Watchdog, notify, watchdog_interval
-from daemon.scheduler import ParallelLimit, job_specs
+from daemon.scheduler import Daemon
+from daemon.service.jobs import job_specs
+from daemon.service.runner import ParallelLimit
+from daemon.state import History
 from daemon.triggers import first_run, next_run
 
 NOW = datetime(2026, 11, 28, 4, 0, tzinfo=UTC)
@@ -84,6 +91,95 @@ def test_next_run_is_strictly_after_the_given_time() -> None:
     at_three = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
     assert next_run(parse_schedule("0 3 * * *"), "UTC", at_three) == at_three + timedelta(days=1)
     assert next_run(parse_schedule("@every 2s"), "UTC", at_three) == at_three + timedelta(seconds=2)
+
+
+def write_policies(path: Path, schedules: dict[str, str]) -> Path:
+    """Write a config with one policy per name, backed up on its schedule."""
+    lines = [
+        "version: 1",
+        "storage:",
+        f"  local: {{type: local, path: {path.parent}}}",
+        "policies:",
+    ]
+    for name, schedule in schedules.items():
+        lines += [f"  {name}:", f"    volumes: [{name}_data]", "    storage: local"]
+        lines.append(f'    schedule: "{schedule}"')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon whose scheduler runs paused (no job fires), with jobs for policies a and b."""
+    config_file = write_policies(tmp_path / "volkeep.yaml", {"a": "@every 1h", "b": "@every 2h"})
+    daemon = Daemon(load_config(config_file), config_file, tmp_path / "state")
+    daemon.scheduler.start(paused=True)
+    daemon.jobs.replace(daemon.config)
+    yield daemon
+    daemon.scheduler.shutdown(wait=False)
+
+
+def scheduled(daemon: Daemon) -> dict[str, object]:
+    return {job.id: (job.trigger, job.next_run_time) for job in daemon.scheduler.get_jobs()}
+
+
+def test_a_reload_whose_new_jobs_cannot_be_built_keeps_every_running_job(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before, running = scheduled(daemon), daemon.config
+    write_policies(daemon.config.files[0], {"a": "@every 3h", "c": "@every 1h"})
+    anchor = History.schedule_anchor
+
+    def broken_history(history: History, job: str, now: datetime) -> datetime:
+        if job == "backup:c":
+            raise sqlite3.OperationalError("disk I/O error")
+        return anchor(history, job, now)
+
+    monkeypatch.setattr(History, "schedule_anchor", broken_history)
+    with capture_logs() as logs:
+        daemon.reload()  # before the fix: raised, with backup:b already removed
+
+    assert scheduled(daemon) == before
+    assert sorted(daemon.jobs.specs) == ["backup:a", "backup:b"]
+    assert daemon.config is running
+    [refused] = [line for line in logs if line["event"].startswith("config reload failed")]
+    assert "disk I/O error" in refused["error"]
+
+
+def test_a_swap_that_fails_half_way_puts_back_the_jobs_it_touched(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = scheduled(daemon)
+    write_policies(daemon.config.files[0], {"a": "@every 3h", "c": "@every 1h"})
+    add_job = daemon.scheduler.add_job
+
+    def fails_on_c(*args: object, **kwargs: object) -> object:
+        if kwargs.get("id") == "backup:c":
+            raise RuntimeError("the job store is full")
+        return add_job(*args, **kwargs)
+
+    monkeypatch.setattr(daemon.scheduler, "add_job", fails_on_c)
+    daemon.reload()
+    monkeypatch.undo()
+
+    assert scheduled(daemon) == before
+    assert sorted(daemon.jobs.specs) == ["backup:a", "backup:b"]
+
+
+def test_a_reload_adds_removes_and_reschedules_and_keeps_the_unchanged_next_runs(
+    daemon: Daemon,
+) -> None:
+    [b_next] = [job.next_run_time for job in daemon.scheduler.get_jobs() if job.id == "backup:b"]
+    write_policies(daemon.config.files[0], {"a": "@every 3h", "b": "@every 2h", "c": "@every 1h"})
+    with capture_logs() as logs:
+        daemon.reload()
+    [reloaded] = [line for line in logs if line["event"] == "config reloaded"]
+    assert (reloaded["added"], reloaded["removed"], reloaded["rescheduled"]) == (
+        ["backup:c"],
+        [],
+        ["backup:a"],
+    )
+    assert daemon.scheduler.get_job("backup:b").next_run_time == b_next
 
 
 def test_parallel_limit_admits_up_to_its_limit_and_the_next_one_waits_for_a_release() -> None:

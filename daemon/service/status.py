@@ -1,0 +1,128 @@
+"""What the daemon does, for systemd's STATUS= line and `daemon.json` (read by `volkeep
+status`), told by the event stream: an operation that starts or ends changes the line.
+
+A heartbeat job of the scheduler republishes it (with the progress of the running
+operations) and proves that the scheduler dispatches, which is what the watchdog pings on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from daemon.events import Event, OperationFailed, OperationFinished, OperationStarted, RunFinished
+from daemon.notify import notify
+from daemon.progress import progress_of
+from daemon.state import Heartbeat, write_heartbeat
+
+log = structlog.get_logger()
+
+VERBS = {"backup": "backing up", "drill": "drilling", "prune": "pruning", "restore": "restoring"}
+
+
+def _doing(started: OperationStarted) -> str:
+    return f"{VERBS.get(started.kind, started.kind)} {started.policy}/{started.volume}"
+
+
+class StatusLine:
+    """Subscribes to the event stream; `publish` tells systemd and `daemon.json`."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        next_runs: Callable[[], dict[str, datetime | None]],
+        stopping: threading.Event,
+    ) -> None:
+        self._state_dir = state_dir
+        self._next_runs = next_runs
+        self._stopping = stopping
+        self._started = datetime.now(UTC)
+        self._running: dict[int, OperationStarted] = {}  # by operation id
+        self._lock = threading.Lock()
+        self._publish_lock = threading.Lock()  # one writer of STATUS= and daemon.json at once
+        self._line = ""
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, OperationStarted):
+            with self._lock:
+                self._running[event.id] = event
+        elif isinstance(event, OperationFinished | OperationFailed):
+            with self._lock:
+                self._running.pop(event.id, None)
+        elif not isinstance(event, RunFinished):
+            return
+        self.publish()
+
+    def _outermost(self) -> list[OperationStarted]:
+        """Return the running operations, one per thread: the one it began first (a
+        backup's prune is part of the backup)."""
+        with self._lock:
+            operations = sorted(self._running.values(), key=lambda started: started.id)
+        outermost: dict[int, OperationStarted] = {}
+        for started in operations:
+            outermost.setdefault(started.thread, started)
+        return list(outermost.values())
+
+    def running(self) -> list[str]:
+        """Return what runs now, e.g. "backing up app/app_db"."""
+        return [_doing(started) for started in self._outermost()]
+
+    def describe(self) -> str:
+        """Return what the daemon does now."""
+        now = time.monotonic()
+        doing = "; ".join(
+            f"{_doing(started)} {progress.describe(now)}"
+            if (progress := progress_of(started.thread))
+            else _doing(started)
+            for started in self._outermost()
+        )
+        if self._stopping.is_set():
+            return f"stopping: {doing}" if doing else "stopping"
+        if doing:
+            return doing
+        upcoming = [(when, job) for job, when in self._next_runs().items() if when is not None]
+        if not upcoming:
+            return "idle, nothing scheduled"
+        when, job_id = min(upcoming)
+        kind, _, policy = job_id.partition(":")
+        return f"idle, next: {policy} {kind} at {when.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+
+    def publish(self) -> None:
+        """Tell systemd what the daemon does (if that changed) and rewrite `daemon.json`."""
+        with self._publish_lock:
+            line = self.describe()
+            if line != self._line:
+                self._line = line
+                notify(f"STATUS={line}")
+            now = datetime.now(UTC)
+            heartbeat = Heartbeat(os.getpid(), self._started, now, line, self._next_runs())
+            try:
+                write_heartbeat(self._state_dir, heartbeat)
+            except OSError as error:
+                log.warning("cannot write the heartbeat file", error=str(error))
+
+
+class Heartbeats:
+    """The scheduler's heartbeat job: `beat` republishes the status; `alive` says whether
+    beats came lately (or the daemon is stopping in order)."""
+
+    def __init__(self, seconds: float, status: StatusLine, stopping: threading.Event) -> None:
+        self.seconds = seconds
+        self._status = status
+        self._stopping = stopping
+        self._last = time.monotonic()
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+        self._status.publish()
+
+    def alive(self) -> bool:
+        if self._stopping.is_set():
+            return True
+        return time.monotonic() - self._last < 3 * self.seconds
