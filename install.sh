@@ -9,15 +9,54 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 prefix=${VOLKEEP_PREFIX:-/opt/volkeep}
 
-if ! docker info >/dev/null 2>&1; then
-    echo "install: the Docker engine does not answer (is dockerd running?)" >&2
-    exit 1
-fi
-
 apt_install() {  # Debian's packages, when the host has apt and lacks them
     command -v apt-get >/dev/null || return 1
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
+
+start_engine() {  # systemd where it runs, else dockerd in the background
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+        systemctl enable --now docker >/dev/null 2>&1 || true
+    fi
+    if ! docker info >/dev/null 2>&1 && command -v dockerd >/dev/null; then
+        setsid dockerd >/var/log/dockerd.log 2>&1 < /dev/null &
+    fi
+    for _ in $(seq 60); do
+        docker info >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    return 1
+}
+
+# A fresh Debian or Ubuntu host has no Docker engine: offer Debian's docker.io (say yes
+# without a question with VOLKEEP_INSTALL_DOCKER=1, or no with VOLKEEP_INSTALL_DOCKER=0).
+if ! docker info >/dev/null 2>&1; then
+    if ! command -v dockerd >/dev/null && command -v apt-get >/dev/null; then
+        answer=${VOLKEEP_INSTALL_DOCKER:-}
+        if [ -z "$answer" ] && [ -t 0 ]; then
+            printf "install: no Docker engine here. Install Debian's docker.io and start it? [Y/n] "
+            read -r reply || reply=n
+            case $reply in [nN]*) answer=0 ;; *) answer=1 ;; esac
+        fi
+        if [ "${answer:-0}" = 1 ]; then
+            echo "install: installing docker.io"
+            apt_install docker.io
+        fi
+    fi
+    if command -v dockerd >/dev/null; then
+        start_engine || true
+    fi
+fi
+if ! docker info >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null; then
+        echo "install: no Docker engine answers. Run again and accept docker.io, or" \
+            "VOLKEEP_INSTALL_DOCKER=1 $0" >&2
+    else
+        echo "install: no Docker engine answers. Install Docker Engine for this system" \
+            "(https://docs.docker.com/engine/install/), start it, and run $0 again" >&2
+    fi
+    exit 1
+fi
 
 python3 -m venv "$prefix" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$prefix"; }
 "$prefix/bin/pip" install --quiet --disable-pip-version-check "$here"
