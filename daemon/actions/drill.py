@@ -31,6 +31,7 @@ import docker
 import requests
 import structlog
 
+from daemon import events
 from daemon.actions.context import Context
 from daemon.actions.failures import volume_failure
 from daemon.actions.restore import extract_into
@@ -220,6 +221,7 @@ def _recorded_drill(
         record = drill_archive(api, repository, policy.helper_image, key, ctx.identities(policy))
         operation.bytes = record.bytes
         repository.write_drill(key, record)
+        events.emit(events.DrillVerdict(record, repository.name))
         if not record.passed:
             log.error(
                 "drill failed",
