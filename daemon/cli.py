@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import structlog
 
@@ -74,8 +74,20 @@ VOLUME = _name(VOLUME_NAME, "volume")
 NAME = _name(DEFINED_NAME, "name")
 
 
+EXIT_STATUS = (
+    "exit status: 0 success; 1 the operation failed (a backup, restore or drill that did "
+    "not succeed, a drill that found a difference, a storage that failed); 2 bad usage or "
+    "bad config"
+)
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line, like every other error, pointing at --help (exit 2)."""
+    """Usage errors in one line, like every other error, pointing at --help (exit 2); every
+    --help ends with the exit codes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", EXIT_STATUS)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"volkeep: {message} (see {self.prog} --help)\n")
@@ -99,9 +111,18 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("VOLKEEP_STATE_DIR", "/var/lib/volkeep")),
         help="run history and locks (default: $VOLKEEP_STATE_DIR or /var/lib/volkeep)",
     )
-    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="log lines on stderr: JSON (for the journal), console (readable), or auto: "
+        "console on a terminal, JSON elsewhere (default)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="the least important log lines shown (default: info)",
     )
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
@@ -143,7 +164,10 @@ def _parser() -> argparse.ArgumentParser:
         "--to", dest="target", type=VOLUME, help="target volume (default: --volume)"
     )
     restore.add_argument(
-        "--force", action="store_true", help="replace a non-empty target (saved first)"
+        "--force",
+        action="store_true",
+        help="replace a non-empty target: its content is first saved as a safety archive "
+        "(in every storage of the policy), then deleted, paths the policy excludes too",
     )
     restore.add_argument(
         "--stop-containers",

@@ -266,6 +266,13 @@ def restore_volume(
                     assert existing is not None
                     safety = _save_and_check(ctx, api, policy, existing, archive)
                     if selected is None:
+                        if policy.exclude:  # they were never in the archive: say so
+                            log.warning(
+                                "the target's paths the policy excludes are deleted too; "
+                                "they are kept only in the safety archive",
+                                exclude=list(policy.exclude),
+                                safety_archive=safety,
+                            )
                         empty_volume(api, policy.helper_image, target)
                 extract_into(api, archive, policy.helper_image, target, target, selected)
         except BaseException:
