@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -93,13 +93,12 @@ class ContainersStopped:
 
 @dataclass(frozen=True)
 class ContainersStarted:
-    """The containers stopped for the volume's backup run again (or could not be started:
-    `failed`)."""
+    """The containers stopped for the volume's backup run again, and the backup goes on
+    (if one cannot be started, the backup fails, saying so)."""
 
     policy: str
     volume: str
     containers: tuple[str, ...]
-    failed: tuple[str, ...] = ()
     at: datetime = field(default_factory=_now)
 
 
@@ -187,6 +186,18 @@ def emit(event: Event) -> None:
 
 def subscribe(subscriber: Subscriber) -> Callable[[], None]:
     return STREAM.subscribe(subscriber)
+
+
+def containers_stopped(policy: str, volume: str, containers: Iterable[str]) -> None:
+    """Announce the containers stopped for a volume's backup, if any were."""
+    if names := tuple(containers):
+        emit(ContainersStopped(policy, volume, names))
+
+
+def containers_started(policy: str, volume: str, containers: Iterable[str]) -> None:
+    """Announce that the containers stopped for a volume's backup run again, if any were."""
+    if names := tuple(containers):
+        emit(ContainersStarted(policy, volume, names))
 
 
 @dataclass

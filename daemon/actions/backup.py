@@ -11,6 +11,7 @@ import docker
 import requests
 import structlog
 
+from daemon import events
 from daemon.actions.context import Context
 from daemon.actions.copies import Copies
 from daemon.actions.failures import volume_failure
@@ -234,7 +235,9 @@ def back_up_one(
         with containers_stopped(
             api, ctx.state_dir, policy.name, name, stopping, policy.stop_timeout
         ) as start_again:
+            events.containers_stopped(policy.name, name, [c.name for c in stopping])
             published = back_up_volume(api, repositories, source, on_stream_end=start_again)
+        events.containers_started(policy.name, name, [c.name for c in stopping])
         for repository in published.repositories:
             prune_after_backup(ctx, policy, repository, name)
     return published

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import structlog
 
-from daemon.events import Event, OperationFailed, OperationFinished, OperationStarted, RunFinished
+from daemon.events import (
+    ContainersStarted,
+    ContainersStopped,
+    Event,
+    OperationFailed,
+    OperationFinished,
+    OperationStarted,
+    RunFinished,
+)
 from daemon.notify import notify
 from daemon.progress import progress_of
 from daemon.state import Heartbeat, write_heartbeat
@@ -24,10 +32,6 @@ from daemon.state import Heartbeat, write_heartbeat
 log = structlog.get_logger()
 
 VERBS = {"backup": "backing up", "drill": "drilling", "prune": "pruning", "restore": "restoring"}
-
-
-def _doing(started: OperationStarted) -> str:
-    return f"{VERBS.get(started.kind, started.kind)} {started.policy}/{started.volume}"
 
 
 class StatusLine:
@@ -44,6 +48,7 @@ class StatusLine:
         self._stopping = stopping
         self._started = datetime.now(UTC)
         self._running: dict[int, OperationStarted] = {}  # by operation id
+        self._stopped: dict[tuple[str, str], tuple[str, ...]] = {}  # by (policy, volume)
         self._lock = threading.Lock()
         self._publish_lock = threading.Lock()  # one writer of STATUS= and daemon.json at once
         self._line = ""
@@ -55,6 +60,14 @@ class StatusLine:
         elif isinstance(event, OperationFinished | OperationFailed):
             with self._lock:
                 self._running.pop(event.id, None)
+                if event.kind == "backup":
+                    self._stopped.pop((event.policy, event.volume), None)
+        elif isinstance(event, ContainersStopped):
+            with self._lock:
+                self._stopped[event.policy, event.volume] = event.containers
+        elif isinstance(event, ContainersStarted):
+            with self._lock:
+                self._stopped.pop((event.policy, event.volume), None)
         elif not isinstance(event, RunFinished):
             return
         self.publish()
@@ -70,16 +83,22 @@ class StatusLine:
         return list(outermost.values())
 
     def running(self) -> list[str]:
-        """Return what runs now, e.g. "backing up app/app_db"."""
-        return [_doing(started) for started in self._outermost()]
+        """Return what runs now, e.g. "backing up app/app_db (stopped: web)"."""
+        return [self._doing(started) for started in self._outermost()]
+
+    def _doing(self, started: OperationStarted) -> str:
+        doing = f"{VERBS.get(started.kind, started.kind)} {started.policy}/{started.volume}"
+        with self._lock:
+            stopped = self._stopped.get((started.policy, started.volume))
+        return f"{doing} (stopped: {', '.join(stopped)})" if stopped else doing
 
     def describe(self) -> str:
         """Return what the daemon does now."""
         now = time.monotonic()
         doing = "; ".join(
-            f"{_doing(started)} {progress.describe(now)}"
+            f"{self._doing(started)} {progress.describe(now)}"
             if (progress := progress_of(started.thread))
-            else _doing(started)
+            else self._doing(started)
             for started in self._outermost()
         )
         if self._stopping.is_set():

@@ -17,11 +17,18 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.config import load_config, parse_schedule
+from daemon.events import (
+    ContainersStarted,
+    ContainersStopped,
+    OperationFinished,
+    OperationStarted,
+)
 from daemon.notify import Watchdog, notify, watchdog_interval
 from daemon.scheduler import Daemon
 from daemon.service.jobs import job_specs
 from daemon.service.runner import ParallelLimit
-from daemon.state import History
+from daemon.service.status import StatusLine
+from daemon.state import History, read_heartbeat
 from daemon.triggers import first_run, next_run
 
 NOW = datetime(2026, 11, 28, 4, 0, tzinfo=UTC)
@@ -180,6 +187,25 @@ def test_a_reload_adds_removes_and_reschedules_and_keeps_the_unchanged_next_runs
         ["backup:a"],
     )
     assert daemon.scheduler.get_job("backup:b").next_run_time == b_next
+
+
+def test_the_status_line_tells_what_runs_from_the_event_stream(tmp_path: Path) -> None:
+    next_runs = {"backup:app": NOW + timedelta(hours=1)}
+    line = StatusLine(tmp_path, lambda: next_runs, threading.Event())
+    line(OperationStarted(1, "backup", "app", "db", thread=7))
+    line(ContainersStopped("app", "db", ("web", "worker")))
+    line(OperationStarted(2, "prune", "app", "db", thread=7))  # part of the backup
+    line(OperationStarted(3, "drill", "other", "files", thread=8))
+    assert line.describe() == "backing up app/db (stopped: web, worker); drilling other/files"
+    line(ContainersStarted("app", "db", ("web", "worker")))
+    for number, kind, policy, volume in ((2, "prune", "app", "db"), (1, "backup", "app", "db")):
+        line(OperationFinished(number, kind, policy, volume, seconds=1.0))
+    assert line.describe() == "drilling other/files"
+    line(OperationFinished(3, "drill", "other", "files", seconds=1.0))
+    assert line.describe() == "idle, next: app backup at 2026-11-28 05:00:00 UTC"
+    heartbeat = read_heartbeat(tmp_path)
+    assert heartbeat is not None and heartbeat.activity == line.describe()
+    assert heartbeat.next_runs == next_runs
 
 
 def test_parallel_limit_admits_up_to_its_limit_and_the_next_one_waits_for_a_release() -> None:
