@@ -380,6 +380,7 @@ class _Worker:
             self.aborted = True
             self.inbound.clear()
             self.outbound.clear()
+            self.inbound_size = self.outbound_size = 0
             self.changed()
 
     def abort(self) -> None:
