@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import logging
 
-import apprise
-from apprise import NotifyType
-
 from daemon.notifications.base import Notice, NoticeKind, Undelivered
 
-TYPES: dict[NoticeKind, NotifyType] = {
-    "failure": NotifyType.FAILURE,
-    "drill_failure": NotifyType.FAILURE,
-    "recovered": NotifyType.SUCCESS,
-    "missed": NotifyType.WARNING,
+TYPES: dict[NoticeKind, str] = {  # Apprise's notify types
+    "failure": "failure",
+    "drill_failure": "failure",
+    "recovered": "success",
+    "missed": "warning",
 }
 logging.getLogger("apprise").disabled = True
 
@@ -25,6 +22,8 @@ def send(url: str, notice: Notice) -> None:
     kind = TYPES.get(notice.kind)
     if kind is None:
         return
+    import apprise  # here: every volkeep command imports the daemon, few send a notice
+
     sender = apprise.Apprise()
     if not sender.add(url):
         raise Undelivered("Apprise does not take this URL")
