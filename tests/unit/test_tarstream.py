@@ -273,3 +273,68 @@ def test_an_impossible_base_256_size_is_refused(size_field: bytes, piece: int) -
 def test_a_negative_pax_size_is_refused() -> None:
     with pytest.raises(TarFormatError, match="member 'f': PAX size '-1' is negative"):
         scan(pax_member(pax_record(b"size", b"-1")))
+
+
+def extended(kind: bytes, data: bytes) -> bytes:
+    return member_data(
+        header("././@LongLink" if kind in b"LK" else "PaxHeaders/f", kind, len(data)), data
+    )
+
+
+PAX_PATH = extended(tarfile.XHDTYPE, pax_record(b"path", b"long"))
+LONG_NAME = extended(tarfile.GNUTYPE_LONGNAME, b"long\0")
+FILE = member_data(header("f", size=1), b"x")
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (patched(info("f").tobuf(tarfile.GNU_FORMAT), 345, b"p") + END, "prefix field"),
+        (patched(patched(header("f"), 345, b"p"), 257, bytes(8)) + END, "prefix field"),
+        (patched(header("f"), 508, b"tar\0") + END, "star header"),
+        (patched(header("f"), 329, b"9x") + END, "bad devmajor"),
+        (PAX_PATH + PAX_PATH + FILE + END, "PAX header .* a second one"),
+        (LONG_NAME + LONG_NAME + FILE + END, "GNU long name .* a second one"),
+        (LONG_NAME + PAX_PATH + FILE + END, "both a GNU long name and a PAX path"),
+        (extended(tarfile.GNUTYPE_LONGNAME, b"\0") + FILE + END, "GNU long name .* empty"),
+        (pax_member(pax_record(b"path", b"")), "an empty PAX path"),
+        (pax_member(pax_record(b"size", b"")), "empty PAX size"),
+        (pax_member(pax_record(b"path", b"a\0b")), "holds a NUL"),
+        (pax_member(pax_record(b"GNU.sparse.map", b"0,1")), "sparse"),
+        (PAX_PATH[:-1] + b"1" + FILE + END, "bytes other than zeros after its data"),
+        (
+            extended(tarfile.XHDTYPE, pax_record(b"path", b"d/"))
+            + patched(header("x", size=0), 156, b"\0")
+            + END,
+            "differ on being a directory",
+        ),
+    ],
+    ids=[
+        "gnu-prefix",
+        "v7-prefix",
+        "star",
+        "devmajor",
+        "two-pax",
+        "two-long-names",
+        "long-name-and-pax-path",
+        "empty-long-name",
+        "empty-pax-path",
+        "empty-pax-size",
+        "nul-in-path",
+        "sparse-pax",
+        "pax-padding",
+        "old-directory-by-long-name",
+    ],
+)
+def test_what_tar_readers_read_differently_is_refused(data: bytes, reason: str) -> None:
+    with pytest.raises(TarFormatError, match=reason):
+        scan(data)
+
+
+def test_a_signed_checksum_is_accepted_as_go_and_tarfile_accept_it() -> None:
+    block = bytearray(header("ü"))
+    block[148:156] = b" " * 8
+    signed = sum(byte - 256 if byte & 0x80 else byte for byte in block)
+    block[148:156] = b"%06o\0 " % signed
+    members, _ = scan(bytes(block) + END)
+    assert [m.path for m in members] == ["ü"]
