@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from daemon.actions.context import Context
+from daemon.actions.preflight import preflight
 from daemon.config.model import Policy, Schedule
 from daemon.docker.containers import containers_to_stop, containers_using
 from daemon.docker.volumes import select_volumes
-from daemon.errors import DockerUnavailable
+from daemon.errors import ConfigError, DockerUnavailable
 from daemon.render import plural
 from daemon.triggers import next_run
 
@@ -23,7 +24,9 @@ def _next(schedule: Schedule | None, policy: Policy, now: datetime) -> str:
 
 def validate(ctx: Context) -> str:
     """Return the summary of a valid config: policies, volumes matched now (and the running
-    containers their backups would stop), next runs."""
+    containers their backups would stop), next runs.
+
+    Raise ConfigError with what the first run would meet (see `preflight`)."""
     config = ctx.config
     now = datetime.now(UTC)
     lines = [
@@ -35,7 +38,10 @@ def validate(ctx: Context) -> str:
         api = ctx.docker()
     except DockerUnavailable as error:
         api = None
-        lines.append(f"volumes not shown: {error}")
+        lines.append(f"cannot check the volumes and helper images: {error}")
+    problems = preflight(ctx, api)
+    if problems:
+        raise ConfigError(problems)
     for policy in config.policies.values():
         storages = ", ".join(policy.storage_names)
         lines.append(f"policy {policy.name} -> storage {storages} (host {ctx.host})")

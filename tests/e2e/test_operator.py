@@ -115,3 +115,21 @@ def test_list_shows_a_corrupt_manifest_and_a_missing_archive_file(configured):
     states = sorted(entry["state"] for entry in listed)
     assert states.count("UNREADABLE") == 1 and states.count("FILE MISSING") == 1
     assert not PYTHON_REPR.search(table.stdout + table.stderr)
+
+
+def test_validate_catches_a_missing_helper_image_and_a_storage_that_is_a_file(workspace):
+    a_file = workspace.root / "storage-file"
+    a_file.write_text("not a directory")
+    workspace.write_config({"app": {"volumes": ["ok_vol"], "helper_image": "vkt-absent:1"}})
+    missing = workspace.run("validate")
+    assert missing.returncode == 2
+    assert "vkt-absent:1" in missing.stderr and "volkeep.yaml:" in missing.stderr
+
+    workspace.write_config(
+        {"app": {"volumes": ["ok_vol"], "storage": "elsewhere"}},
+        storages={"elsewhere": {"type": "local", "path": str(a_file / "repo")}},
+    )
+    blocked = workspace.run("validate")
+    assert blocked.returncode == 2
+    assert f"{a_file} is not a directory" in blocked.stderr
+    assert not PYTHON_REPR.search(missing.stderr + blocked.stderr)
