@@ -212,12 +212,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true")
 
-    commands.add_parser("schema", help="print the JSON Schema of policy files, for editors")
+    commands.add_parser(
+        "schema",
+        help="print the JSON Schema of policy files, for editors",
+        description="Print the JSON Schema (draft 2020-12) of a policy file: name it in a "
+        "file's first line, '# yaml-language-server: $schema=PATH', and an editor completes "
+        "and checks the file. `volkeep validate` checks more than the schema can.",
+    )
 
     init = commands.add_parser(
-        "init", help="draft a first policy file from the volumes and containers on this host"
+        "init",
+        help="draft a first policy file from the volumes and containers on this host",
+        description="Draft a commented policy file: one policy per Compose project, one for "
+        "the other volumes, containers of database images stopped during backups, a local "
+        "storage, nightly backups and a weekly drill. What it writes loads.",
     )
-    init.add_argument("--output", type=Path, help="write it to this file (default: print it)")
+    init.add_argument(
+        "--output", type=Path, metavar="FILE", help="write it to FILE (default: print it)"
+    )
     init.add_argument("--force", action="store_true", help="replace --output if it exists")
     return parser
 
