@@ -172,3 +172,19 @@ def test_path_restores_exactly_the_matching_members_and_files_lists_them(api, vo
     assert (root / "uploads" / "2025" / "dog.jpg").exists()
     nothing = workspace.run("restore", "app", "--volume", source, "--path", "nope/", "--force")
     assert nothing.returncode == 2 and "matches" in nothing.stderr
+
+
+def test_a_forced_restore_into_another_volume_leaves_the_policys_drills_passing(
+    api, volumes, workspace
+):
+    source = backed_up(api, volumes, workspace, "drilled_after")
+    other = volumes("other")
+    (mountpoint(api, other) / "previous").write_text("kept in the safety archive")
+
+    restore = workspace.run("restore", "app", "--volume", source, "--to", other, "--force")
+    assert restore.returncode == 0, restore.stderr
+    assert "safety archive" in restore.stdout
+
+    drill = workspace.run("drill", "app")
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    assert f"app/{source}" in drill.stdout and f"app/{other}" not in drill.stdout
