@@ -183,7 +183,7 @@ def test_a_forced_restore_into_another_volume_leaves_the_policys_drills_passing(
 
     restore = workspace.run("restore", "app", "--volume", source, "--to", other, "--force")
     assert restore.returncode == 0, restore.stderr
-    assert "safety archive" in restore.stdout
+    assert "-safety" in restore.stdout
 
     drill = workspace.run("drill", "app")
     assert drill.returncode == 0, drill.stdout + drill.stderr
