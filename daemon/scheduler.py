@@ -206,6 +206,8 @@ class Daemon:
             log.exception(refused, error=repr(error))
         else:
             self._limit.resize(self.config.daemon.max_parallel)
+            if self.config.daemon.metrics != running.daemon.metrics:
+                log.warning("daemon.metrics changed: that takes effect at the next start")
             log.info(
                 "config reloaded",
                 added=changes.added,
