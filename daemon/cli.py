@@ -44,7 +44,7 @@ from daemon.errors import (
     VolkeepError,
 )
 from daemon.log import configure_logging
-from daemon.progress import human_bytes
+from daemon.progress import end_line, human_bytes
 from daemon.render import paint, plural
 from daemon.repository import Repository
 from daemon.retention import Decision, format_duration
@@ -447,10 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"volkeep: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("volkeep: interrupted", file=sys.stderr)
+        end_line()
+        print("volkeep: interrupted (Ctrl-C); nothing half-written was published", file=sys.stderr)
         return 130
     except Terminated:
-        print("volkeep: terminated", file=sys.stderr)
+        end_line()
+        print("volkeep: terminated (SIGTERM); nothing half-written was published", file=sys.stderr)
         return 128 + signal.SIGTERM
     except Exception as error:  # the last line of defence: one line, never a traceback
         log.debug("internal error", exc_info=True)

@@ -6,12 +6,14 @@ status line it gives systemd.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
 import weakref
 
 REFRESH_SECONDS = 0.25
+BAR_WIDTH = 24
 
 _by_thread: weakref.WeakValueDictionary[int, Progress] = weakref.WeakValueDictionary()
 
@@ -56,14 +58,29 @@ class Progress:
             line += f", ETA {(self.total - self.done) / rate:.0f}s"
         return line
 
+    def bar(self) -> str:
+        """Return a bar of the share done, or "" while the total is unknown or passed."""
+        if not self.total or self.done >= self.total:
+            return ""
+        filled = int(BAR_WIDTH * self.done / self.total)
+        return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+
     def _show(self, now: float) -> None:
-        sys.stderr.write(f"\r\033[K{self.label}: {self.describe(now)}")
+        line = f"{self.label}: {self.bar()}{self.describe(now)}"
+        sys.stderr.write(f"\r\033[K{line[: shutil.get_terminal_size().columns - 1]}")
         sys.stderr.flush()
 
     def finish(self) -> None:
         if self.enabled:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
+
+
+def end_line() -> None:
+    """Clear a progress line on the terminal, so that the next message starts on its own."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
 
 
 def progress_of(thread: int) -> Progress | None:

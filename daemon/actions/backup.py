@@ -28,7 +28,7 @@ from daemon.config.model import Compression, Policy
 from daemon.docker.client import engine_failure
 from daemon.docker.containers import containers_to_stop, containers_using
 from daemon.docker.tarflavour import detect_flavour, volume_tar
-from daemon.docker.volumes import VolumeInfo, require_volume, select_volumes
+from daemon.docker.volumes import VolumeInfo, require_volume, select_volumes, volume_usage
 from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.hooks import after_hooks, run_before_hooks
 from daemon.journal import containers_stopped
@@ -116,8 +116,11 @@ def back_up_volume(
             selection = MemberFilter(source.exclude)
             entries: list[Member] = []
             scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.append)
-            expected = _expected_size(repositories, source)
-            progress = Progress(f"backing up {source.volume.name}", expected)
+            progress = Progress(f"backing up {source.volume.name}")
+            if progress.enabled:  # on a terminal: the previous archive's size, or a du
+                progress.total = _expected_size(repositories, source) or volume_usage(
+                    api, source.image, source.volume.name
+                )
             for chunk in volume_tar(api, source.image, flavour, source.volume.name):
                 scanner.feed(chunk)
                 progress.advance(len(chunk))

@@ -9,6 +9,7 @@ from fnmatch import fnmatchcase
 import docker
 
 from daemon.config.model import VolumeSelector
+from daemon.docker.helpers import Mount, run_helper
 from daemon.errors import OperationError
 
 
@@ -71,3 +72,13 @@ def create_volume(api: docker.APIClient, name: str, labels: dict[str, str] | Non
 def remove_volume(api: docker.APIClient, name: str) -> None:
     with contextlib.suppress(docker.errors.NotFound):
         api.remove_volume(name, force=True)
+
+
+def volume_usage(api: docker.APIClient, image: str, volume: str) -> int | None:
+    """Return roughly how many bytes the volume's files take (a helper's `du`), the size a
+    first backup's progress shows; None if it cannot be told."""
+    code, output, _ = run_helper(api, image, ["du", "-s", "-k", "/src"], [Mount(volume, "/src")])
+    fields = output.split()
+    if code != 0 or not fields or not fields[0].isdigit():
+        return None
+    return int(fields[0]) * 1024

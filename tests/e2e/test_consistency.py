@@ -41,8 +41,11 @@ def start_service(
         ["sh", "-c", command],
         name=f"{volume}_{name}",
         labels=labels or {},
+        # no network: a service here needs none, and the tests must not depend on docker0
         host_config=api.create_host_config(
-            binds={volume: {"bind": "/data", "mode": "rw"}}, log_config={"type": "none"}
+            binds={volume: {"bind": "/data", "mode": "rw"}},
+            log_config={"type": "none"},
+            network_mode="none",
         ),
     )
     api.start(container["Id"])
