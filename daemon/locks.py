@@ -44,30 +44,45 @@ def volume_lock(
     cancelled.
     """
     path = _lock_path(state_dir, volume)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            if cancel is not None and cancel.is_set():
+                raise OperationError(
+                    f"not started: volkeep is stopping (the volume was busy: {_holder(path)})",
+                    volume=volume,
+                ) from None
+            if time.monotonic() >= deadline:
+                raise OperationError(
+                    f"volume is busy: {_holder(path)}; try again when it is done",
+                    volume=volume,
+                ) from None
+            time.sleep(POLL_SECONDS)
+            continue
+        if _still_named(descriptor, path):
+            break
+        os.close(descriptor)  # its holder removed it as we opened it: take the new one
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if cancel is not None and cancel.is_set():
-                    raise OperationError(
-                        f"not started: volkeep is stopping (the volume was busy: {_holder(path)})",
-                        volume=volume,
-                    ) from None
-                if time.monotonic() >= deadline:
-                    raise OperationError(
-                        f"volume is busy: {_holder(path)}; try again when it is done",
-                        volume=volume,
-                    ) from None
-                time.sleep(POLL_SECONDS)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{operation} by volkeep pid {os.getpid()}\n".encode(), 0)
         yield
     finally:
+        # Removed while still held, so that lock files do not pile up for every name ever
+        # tried; a waiter that got the removed file sees it is no longer named and retries.
+        path.unlink(missing_ok=True)
         os.close(descriptor)
+
+
+def _still_named(descriptor: int, path: Path) -> bool:
+    """Say whether the locked file is still the one `path` names."""
+    try:
+        return os.stat(path).st_ino == os.fstat(descriptor).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def is_held(path: Path) -> bool:
