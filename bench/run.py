@@ -1,10 +1,11 @@
 """volkeep's benchmark: backup, restore and drill, on local storage, on S3 and encrypted.
 
     python3 bench/run.py [--runs 3] [--image volkeep-helper:busybox] [--skip-naive]
-                         [--only local,s3,encryption] [--json PATH]
+                         [--only local,s3,encryption,restic] [--json PATH]
 
-Builds (once, then reuses) a ~1 GiB mixed volume, a ~100 MiB volume and a 10,000-tiny-file
-volume, then times with a warm page cache, medians of --runs:
+Builds (once, then reuses) a ~1 GiB mixed volume, a ~100 MiB volume, a 10,000-tiny-file
+volume and a 200,000-small-file volume, then times with a warm page cache, medians of
+--runs:
 
 - local: volkeep backup, restore and drill of every volume to local storage; for the mixed
   volume the naive peer approach (busybox `tar -czf` through `docker run`, and its
@@ -14,7 +15,13 @@ volume, then times with a warm page cache, medians of --runs:
   end); the mixed volume backed up to s3 only and to [local, s3], restored (into a fresh
   volume) and drilled from s3;
 - encryption: the mixed volume backed up, restored and drilled on local storage with age
-  encryption (a key generated for the run).
+  encryption (a key generated for the run);
+- restic: restic (Debian's package) as a peer, on the mixed and the 200,000-small-file
+  volumes: `restic backup .` of the volume's mountpoint into a fresh local repository
+  (interleaved with volkeep's backup), `restic restore latest --target` the mountpoint of a
+  fresh volume (interleaved with volkeep's restore, the same preparation: a fresh volume,
+  `sync`, both archives read into the page cache; both restores' trees are checked against
+  the source), and volkeep's drill.
 
 The mixed volume's local backup, restore and drill are the reference of every ratio, so
 they always run; the s3 and encryption cases are interleaved with them round by round (a
@@ -47,9 +54,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PREFIX = "vkbench_"
 MIXED, MEDIUM, TINY = PREFIX + "mixed", PREFIX + "medium", PREFIX + "tiny"
+SMALL200K = PREFIX + "small200k"
 TARGET = PREFIX + "target"
 MB = 1e6
-PARTS = ("local", "s3", "encryption")
+PARTS = ("local", "s3", "encryption", "restic")
+RESTIC_PASSWORD = "vkbench"  # a throwaway repository in the work dir
 BUCKET = "vkbench"
 RSS_LIMIT_MIB = 150
 
@@ -112,6 +121,41 @@ def fill_tiny(root: Path) -> None:
         (directory / f"t{index}").write_bytes(f"tiny file {index}\n".encode())
 
 
+def fill_small200k(root: Path) -> None:
+    """400 directories of 500 files of 200-700 bytes, half text, half random."""
+    rng = random.Random(2)
+    for index in range(200_000):
+        directory = root / f"d{index // 500:03d}"
+        if index % 500 == 0:
+            directory.mkdir()
+        size = rng.randint(200, 700)
+        if index % 2:
+            data = rng.randbytes(size)
+        else:
+            line = f"record {index} status=ok value={rng.random():.6f}\n".encode()
+            data = (line * (size // len(line) + 1))[:size]
+        (directory / f"f{index:06d}.txt").write_bytes(data)
+
+
+def tree_summary(root: Path) -> tuple[int, int, int]:
+    """(bytes of regular files, regular files, directories) under root."""
+    size = files = directories = 0
+    for _, dirnames, filenames in os.walk(root):
+        directories += len(dirnames)
+        for name in filenames:
+            files += 1
+            size += os.lstat(os.path.join(_, name)).st_size
+    return size, files, directories
+
+
+def read_files(paths: list[Path]) -> None:
+    """Read files into the page cache."""
+    for path in paths:
+        with open(path, "rb") as file:
+            while file.read(1 << 20):
+                pass
+
+
 def volume_bytes(root: Path) -> int:
     return sum(path.lstat().st_size for path in root.rglob("*") if path.is_file())
 
@@ -142,9 +186,15 @@ PEAK_RSS = (
 
 
 def timed(
-    command: list[str], *, stdin: Path | None = None, stdout: Path | None = None
+    command: list[str],
+    *,
+    stdin: Path | None = None,
+    stdout: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> tuple[float, int]:
-    """Run a command; return (seconds, peak RSS in KiB of the command itself)."""
+    """Run a command (in `cwd`, with `env`); return (seconds, peak RSS in KiB of the
+    command itself)."""
     with (
         open(stdin or os.devnull, "rb") as stdin_file,
         open(stdout or os.devnull, "wb") as stdout_file,
@@ -153,7 +203,9 @@ def timed(
     ):
         launcher = [sys.executable, "-c", PEAK_RSS, rss_file.name, *command]
         started = time.perf_counter()
-        code = subprocess.call(launcher, stdin=stdin_file, stdout=stdout_file, stderr=stderr_file)
+        code = subprocess.call(
+            launcher, stdin=stdin_file, stdout=stdout_file, stderr=stderr_file, env=env, cwd=cwd
+        )
         elapsed = time.perf_counter() - started
         if code != 0:
             stderr_file.seek(0)
@@ -164,13 +216,16 @@ def timed(
 
 @dataclass(frozen=True)
 class Case:
-    """One timed command: `prepare` runs before each run, untimed."""
+    """One timed command: `prepare` runs before each run, `check` after it, both untimed."""
 
     label: str
     prepare: Callable[[], None]
     command: Callable[[], list[str]]
     stdin: Path | None = None
     stdout: Path | None = None
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    check: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -196,7 +251,9 @@ def variant_label(label: str, variant: Variant) -> str:
     return label if variant.key == "local" else f"{label}, {variant.label}"
 
 
-PART_VARIANTS = {"local": ["local"], "s3": ["s3", "fanout"], "encryption": ["encrypted"]}
+PART_VARIANTS: dict[str, list[str]] = {
+    "local": ["local"], "s3": ["s3", "fanout"], "encryption": ["encrypted"], "restic": [],
+}  # fmt: skip
 
 
 class Bench:
@@ -223,7 +280,7 @@ class Bench:
         storages: dict[str, object] = {"local": {"type": "local", "path": str(self.repo)}}
         common = {"helper_image": self.image}
         policies: dict[str, object] = {
-            "bench": {**common, "storage": "local", "volumes": [MIXED, MEDIUM, TINY]}
+            "bench": {**common, "storage": "local", "volumes": [MIXED, MEDIUM, TINY, SMALL200K]}
         }
         if s3 is not None:
             storages["offsite"] = s3
@@ -254,7 +311,12 @@ class Bench:
             shift = index % len(cases)
             for case in cases[shift:] + cases[:shift]:
                 case.prepare()
-                seconds, rss = timed(case.command(), stdin=case.stdin, stdout=case.stdout)
+                seconds, rss = timed(
+                    case.command(), stdin=case.stdin, stdout=case.stdout, env=case.env,
+                    cwd=case.cwd,
+                )  # fmt: skip
+                if case.check is not None:
+                    case.check()
                 times[case.label].append(seconds)
                 peaks[case.label] = max(peaks[case.label], rss)
         results = {}
@@ -387,6 +449,97 @@ class Bench:
         gz.unlink(missing_ok=True)
         return results
 
+    def latest_archive_files(self, volume: str) -> list[Path]:
+        """The files of the volume's newest archive of the `bench` policy (archive, manifest)."""
+        archives = list(self.repo.glob(f"*/bench/{volume}/{volume}-*.tar.zst"))
+        if not archives:
+            raise SystemExit(f"no archive of {volume} in {self.repo}")
+        newest = max(archives, key=lambda path: path.stat().st_mtime)
+        stem = newest.name.removesuffix(".tar.zst")
+        return sorted(newest.parent.glob(f"{stem}.*"))
+
+    def versus_restic(self, volume: str) -> dict[str, float]:
+        """volkeep and restic on one volume, local repositories, warm cache: backups
+        interleaved (restic's into a fresh repository each time, so both are full backups),
+        restores into a fresh volume interleaved (the same preparation for both, and both
+        restored trees checked against the source), then volkeep's drill."""
+        root = mountpoint(self.api, volume)
+        expected = tree_summary(root)
+        restic_repo = self.work / f"restic-{volume}"
+        restic_cache = self.work / f"restic-cache-{volume}"
+        env = {**os.environ, "RESTIC_PASSWORD": RESTIC_PASSWORD}
+
+        def restic(*args: str) -> list[str]:
+            return ["restic", "--repo", str(restic_repo), "--cache-dir", str(restic_cache),
+                    "--quiet", *args]  # fmt: skip
+
+        def fresh_restic_repo() -> None:
+            shutil.rmtree(restic_repo, ignore_errors=True)
+            shutil.rmtree(restic_cache, ignore_errors=True)
+            subprocess.run(restic("init"), env=env, check=True, capture_output=True)
+
+        def backup_prepare(fresh_repo: bool) -> None:
+            if fresh_repo:
+                fresh_restic_repo()
+            sync()
+            warm(root)
+
+        def archives_warm() -> None:
+            read_files(self.latest_archive_files(volume))
+            read_files([path for path in restic_repo.rglob("*") if path.is_file()])
+
+        def restore_prepare(create_target: bool) -> None:
+            self.fresh_target()
+            archives_warm()
+            if create_target:  # volkeep creates its target itself, as part of its restore
+                self.api.create_volume(TARGET)
+
+        def drill_prepare() -> None:
+            sync()
+            read_files(self.latest_archive_files(volume))
+
+        def check_target(who: str) -> None:
+            found = tree_summary(mountpoint(self.api, TARGET))
+            if found != expected:
+                raise SystemExit(
+                    f"{who} restored {found} (bytes, files, directories) of {volume}, "
+                    f"the source has {expected}"
+                )
+
+        backups = self.interleaved([
+            Case("volkeep backup", partial(backup_prepare, False),
+                 lambda: self.volkeep("backup", "bench", "--volume", volume)),
+            Case("restic backup . (fresh repository)", partial(backup_prepare, True),
+                 lambda: restic("backup", "--host", "vkbench", "."), env=env, cwd=root),
+        ])  # fmt: skip
+        restores = self.interleaved([
+            Case("volkeep restore (fresh volume)", partial(restore_prepare, False),
+                 lambda: self.volkeep("restore", "bench", "--volume", volume, "--to", TARGET),
+                 check=partial(check_target, "volkeep restore")),
+            Case("restic restore latest --target (fresh volume)", partial(restore_prepare, True),
+                 lambda: restic("restore", "latest", "--target", str(mountpoint(self.api, TARGET))),
+                 env=env, check=partial(check_target, "restic restore")),
+        ])  # fmt: skip
+        drill, drill_rss = self.median(
+            "volkeep drill (check, restore, read back, compare)",
+            drill_prepare,
+            lambda: self.volkeep("drill", "bench", "--volume", volume, "--archive", "latest"),
+        )
+        restic_size = sum(path.stat().st_size for path in restic_repo.rglob("*") if path.is_file())
+        (backup, backup_rss), (restic_backup, restic_backup_rss) = backups.values()
+        (restore, restore_rss), (restic_restore, restic_restore_rss) = restores.values()
+        return {
+            "bytes": expected[0], "files": expected[1], "directories": expected[2],
+            "backup": backup, "restore": restore, "drill": drill,
+            "restic_backup": restic_backup, "restic_restore": restic_restore,
+            "backup_rss_mib": backup_rss / 1024, "restore_rss_mib": restore_rss / 1024,
+            "drill_rss_mib": drill_rss / 1024,
+            "restic_backup_rss_mib": restic_backup_rss / 1024,
+            "restic_restore_rss_mib": restic_restore_rss / 1024,
+            "archive_size": self.archive_size("bench", volume, "local"),
+            "restic_repository_size": float(restic_size),
+        }  # fmt: skip
+
 
 def parse_parts(text: str) -> list[str]:
     parts = [part.strip() for part in text.split(",") if part.strip()]
@@ -429,10 +582,13 @@ def main() -> int:
     if "local" in parts:
         build_volume(api, MEDIUM, fill_medium)
         build_volume(api, TINY, fill_tiny)
+    if "restic" in parts:
+        build_volume(api, SMALL200K, fill_small200k)
     work = Path(tempfile.mkdtemp(prefix="volkeep-bench-", dir="/var/tmp"))
     bench = Bench(api, args.image, args.runs, work)
     report: dict[str, dict[str, float]] = {}
     variants: dict[str, dict[str, float]] = {}
+    peers: dict[str, dict[str, float]] = {}
     seaweed = None
     seaweed_root = None
     try:
@@ -468,6 +624,9 @@ def main() -> int:
             size = volume_bytes(mountpoint(api, volume))
             print(f"\n{volume}: {size / MB:.0f} MB", flush=True)
             report[volume] = bench.backup_and_restore(volume) | {"bytes": size}
+        for volume in (MIXED, SMALL200K) if "restic" in parts else ():
+            print(f"\n{volume} against {restic_version()}", flush=True)
+            peers[volume] = bench.versus_restic(volume)
     finally:
         bench.fresh_target()
         if seaweed is not None:
@@ -476,9 +635,19 @@ def main() -> int:
             shutil.rmtree(seaweed_root, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     summarize(report, variants)
+    if peers:
+        summarize_restic(peers)
     if args.json:
-        args.json.write_text(json.dumps({"volumes": report, "mixed": variants}, indent=1))
+        args.json.write_text(
+            json.dumps({"volumes": report, "mixed": variants, "restic": peers}, indent=1)
+        )
     return 0
+
+
+def restic_version() -> str:
+    """`restic 0.14.0` (the first two words of `restic version`)."""
+    output = subprocess.run(["restic", "version"], capture_output=True, text=True, check=True)
+    return " ".join(output.stdout.split()[:2])
 
 
 def verdict(ok: bool) -> str:
@@ -563,6 +732,39 @@ def summarize(report: dict[str, dict[str, float]], variants: dict[str, dict[str,
               f" {results['restore']:8.2f} {results['drill']:6.2f}"
               f" {results['backup_rss_mib']:11.1f} {results['restore_rss_mib']:8.1f}"
               f" {results['drill_rss_mib']:6.1f}")  # fmt: skip
+
+
+def summarize_restic(peers: dict[str, dict[str, float]]) -> None:
+    print("\n== volkeep and restic, local repositories, warm cache: seconds (median), peak RSS MiB")
+    print(f"  {'volume':<18} {'size':>8} {'files':>7}  {'volkeep backup':>14} {'restore':>8}"
+          f" {'drill':>6}  {'restic backup':>13} {'restore':>8}  {'stored: volkeep':>15}"
+          f" {'restic':>8}")  # fmt: skip
+    for volume, r in peers.items():
+        print(f"  {volume:<18} {r['bytes'] / MB:5.0f} MB {r['files']:7.0f}  {r['backup']:14.2f}"
+              f" {r['restore']:8.2f} {r['drill']:6.2f}  {r['restic_backup']:13.2f}"
+              f" {r['restic_restore']:8.2f}  {r['archive_size'] / MB:12.1f} MB"
+              f" {r['restic_repository_size'] / MB:5.1f} MB")  # fmt: skip
+    print(f"  {'peak RSS, MiB':<35}  {'volkeep backup':>14} {'restore':>8} {'drill':>6}"
+          f"  {'restic backup':>13} {'restore':>8}")  # fmt: skip
+    for volume, r in peers.items():
+        print(f"  {volume:<35}  {r['backup_rss_mib']:14.1f} {r['restore_rss_mib']:8.1f}"
+              f" {r['drill_rss_mib']:6.1f}  {r['restic_backup_rss_mib']:13.1f}"
+              f" {r['restic_restore_rss_mib']:8.1f}")  # fmt: skip
+    print("\n== targets against restic (ratios of the same run)")
+    for volume, r in peers.items():
+        ratios: list[tuple[str, float, float | None]] = [
+            ("volkeep restore / restic restore", r["restore"] / r["restic_restore"], 1.0),
+            ("volkeep drill / (backup + restore)", r["drill"] / (r["backup"] + r["restore"]), 1.0),
+            ("volkeep backup / restic backup", r["backup"] / r["restic_backup"], None),
+        ]  # fmt: skip
+        print(f"  {volume}")
+        for label, ratio, target in ratios:
+            goal = f"(target <= {target})  {verdict(ratio <= target)}" if target else "(no target)"
+            print(f"    {label + ':':<36} {ratio:5.2f}  {goal}")
+        worst = max(r[f"{operation}_rss_mib"] for operation in ("backup", "restore", "drill"))
+        restic_worst = max(r["restic_backup_rss_mib"], r["restic_restore_rss_mib"])
+        print(f"    {'peak RSS of volkeep:':<36} {worst:5.1f} MiB  (target < {RSS_LIMIT_MIB} MiB)"
+              f"  {verdict(worst < RSS_LIMIT_MIB)}; restic's: {restic_worst:.1f} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":
