@@ -22,7 +22,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,7 +168,7 @@ class Daemon:
                 stack.callback(observer.stop)
                 stack.callback(events.subscribe(observer))
                 if settings.listen is not None:
-                    server = _serve(settings.listen, metrics, ctx.host)
+                    server = _serve(settings.listen, metrics, ctx.host, self.status.describe)
                     server.start()
                     stack.callback(server.stop)
             yield
@@ -229,10 +229,12 @@ class Daemon:
         return True
 
 
-def _serve(listen: tuple[str, int], metrics: Metrics, host_name: str) -> StatusServer:
+def _serve(
+    listen: tuple[str, int], metrics: Metrics, host_name: str, activity: Callable[[], str]
+) -> StatusServer:
     host, port = listen
     try:
-        return StatusServer(host, port, metrics, host_name)
+        return StatusServer(host, port, metrics, host_name, activity)
     except OSError as error:
         raise OperationError(
             f"cannot serve the metrics on {host}:{port} (daemon.metrics.listen): "

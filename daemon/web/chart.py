@@ -41,10 +41,10 @@ def archive_chart(points: tuple[ArchivePoint, ...]) -> str:
             f'<circle class="restore {drill.verdict}" cx="{x + slot / 2:.1f}" cy="{y:.1f}" '
             f'r="3.5" fill="{colour}"><title>{escape(point.id)}: {what}</title></circle>'
         )
-    legend = (
-        f'<text x="0" y="10" font-size="10" fill="#555">size, up to {human_bytes(largest)}; '
-        f"restore time, up to {slowest:.1f} s</text>"
-    )
+    scales = f"size, up to {human_bytes(largest)}"
+    if restores:
+        scales += f"; restore time, up to {slowest:.1f} s"
+    legend = f'<text x="0" y="10" font-size="10" fill="#555">{scales}</text>'
     return (
         f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
         f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '

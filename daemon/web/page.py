@@ -4,6 +4,7 @@ the last archives. Rendered from the overview, as `volkeep status` renders its t
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from html import escape
 
@@ -25,34 +26,25 @@ th { background: #f4f4f4; }
 """
 
 
-def render_page(overview: Overview | None, now: datetime, host: str) -> str:
-    """Given the latest overview (None: not read yet), return the page's HTML."""
+def render_page(overview: Overview | None, now: datetime, host: str, activity: str) -> str:
+    """Given the latest overview (None: not read yet) and what the daemon does now, return
+    the page's HTML."""
     title = f"volkeep on {escape(host)}"
     head = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
         f"<title>{title}</title><style>{STYLE}</style></head><body><h1>{title}</h1>"
     )
+    doing = f'<p class="daemon">daemon: pid {os.getpid()}, {escape(activity)}.'
     if overview is None:
-        return head + '<p class="muted">Reading the storages&hellip;</p></body></html>'
-    parts = [head, _daemon(overview, now)]
+        return f"{head}{doing} Reading the storages and the history&hellip;</p></body></html>"
+    parts = [head, f"{doing} Storages and history read {age(now - overview.taken)} ago.</p>"]
     parts += [f'<p class="note">note: {escape(note)}</p>' for note in overview.status.notes]
     for policy in overview.status.policies:
         volumes = [volume for volume in overview.volumes if volume.policy == policy.name]
         parts.append(_policy(policy, volumes, now))
     parts.append("</body></html>")
     return "".join(parts)
-
-
-def _daemon(overview: Overview, now: datetime) -> str:
-    beat = overview.status.heartbeat
-    read = f"read {age(now - overview.taken)} ago"
-    if beat is None:
-        return f'<p class="daemon">daemon: starting; {read}</p>'
-    return (
-        f'<p class="daemon">daemon: pid {beat.pid}, running since {_when(beat.started)}: '
-        f"{escape(beat.activity)}. Storages and history {read}.</p>"
-    )
 
 
 def _policy(policy: PolicyStatus, volumes: list[VolumeOverview], now: datetime) -> str:

@@ -42,9 +42,12 @@ class _QuietHandler(WSGIRequestHandler):
 class StatusServer:
     """Serves the metrics and the status page on (host, port) until `stop`."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, host_name: str) -> None:
+    def __init__(
+        self, host: str, port: int, metrics: Metrics, host_name: str, activity: Callable[[], str]
+    ) -> None:
         self._metrics = metrics
         self._host_name = host_name
+        self._activity = activity
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         server_class = _Server6 if family == socket.AF_INET6 else _Server
         self._server = make_server(
@@ -77,7 +80,8 @@ class StatusServer:
         if path == "/metrics":
             return _respond(start, "200 OK", CONTENT_TYPE_LATEST, self._metrics.exposition())
         if path == "/":
-            page = render_page(self._metrics.overview, datetime.now(UTC), self._host_name)
+            now = datetime.now(UTC)
+            page = render_page(self._metrics.overview, now, self._host_name, self._activity())
             return _respond(start, "200 OK", "text/html; charset=utf-8", page.encode())
         return _respond(start, "404 Not Found", "text/plain", b"not found: try / or /metrics\n")
 

@@ -198,9 +198,9 @@ def test_the_status_page_escapes_what_it_shows(ctx: Context) -> None:
         key,
         DrillRecord("app", "app_db", key.id, False, NOW, 1.0, 0.0, 0, reason="<script>x</script>"),
     )
-    page = render_page(take_overview(ctx, NOW), NOW, "host<1>")
+    page = render_page(take_overview(ctx, NOW), NOW, "host<1>", "idle, nothing <scheduled>")
     assert "<script>" not in page and "&lt;script&gt;" in page
-    assert "volkeep on host&lt;1&gt;" in page
+    assert "volkeep on host&lt;1&gt;" in page and "nothing &lt;scheduled&gt;" in page
     assert 'data-verdict="failed"' in page
     assert "<svg" in page and "http://" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', ""
