@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 BLOCK = 512
 MAX_EXTENDED_HEADER = 1 << 20  # a longer name or PAX header is not a volume, it is an attack
@@ -160,6 +161,30 @@ def _checksum_ok(block: bytes) -> bool:
     return value == unsigned - 256 * high
 
 
+# The header GNU tar, busybox and tarfile write for nearly every member: octal numbers
+# ending in NUL, the checksum as "%06o\0 ", ustar or GNU magic, no prefix. One match reads
+# it; any other header takes the careful way (_checksum_ok and _read_header).
+_PLAIN = re.compile(
+    rb"([0-7]{7})\0([0-7]{7})\0([0-7]{7})\0([0-7]{11})\0([0-7]{11})\0([0-7]{6})\0 "
+    rb".{101}ustar(?:\x0000|  \0).{64}(?:[0-7]{7}\0|\0{8}){2}\0",
+    re.DOTALL,
+)
+
+
+def _plain_header(block: bytes) -> re.Match[bytes] | None:
+    """Given a header block, return the match of its numbers if it is a plain one with a
+    right checksum, else None."""
+    plain = _PLAIN.match(block, 100)
+    if plain is None or block[508:512] == b"tar\0":  # a star header, read the careful way
+        return None
+    # The unsigned sum of the bytes, the checksum field counted as spaces. Adler-32's low
+    # half is 1 + the sum of the bytes, exact for 256 bytes (at most 65280 < 65521), and
+    # much faster than sum() over a bytes object.
+    total = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+    unsigned = total - sum(block[148:156]) + 8 * 32
+    return plain if int(plain[6], 8) == unsigned else None
+
+
 def _read_header(block: bytes, at: int) -> tuple[str, list[int]]:
     """Given a header block whose checksum is right, return its full name and its mode,
     uid, gid, size and mtime. Raise TarFormatError, naming the member, for what Go's
@@ -229,25 +254,29 @@ def _pax_time(value: str) -> float | None:
     return int(number) if number.is_integer() else number
 
 
-Number = TypeVar("Number", int, float)
+_PAX_NUMBERS: dict[str, Callable[[str], float | None]] = {
+    "uid": _pax_integer,
+    "gid": _pax_integer,
+    "size": _pax_integer,
+    "mtime": _pax_time,
+    "atime": _pax_time,  # read only to be refused when Go refuses them
+    "ctime": _pax_time,
+}
 
 
-def _pax_number(
-    records: dict[str, str],
-    key: str,
-    parse: Callable[[str], Number | None],
-    default: Number,
-    name: str,
-) -> Number:
-    """Return the PAX record `key` read by `parse`, or `default` when it is absent or empty
-    (Go's archive/tar keeps the header's value then); raise TarFormatError if it is no number."""
-    value = records.get(key)
-    if not value:
-        return default
-    number = parse(value)
-    if number is None:
-        raise TarFormatError(f"member {name!r}: PAX {key} {value!r} is not a number")
-    return number
+def _pax_numbers(records: dict[str, str], name: str) -> dict[str, float]:
+    """Given a member's PAX records, return the numbers among them (uid, gid and size as
+    ints). An empty one is left out: Go's archive/tar keeps the header's value then. Raise
+    TarFormatError naming the member for one that is not a number."""
+    numbers: dict[str, float] = {}
+    for key, value in records.items():
+        parse = _PAX_NUMBERS.get(key)
+        if parse is not None and value:
+            number = parse(value)
+            if number is None:
+                raise TarFormatError(f"member {name!r}: PAX {key} {value!r} is not a number")
+            numbers[key] = number
+    return numbers
 
 
 Include = Callable[[Member], bool]
@@ -304,6 +333,10 @@ class TarScanner:
                 view = self._take_data(view)
             elif self._padding:
                 view = self._take_padding(view)
+            elif not self._header and len(view) >= BLOCK:  # a whole header in this piece
+                block = bytes(view[:BLOCK])
+                view = view[BLOCK:]
+                self._on_header(block, self.offset - len(view) - BLOCK)
             else:
                 take = min(BLOCK - len(self._header), len(view))
                 self._header += view[:take]
@@ -370,13 +403,21 @@ class TarScanner:
             return
         if self._zero_blocks:
             raise TarFormatError(f"data after a zero block, at offset {at}")
-        if not _checksum_ok(block):
+        plain = _plain_header(block)
+        if plain is not None:
+            name = _decode(block[0:100])
+            size = int(plain[4], 8)
+        elif _checksum_ok(block):
+            name, numbers = _read_header(block, at)
+            size = numbers[3]
+        else:
             raise TarFormatError(f"bad tar header checksum at offset {at}")
         typeflag = block[156:157]
-        name, numbers = _read_header(block, at)
         if typeflag in EXTENDED:
-            self._start_extended(typeflag, name, numbers[3], block, at)
+            self._start_extended(typeflag, name, size, block, at)
             return
+        if plain is not None:
+            numbers = [int(plain[1], 8), int(plain[2], 8), int(plain[3], 8), size, int(plain[5], 8)]
         member = self._member_from(block, typeflag, name, numbers)
         self._member = member
         self._keep = self._include(member) if self._include else True
@@ -394,20 +435,21 @@ class TarScanner:
     def _start_extended(self, typeflag: bytes, name: str, size: int, block: bytes, at: int) -> None:
         self._extended_type = typeflag
         self._extended_name, self._extended_at = name, at
-        where = self._extended_description()
+        problem = None
         if size > MAX_EXTENDED_HEADER:
-            raise TarFormatError(f"{where}: {size} bytes long")
-        if typeflag == b"g" and self._pending:
+            problem = f"{size} bytes long"
+        elif typeflag == b"g" and self._pending:
             # Go drops the extended headers before a global one, tarfile applies them to the
             # member after it: refused rather than read one way.
-            raise TarFormatError(f"{where}: between an extended header and its member")
-        # Two of a kind for one member: Go keeps the last, tarfile the first.
-        if (
+            problem = "between an extended header and its member"
+        elif (
             (typeflag == b"x" and self._pax is not None)
             or (typeflag == b"L" and self._long_name is not None)
             or (typeflag == b"K" and self._long_link is not None)
         ):
-            raise TarFormatError(f"{where}: a second one for the same member")
+            problem = "a second one for the same member"  # Go keeps the last, tarfile the first
+        if problem is not None:
+            raise TarFormatError(f"{self._extended_description()}: {problem}")
         self._pending += block
         self._start_data(size)
 
@@ -499,14 +541,12 @@ class TarScanner:
         if records:
             if records.get("size") == "":  # Go keeps the header's size, tarfile reads 0
                 raise TarFormatError(f"member {name!r}: empty PAX size")
-            uid = _pax_number(records, "uid", _pax_integer, uid, name)
-            gid = _pax_number(records, "gid", _pax_integer, gid, name)
-            size = _pax_number(records, "size", _pax_integer, size, name)
+            pax_numbers = _pax_numbers(records, name)
+            uid, gid = int(pax_numbers.get("uid", uid)), int(pax_numbers.get("gid", gid))
+            size = int(pax_numbers.get("size", size))
             if size < 0:
                 raise TarFormatError(f"member {name!r}: PAX size {records['size']!r} is negative")
-            mtime = _pax_number(records, "mtime", _pax_time, mtime, name)
-            _pax_number(records, "atime", _pax_time, 0.0, name)  # Go refuses a bad one too
-            _pax_number(records, "ctime", _pax_time, 0.0, name)
+            mtime = pax_numbers.get("mtime", mtime)
         return Member(
             path=normalize_path(name),
             type=kind,

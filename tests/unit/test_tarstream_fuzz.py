@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from daemon.archive import tarstream
 from daemon.archive.safety import PathGuard, UnsafeMember
 from daemon.archive.tarstream import BLOCK, TarFormatError, TarScanner, normalize_path
 
@@ -271,3 +272,16 @@ def test_damaged_archives_are_refused_or_read_as_tarfile_reads_them(
     data: bytes, cuts: list[int]
 ) -> None:
     check(data, cuts)
+
+
+@pytest.mark.timeout(180)
+@settings(FUZZ, max_examples=100)
+@given(data=damaged())
+def test_the_fast_path_reads_a_header_as_the_careful_path_does(data: bytes) -> None:
+    for at in range(0, len(data) - BLOCK + 1, BLOCK):
+        block = data[at : at + BLOCK]
+        plain = tarstream._plain_header(block)
+        if plain is not None:
+            assert tarstream._checksum_ok(block)
+            numbers = [int(plain[group], 8) for group in range(1, 6)]
+            assert tarstream._read_header(block, at) == (tarstream._decode(block[:100]), numbers)
