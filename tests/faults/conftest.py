@@ -36,6 +36,7 @@ from pyrage import x25519
 from daemon.docker.helpers import LABEL_ROLE, LABEL_VOLUME
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import ROOT, Workspace, mountpoint
+from tests.faults.killpoints import ACTION as POINT_ACTION
 from tests.faults.killpoints import ENVIRONMENT as KILL_POINT
 from tests.support.daemon_process import wait_until
 from tests.support.tree import differences, snapshot
@@ -179,6 +180,18 @@ class Running:
     def signal(self, number: signal.Signals) -> None:
         self.process.send_signal(number)
 
+    def paused(self) -> bool:
+        """Say whether the process stopped itself (state T in /proc)."""
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+    def wait_until_paused(self) -> None:
+        wait_until(lambda: self.paused() or self.process.poll() is not None, "the pause point")
+        assert self.paused(), f"{self.what} ended before its pause point:\n{''.join(self.stderr)}"
+
     def wait(self, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         code = self.process.wait(timeout)
         self.ended_at = self.ended_at or time.monotonic()
@@ -236,9 +249,14 @@ class Volkeep:
                       result.stderr)  # fmt: skip
         return result
 
-    def start(self, *args: str) -> Running:
-        return Running(self.command(*args), self.environment(), f"volkeep {' '.join(args)}",
-                       self.logs)  # fmt: skip
+    def start(self, *args: str, pause_at: str | None = None) -> Running:
+        """Start the command; with `pause_at`, it stops itself (SIGSTOP) at that point of
+        tests.faults.killpoints (see `Running.wait_until_paused`)."""
+        environment = self.environment(pause_at)
+        if pause_at is not None:
+            environment[POINT_ACTION] = "pause"
+        command = self.command(*args, kill_point=pause_at)
+        return Running(command, environment, f"volkeep {' '.join(args)}", self.logs)
 
     def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
         result = self.run(*args)

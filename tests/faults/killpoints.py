@@ -1,6 +1,7 @@
 """volkeep with a kill point: `python -m tests.faults.killpoints ARGS...` runs `volkeep ARGS`
 and SIGKILLs itself at the point named by $VOLKEEP_TEST_KILL_POINT (test-only; volkeep's own
-code knows nothing of it).
+code knows nothing of it). With $VOLKEEP_TEST_POINT_ACTION=pause it SIGSTOPs itself there
+instead, for the test to break something under it and SIGCONT it.
 
 A point is a place at one of volkeep's edges: a call into the Docker engine (the SDK's
 `APIClient`), or into the local blob store (a file written, synced, renamed, deleted). The
@@ -11,6 +12,7 @@ reached leaves the command to end as usual, so the test sees it did not die.
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import os
 import signal
@@ -25,11 +27,21 @@ from daemon.cli import main
 from daemon.storage import local
 
 ENVIRONMENT = "VOLKEEP_TEST_KILL_POINT"
+ACTION = "VOLKEEP_TEST_POINT_ACTION"
 HALF = 8 << 20  # bytes: well inside the fault suite's volumes, far from either end
 
 
+_paused = False
+
+
 def die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+    """The point is reached: die (or pause, the first time, if the test asked)."""
+    global _paused
+    if os.environ.get(ACTION) != "pause":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif not _paused:
+        _paused = True
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def kill_at(
@@ -149,5 +161,6 @@ POINTS: dict[str, Callable[[], None]] = {
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1)  # where a hung volkeep waits: kill -USR1 PID
     POINTS[os.environ[ENVIRONMENT]]()
     sys.exit(main(sys.argv[1:]))
