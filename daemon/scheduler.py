@@ -109,9 +109,11 @@ class Daemon:
             engine = connect(timeout=KILL_TIMEOUT_SECONDS)  # to abort: never wait long
             self._install_signal_handlers()
             _forward_apscheduler_logs()
-            with self._observed(ctx):
+            with self._observed(ctx) as read_again:
                 self.scheduler.start()
                 self.jobs.replace(self.config)
+                self.status.publish()  # this daemon's pid and next runs, in daemon.json
+                read_again()  # so that the status page shows them
                 self.scheduler.add_job(
                     self._heartbeats.beat,
                     "interval",
@@ -147,10 +149,11 @@ class Daemon:
             return EXIT_OK
 
     @contextmanager
-    def _observed(self, ctx: Context) -> Iterator[None]:
+    def _observed(self, ctx: Context) -> Iterator[Callable[[], None]]:
         """Subscribe the event stream's readers for the block: the status line, the
         notifications, and (if `daemon.metrics` asks) the metrics, their textfile and the
-        status page. Raise OperationError if the metrics address cannot be listened on."""
+        status page; yield the function that has the overview they show read again. Raise
+        OperationError if the metrics address cannot be listened on."""
         settings = self.config.daemon.metrics
         notifications = Notifications(lambda: self.config, History(self._state_dir), ctx.host)
         with ExitStack() as stack:
@@ -171,7 +174,9 @@ class Daemon:
                     server = _serve(settings.listen, metrics, ctx.host, self.status.describe)
                     server.start()
                     stack.callback(server.stop)
-            yield
+                yield observer.read_soon
+            else:
+                yield lambda: None
 
     def _install_signal_handlers(self) -> None:
         for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):

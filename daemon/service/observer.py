@@ -52,8 +52,13 @@ class Observer:
             self._due.set()
 
     def start(self) -> None:
-        self._due.set()
+        """Start the thread; it reads first when `read_soon` asks (once the daemon wrote
+        its heartbeat: the overview shows its next runs)."""
         self._thread.start()
+
+    def read_soon(self) -> None:
+        """Read the overview again as soon as the thread is free."""
+        self._due.set()
 
     def stop(self) -> None:
         """Stop after a last read (the operations' last outcomes reach the textfile)."""
