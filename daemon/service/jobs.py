@@ -14,6 +14,7 @@ run skipped because the previous one still ran.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -94,13 +95,16 @@ class JobTable:
         change keep their next run. Raise whatever stopped it, the old table in place."""
         wanted = job_specs(config)
         now = datetime.now(UTC)
+        anchors = self._history.schedule_anchors()  # read only: nothing changes before the swap
         plans = [
-            self._plan(spec, now)
+            self._plan(spec, anchors.get(job_id, now), now)
             for job_id, spec in sorted(wanted.items())
             if self.specs.get(job_id) != spec
         ]
         gone = sorted(set(self.specs) - set(wanted))
         self._swap(plans, gone)
+        for plan in plans:
+            self._remember_first_scheduled(plan.spec.id, now)
         changes = Changes(
             added=[plan.spec.id for plan in plans if plan.spec.id not in self.specs],
             removed=gone,
@@ -113,12 +117,19 @@ class JobTable:
             self._announce(plan)
         return changes
 
-    def _plan(self, spec: JobSpec, now: datetime) -> Planned:
-        anchor = self._history.schedule_anchor(spec.id, now)
+    def _plan(self, spec: JobSpec, anchor: datetime, now: datetime) -> Planned:
         first = first_run(spec.schedule, spec.timezone, anchor, now)
         missed = next_run(spec.schedule, spec.timezone, anchor) if first == now else None
         trigger = trigger_for(spec.schedule, spec.timezone, start=anchor)
         return Planned(spec, trigger, anchor, first, missed)
+
+    def _remember_first_scheduled(self, job_id: str, now: datetime) -> None:
+        """Record when a job new to the history was first scheduled (its schedule counts
+        from then, across restarts); if that fails, the next start records it."""
+        try:
+            self._history.schedule_anchor(job_id, now)
+        except sqlite3.Error as error:
+            log.warning("cannot record the job in the run history", job=job_id, error=str(error))
 
     def _swap(self, plans: list[Planned], gone: list[str]) -> None:
         """Put the planned jobs in the scheduler and remove the gone ones; if that fails

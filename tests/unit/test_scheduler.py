@@ -135,14 +135,11 @@ def test_a_reload_whose_new_jobs_cannot_be_built_keeps_every_running_job(
 ) -> None:
     before, running = scheduled(daemon), daemon.config
     write_policies(daemon.config.files[0], {"a": "@every 3h", "c": "@every 1h"})
-    anchor = History.schedule_anchor
 
-    def broken_history(history: History, job: str, now: datetime) -> datetime:
-        if job == "backup:c":
-            raise sqlite3.OperationalError("disk I/O error")
-        return anchor(history, job, now)
+    def broken_history(history: History) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(History, "schedule_anchor", broken_history)
+    monkeypatch.setattr(History, "_connect", broken_history)
     with capture_logs() as logs:
         daemon.reload()  # before the fix: raised, with backup:b already removed
 
