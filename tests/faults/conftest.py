@@ -305,6 +305,7 @@ class Things:
             host_config=self.api.create_host_config(
                 binds={volume: {"bind": "/data", "mode": "rw"}},
                 log_config={"type": "none"},
+                network_mode="none",
                 restart_policy={"Name": restart} if restart else None,
             ),
         )

@@ -4,10 +4,10 @@ promises hold.
 
 volkeep pauses itself at the middle of the operation (tests/faults/killpoints.py) while the
 engine restarts under it, then goes on. The engine restarted is one of the test's own: a
-second dockerd with its own data root, exec root, socket and containerd namespace, and no
-networking (the helpers have none), so that a restart disturbs no other test that uses the
-machine's engine at that moment. Its service container has `--restart unless-stopped`, as a
-production service would.
+second dockerd with its own data root, exec root, socket, containerd namespace and bridge,
+so that a restart disturbs no other test that uses the machine's engine at that moment
+(`--bridge=none` is not an option: that dockerd would delete docker0, the machine engine's
+bridge). Its service container has `--restart unless-stopped`, as a production one would.
 Skip these with `-m 'not dockerd_restart'`.
 """
 
@@ -58,6 +58,12 @@ class PrivateEngine:
     def socket(self) -> str:
         return f"unix:///run/vkf-{self.tag}.sock"
 
+    @property
+    def bridge(self) -> str:
+        """A bridge of its own: with `--bridge=none` dockerd would delete docker0, the bridge
+        of the machine's engine."""
+        return f"vkf{self.tag}"
+
     def command(self) -> list[str]:
         dockerd = shutil.which("dockerd")
         if dockerd is None:
@@ -70,8 +76,9 @@ class PrivateEngine:
             f"--host={self.socket}",
             f"--containerd-namespace=vkf-{self.tag}",
             f"--containerd-plugins-namespace=vkf-{self.tag}-plugins",
-            "--bridge=none",
+            f"--bridge={self.bridge}",
             "--iptables=false",
+            "--ip-masq=false",
             "--ip-forward=false",
             "--shutdown-timeout=2",
         ]
@@ -111,14 +118,40 @@ class PrivateEngine:
     def api(self) -> docker.APIClient:
         return docker.APIClient(base_url=self.socket, timeout=600)
 
+    def create_bridge(self) -> None:
+        subnet = f"10.213.{int(self.tag[:2], 16)}"
+        for command in (
+            ["ip", "link", "add", "name", self.bridge, "type", "bridge"],
+            ["ip", "addr", "add", f"{subnet}.1/24", "dev", self.bridge],
+            ["ip", "link", "set", self.bridge, "up"],
+        ):
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                pytest.skip(f"cannot make a bridge for a private engine: {result.stderr}")
+
+    def remove_everything(self) -> None:
+        """After `stop`: unmount what dockerd left mounted, remove its exec root and bridge."""
+        roots = (str(self.root), str(self.exec_root))
+        with open("/proc/self/mountinfo") as mounts:
+            points = [line.split()[4] for line in mounts]
+        for point in sorted(points, reverse=True):
+            if point.startswith(roots):
+                subprocess.run(["umount", "-l", point], check=False)
+        subprocess.run(["rm", "-rf", str(self.exec_root)], check=False)
+        for leftover in (f"/run/vkf-{self.tag}.sock", f"/run/vkf-{self.tag}.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
+
 
 @pytest.fixture(scope="module")
 def engine(
     api: docker.APIClient, helper_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PrivateEngine]:
     engine = PrivateEngine(tmp_path_factory.mktemp("dockerd"))
-    engine.start()
+    engine.create_bridge()
     try:
+        engine.start()
         engine.api().load_image(b"".join(api.get_image(helper_image)))
         yield engine
     finally:
@@ -126,10 +159,7 @@ def engine(
             for container in engine.api().containers(all=True):
                 engine.api().remove_container(container["Id"], force=True)
         engine.stop()
-        subprocess.run(["rm", "-rf", str(engine.exec_root)], check=False)
-        for leftover in (f"/run/vkf-{engine.tag}.sock", f"/run/vkf-{engine.tag}.pid"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
+        engine.remove_everything()
 
 
 @dataclass
