@@ -25,7 +25,7 @@ from daemon.docker.client import connect
 from daemon.errors import DockerUnavailable, OperationError, UsageError
 from daemon.journal import journals, restart_pending
 from daemon.locks import volume_lock
-from daemon.recovery import remove_leftovers
+from daemon.recovery import remove_half_restored, remove_leftovers
 from daemon.repository import Repository
 from daemon.state import History
 from daemon.storage import BlobStore, open_store
@@ -54,6 +54,7 @@ class Context:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             restart_pending(self._api, self.state_dir)
             remove_leftovers(self._api)
+            remove_half_restored(self._api, self.state_dir)
         return self._api
 
     def recover(self) -> None:

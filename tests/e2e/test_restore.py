@@ -99,7 +99,7 @@ def test_kill_9_during_a_restore_with_stopped_containers_the_next_command_starts
 def test_a_prune_cannot_remove_the_archive_a_restore_reads(api, volumes, workspace):
     source = backed_up(api, volumes, workspace, "raced", retention={"keep_last": 1})
     with open(mountpoint(api, source) / "big.bin", "wb") as big:
-        for _ in range(150):
+        for _ in range(300):
             big.write(os.urandom(1 << 20))
     assert workspace.run("backup", "app").returncode == 0
     (chosen,) = json.loads(workspace.run("list", "app", "--json").stdout)
@@ -110,8 +110,9 @@ def test_a_prune_cannot_remove_the_archive_a_restore_reads(api, volumes, workspa
         stderr=subprocess.PIPE,
         text=True,
     )
+    extracting = {"label": f"volkeep.volume={target}"}
     deadline = time.monotonic() + 30
-    while not api.volumes(filters={"name": target}).get("Volumes") and time.monotonic() < deadline:
+    while not api.containers(all=True, filters=extracting) and time.monotonic() < deadline:
         time.sleep(0.02)
     (mountpoint(api, source) / "config.yml").write_text("newer\n")
     backup = workspace.run("backup", "app")  # its prune would delete the archive being read
@@ -120,7 +121,7 @@ def test_a_prune_cannot_remove_the_archive_a_restore_reads(api, volumes, workspa
     try:
         assert restore.returncode == 0, stderr
         assert backup.returncode == 1 and "volume is busy" in backup.stderr
-        assert (mountpoint(api, target) / "big.bin").stat().st_size == 150 << 20
+        assert (mountpoint(api, target) / "big.bin").stat().st_size == 300 << 20
         listed = json.loads(workspace.run("list", "app", "--json").stdout)
         assert [entry["id"] for entry in listed] == [chosen["id"]]
     finally:
@@ -188,3 +189,37 @@ def test_a_forced_restore_into_another_volume_leaves_the_policys_drills_passing(
     drill = workspace.run("drill", "app")
     assert drill.returncode == 0, drill.stdout + drill.stderr
     assert f"app/{source}" in drill.stdout and f"app/{other}" not in drill.stdout
+
+
+def test_a_half_restored_volume_left_by_kill_9_is_removed_by_the_next_command(
+    api, volumes, workspace
+):
+    source = backed_up(api, volumes, workspace, "halfway")
+    with open(mountpoint(api, source) / "big.bin", "wb") as big:
+        for _ in range(200):
+            big.write(os.urandom(1 << 20))
+    assert workspace.run("backup", "app").returncode == 0
+    target = source + "_half"
+    restore = subprocess.Popen(
+        workspace.command("restore", "app", "--volume", source, "--to", target),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not api.volumes(filters={"name": target}).get("Volumes") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    restore.send_signal(signal.SIGKILL)
+    restore.wait()
+    assert api.volumes(filters={"name": target}).get("Volumes"), "no target was created"
+
+    assert workspace.run("drill", "app", "--volume", source).returncode == 0
+
+    assert not api.volumes(filters={"name": target}).get("Volumes")
+    finished = source + "_whole"
+    try:
+        assert workspace.run("restore", "app", "--volume", source, "--to", finished).returncode == 0
+        assert workspace.run("drill", "app", "--volume", source).returncode == 0
+        assert api.volumes(filters={"name": finished}).get("Volumes"), "a finished one stays"
+    finally:
+        api.remove_volume(finished, force=True)
