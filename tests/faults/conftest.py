@@ -238,13 +238,6 @@ class Volkeep:
         )
         if kill_point is None and result.returncode == 0:
             self.seconds.setdefault(args[0], []).append(time.monotonic() - began)
-        if os.environ.get("VKF_TRACE"):
-            print(f"\n  [{time.monotonic() - began:5.2f}s] {' '.join(args[:2])} {kill_point or ''}")
-            if time.monotonic() - began > 4:
-                for line in result.stderr.splitlines():
-                    if line.startswith("{"):
-                        entry = json.loads(line)
-                        print("     ", entry.get("timestamp"), entry.get("event"))
         self.logs.add(f"volkeep {' '.join(args)} (kill point: {kill_point})", result.stdout,
                       result.stderr)  # fmt: skip
         return result
