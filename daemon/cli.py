@@ -15,6 +15,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+import docker
+import requests
 import structlog
 
 from daemon import __version__
@@ -34,6 +36,7 @@ from daemon.config.json_schema import policy_file_schema_text
 from daemon.config.model import Policy, RetentionRules
 from daemon.config.values import NAME as DEFINED_NAME
 from daemon.config.values import VOLUME_NAME, shorten
+from daemon.docker.client import engine_failure
 from daemon.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -393,9 +396,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             stop_containers=args.stop_containers,
             paths=tuple(args.path),
         )
-        result = restore_volume(
-            ctx, policy, args.volume, args.archive, args.target or args.volume, request
-        )
+        try:
+            result = restore_volume(
+                ctx, policy, args.volume, args.archive, args.target or args.volume, request
+            )
+        except (docker.errors.DockerException, requests.RequestException) as error:
+            failure = engine_failure(error)
+            failure.policy, failure.volume = policy.name, args.volume
+            raise failure from None
         if result.safety_archive:
             print(
                 f"saved the previous content of {result.target} as archive {result.safety_archive}"
@@ -454,6 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         end_line()
         print("volkeep: terminated (SIGTERM); nothing half-written was published", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except (docker.errors.DockerException, requests.RequestException) as error:
+        end_line()
+        print(f"volkeep: {engine_failure(error)}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as error:  # the last line of defence: one line, never a traceback
         log.debug("internal error", exc_info=True)
         print(f"volkeep: internal error: {error!r} (run with --log-level debug)", file=sys.stderr)

@@ -30,7 +30,14 @@ class ConfigProblem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        key = printable(self.key)  # a key is the policy's text: it may hold a line break
+        return f"{where}: {key}: {self.message}" if key else f"{where}: {self.message}"
+
+
+def printable(text: str) -> str:
+    """Given text from outside, return it with line breaks and control characters escaped,
+    so that it stays on its one line and cannot drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class ConfigError(VolkeepError):

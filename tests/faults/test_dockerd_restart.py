@@ -263,13 +263,6 @@ def test_dockerd_restarting_mid_restore_then_the_same_restore_succeeds(
     check_the_promises(scene.ledger, [scene.service], still_listed=[older])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="volkeep bug: extract_into (daemon/actions/restore.py:129) turns only "
-    "docker.errors.APIError into an operation error; the requests.ConnectionError of an "
-    "engine that went away mid-upload reaches cli.main's last resort: 'volkeep: internal "
-    "error: ConnectionError(ProtocolError(...))'",
-)
 def test_dockerd_restarting_mid_restore_fails_it_in_one_clear_line(
     restore_under_restart: Interrupted,
 ):
