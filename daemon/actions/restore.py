@@ -25,6 +25,7 @@ import contextlib
 import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import docker
@@ -36,7 +37,7 @@ from daemon.archive.select import leaves_the_target, select_members
 from daemon.archive.tarstream import Member
 from daemon.archive.verify import StoredArchive, archive_chunks, verify_archive
 from daemon.config.model import Policy
-from daemon.docker.containers import containers_using, stop_order
+from daemon.docker.containers import ContainerInfo, containers_using, stop_order
 from daemon.docker.helpers import (
     WRITE_CAPABILITIES,
     Mount,
@@ -49,6 +50,7 @@ from daemon.errors import OperationError, UsageError
 from daemon.journal import containers_stopped
 from daemon.progress import Progress
 from daemon.readahead import read_ahead
+from daemon.recovery import restoring_marker
 from daemon.repository import locate
 
 log = structlog.get_logger()
@@ -248,42 +250,65 @@ def restore_volume(
                 "them, or add --stop-containers to have volkeep stop them for the restore"
             )
         created = existing is None
-        if created:
-            create_volume(api, target)
-        was_empty = created
-        safety = None
-        try:
-            with containers_stopped(
-                api, ctx.state_dir, policy.name, target, stop_order(running), policy.stop_timeout
-            ):
-                was_empty = created or is_empty(api, policy.helper_image, target, target)
-                if not was_empty:
-                    if not request.force:
-                        raise OperationError(
-                            f"target volume {target!r} is not empty; use --force to replace "
-                            "its content (it is saved first as a safety archive)"
-                        )
-                    assert existing is not None
-                    safety = _save_and_check(ctx, api, policy, existing, archive)
-                    if selected is None:
-                        if policy.exclude:  # they were never in the archive: say so
-                            log.warning(
-                                "the target's paths the policy excludes are deleted too; "
-                                "they are kept only in the safety archive",
-                                exclude=list(policy.exclude),
-                                safety_archive=safety,
-                            )
-                        empty_volume(api, policy.helper_image, target)
-                extract_into(api, archive, policy.helper_image, target, target, selected)
-        except BaseException:
+        with ExitStack() as marked:
             if created:
-                remove_volume(api, target)
-            elif was_empty:
-                with contextlib.suppress(OperationError, docker.errors.DockerException):
-                    empty_volume(api, policy.helper_image, target)
-            raise
+                labels = marked.enter_context(restoring_marker(ctx.state_dir, target))
+                create_volume(api, target, labels)
+            safety = _restore_into(
+                ctx, api, policy, archive, target, existing, selected, running, request
+            )
         log.info("restore finished", objects=len(manifest.entries), bytes=manifest.tar_size)
         return RestoreResult(key.id, repository.name, target, created, safety)
+
+
+def _restore_into(
+    ctx: Context,
+    api: docker.APIClient,
+    policy: Policy,
+    archive: StoredArchive,
+    target: str,
+    existing: VolumeInfo | None,
+    selected: set[str] | None,
+    running: list[ContainerInfo],
+    request: RestoreRequest,
+) -> str | None:
+    """Steps 2 to 5 of a restore into the target (created if `existing` is None); return
+    the safety archive's id, if one was taken. A created target is removed again on
+    failure, one found empty is emptied again."""
+    created = existing is None
+    was_empty = created
+    safety = None
+    try:
+        with containers_stopped(
+            api, ctx.state_dir, policy.name, target, stop_order(running), policy.stop_timeout
+        ):
+            was_empty = created or is_empty(api, policy.helper_image, target, target)
+            if not was_empty:
+                if not request.force:
+                    raise OperationError(
+                        f"target volume {target!r} is not empty; use --force to replace "
+                        "its content (it is saved first as a safety archive)"
+                    )
+                assert existing is not None
+                safety = _save_and_check(ctx, api, policy, existing, archive)
+                if selected is None:
+                    if policy.exclude:  # they were never in the archive: say so
+                        log.warning(
+                            "the target's paths the policy excludes are deleted too; "
+                            "they are kept only in the safety archive",
+                            exclude=list(policy.exclude),
+                            safety_archive=safety,
+                        )
+                    empty_volume(api, policy.helper_image, target)
+            extract_into(api, archive, policy.helper_image, target, target, selected)
+    except BaseException:
+        if created:
+            remove_volume(api, target)
+        elif was_empty:
+            with contextlib.suppress(OperationError, docker.errors.DockerException):
+                empty_volume(api, policy.helper_image, target)
+        raise
+    return safety
 
 
 def _save_and_check(
