@@ -58,7 +58,10 @@ JOB_THREADS = 64  # jobs waiting for a free slot each hold a thread; threads sta
 
 class _ToStructlog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        log.log(record.levelno, record.getMessage(), logger=record.name)
+        message = record.getMessage()
+        if "maximum number of running instances reached" in message:
+            return  # the job table says it in volkeep's words (service.jobs)
+        log.log(record.levelno, message, logger=record.name)
 
 
 def _forward_apscheduler_logs() -> None:

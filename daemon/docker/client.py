@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 import docker
 import requests
+import structlog
 from docker.utils import kwargs_from_env
 
 from daemon.errors import DockerUnavailable, OperationError
+
+log = structlog.get_logger()
 
 # Streams can stall for long stretches (a slow disk, a huge file); operations are bounded
 # by cancellation, not by a socket timeout.
 API_TIMEOUT = 3600
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+SLOW_SECONDS = 10.0
 
 
 def connect(timeout: int = API_TIMEOUT) -> docker.APIClient:
@@ -25,12 +30,27 @@ def connect(timeout: int = API_TIMEOUT) -> docker.APIClient:
     address = os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
     try:
         api = docker.APIClient(**kwargs_from_env(), timeout=timeout)
+        api.hooks["response"].append(_say_when_slow)
         api.ping()
     except (docker.errors.DockerException, requests.RequestException, OSError) as error:
         raise DockerUnavailable(
             f"the Docker engine does not answer at {address}: {_why_unreachable(error, address)}"
         ) from None
     return api
+
+
+def _say_when_slow(response: requests.Response, *args: object, **kwargs: object) -> None:
+    """Log an engine call that took long to answer, so that a daemon waiting for a slow
+    engine says so instead of going silent."""
+    seconds = response.elapsed.total_seconds()
+    if seconds >= SLOW_SECONDS:
+        request = response.request
+        path = urlsplit(request.url or "").path
+        log.warning(
+            "the Docker engine is slow to answer",
+            seconds=round(seconds, 1),
+            call=f"{request.method} {path}",
+        )
 
 
 def _why_unreachable(error: Exception, address: str) -> str:

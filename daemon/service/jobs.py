@@ -191,6 +191,14 @@ class JobTable:
         spec = self.specs.get(event.job_id)
         if spec is not None:
             for due in event.scheduled_run_times:
+                # in volkeep's words, instead of APScheduler's "maximum number of running
+                # instances reached" (that line is not forwarded)
+                log.warning(
+                    f"scheduled {spec.kind} of {spec.policy} not started: its previous run "
+                    "still runs (it waits for the engine or a busy volume); the next one is "
+                    "at its usual time",
+                    due=due.isoformat(),
+                )
                 events.emit(RunMissed(spec.kind, spec.policy, due, "the previous run still ran"))
 
     def next_runs(self) -> dict[str, datetime | None]:
