@@ -57,6 +57,8 @@ class VolumeStatus:
     last_backup: OperationRecord | None  # from this host's run history
     newest: dict[str, Manifest | None]  # by storage, in the policy's order: its newest backup
     last_drill: DrillRecord | None  # from the storages: the most recent verdict
+    # from this host's run history: the last drill run, which outlives its archive's record
+    last_drill_run: OperationRecord | None = None
 
     @property
     def newest_archive(self) -> Manifest | None:
@@ -90,6 +92,13 @@ class VolumeStatus:
                 "finished": drill.finished.isoformat(),
                 "restore_seconds": drill.restore_seconds,
                 "reason": drill.reason,
+            },
+            "last_drill_run": None
+            if self.last_drill_run is None
+            else {
+                "archive": self.last_drill_run.archive,
+                "outcome": self.last_drill_run.outcome,
+                "started": self.last_drill_run.started.isoformat(),
             },
         }
 
@@ -148,6 +157,7 @@ def collect_status(ctx: Context, now: datetime) -> Status:
         key: _interrupted(record, state_dir)
         for key, record in history.last_operations("backup").items()
     }
+    drills = history.last_operations("drill")
     anchors = history.schedule_anchors()
     planned = heartbeat.next_runs if running and heartbeat is not None else None
     notes: list[str] = []
@@ -184,6 +194,7 @@ def collect_status(ctx: Context, now: datetime) -> Status:
                 backups.get((policy.name, name)),
                 {r.name: _newest_backup(r, policy.name, name) for r in repositories},
                 _last_drill(repositories, policy.name, name),
+                drills.get((policy.name, name)),
             )
             for name in names
         ]
@@ -302,6 +313,10 @@ def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str
     else:
         newest = archive.id if archive else "-"
     drill = drill_summary(volume.last_drill, now)
+    run = volume.last_drill_run
+    if volume.last_drill is None and run is not None:  # retention removed the drilled archive
+        verdict = "passed" if run.outcome == "ok" else run.outcome.upper()
+        drill = f"{verdict} {age(now - run.started)} ago (that archive is gone)"
     if volume.last_drill is not None and volume.last_drill.restore_seconds:
         drill += f", restore {volume.last_drill.restore_seconds:.1f}s"
     return (
