@@ -42,7 +42,7 @@ pytestmark = pytest.mark.faults
 
 RANDOM = "a seeded random time"
 SEED = 13  # the number
-MEGABYTES = 20  # the kill points at half an archive need more than 8 MiB to pass
+MEGABYTES = 14  # the kill points at half an archive need more than 8 MiB to pass
 
 
 @dataclass(frozen=True)
