@@ -178,9 +178,12 @@ class Session:
         latest = self.latest()
         if point.command == "drill":
             return ["drill", "app", "--volume", self.volume, "--archive", latest.id]
-        target = self.copy if point.command == "restore --force" else self.things.fresh_name("to")
-        return ["restore", "app", "--volume", self.volume, "--archive", latest.id, "--to",
-                target, "--force"]  # fmt: skip
+        restore = ["restore", "app", "--volume", self.volume, "--archive", latest.id, "--to"]
+        if point.command == "restore --force":
+            return [*restore, self.copy, "--force"]
+        # into a new volume: the half-restored one a crash leaves is removed at the next
+        # start, so that the same command works again, without --force
+        return [*restore, self.things.fresh_name("to")]
 
     def kill(self, point: Point, command: list[str]) -> subprocess.CompletedProcess[str]:
         """Run the command and kill -9 it at the point."""
