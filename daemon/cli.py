@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -280,9 +280,14 @@ def _print_list(args: argparse.Namespace, rows: list[ArchiveRow]) -> None:
         print("  ".join(cells).rstrip())
 
 
-def _print_files(args: argparse.Namespace, entries: list[Member]) -> None:
-    if args.json:
-        print(json.dumps([entry.to_json() for entry in entries], indent=1))
+def _print_files(args: argparse.Namespace, entries: Iterable[Member]) -> None:
+    if args.json:  # as json.dumps of the list would, one entry at a time
+        opening = "["
+        for entry in entries:
+            text = json.dumps(entry.to_json(), indent=1).replace("\n", "\n ")
+            print(f"{opening}\n {text}", end="")
+            opening = ","
+        print("[]" if opening == "[" else "\n]")
         return
     for entry in entries:
         moment = datetime.fromtimestamp(entry.mtime, UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -343,7 +348,7 @@ def _print_backup(volume: str, outcome: Published | OperationError) -> None:
         return
     manifest = outcome.manifest
     storages = ", ".join(repository.name for repository in outcome.repositories)
-    objects = plural(len(manifest.entries), "object")
+    objects = plural(manifest.entry_count, "object")
     print(
         f"{manifest.policy}/{manifest.volume}: archive {manifest.id} "
         f"({human_bytes(manifest.size)}, {objects}) in {storages}"

@@ -21,14 +21,15 @@ A storage is a blob store (`daemon.storage`); this module knows what its blobs m
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from daemon.archive.encryption import Identities, NoIdentityMatches
-from daemon.archive.manifest import EntriesSealed, Manifest, ManifestError, Unseal
+from daemon.archive.manifest import EntriesSealed, Manifest, ManifestError, read_entries
 from daemon.archive.records import DrillRecord
-from daemon.archive.sealing import unsealer
+from daemon.archive.sealing import opener
+from daemon.archive.tarstream import Member
 from daemon.errors import KeyMissing, OperationError, StorageFailure
 from daemon.storage.base import BlobMissing, BlobReader, BlobStore, Upload
 
@@ -177,15 +178,55 @@ class Repository:
     def read_manifest(
         self, key: ArchiveKey, *, entries: bool = True, identities: Identities | None = None
     ) -> Manifest:
-        """Return the archive's manifest (without its entries if `entries` is off); the
-        sealed entries of an encrypted archive are opened with `identities`.
+        """Return the archive's manifest: its summary, and (unless `entries` is off) its
+        entries, streamed from the storage at each iteration; the sealed entries of an
+        encrypted archive are opened with `identities`.
 
         Raise OperationError if it is missing or unreadable, if its entries are sealed and
-        no identity is given, or if it names an archive file that is not this archive's (a
-        hostile manifest must not point elsewhere)."""
+        no identity is given or none opens them, or if it names an archive file that is not
+        this archive's (a hostile manifest must not point elsewhere). Iterating the entries
+        raises OperationError too (StorageFailure if the storage fails)."""
+        with (
+            self._reading_manifest(key),
+            contextlib.closing(self.store.open(key.blob(MANIFEST_SUFFIX))) as raw,
+        ):
+            manifest = Manifest.read(raw)
+        split = _split(manifest.archive_file, key.volume)
+        if split is None or split[0] != key.id or split[1] in (MANIFEST_SUFFIX, DRILL_SUFFIX):
+            raise self._error(
+                key, f"manifest names a foreign archive file {manifest.archive_file!r}"
+            )
+        if entries:
+            if manifest.encryption is not None and identities is None:
+                raise KeyMissing(
+                    f"{EntriesSealed(manifest.recipients)}: restoring or drilling it needs one "
+                    "of their identities (encryption.age.identity_file in the policy)",
+                    policy=key.policy,
+                    volume=key.volume,
+                    archive=key.id,
+                )
+            manifest.entries = StoredEntries(self, key, identities, tuple(manifest.recipients))
+            if manifest.encryption is not None:  # a wrong identity is said before any work
+                with contextlib.closing(iter(manifest.entries)) as opened:
+                    next(opened, None)
+        return manifest
+
+    def manifest_entries(
+        self, key: ArchiveKey, identities: Identities | None, recipients: Sequence[str]
+    ) -> Generator[Member, None, None]:
+        """Yield the entries of the archive's manifest, streamed (see `read_manifest`)."""
+        decrypt = opener(identities, recipients) if identities is not None else None
+        with (
+            self._reading_manifest(key),
+            contextlib.closing(self.store.open(key.blob(MANIFEST_SUFFIX))) as raw,
+        ):
+            yield from read_entries(raw, decrypt)
+
+    @contextlib.contextmanager
+    def _reading_manifest(self, key: ArchiveKey) -> Iterator[None]:
+        """Turn what reading a manifest raises into the OperationError that names it."""
         try:
-            raw = self.store.get(key.blob(MANIFEST_SUFFIX))
-            manifest = Manifest.from_json(raw, entries=entries, unseal=_unsealer(identities, raw))
+            yield
         except BlobMissing:
             raise self._error(key, "manifest missing") from None
         except EntriesSealed as sealed:
@@ -204,12 +245,6 @@ class Repository:
             raise self._error(key, str(error)) from None
         except OSError as error:
             raise self.failure(error, "cannot read the manifest", key) from None
-        split = _split(manifest.archive_file, key.volume)
-        if split is None or split[0] != key.id or split[1] in (MANIFEST_SUFFIX, DRILL_SUFFIX):
-            raise self._error(
-                key, f"manifest names a foreign archive file {manifest.archive_file!r}"
-            )
-        return manifest
 
     def open_archive(self, key: ArchiveKey, manifest: Manifest) -> BlobReader:
         """Open the archive file for reading. Raise OperationError if it is missing."""
@@ -294,15 +329,17 @@ class Repository:
         return StorageFailure(message, policy=key.policy, volume=key.volume, archive=key.id)
 
 
-def _unsealer(identities: Identities | None, raw: bytes) -> Unseal | None:
-    if identities is None:
-        return None
+@dataclass(frozen=True)
+class StoredEntries:
+    """A committed manifest's entries: each iteration streams them from the storage."""
 
-    def unseal(sealed: bytes) -> bytes:
-        recipients = Manifest.from_json(raw, entries=False).recipients
-        return unsealer(identities, recipients)(sealed)
+    repository: Repository
+    key: ArchiveKey
+    identities: Identities | None
+    recipients: tuple[str, ...]
 
-    return unseal
+    def __iter__(self) -> Generator[Member, None, None]:
+        return self.repository.manifest_entries(self.key, self.identities, self.recipients)
 
 
 def allocate_key(

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import docker
 import requests
@@ -21,9 +22,8 @@ from daemon.archive.digest import HashingWriter
 from daemon.archive.encryption import SUFFIX as AGE_SUFFIX
 from daemon.archive.encryption import Recipient, encrypting_writer, recipient_strings
 from daemon.archive.exclude import MemberFilter
-from daemon.archive.manifest import Manifest
-from daemon.archive.sealing import seal
-from daemon.archive.tarstream import Member, TarFormatError, TarScanner
+from daemon.archive.manifest import Manifest, ManifestWriter
+from daemon.archive.tarstream import TarFormatError, TarScanner
 from daemon.config.model import Compression, Policy
 from daemon.docker.client import engine_failure
 from daemon.docker.containers import containers_to_stop, containers_using
@@ -81,16 +81,19 @@ def back_up_volume(
     repositories: list[Repository],
     source: BackupSource,
     on_stream_end: Callable[[], None] | None = None,
+    *,
+    spool_dir: Path | None = None,
 ) -> Published:
     """Stream the volume through a helper's tar into a new archive in every repository and
     publish each copy.
 
     Each copy is written under a temporary name and published only once complete; its
-    manifest is written last. `on_stream_end` is called once the helper's tar has ended
-    well, before the archives are completed (containers stopped for the backup start again
-    there). Raise OperationError if no copy could be published, leaving nothing listed
-    behind; a copy that failed while others were published is in `failures`. The caller
-    holds the volume's lock.
+    manifest is written last (its entries wait meanwhile in memory up to a MiB, then in an
+    unnamed file in `spool_dir`, the state dir). `on_stream_end` is called once the
+    helper's tar has ended well, before the archives are completed (containers stopped for
+    the backup start again there). Raise OperationError if no copy could be published,
+    leaving nothing listed behind; a copy that failed while others were published is in
+    `failures`. The caller holds the volume's lock.
     """
     flavour = detect_flavour(api, source.image)
     started = datetime.now(UTC)
@@ -102,7 +105,10 @@ def back_up_volume(
         archive_stamp(started),
         safety=source.kind == "safety",
     )
-    with structlog.contextvars.bound_contextvars(volume=source.volume.name, archive=key.id):
+    with (
+        structlog.contextvars.bound_contextvars(volume=source.volume.name, archive=key.id),
+        ManifestWriter(spool_dir, source.recipients) as entries,
+    ):
         storages = [repository.name for repository in repositories]
         log.info("backup started", kind=source.kind, tar=flavour.name, storages=storages)
         copies = Copies(repositories, key, suffix)
@@ -114,8 +120,7 @@ def back_up_volume(
                 sealing = encrypting_writer(stored, source.recipients)
             packer = compressor(source.compression, sealing or stored)
             selection = MemberFilter(source.exclude)
-            entries: list[Member] = []
-            scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.append)
+            scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.add)
             progress = Progress(f"backing up {source.volume.name}")
             if progress.enabled:  # on a terminal: the previous archive's size, or a du
                 progress.total = _expected_size(repositories, source) or volume_usage(
@@ -128,6 +133,7 @@ def back_up_volume(
                 on_stream_end()
             progress.finish()
             scanner.close()
+            entries.finish()
             packer.finish()
             if sealing is not None:
                 sealing.finish()
@@ -166,18 +172,18 @@ def back_up_volume(
             tar_flavour=flavour.name,
             tar_size=scanner.offset,
             exclude=list(source.exclude),
-            entries=entries,
+            entry_count=entries.count,
+            hardlinks=entries.hardlinks,
         )
-        if source.recipients:
-            manifest.sealed_entries = seal(manifest.entry_lines(), source.recipients)
-        copies.publish(manifest.json_chunks)
+        copies.publish(lambda: entries.chunks(manifest))
         _warn_of_the_future(copies.published, key)
         log.info(
             "backup published",
             storages=[repository.name for repository in copies.published],
             size=stored.size,
             tar_size=scanner.offset,
-            objects=len(entries),
+            objects=entries.count,
+            entries_bytes=entries.spool_bytes,
             excluded=selection.excluded,
             seconds=round((manifest.finished - started).total_seconds(), 2),
         )
@@ -239,7 +245,9 @@ def back_up_one(
             api, ctx.state_dir, policy.name, name, stopping, policy.stop_timeout
         ) as start_again:
             events.containers_stopped(policy.name, name, [c.name for c in stopping])
-            published = back_up_volume(api, repositories, source, on_stream_end=start_again)
+            published = back_up_volume(
+                api, repositories, source, on_stream_end=start_again, spool_dir=ctx.state_dir
+            )
         events.containers_started(policy.name, name, [c.name for c in stopping])
         for repository in published.repositories:
             prune_after_backup(ctx, policy, repository, name)

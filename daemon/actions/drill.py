@@ -9,13 +9,15 @@ For each volume the policy has archives of in its storage, under the volume's lo
 3. Restore it into a fresh scratch volume through the restore code path (`extract_into`:
    the Engine's archive endpoint on a helper container, then the volume root's fix-up).
 4. Read the scratch volume back through a helper's tar stream, digesting files as they
-   pass, and compare every object with the manifest (`compare_trees`).
+   pass, and compare every object with the manifest's entries as both stream
+   (`compare_trees`).
 5. Remove the scratch volume on every path out (it carries volkeep's labels, so the next
    volkeep start removes it after a crash), then write the verdict beside the archive and
    in the run history.
 
 Nothing is copied outside the scratch volume: the archive streams from storage twice (the
-check, the restore) and the restored tree streams once.
+check, the restore) and the restored tree streams once (a second time only if it comes
+in an order too far from the manifest's: see daemon.archive.compare).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import docker
 import requests
@@ -218,7 +222,9 @@ def _recorded_drill(
     ):
         operation.archive = key.id
         log.info("drill started", helper_image=policy.helper_image)
-        record = drill_archive(api, repository, policy.helper_image, key, ctx.identities(policy))
+        record = drill_archive(
+            api, repository, policy.helper_image, key, ctx.identities(policy), ctx.state_dir
+        )
         operation.bytes = record.bytes
         repository.write_drill(key, record)
         events.emit(events.DrillVerdict(record, repository.name))
@@ -245,9 +251,11 @@ def drill_archive(
     image: str,
     key: ArchiveKey,
     identities: Identities | None = None,
+    spool_dir: Path | None = None,
 ) -> DrillRecord:
     """Given an archive, check it, restore it into a scratch volume with the helper image,
     compare what comes back with its manifest, and return the verdict (not yet recorded).
+    A comparison that must sort spills to `spool_dir` (the state dir).
 
     Failures of the archive are the verdict, not exceptions. Raise OperationError if the
     drill could not run: the engine or the storage failed, which is no verdict.
@@ -258,13 +266,16 @@ def drill_archive(
     try:
         encrypted = repository.read_manifest(key, entries=False).encryption is not None
         manifest = repository.read_manifest(key, identities=identities)
-        archive = StoredArchive(repository, key, manifest, identities)
+        archive = StoredArchive(repository, key, manifest, identities, spool_dir)
         with scratch_volume(api, key.volume) as scratch:
             # one pass: checked as it streams into the scratch volume
             extract_into(api, archive, image, scratch, key.volume)
             restore_seconds, restored = time.monotonic() - started, manifest.tar_size
-            found = read_back(api, image, scratch, key.volume, manifest.tar_size)
-        comparison = compare_trees(manifest.entries, found)
+            found = ReadBack(api, image, scratch, key.volume, manifest.tar_size)
+            comparison = compare_trees(
+                manifest.entries, found, hard_links=manifest.hardlinks != 0, spool_dir=spool_dir
+            )
+        log.info("compared with the manifest", objects=comparison.compared)
         reason = comparison.summary() or None
     except MembersDiffer as error:
         comparison, reason = error.comparison, error.message
@@ -305,21 +316,33 @@ def scratch_volume(api: docker.APIClient, source: str) -> Iterator[str]:
         remove_volume(api, name)
 
 
-def read_back(
-    api: docker.APIClient, image: str, volume: str, owner: str, expected_size: int
-) -> list[Member]:
-    """Given a volume, return its objects as a helper's tar stream describes them, regular
-    files digested as they pass. Raise OperationError if the stream fails."""
-    members: list[Member] = []
-    scanner = TarScanner(done=members.append)
-    progress = Progress(f"reading back {volume}", total=expected_size)
-    try:
-        for chunk in volume_tar(api, image, detect_flavour(api, image), volume, owner):
-            scanner.feed(chunk)
-            progress.advance(len(chunk))
-        scanner.close()
-    except TarFormatError as error:
-        raise OperationError(f"unreadable tar stream from the scratch volume: {error}") from None
-    finally:
-        progress.finish()
-    return members
+@dataclass(frozen=True)
+class ReadBack:
+    """A volume's objects as a helper's tar stream describes them, regular files digested
+    as they pass; each iteration streams them again. Iterating raises OperationError if
+    the stream fails."""
+
+    api: docker.APIClient
+    image: str
+    volume: str
+    owner: str
+    expected_size: int
+
+    def __iter__(self) -> Iterator[Member]:
+        members: list[Member] = []
+        scanner = TarScanner(done=members.append)
+        progress = Progress(f"reading back {self.volume}", total=self.expected_size)
+        flavour = detect_flavour(self.api, self.image)
+        try:
+            for chunk in volume_tar(self.api, self.image, flavour, self.volume, self.owner):
+                scanner.feed(chunk)
+                progress.advance(len(chunk))
+                yield from members
+                members.clear()
+            scanner.close()
+        except TarFormatError as error:
+            raise OperationError(
+                f"unreadable tar stream from the scratch volume: {error}"
+            ) from None
+        finally:
+            progress.finish()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -111,17 +111,18 @@ def archive_files(
     *,
     storage: str | None = None,
     host: str | None = None,
-) -> list[Member]:
-    """Return the objects one archive holds, from its manifest (the sealed entries of an
-    encrypted one need the policy's identity); with patterns, only those `restore --path`
-    with them would restore. Raise OperationError if there is no such archive."""
+) -> Iterable[Member]:
+    """Return the objects one archive holds, streamed from its manifest (the sealed entries
+    of an encrypted one need the policy's identity); with patterns, only those `restore
+    --path` with them would restore. Raise OperationError if there is no such archive
+    (iterating raises it if the manifest turns out damaged)."""
     repositories = ctx.repositories(policy, storage=storage, host=host)
     repository, key = locate(repositories, policy.name, volume, archive_id)
     manifest = repository.read_manifest(key, identities=ctx.identities(policy))
     if not patterns:
         return manifest.entries
-    chosen = select_members(manifest.entries, patterns)
-    return [entry for entry in manifest.entries if entry.path in chosen]
+    selection = select_members(manifest.entries, patterns)
+    return (entry for entry in manifest.entries if selection.keeps(entry))
 
 
 def drill_summary(drill: DrillRecord | None, now: datetime) -> str:

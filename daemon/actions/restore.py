@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -33,7 +33,7 @@ import structlog
 
 from daemon.actions.backup import BackupSource, back_up_volume
 from daemon.actions.context import Context
-from daemon.archive.select import leaves_the_target, select_members
+from daemon.archive.select import Selection, leaves_the_target, select_members
 from daemon.archive.tarstream import Member
 from daemon.archive.verify import StoredArchive, archive_chunks, verify_archive
 from daemon.config.model import Policy
@@ -102,7 +102,7 @@ def extract_into(
     image: str,
     target: str,
     owner: str,
-    selected: set[str] | None = None,
+    selected: Selection | None = None,
 ) -> None:
     """Stream the archive (only the `selected` members, if given) into the target volume
     through the Engine's archive endpoint, checking it as it passes; then create the
@@ -111,10 +111,14 @@ def extract_into(
     manifest = archive.manifest
     deferred: list[Member] = []
     deferred_paths: set[str] = set()
+    root: Member | None = None
 
     def include(member: Member) -> bool:
-        if selected is not None and member.path not in selected:
+        nonlocal root
+        if selected is not None and not selected.keeps(member):
             return False
+        if member.path == ".":
+            root = member
         to_a_deferred = member.type == "hardlink" and member.link in deferred_paths
         if leaves_the_target(member) or to_a_deferred:
             deferred.append(member)
@@ -135,7 +139,6 @@ def extract_into(
     progress.finish()
     if deferred:
         _create_links(api, image, target, owner, deferred, manifest.entries)
-    root = next((entry for entry in manifest.entries if entry.path == "."), None)
     if root is None or selected is not None:
         return
     fix_root = 'chown "$1" /dst && chmod "$2" /dst && touch -m -d "@$3" /dst'
@@ -169,7 +172,7 @@ def _create_links(
     target: str,
     owner: str,
     links: list[Member],
-    entries: list[Member],
+    entries: Iterable[Member],
 ) -> None:
     """Create the links the Engine's extractor refuses, as recorded, and give their parent
     directories their recorded mtime again (creating a link changes it)."""
@@ -232,7 +235,7 @@ def restore_volume(
         log.info("restore started", storage=repository.name, host=repository.host)
         identities = ctx.identities(policy)
         manifest = repository.read_manifest(key, identities=identities)
-        archive = StoredArchive(repository, key, manifest, identities)
+        archive = StoredArchive(repository, key, manifest, identities, ctx.state_dir)
         selected = None
         if request.paths:
             selected = select_members(manifest.entries, request.paths)
@@ -257,7 +260,7 @@ def restore_volume(
             safety = _restore_into(
                 ctx, api, policy, archive, target, existing, selected, running, request
             )
-        log.info("restore finished", objects=len(manifest.entries), bytes=manifest.tar_size)
+        log.info("restore finished", objects=manifest.entry_count, bytes=manifest.tar_size)
         return RestoreResult(key.id, repository.name, target, created, safety)
 
 
@@ -268,7 +271,7 @@ def _restore_into(
     archive: StoredArchive,
     target: str,
     existing: VolumeInfo | None,
-    selected: set[str] | None,
+    selected: Selection | None,
     running: list[ContainerInfo],
     request: RestoreRequest,
 ) -> str | None:
@@ -331,7 +334,7 @@ def _save_and_check(
     )
     with ThreadPoolExecutor(1, thread_name_prefix="volkeep-check") as pool:
         checking = pool.submit(verify_archive, archive)
-        saved = back_up_volume(api, ctx.repositories(policy), source)
+        saved = back_up_volume(api, ctx.repositories(policy), source, spool_dir=ctx.state_dir)
         checking.result()
     log.info(
         "saved the target's content as a safety archive",

@@ -1,20 +1,58 @@
-"""The manifest: the commit marker of an archive and its complete description (SPEC §4)."""
+"""The manifest: the commit marker of an archive and its complete description (SPEC §4).
+
+A manifest file (format 2) is a JSON summary, a newline, then the entries section:
+
+    {
+     "format": 2,
+     "tool": {...}, "id": ..., "policy": ..., "volume": {...}, "host": ..., "archive": {...},
+     ...
+     "entries": {"count": 200000, "hardlinks": 0, "encoding": "volkeep-entries-1",
+                 "compression": "zstd", "encryption": null, "size": 6600123, "sha256": "..."}
+    }
+    <size bytes: zstd of the entries, then age to the archive's recipients if it is encrypted>
+
+The summary is all that list, status, prune and retention read, and it reads without the
+entries. The entries (one per object, in the tar stream's order: daemon.archive.entries)
+are written as the backup meets the members, into a spool (memory up to SPOOL_MEMORY, then
+an unnamed file in the state dir, gone with the process), and streamed from it when the
+manifest is published; readers stream them from the stored manifest. No step holds them
+all (SPEC §5.7).
+
+Format 1 manifests (one JSON document: entries one per line, or `sealed_entries`, age of
+zstd of JSON lines, for an encrypted archive) stay readable.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import json
-from collections.abc import Callable, Iterator
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import zstandard
+
 from daemon import __version__
-from daemon.archive.encryption import EncryptionError, NoIdentityMatches
+from daemon.archive.encryption import EncryptionError, NoIdentityMatches, Recipient
+from daemon.archive.entries import ENCODING, EntryEncoder, EntryFormatError, decode_entries
+from daemon.archive.sealing import Decrypt, Readable, SectionWriter, section_reader
 from daemon.archive.tarstream import Member
 
-FORMAT_VERSION = 1
-ENTRIES_MARKER = b',\n "entries": ['  # the entries come last, after the summary
+FORMAT_VERSION = 2
+LEGACY_FORMAT = 1
+ENTRIES_MARKER = b',\n "entries": ['  # format 1: the entries come last, one per line
+SPOOL_MEMORY = 1 << 20  # entries sections up to this stay in memory; larger ones spill
+ENCODE_BATCH = 256 << 10
+READ_SIZE = 64 << 10
+MAX_SUMMARY = 1 << 20
+_FORMAT_2 = re.compile(rb'\{\s*"format"\s*:\s*2\s*[,}]')
 
 
 class ManifestError(ValueError):
@@ -29,11 +67,11 @@ class EntriesSealed(ManifestError):
         super().__init__(f"the archive is encrypted to {', '.join(recipients) or 'age recipients'}")
 
 
-Unseal = Callable[[bytes], bytes]
-
-
 @dataclass
 class Manifest:
+    """An archive's summary; `entries` are its objects when read with them (streamed
+    again at each iteration from where they are kept)."""
+
     id: str
     policy: str
     volume: str
@@ -54,19 +92,22 @@ class Manifest:
     encryption: str | None = None  # "age", or None
     recipients: list[str] = field(default_factory=list)  # the age public keys
     tool_version: str = __version__
-    entries: list[Member] = field(default_factory=list)
-    # The entries of an encrypted archive hold every path: they are stored sealed (zstd,
-    # then age to the same recipients), never in clear; the summary stays readable.
-    sealed_entries: bytes | None = None
+    entry_count: int = 0
+    hardlinks: int | None = None  # hard-link entries; None: not recorded (format 1)
+    entries: Iterable[Member] = field(default=(), compare=False, repr=False)
 
     def to_json(self) -> bytes:
-        return b"".join(self.json_chunks())
+        """Return the manifest file of a manifest whose entries are at hand (in clear):
+        the JSON summary, then the entries section."""
+        with ManifestWriter() as writer:
+            for entry in self.entries:
+                writer.add(entry)
+            writer.finish()
+            return b"".join(writer.chunks(self))
 
-    def json_chunks(self) -> Iterator[bytes]:
-        """Yield the manifest's JSON piece by piece: the summary first, then one entry per
-        line, so that writing the manifest of a million files needs no million dicts and
-        readers that need only the summary can stop before the entries."""
-        document = {
+    def document(self, entries: dict[str, Any]) -> dict[str, Any]:
+        """Return the JSON summary, with `entries` describing the entries section."""
+        return {
             "format": FORMAT_VERSION,
             "tool": {"name": "volkeep", "version": self.tool_version},
             "id": self.id,
@@ -91,102 +132,323 @@ class Manifest:
             },
             "tar": {"flavour": self.tar_flavour, "size": self.tar_size},
             "exclude": self.exclude,
-            "entry_count": len(self.entries),
+            "entries": entries,
         }
-        if self.sealed_entries is not None:
-            document["sealed_entries"] = base64.b64encode(self.sealed_entries).decode()
-            yield json.dumps(document, indent=1)[:-2].encode() + ENTRIES_MARKER + b"]\n}\n"
-            return
-        yield json.dumps(document, indent=1)[:-2].encode() + ENTRIES_MARKER
-        separator = b"\n"
-        for entry in self.entries:
-            yield separator + json.dumps(entry.to_json()).encode()
-            separator = b",\n"
-        yield b"\n ]\n}\n"
-
-    def entry_lines(self) -> bytes:
-        """The entries as JSON lines: what `sealed_entries` holds once sealed."""
-        return b"".join(json.dumps(entry.to_json()).encode() + b"\n" for entry in self.entries)
 
     @classmethod
-    def from_json(
-        cls, raw: bytes, *, entries: bool = True, unseal: Unseal | None = None
-    ) -> Manifest:
-        """Given the bytes of a manifest file, return the Manifest; raise ManifestError.
+    def read(cls, source: Readable) -> Manifest:
+        """Given a manifest file being read, return its summary (reading no further than
+        the summary, for format 2). Raise ManifestError."""
+        with _translated():
+            return _summary(_open(source))
 
-        With `entries=False` the entries are not read (listing needs only the summary).
-        Entries written one per line (as `json_chunks` does) are parsed one at a time, so
-        that reading a manifest never holds a dict per file. Sealed entries (an encrypted
-        archive's) are opened with `unseal`; raise EntriesSealed without it.
-        """
+    @classmethod
+    def from_json(cls, raw: bytes) -> Manifest:
+        """Given the bytes of a manifest file, return its summary. Raise ManifestError."""
+        return cls.read(io.BytesIO(raw))
+
+
+def read_entries(source: Readable, decrypt: Decrypt | None = None) -> Iterator[Member]:
+    """Given a manifest file being read, yield its entries, streamed. Sealed entries (an
+    encrypted archive's) are opened with `decrypt`; raise EntriesSealed without it,
+    NoIdentityMatches if it cannot open them, ManifestError if they are damaged."""
+    with _translated():
+        opened = _open(source)
+        summary = _summary(opened)
+        if opened.document["format"] == FORMAT_VERSION:
+            yield from _section_entries(source, opened, summary, decrypt)
+        elif opened.whole is not None:
+            yield from (Member.from_json(entry) for entry in opened.whole)
+        elif "sealed_entries" in opened.document:
+            if decrypt is None:
+                raise EntriesSealed(summary.recipients)
+            sealed = io.BytesIO(base64.b64decode(opened.document["sealed_entries"]))
+            with section_reader(sealed, decrypt) as plain:
+                yield from _counted(_json_lines(plain, b""), summary.entry_count)
+        else:
+            yield from _counted(_json_lines(source, opened.after), summary.entry_count)
+
+
+class ManifestWriter:
+    """Takes a backup's members as they pass and keeps its entries section, compressed
+    (and sealed to `recipients`), until the manifest is written with `chunks`."""
+
+    def __init__(self, spool_dir: Path | None = None, recipients: Sequence[Recipient] = ()) -> None:
+        # An unnamed temporary file once it spills: a crash leaves nothing behind.
+        where = str(spool_dir) if spool_dir else None
+        self._spool = tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=where)  # noqa: SIM115
+        self._stored = _HashingSink(self._spool)
+        self._section = SectionWriter(self._stored, recipients)
+        self._encoder = EntryEncoder()
+        self._pending = bytearray()
+        self._finished = False
+        self.encryption = "age" if recipients else None
+        self.count = 0
+        self.hardlinks = 0
+
+    def add(self, member: Member) -> None:
+        """Add the next member (the TarScanner's `done`)."""
+        self._encoder.encode(member, self._pending)
+        self.count += 1
+        if member.type == "hardlink":
+            self.hardlinks += 1
+        if len(self._pending) >= ENCODE_BATCH:
+            self._section.write(self._pending)
+            self._pending.clear()
+
+    def finish(self) -> None:
+        """End the entries section. Raise OSError if the spool cannot take it."""
+        self._section.write(self._pending)
+        self._pending.clear()
+        self._section.finish()
+        self._finished = True
+
+    def chunks(self, manifest: Manifest) -> Iterator[bytes]:
+        """Yield the manifest file: the summary of `manifest` with this section's counts,
+        then the section. Each call yields it whole again (one call per storage)."""
+        assert self._finished, "finish the entries section first"
+        section = {
+            "count": self.count,
+            "hardlinks": self.hardlinks,
+            "encoding": ENCODING,
+            "compression": "zstd",
+            "encryption": self.encryption,
+            "size": self._stored.size,
+            "sha256": self._stored.hexdigest(),
+        }
+        yield json.dumps(manifest.document(section), indent=1).encode() + b"\n"
+        self._spool.seek(0)
+        while piece := self._spool.read(1 << 20):
+            yield piece
+
+    @property
+    def spool_bytes(self) -> int:
+        """The entries section's size so far (what the spool holds)."""
+        return self._stored.size
+
+    def close(self) -> None:
+        self._section.close()
+        self._spool.close()
+
+    def __enter__(self) -> ManifestWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _HashingSink:
+    def __init__(self, sink: Any) -> None:
+        self._sink = sink
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._sha256.update(data)
+        self.size += len(data)
+        self._sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """zstandard's stream writer flushes its sink."""
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
+
+
+@dataclass
+class _Opened:
+    """A manifest file read as far as the end of its summary."""
+
+    document: dict[str, Any]
+    after: bytes  # what was read past the summary
+    whole: list[Any] | None = None  # format 1 not laid out one entry a line: its entries
+
+
+def _open(source: Readable) -> _Opened:
+    head = source.read(READ_SIZE)
+    if _FORMAT_2.match(head):
+        return _open_summary(source, head)
+    return _open_legacy(source, bytearray(head))
+
+
+def _open_summary(source: Readable, buffer: bytes) -> _Opened:
+    """Read a format 2 summary: the JSON document at the start, then one newline."""
+    decoder = json.JSONDecoder()
+    while True:
         try:
-            marker = raw.find(ENTRIES_MARKER)
-            if marker >= 0:
-                document: dict[str, Any] = json.loads(raw[:marker] + b', "entries": []}')
-                sealed = document.get("sealed_entries")
-                if sealed is not None and entries:
-                    if unseal is None:
-                        raise EntriesSealed(document["archive"].get("recipients") or [])
-                    lines = unseal(base64.b64decode(sealed))
-                    members = _entry_lines(b"\n" + lines, 0)
-                else:
-                    members = _entry_lines(raw, marker + len(ENTRIES_MARKER)) if entries else []
-            if marker < 0 or (entries and len(members) != document.get("entry_count")):
-                document = json.loads(raw)  # not written by json_chunks: read it whole
-                members = [Member.from_json(entry) for entry in document["entries"]]
-            if document.get("format") != FORMAT_VERSION:
-                raise ManifestError(f"unknown manifest format {document.get('format')!r}")
-            archive = document["archive"]
-            volume = document["volume"]
-            return cls(
-                id=document["id"],
-                kind=document["kind"],
-                policy=document["policy"],
-                volume=volume["name"],
-                volume_driver=volume["driver"],
-                volume_labels=volume["labels"],
-                host=document["host"],
-                started=datetime.fromisoformat(document["started"]),
-                finished=datetime.fromisoformat(document["finished"]),
-                archive_file=archive["file"],
-                size=archive["size"],
-                sha256=archive["sha256"],
-                compression=archive["compression"],
-                compression_level=archive["compression_level"],
-                encryption=archive["encryption"],
-                recipients=archive.get("recipients") or [],
-                tar_flavour=document["tar"]["flavour"],
-                tar_size=document["tar"]["size"],
-                exclude=document["exclude"],
-                tool_version=document["tool"]["version"],
-                entries=members if entries else [],
-            )
-        except ManifestError:
-            raise
-        except NoIdentityMatches:
-            raise
-        except EncryptionError as error:
-            raise ManifestError(f"cannot open the sealed entries: {error}") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ManifestError(f"unreadable manifest: {describe_error(error)}") from None
+            _, end = decoder.raw_decode(buffer.decode("latin-1"))  # byte offsets kept
+            break
+        except json.JSONDecodeError:
+            more = source.read(READ_SIZE) if len(buffer) <= MAX_SUMMARY else b""
+            if not more:
+                raise
+            buffer += more
+    if len(buffer) == end:
+        buffer += source.read(READ_SIZE)
+    if buffer[end : end + 1] != b"\n":
+        raise ManifestError("no entries section after the summary")
+    document: dict[str, Any] = json.loads(buffer[:end])
+    return _Opened(document, buffer[end + 1 :])
 
 
-def describe_error(error: Exception) -> str:
+def _open_legacy(source: Readable, buffer: bytearray) -> _Opened:
+    """Read a format 1 manifest: up to its entries if they are one a line, else whole."""
+    searched = 0
+    while (marker := buffer.find(ENTRIES_MARKER, searched)) < 0:
+        searched = max(0, len(buffer) - len(ENTRIES_MARKER))
+        more = source.read(READ_SIZE)
+        if not more:
+            document: dict[str, Any] = json.loads(buffer)
+            legacy = document.get("format") == LEGACY_FORMAT
+            return _Opened(document, b"", whole=document["entries"] if legacy else [])
+        buffer += more
+    document = json.loads(buffer[:marker] + b', "entries": []}')
+    return _Opened(document, bytes(buffer[marker + len(ENTRIES_MARKER) :]))
+
+
+def _summary(opened: _Opened) -> Manifest:
+    document = opened.document
+    version = document.get("format")
+    if version == FORMAT_VERSION:
+        entries = document["entries"]
+        count, hardlinks = entries["count"], entries["hardlinks"]
+    elif version == LEGACY_FORMAT:
+        whole = opened.whole
+        count = len(whole) if whole is not None else document["entry_count"]
+        hardlinks = None
+    else:
+        raise ManifestError(f"unknown manifest format {version!r}")
+    archive = document["archive"]
+    volume = document["volume"]
+    return Manifest(
+        id=document["id"],
+        kind=document["kind"],
+        policy=document["policy"],
+        volume=volume["name"],
+        volume_driver=volume["driver"],
+        volume_labels=volume["labels"],
+        host=document["host"],
+        started=datetime.fromisoformat(document["started"]),
+        finished=datetime.fromisoformat(document["finished"]),
+        archive_file=archive["file"],
+        size=archive["size"],
+        sha256=archive["sha256"],
+        compression=archive["compression"],
+        compression_level=archive["compression_level"],
+        encryption=archive["encryption"],
+        recipients=archive.get("recipients") or [],
+        tar_flavour=document["tar"]["flavour"],
+        tar_size=document["tar"]["size"],
+        exclude=document["exclude"],
+        tool_version=document["tool"]["version"],
+        entry_count=count,
+        hardlinks=hardlinks,
+    )
+
+
+class _Section:
+    """The entries section's stored bytes, read up to their recorded size and hashed."""
+
+    def __init__(self, source: Readable, start: bytes, size: int) -> None:
+        self._source = source
+        self._start = start
+        self._left = size
+        self._sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        wanted = self._left if size < 0 else min(size, self._left)
+        if self._start:
+            data, self._start = self._start[:wanted], self._start[wanted:]
+        else:
+            data = self._source.read(wanted)
+        self._sha256.update(data)
+        self._left -= len(data)
+        if not data:
+            raise ManifestError("the entries section is cut short")
+        return data
+
+    def check(self, sha256: str) -> None:
+        """Read what is left; raise ManifestError unless the bytes are whole and alone."""
+        while self.read(READ_SIZE):
+            pass
+        if self._start or self._source.read(1):
+            raise ManifestError("bytes after the entries section")
+        if self._sha256.hexdigest() != sha256:
+            raise ManifestError("the entries section is damaged (SHA-256 mismatch)")
+
+
+def _section_entries(
+    source: Readable, opened: _Opened, summary: Manifest, decrypt: Decrypt | None
+) -> Iterator[Member]:
+    info = opened.document["entries"]
+    if info["encoding"] != ENCODING or info["compression"] != "zstd":
+        raise ManifestError(f"unknown entries encoding {info['encoding']}+{info['compression']}")
+    sealed = info["encryption"]
+    if sealed not in (None, "age"):
+        raise ManifestError(f"unknown entries encryption {sealed!r}")
+    if sealed and decrypt is None:
+        raise EntriesSealed(summary.recipients)
+    stored = _Section(source, opened.after, info["size"])
+    count = 0
+    with section_reader(stored, decrypt if sealed else None) as plain:
+        for member in decode_entries(plain.read):
+            count += 1
+            yield member
+    stored.check(info["sha256"])
+    if count != info["count"]:
+        raise ManifestError(f"{count} entries where the summary counts {info['count']}")
+
+
+def _json_lines(source: Readable, start: bytes) -> Iterator[Member]:
+    """Yield the format 1 entries written one a line (`{...}` or `{...},`) up to `]`."""
+    pending = start
+    while True:
+        lines = pending.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            line = line.rstrip(b",")
+            if line.startswith(b"{"):
+                yield Member.from_json(json.loads(line))
+        more = source.read(READ_SIZE)
+        if not more:
+            if pending.startswith(b"{"):
+                yield Member.from_json(json.loads(pending.rstrip(b",")))
+            return
+        pending += more
+
+
+def _counted(members: Iterator[Member], count: int) -> Iterator[Member]:
+    found = 0
+    for member in members:
+        found += 1
+        yield member
+    if found != count:
+        raise ManifestError(f"{found} entries where the summary counts {count}")
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Turn what parsing a manifest raises into ManifestError (EntriesSealed and
+    NoIdentityMatches pass as they are)."""
+    try:
+        yield
+    except (ManifestError, NoIdentityMatches):
+        raise
+    except EncryptionError as error:
+        raise ManifestError(f"cannot open the sealed entries: {error}") from None
+    except (EntryFormatError, zstandard.ZstdError) as error:
+        raise ManifestError(f"the entries are damaged: {error}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+        raise ManifestError(f"unreadable manifest: {describe_error(error)}") from None
+
+
+def describe_error(error: BaseException) -> str:
     """Given why a manifest could not be parsed, return it as a phrase (no Python repr)."""
     if isinstance(error, json.JSONDecodeError):
         return f"not valid JSON at line {error.lineno}, column {error.colno} ({error.msg})"
     if isinstance(error, KeyError):
         return f"the field {error.args[0]!r} is missing"
     return str(error) or "a field has the wrong type"
-
-
-def _entry_lines(raw: bytes, start: int) -> list[Member]:
-    """Given a manifest and where its entries start, parse the entries line by line."""
-    members = []
-    position = start
-    while (end := raw.find(b"\n", position + 1)) >= 0:
-        line = raw[position + 1 : end].rstrip(b",")
-        position = end
-        if line.startswith(b"{"):
-            members.append(Member.from_json(json.loads(line)))
-    return members

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import zstandard
 
@@ -56,6 +57,7 @@ class StoredArchive:
     key: ArchiveKey
     manifest: Manifest
     identities: Identities | None = None
+    spool_dir: Path | None = None  # where a comparison that must sort spills (the state dir)
 
 
 def _error(key: ArchiveKey, message: str) -> OperationError:
@@ -161,7 +163,8 @@ def _checked(
         archive.manifest,
         archive.identities,
     )
-    expected = (entry.path for entry in manifest.entries)
+    entries = iter(manifest.entries)  # streamed beside the archive
+    expected = (entry.path for entry in entries)
     guard = PathGuard()
     differs = False
 
@@ -173,13 +176,39 @@ def _checked(
 
     # Contents are not digested here: the SHA-256 of the stored bytes vouches for them.
     scanner = TarScanner(emit=emit, include=admit, digests=False)
-    yield from _stream(repository, key, manifest, identities, scanner)
-    if differs or next(expected, None) is not None:
+    try:
+        yield from _stream(repository, key, manifest, identities, scanner)
+        differs = differs or next(expected, None) is not None
+    finally:
+        close = getattr(entries, "close", None)
+        if close is not None:
+            close()
+    if differs:
+        comparison = compare_trees(
+            manifest.entries,
+            _ArchiveMembers(archive),
+            hard_links=manifest.hardlinks != 0,
+            spool_dir=archive.spool_dir,
+        )
+        raise MembersDiffer(key, comparison)
+
+
+@dataclass(frozen=True)
+class _ArchiveMembers:
+    """The archive's members, read again from the storage at each iteration."""
+
+    archive: StoredArchive
+
+    def __iter__(self) -> Iterator[Member]:
+        archive = self.archive
         members: list[Member] = []
-        again = TarScanner(done=members.append)
-        for _ in _stream(repository, key, manifest, identities, again):
-            pass
-        raise MembersDiffer(key, compare_trees(manifest.entries, members))
+        scanner = TarScanner(done=members.append)
+        stream = _stream(
+            archive.repository, archive.key, archive.manifest, archive.identities, scanner
+        )
+        for _ in stream:
+            yield from members
+            members.clear()
 
 
 def verify_archive(archive: StoredArchive) -> None:

@@ -28,6 +28,7 @@ import pytest
 import zstandard
 
 from tests.e2e.conftest import Workspace, mountpoint
+from tests.support import manifests
 from tests.support.tree import build_fidelity_tree
 
 
@@ -60,11 +61,12 @@ class Drilled:
         return self.archive.with_name(f"{self.volume}-{self.archive_id}.drill.json")
 
     def manifest(self) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(self.manifest_path.read_bytes())
-        return document
+        return manifests.summary(self.manifest_path)
 
     def entry(self, path: str) -> dict[str, Any]:
-        return next(entry for entry in self.manifest()["entries"] if entry["path"] == path)
+        return next(
+            entry for entry in manifests.entries(self.manifest_path) if entry["path"] == path
+        )
 
     def repack(self, edit: Callable[[bytes, tarfile.TarInfo], bytes], path: str) -> None:
         """Rewrite the archive with `edit` applied to the uncompressed tar where the member
@@ -78,7 +80,7 @@ class Drilled:
         document = self.manifest()
         document["archive"]["size"] = len(packed)
         document["archive"]["sha256"] = hashlib.sha256(packed).hexdigest()
-        self.manifest_path.write_text(json.dumps(document))
+        manifests.rewrite_summary(self.manifest_path, document)
 
     def drill(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.workspace.run("drill", "app", *args)
@@ -174,7 +176,7 @@ def truncate_the_archive(drilled: Drilled) -> None:
 def edit_the_manifest_sha256(drilled: Drilled) -> None:
     document = drilled.manifest()
     document["archive"]["sha256"] = hashlib.sha256(b"something else").hexdigest()
-    drilled.manifest_path.write_text(json.dumps(document))
+    manifests.rewrite_summary(drilled.manifest_path, document)
 
 
 def change_one_files_content(drilled: Drilled) -> None:
