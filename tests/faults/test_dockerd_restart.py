@@ -192,20 +192,34 @@ def scene_on(engine: PrivateEngine, workspace: Workspace, logbook: LogBook, imag
             things.remove_all()
 
 
-@pytest.fixture
-def scene(
-    engine: PrivateEngine, workspace: Workspace, logbook: LogBook, helper_image: str
-) -> Iterator[Scene]:
-    with scene_on(engine, workspace, logbook, helper_image) as made:
-        yield made
-
-
 @dataclass
 class Interrupted:
     scene: Scene
-    older: Listed
-    target: str
+    older: Listed  # the archive there was before
     failed: subprocess.CompletedProcess[str]
+    target: str = ""  # of a restore
+
+
+@pytest.fixture(scope="module")
+def backup_under_restart(
+    engine: PrivateEngine,
+    logbook: LogBook,
+    helper_image: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Interrupted]:
+    """A backup (the service stopped for it) paused halfway through the helper's tar stream
+    while the engine restarts, then let go on."""
+    workspace = Workspace(tmp_path_factory.mktemp("backup"), helper_image)
+    with scene_on(engine, workspace, logbook, helper_image) as scene:
+        (older,) = scene.ledger.listed()
+        # more than the engine and volkeep buffer: the helper's tar still runs at the restart
+        (mountpoint(scene.things.api, scene.volume) / "new.bin").write_bytes(os.urandom(48 << 20))
+        backup = scene.volkeep.start("backup", "app", pause_at="half of the archive written")
+        backup.wait_until_paused()
+        assert not scene.things.running(scene.service)  # volkeep stopped it for the backup
+        engine.restart()
+        backup.signal(signal.SIGCONT)
+        yield Interrupted(scene, older, backup.wait())
 
 
 @pytest.fixture(scope="module")
@@ -228,28 +242,34 @@ def restore_under_restart(
         restore.wait_until_paused()
         engine.restart()
         restore.signal(signal.SIGCONT)
-        yield Interrupted(scene, older, target, restore.wait())
+        yield Interrupted(scene, older, restore.wait(), target)
 
 
-def test_dockerd_restarting_mid_backup_fails_it_cleanly_and_the_next_backup_succeeds(
-    engine: PrivateEngine, scene: Scene
+def test_dockerd_restarting_mid_backup_then_the_next_backup_succeeds(
+    backup_under_restart: Interrupted,
 ):
-    (older,) = scene.ledger.listed()
-    # more than the engine and volkeep buffer: the helper's tar still runs at the restart
-    (mountpoint(scene.things.api, scene.volume) / "new.bin").write_bytes(os.urandom(48 << 20))
-    backup = scene.volkeep.start("backup", "app", pause_at="half of the archive written")
-    backup.wait_until_paused()
-    assert not scene.things.running(scene.service)  # volkeep stopped it for the backup
+    scene, older = backup_under_restart.scene, backup_under_restart.older
+    assert one_clean_error(backup_under_restart.failed).startswith(f"volkeep: app/{scene.volume}: ")
 
-    engine.restart()
-    backup.signal(signal.SIGCONT)
-    failed = backup.wait()
+    scene.volkeep.ok("backup", "app")
 
-    assert one_clean_error(failed).startswith(f"volkeep: app/{scene.volume}: ")
-    again = scene.volkeep.run("backup", "app")
-    assert again.returncode == 0, again.stderr
     scene.ledger.claim({scene.volume: scene.ledger.tree(scene.volume)})
     assert len(check_the_promises(scene.ledger, [scene.service], still_listed=[older])) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="volkeep bug: volume_tar (daemon/docker/tarflavour.py:98) reads any exit above "
+    "tar's warning code as tar's own failure: a helper the engine killed on its way down "
+    "(exit 255, no output) gives 'the helper's tar failed (exit 255): ' — nothing after the "
+    "colon, and the engine unnamed",
+)
+def test_dockerd_restarting_mid_backup_fails_it_in_one_clear_line(
+    backup_under_restart: Interrupted,
+):
+    line = one_clean_error(backup_under_restart.failed)
+    assert not line.rstrip().endswith(":"), line
+    assert "Docker engine" in line, line
 
 
 def test_dockerd_restarting_mid_restore_then_the_same_restore_succeeds(
@@ -267,5 +287,6 @@ def test_dockerd_restarting_mid_restore_fails_it_in_one_clear_line(
     restore_under_restart: Interrupted,
 ):
     line = one_clean_error(restore_under_restart.failed)
+    assert not line.rstrip().endswith(":"), line
     assert line.startswith(f"volkeep: app/{restore_under_restart.scene.volume}"), line
     assert "Docker engine" in line, line
