@@ -27,6 +27,7 @@ from daemon.errors import OperationError
 
 SOURCE = "/src"
 log = structlog.get_logger()
+KILLED = 128  # an exit code from 128 up: killed by a signal, or by its engine
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,12 @@ def volume_tar(
         yield from output.chunks()
         exit_code = output.wait()
     if exit_code > flavour.warning_exit:
-        raise OperationError(f"the helper's tar failed (exit {exit_code}): {output.stderr}")
+        if exit_code >= KILLED and not output.stderr.strip():
+            raise OperationError(
+                f"the helper was stopped before its tar finished (exit {exit_code}): the "
+                "Docker engine stopped or killed it (an engine restart, or its memory limit)"
+            )
+        reason = output.stderr.strip() or "no reason given"
+        raise OperationError(f"the helper's tar failed (exit {exit_code}): {reason}")
     if exit_code:
         log.warning("the helper's tar warned; the archive is complete", stderr=output.stderr)

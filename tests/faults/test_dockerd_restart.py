@@ -257,13 +257,6 @@ def test_dockerd_restarting_mid_backup_then_the_next_backup_succeeds(
     assert len(check_the_promises(scene.ledger, [scene.service], still_listed=[older])) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="volkeep bug: volume_tar (daemon/docker/tarflavour.py:98) reads any exit above "
-    "tar's warning code as tar's own failure: a helper the engine killed on its way down "
-    "(exit 255, no output) gives 'the helper's tar failed (exit 255): ' — nothing after the "
-    "colon, and the engine unnamed",
-)
 def test_dockerd_restarting_mid_backup_fails_it_in_one_clear_line(
     backup_under_restart: Interrupted,
 ):
