@@ -4,7 +4,6 @@ for what must stand out (only on a terminal, never with NO_COLOR), and cells tha
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 RED = "\033[1;31m"
@@ -31,10 +30,3 @@ def fit(text: str, width: int) -> str:
     if width < 1 or len(text) <= width:
         return text
     return text[: max(width - 1, 0)] + "…"
-
-
-def terminal_width() -> int:
-    """The terminal's width, or a wide page when the output is not a terminal."""
-    if not sys.stdout.isatty():
-        return 10_000
-    return shutil.get_terminal_size((120, 24)).columns

@@ -26,10 +26,12 @@ from daemon.docker.volumes import select_volumes
 from daemon.errors import DockerUnavailable, OperationError
 from daemon.locks import is_locked
 from daemon.progress import human_bytes
+from daemon.render import fit
 from daemon.repository import Repository
 from daemon.state import Heartbeat, History, OperationRecord, daemon_running, read_heartbeat
 from daemon.triggers import first_run, next_run
 
+REASON_WIDTH = 70
 STALE_HEARTBEAT_SECONDS = 60  # the daemon rewrites it at least every 10 s
 ENGINE_TIMEOUT_SECONDS = 10  # status must answer even when the engine hangs
 
@@ -301,7 +303,8 @@ def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str
     if backup is None:
         last = "never (on this host)"
     elif backup.outcome == "failed":
-        last = f"FAILED {age(now - backup.started)} ago: {backup.error}"
+        # a long reason is cut to fit the table (status --json has it whole)
+        last = fit(f"FAILED {age(now - backup.started)} ago: {backup.error}", REASON_WIDTH)
     else:
         last = f"{backup.outcome} {age(now - backup.started)} ago"
     archive = volume.newest_archive
