@@ -1,3 +1,3 @@
 """volkeep: scheduled backup, restore and restore drills for Docker named volumes."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
