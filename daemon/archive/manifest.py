@@ -49,7 +49,6 @@ FORMAT_VERSION = 2
 LEGACY_FORMAT = 1
 ENTRIES_MARKER = b',\n "entries": ['  # format 1: the entries come last, one per line
 SPOOL_MEMORY = 1 << 20  # entries sections up to this stay in memory; larger ones spill
-ENCODE_BATCH = 256 << 10
 READ_SIZE = 64 << 10
 MAX_SUMMARY = 1 << 20
 _FORMAT_2 = re.compile(rb'\{\s*"format"\s*:\s*2\s*[,}]')
@@ -180,7 +179,6 @@ class ManifestWriter:
         self._stored = _HashingSink(self._spool)
         self._section = SectionWriter(self._stored, recipients)
         self._encoder = EntryEncoder()
-        self._pending = bytearray()
         self._finished = False
         self.encryption = "age" if recipients else None
         self.count = 0
@@ -188,18 +186,16 @@ class ManifestWriter:
 
     def add(self, member: Member) -> None:
         """Add the next member (the TarScanner's `done`)."""
-        self._encoder.encode(member, self._pending)
+        full = self._encoder.add(member)
         self.count += 1
         if member.type == "hardlink":
             self.hardlinks += 1
-        if len(self._pending) >= ENCODE_BATCH:
-            self._section.write(self._pending)
-            self._pending.clear()
+        if full:
+            self._section.write(self._encoder.block())
 
     def finish(self) -> None:
         """End the entries section. Raise OSError if the spool cannot take it."""
-        self._section.write(self._pending)
-        self._pending.clear()
+        self._section.write(self._encoder.block())
         self._section.finish()
         self._finished = True
 
