@@ -4,8 +4,11 @@ on a real S3 server (SeaweedFS on loopback, SPEC §6), killed with -9 where that
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import random
+import threading
+import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -17,7 +20,7 @@ import pytest
 from daemon.config.model import S3StorageConfig, Source
 from daemon.storage.base import BlobExists, BlobMissing, BlobStore, StoreUnavailable
 from daemon.storage.local import LocalStore
-from daemon.storage.s3 import PART_SIZE, S3Store
+from daemon.storage.s3 import PART_BUFFERS, PART_SIZE, S3Store, _PartBuffers
 from tests.support.seaweed import S3Bucket, free_ports
 
 pytestmark = pytest.mark.e2e
@@ -202,6 +205,52 @@ def test_s3_large_upload_is_a_multipart_upload_of_several_parts(
     )
     assert head["ETag"].strip('"').endswith("-4")  # 8 + 8 + 8 + 6 MiB
     assert head["ContentLength"] == 30 * MIB
+
+
+def test_s3_long_upload_reuses_its_few_part_buffers_and_round_trips(s3_store: S3Store) -> None:
+    """Ten parts through three buffers: each is reused (the bytes stay right) and sent as it
+    is, so the upload's memory is its buffers, not parts copied or piling up."""
+    s3_store.client()  # the client's own memory is not the upload's
+    block = bytearray(os.urandom(MIB))
+    written = hashlib.sha256()
+    tracemalloc.start()
+    try:
+        upload = s3_store.create("host/app/data/long.tar.zst")
+        for number in range(10 * PART_SIZE // MIB):
+            block[:8] = number.to_bytes(8, "big")  # every MiB differs
+            upload.write(block)
+            written.update(block)
+        upload.commit()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < PART_BUFFERS * PART_SIZE + 4 * MIB, f"{peak / MIB:.1f} MiB"
+    reader = s3_store.open("host/app/data/long.tar.zst")
+    try:
+        read = hashlib.sha256()
+        for piece in iter(lambda: reader.read(MIB), b""):
+            read.update(piece)
+    finally:
+        reader.close()
+    assert read.hexdigest() == written.hexdigest()
+
+
+def test_s3_part_buffers_are_bounded_reused_and_grow_with_the_parts() -> None:
+    buffers = _PartBuffers(2)
+    first, second = buffers.take(8), buffers.take(8)
+    taken: list[bytearray] = []
+    waiting = threading.Thread(target=lambda: taken.append(buffers.take(8)))
+    waiting.start()
+    waiting.join(0.2)
+    assert waiting.is_alive()  # both are out: the writer waits
+
+    buffers.give_back(first)
+    waiting.join(5)
+    assert taken == [first] and taken[0] is first  # the same buffer, reused
+    buffers.give_back(second)
+    larger = buffers.take(16)  # parts grew: the smaller buffer is dropped for a new one
+    assert len(larger) == 16 and larger is not second
 
 
 def test_s3_killed_mid_upload_commit_fails_and_a_restart_recovers(
