@@ -208,6 +208,17 @@ class Operation:
     bytes: int | None = None
 
 
+def interruption(failure: BaseException) -> str:
+    """Given what cut an operation short, say it as a phrase (never a Python repr)."""
+    if isinstance(failure, KeyboardInterrupt):
+        return "Ctrl-C (SIGINT)"
+    if type(failure).__name__ == "Terminated":
+        return "volkeep was stopped (SIGTERM)"
+    if isinstance(failure, OSError):
+        return failure.strerror or str(failure) or "an input/output error"
+    return str(failure) or "an unexpected error (run with --log-level debug)"
+
+
 @contextmanager
 def operation(
     kind: str, policy: str, volume: str, recorder: Subscriber | None = None
@@ -236,7 +247,7 @@ def operation(
         error = str(failure)
         raise
     except BaseException as failure:
-        error = f"interrupted: {failure!r}"
+        error = f"interrupted: {interruption(failure)}"
         raise
     finally:
         seconds = time.monotonic() - began

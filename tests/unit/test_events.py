@@ -54,7 +54,7 @@ def test_a_failure_is_announced_with_its_line_and_goes_on(
         raise KeyboardInterrupt
     failed, interrupted = (event for event in heard if isinstance(event, OperationFailed))
     assert failed.error == "app/db: 3 objects differ"
-    assert interrupted.error == "interrupted: KeyboardInterrupt()"
+    assert interrupted.error == "interrupted: Ctrl-C (SIGINT)"
     assert history.last_operations("drill")["app", "db"].outcome == "failed"
     assert history.outcomes()["drill", "app", "db"].failing
 
