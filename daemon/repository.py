@@ -193,18 +193,12 @@ class Repository:
             manifest = Manifest.read(raw)
         split = _split(manifest.archive_file, key.volume)
         if split is None or split[0] != key.id or split[1] in (MANIFEST_SUFFIX, DRILL_SUFFIX):
-            raise self._error(
+            raise archive_error(
                 key, f"manifest names a foreign archive file {manifest.archive_file!r}"
             )
         if entries:
             if manifest.encryption is not None and identities is None:
-                raise KeyMissing(
-                    f"{EntriesSealed(manifest.recipients)}: restoring or drilling it needs one "
-                    "of their identities (encryption.age.identity_file in the policy)",
-                    policy=key.policy,
-                    volume=key.volume,
-                    archive=key.id,
-                )
+                raise key_missing(key, manifest.recipients)
             manifest.entries = StoredEntries(self, key, identities, tuple(manifest.recipients))
             if manifest.encryption is not None:  # a wrong identity is said before any work
                 with contextlib.closing(iter(manifest.entries)) as opened:
@@ -228,21 +222,13 @@ class Repository:
         try:
             yield
         except BlobMissing:
-            raise self._error(key, "manifest missing") from None
+            raise archive_error(key, "manifest missing") from None
         except EntriesSealed as sealed:
-            raise KeyMissing(
-                f"{sealed}: restoring or drilling it needs one of their identities "
-                "(encryption.age.identity_file in the policy)",
-                policy=key.policy,
-                volume=key.volume,
-                archive=key.id,
-            ) from None
+            raise key_missing(key, sealed.recipients) from None
         except NoIdentityMatches as error:
-            raise KeyMissing(
-                str(error), policy=key.policy, volume=key.volume, archive=key.id
-            ) from None
+            raise archive_error(key, str(error), KeyMissing) from None
         except ManifestError as error:
-            raise self._error(key, str(error)) from None
+            raise archive_error(key, str(error)) from None
         except OSError as error:
             raise self.failure(error, "cannot read the manifest", key) from None
 
@@ -251,7 +237,7 @@ class Repository:
         try:
             return self.store.open(key.directory + manifest.archive_file)
         except BlobMissing:
-            raise self._error(key, "archive file missing") from None
+            raise archive_error(key, "archive file missing") from None
         except OSError as error:
             raise self.failure(error, "cannot read the archive", key) from None
 
@@ -316,9 +302,6 @@ class Repository:
 
     # Errors
 
-    def _error(self, key: ArchiveKey, message: str) -> OperationError:
-        return OperationError(message, policy=key.policy, volume=key.volume, archive=key.id)
-
     def failure(self, error: OSError, doing: str, key: ArchiveKey | None = None) -> StorageFailure:
         """Given the error the store raised, return the one line to report, naming the
         storage."""
@@ -340,6 +323,23 @@ class StoredEntries:
 
     def __iter__(self) -> Generator[Member, None, None]:
         return self.repository.manifest_entries(self.key, self.identities, self.recipients)
+
+
+def archive_error(
+    key: ArchiveKey, message: str, kind: type[OperationError] = OperationError
+) -> OperationError:
+    """Given an archive and what is wrong with it, return the error addressed to it."""
+    return kind(message, policy=key.policy, volume=key.volume, archive=key.id)
+
+
+def key_missing(key: ArchiveKey, recipients: list[str]) -> OperationError:
+    """Given an encrypted archive and its recipients, return the error for a restore or
+    drill that has no identity to open it (no verdict on the archive)."""
+    message = (
+        f"the archive is encrypted to {', '.join(recipients) or 'age recipients'}: restoring "
+        "or drilling it needs one of their identities (encryption.age.identity_file)"
+    )
+    return archive_error(key, message, KeyMissing)
 
 
 def allocate_key(

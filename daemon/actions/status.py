@@ -45,6 +45,14 @@ class Upcoming:
     next_run: datetime | None
     overdue: bool = False
 
+    def describe(self) -> str:
+        """The next run as the status table and page show it."""
+        if self.next_run is None:
+            return "never"
+        if self.overdue:
+            return f"overdue since {_when(self.next_run)}: runs when the daemon starts"
+        return _when(self.next_run)
+
     def to_json(self) -> dict[str, object]:
         return {
             "schedule": self.schedule,
@@ -284,7 +292,7 @@ def describe_status(status: Status, now: datetime) -> str:
     lines += [f"note: {note}" for note in status.notes]
     for policy in status.policies:
         runs = [
-            f"{kind} {upcoming.schedule!r}, next {_next(upcoming)}"
+            f"{kind} {upcoming.schedule!r}, next {upcoming.describe()}"
             for kind, upcoming in (("backup", policy.backup), ("drill", policy.drill))
             if upcoming is not None
         ]
@@ -329,14 +337,6 @@ def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str
         human_bytes(archive.size) if archive else "-",
         drill,
     )
-
-
-def _next(upcoming: Upcoming) -> str:
-    if upcoming.next_run is None:
-        return "never"
-    if upcoming.overdue:
-        return f"overdue since {_when(upcoming.next_run)}: runs when the daemon starts"
-    return _when(upcoming.next_run)
 
 
 def _when(moment: datetime) -> str:

@@ -30,7 +30,7 @@ from daemon.archive.safety import PathGuard, UnsafeMember
 from daemon.archive.tarstream import Emit, Include, Member, TarFormatError, TarScanner
 from daemon.errors import HostileArchive, KeyMissing, OperationError
 from daemon.readahead import read_ahead
-from daemon.repository import ArchiveKey, Repository
+from daemon.repository import ArchiveKey, Repository, archive_error, key_missing
 
 READ_SIZE = 1 << 20
 
@@ -58,10 +58,6 @@ class StoredArchive:
     manifest: Manifest
     identities: Identities | None = None
     spool_dir: Path | None = None  # where a comparison that must sort spills (the state dir)
-
-
-def _error(key: ArchiveKey, message: str) -> OperationError:
-    return OperationError(message, policy=key.policy, volume=key.volume, archive=key.id)
 
 
 def _stream(
@@ -96,19 +92,19 @@ def _stream(
         ) from None
     except (zstandard.ZstdError, zlib.error, EOFError) as error:
         _check_digest(key, manifest, hashing)
-        raise _error(key, f"corrupt archive: cannot decompress ({error})") from None
+        raise archive_error(key, f"corrupt archive: cannot decompress ({error})") from None
     except TarFormatError as error:
         _check_digest(key, manifest, hashing)
-        raise _error(key, f"corrupt archive: {error}") from None
+        raise archive_error(key, f"corrupt archive: {error}") from None
     except NoIdentityMatches as error:
-        raise KeyMissing(str(error), policy=key.policy, volume=key.volume, archive=key.id) from None
+        raise archive_error(key, str(error), KeyMissing) from None
     except EncryptionError as error:  # age authenticates every chunk: this is tampering
-        raise _error(key, str(error)) from None
+        raise archive_error(key, str(error)) from None
     _check_digest(key, manifest, hashing)
     try:
         scanner.close()
     except TarFormatError as error:
-        raise _error(key, f"truncated archive: {error}") from None
+        raise archive_error(key, f"truncated archive: {error}") from None
 
 
 def _opened(
@@ -119,13 +115,7 @@ def _opened(
     if manifest.encryption is None:
         return stored
     if identities is None:
-        raise KeyMissing(
-            f"the archive is encrypted to {', '.join(manifest.recipients)}: restoring or "
-            "drilling it needs one of their identities (encryption.age.identity_file)",
-            policy=key.policy,
-            volume=key.volume,
-            archive=key.id,
-        )
+        raise key_missing(key, manifest.recipients)
     return decrypting_reader(stored, identities, encrypted_to=manifest.recipients)
 
 
@@ -137,9 +127,11 @@ def _hash_the_rest(hashing: HashingReader) -> None:
 
 def _check_digest(key: ArchiveKey, manifest: Manifest, hashing: HashingReader) -> None:
     if hashing.size < manifest.size:
-        raise _error(key, f"truncated archive: {hashing.size} of {manifest.size} bytes")
+        raise archive_error(key, f"truncated archive: {hashing.size} of {manifest.size} bytes")
     if hashing.size != manifest.size or hashing.hexdigest() != manifest.sha256:
-        raise _error(key, "archive SHA-256 mismatch: the stored bytes are not what was written")
+        raise archive_error(
+            key, "archive SHA-256 mismatch: the stored bytes are not what was written"
+        )
 
 
 def _checked(

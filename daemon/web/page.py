@@ -9,7 +9,7 @@ from datetime import datetime
 from html import escape
 
 from daemon.actions.listing import age
-from daemon.actions.status import PolicyStatus, Upcoming
+from daemon.actions.status import PolicyStatus
 from daemon.overview import Overview, VolumeOverview
 from daemon.progress import human_bytes
 from daemon.web.chart import archive_chart
@@ -49,7 +49,7 @@ def render_page(overview: Overview | None, now: datetime, host: str, activity: s
 
 def _policy(policy: PolicyStatus, volumes: list[VolumeOverview], now: datetime) -> str:
     runs = [
-        f"{kind} {escape(upcoming.schedule)}, next {_next(upcoming)}"
+        f"{kind} {escape(upcoming.schedule)}, next {upcoming.describe()}"
         for kind, upcoming in (("backup", policy.backup), ("drill", policy.drill))
         if upcoming is not None
     ]
@@ -106,15 +106,3 @@ def _volume_row(volume: VolumeOverview, now: datetime) -> str:
         f'<tr data-volume="{escape(volume.name)}"><td>{escape(volume.name)}</td>{last}'
         f"<td>{newest}</td>{verdict}{restore}<td>{archive_chart(volume.points)}</td></tr>"
     )
-
-
-def _next(upcoming: Upcoming) -> str:
-    if upcoming.next_run is None:
-        return "never"
-    if upcoming.overdue:
-        return f"overdue since {_when(upcoming.next_run)}"
-    return _when(upcoming.next_run)
-
-
-def _when(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S %Z")
