@@ -575,7 +575,15 @@ def main() -> int:
         "volume's local backup, restore and drill always run: every ratio is against them",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--scale", action="store_true",
+        help="instead: memory and manifest size from 10,000 to 1,000,000 files (bench/scale.py)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.scale:
+        from scale import VOLUMES, run_scale
+
+        return run_scale(args.image, args.runs, list(VOLUMES), args.json)
     parts: list[str] = args.only
     api = docker.APIClient(timeout=600)
     build_volume(api, MIXED, fill_mixed)
