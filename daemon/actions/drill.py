@@ -275,7 +275,9 @@ def drill_archive(
             comparison = compare_trees(
                 manifest.entries, found, hard_links=manifest.hardlinks != 0, spool_dir=spool_dir
             )
-        log.info("compared with the manifest", objects=comparison.compared)
+        log.info(
+            "compared with the manifest", objects=comparison.compared, sorted=comparison.sorted
+        )
         reason = comparison.summary() or None
     except MembersDiffer as error:
         comparison, reason = error.comparison, error.message

@@ -58,6 +58,7 @@ class Comparison:
     count: int = 0  # differences in all
     objects: int = 0  # objects with at least one difference
     compared: int = 0  # objects found on both sides and compared
+    sorted: bool = False  # whether the streams were too far out of step and were sorted
 
     @property
     def identical(self) -> bool:
@@ -104,7 +105,7 @@ def compare_trees(
         _Sorted(sides.expected, run, spool_dir) as expected_sorted,
         _Sorted(sides.actual, run, spool_dir) as actual_sorted,
     ):
-        return _compare(_merged(expected_sorted, actual_sorted), sides, shown)
+        return replace(_compare(_merged(expected_sorted, actual_sorted), sides, shown), sorted=True)
 
 
 def _linked_paths(members: Iterable[Member]) -> frozenset[str]:

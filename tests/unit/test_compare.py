@@ -199,6 +199,7 @@ def test_streams_too_far_out_of_order_are_sorted_and_compared_just_the_same(
     assert in_step.differences == sorted_.differences == BROKEN
     assert (sorted_.count, sorted_.objects) == (in_step.count, in_step.objects) == (5, 5)
     assert sorted_.compared == in_step.compared == len(volume(100)) - 1
+    assert sorted_.sorted and not in_step.sorted
     assert list(tmp_path.iterdir()) == []  # the spilled runs are gone
 
 
