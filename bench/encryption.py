@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from daemon.archive import encryption
 from daemon.archive.compression import Compressor, compressor
 from daemon.config.model import Compression
+from daemon.cpus import available_cpus
 
 MIB = 1 << 20
 POOL = 8 * MIB  # cycled: the input itself should not dominate the peak RSS
@@ -116,12 +117,14 @@ def prepare(case: str, total: int, limit: int, workdir: Path) -> Callable[[], ob
     if case == "sha256":
         return lambda: [sink.write(view) for view in views]
     if case == "zstd":
-        return lambda: write_all(compressor(Compression("zstd"), sink), views)
+        return lambda: write_all(compressor(Compression("zstd"), sink, available_cpus()), views)
     writer = encryption.encrypting_writer(sink, [recipient], limit=limit)
     if case in ("writer", "writer+sha256"):
         return lambda: write_all(writer, views)
     if case == "zstd+writer":
-        return lambda: write_all(compressor(Compression("zstd"), writer), views, then=writer)
+        return lambda: write_all(
+            compressor(Compression("zstd"), writer, available_cpus()), views, then=writer
+        )
     raise SystemExit(f"unknown case {case}")
 
 

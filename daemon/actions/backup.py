@@ -50,6 +50,7 @@ class BackupSource:
     volume: VolumeInfo
     image: str
     compression: Compression
+    threads: int  # compression threads: the CPUs available shared by max_parallel operations
     exclude: tuple[str, ...] = ()
     kind: str = "backup"
     recipients: tuple[Recipient, ...] = ()  # age public keys; none: not encrypted
@@ -118,7 +119,7 @@ def back_up_volume(
             stored = HashingWriter(copies)
             if source.recipients:
                 sealing = encrypting_writer(stored, source.recipients)
-            packer = compressor(source.compression, sealing or stored)
+            packer = compressor(source.compression, sealing or stored, source.threads)
             selection = MemberFilter(source.exclude)
             scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.add)
             progress = Progress(f"backing up {source.volume.name}")
@@ -233,6 +234,7 @@ def back_up_one(
         volume,
         policy.helper_image,
         policy.compression,
+        ctx.compression_threads(),
         policy.exclude,
         recipients=tuple(ctx.recipients(policy)),
     )

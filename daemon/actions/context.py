@@ -21,6 +21,7 @@ from daemon.archive.encryption import (
     parse_recipient,
 )
 from daemon.config.model import Config, Policy
+from daemon.cpus import available_cpus
 from daemon.docker.client import connect
 from daemon.errors import DockerUnavailable, OperationError, UsageError
 from daemon.journal import journals, restart_pending
@@ -98,6 +99,12 @@ class Context:
         except KeyError:
             known = ", ".join(sorted(self.config.policies)) or "none"
             raise UsageError(f"unknown policy {name!r} (known: {known})") from None
+
+    def compression_threads(self) -> int:
+        """How many threads one backup compresses on: the CPUs this process may use (its
+        affinity and cgroup quota), shared by the `max_parallel` operations that may run at
+        once; at least 1."""
+        return max(1, available_cpus() // self.config.daemon.max_parallel)
 
     @property
     def host(self) -> str:

@@ -329,6 +329,7 @@ def _save_and_check(
         existing,
         policy.helper_image,
         policy.compression,
+        ctx.compression_threads(),
         kind="safety",
         recipients=tuple(ctx.recipients(policy)),
     )

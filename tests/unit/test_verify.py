@@ -50,7 +50,7 @@ def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     storage = LocalStore("local", tmp_path_factory.mktemp(algorithm))
     upload = storage.create(KEY.blob(SUFFIXES[algorithm]))
     hashing = HashingWriter(upload)
-    packer = compressor(Compression(algorithm), hashing)  # type: ignore[arg-type]
+    packer = compressor(Compression(algorithm), hashing, threads=1)  # type: ignore[arg-type]
     packer.write(raw)
     packer.finish()
     upload.commit()
