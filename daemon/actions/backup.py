@@ -111,7 +111,13 @@ def back_up_volume(
         ManifestWriter(spool_dir, source.recipients) as entries,
     ):
         storages = [repository.name for repository in repositories]
-        log.info("backup started", kind=source.kind, tar=flavour.name, storages=storages)
+        log.info(
+            "backup started",
+            kind=source.kind,
+            tar=flavour.name,
+            storages=storages,
+            compression_threads=source.threads,
+        )
         copies = Copies(repositories, key, suffix)
         sealing = None
         try:
