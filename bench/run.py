@@ -696,7 +696,7 @@ def summarize(report: dict[str, dict[str, float]], variants: dict[str, dict[str,
     ratio_lines: list[tuple[str, float, float | None]] = []
     if "stream_limit" in mixed:
         ratio_lines += [
-            ("backup / container stream limit", mixed["backup"] / mixed["stream_limit"], 2.0),
+            ("backup / container stream limit", mixed["backup"] / mixed["stream_limit"], 1.3),
             ("restore / container write limit", mixed["restore"] / mixed["write_limit"], 1.3),
         ]
     local = variants["local"]
