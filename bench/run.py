@@ -121,20 +121,30 @@ def fill_tiny(root: Path) -> None:
         (directory / f"t{index}").write_bytes(f"tiny file {index}\n".encode())
 
 
-def fill_small200k(root: Path) -> None:
-    """400 directories of 500 files of 200-700 bytes, half text, half random."""
-    rng = random.Random(2)
-    for index in range(200_000):
-        directory = root / f"d{index // 500:03d}"
-        if index % 500 == 0:
-            directory.mkdir()
-        size = rng.randint(200, 700)
-        if index % 2:
-            data = rng.randbytes(size)
-        else:
-            line = f"record {index} status=ok value={rng.random():.6f}\n".encode()
-            data = (line * (size // len(line) + 1))[:size]
-        (directory / f"f{index:06d}.txt").write_bytes(data)
+def fill_small(
+    count: int, per_directory: int, seed: int, digits: tuple[int, int]
+) -> Callable[[Path], None]:
+    """`count` files of 200-700 bytes, half text, half random, `per_directory` to a
+    directory; `digits`: the widths of the directory and file numbers in their names."""
+
+    def fill(root: Path) -> None:
+        rng = random.Random(seed)
+        for index in range(count):
+            directory = root / f"d{index // per_directory:0{digits[0]}d}"
+            if index % per_directory == 0:
+                directory.mkdir()
+            size = rng.randint(200, 700)
+            if index % 2:
+                data = rng.randbytes(size)
+            else:
+                line = f"record {index} status=ok value={rng.random():.6f}\n".encode()
+                data = (line * (size // len(line) + 1))[:size]
+            (directory / f"f{index:0{digits[1]}d}.txt").write_bytes(data)
+
+    return fill
+
+
+fill_small200k = fill_small(200_000, 500, seed=2, digits=(3, 6))  # 400 directories of 500
 
 
 def tree_summary(root: Path) -> tuple[int, int, int]:

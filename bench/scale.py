@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ from run import (
     RESTIC_PASSWORD,
     RSS_LIMIT_MIB,
     build_volume,
+    fill_small,
     mountpoint,
     read_files,
     restic_version,
@@ -59,22 +59,9 @@ RSS_DRIFT = 0.10  # at a million files, within 10% of the 10,000-file figure
 PER_DIRECTORY = 1000
 
 
-def fill_small(count: int) -> Callable[[Path], None]:
-    def fill(root: Path) -> None:
-        rng = random.Random(count)
-        for index in range(count):
-            directory = root / f"d{index // PER_DIRECTORY:04d}"
-            if index % PER_DIRECTORY == 0:
-                directory.mkdir()
-            size = rng.randint(200, 700)
-            if index % 2:
-                data = rng.randbytes(size)
-            else:
-                line = f"record {index} status=ok value={rng.random():.6f}\n".encode()
-                data = (line * (size // len(line) + 1))[:size]
-            (directory / f"f{index:07d}.txt").write_bytes(data)
-
-    return fill
+def small(count: int) -> Callable[[Path], None]:
+    """`count` small files, a thousand to a directory (names d0000/f0000000.txt)."""
+    return fill_small(count, PER_DIRECTORY, seed=count, digits=(4, 7))
 
 
 def fill_big(root: Path) -> None:
@@ -91,9 +78,9 @@ class Volume:
 
 
 VOLUMES = {
-    "10k": Volume("10k", PREFIX + "scale10k", fill_small(10_000)),
-    "100k": Volume("100k", PREFIX + "scale100k", fill_small(100_000)),
-    "1m": Volume("1m", PREFIX + "scale1m", fill_small(1_000_000)),
+    "10k": Volume("10k", PREFIX + "scale10k", small(10_000)),
+    "100k": Volume("100k", PREFIX + "scale100k", small(100_000)),
+    "1m": Volume("1m", PREFIX + "scale1m", small(1_000_000)),
     "4g": Volume("4g", PREFIX + "scale4g", fill_big),
 }
 
