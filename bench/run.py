@@ -266,7 +266,9 @@ PART_VARIANTS: dict[str, list[str]] = {
 }  # fmt: skip
 
 
-class Bench:
+class WorkDirectory:
+    """A benchmark's work directory: volkeep's config, local repository and state dir."""
+
     def __init__(self, api: docker.APIClient, image: str, runs: int, work: Path) -> None:
         self.api = api
         self.image = image
@@ -282,6 +284,8 @@ class Bench:
             "--state-dir", str(self.state), "--log-format", "json", *args,
         ]  # fmt: skip
 
+
+class Bench(WorkDirectory):
     def write_config(
         self, s3: dict[str, object] | None = None, encryption: dict[str, object] | None = None
     ) -> None:

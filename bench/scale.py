@@ -42,6 +42,7 @@ from run import (
     PREFIX,
     RESTIC_PASSWORD,
     RSS_LIMIT_MIB,
+    WorkDirectory,
     build_volume,
     fill_small,
     mountpoint,
@@ -85,18 +86,12 @@ VOLUMES = {
 }
 
 
-class Scale:
+class Scale(WorkDirectory):
     """One work directory: a config of every scale volume, a local repository, a state dir,
     and a restic repository per volume."""
 
     def __init__(self, api: docker.APIClient, image: str, runs: int, work: Path) -> None:
-        self.api = api
-        self.image = image
-        self.runs = runs
-        self.work = work
-        self.repo = work / "repo"
-        self.config = work / "volkeep.yaml"
-        self.state = work / "state"
+        super().__init__(api, image, runs, work)
         self.env = {**os.environ, "RESTIC_PASSWORD": RESTIC_PASSWORD}
 
     def write_config(self, volumes: list[Volume]) -> None:
@@ -115,12 +110,6 @@ class Scale:
                 indent=1,
             )
         )
-
-    def volkeep(self, *args: str) -> list[str]:
-        return [
-            sys.executable, "-m", "daemon", "--config", str(self.config),
-            "--state-dir", str(self.state), "--log-format", "json", *args,
-        ]  # fmt: skip
 
     def restic(self, volume: Volume, *args: str) -> list[str]:
         repository = self.work / f"restic-{volume.key}"
