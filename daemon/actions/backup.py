@@ -90,11 +90,11 @@ def back_up_volume(
 
     Each copy is written under a temporary name and published only once complete; its
     manifest is written last (its entries wait meanwhile in memory up to a MiB, then in an
-    unnamed file in `spool_dir`, the state dir). `on_stream_end` is called once the
-    helper's tar has ended well, before the archives are completed (containers stopped for
-    the backup start again there). Raise OperationError if no copy could be published,
-    leaving nothing listed behind; a copy that failed while others were published is in
-    `failures`. The caller holds the volume's lock.
+    unnamed file in `spool_dir`, the state dir, which also holds the helper's pipe).
+    `on_stream_end` is called once the helper's tar has ended well, before the archives are
+    completed (containers stopped for the backup start again there). Raise OperationError
+    if no copy could be published, leaving nothing listed behind; a copy that failed while
+    others were published is in `failures`. The caller holds the volume's lock.
     """
     flavour = detect_flavour(api, source.image)
     started = datetime.now(UTC)
@@ -133,7 +133,10 @@ def back_up_volume(
                 progress.total = _expected_size(repositories, source) or volume_usage(
                     api, source.image, source.volume.name
                 )
-            for chunk in volume_tar(api, source.image, flavour, source.volume.name):
+            # inline: the stream's generator ends (and its helper goes) as an error leaves
+            for chunk in volume_tar(
+                api, source.image, flavour, source.volume.name, state_dir=spool_dir
+            ):
                 scanner.feed(chunk)
                 progress.advance(len(chunk))
             if on_stream_end is not None:

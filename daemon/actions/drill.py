@@ -271,7 +271,7 @@ def drill_archive(
             # one pass: checked as it streams into the scratch volume
             extract_into(api, archive, image, scratch, key.volume)
             restore_seconds, restored = time.monotonic() - started, manifest.tar_size
-            found = ReadBack(api, image, scratch, key.volume, manifest.tar_size)
+            found = ReadBack(api, image, scratch, key.volume, manifest.tar_size, spool_dir)
             comparison = compare_trees(
                 manifest.entries, found, hard_links=manifest.hardlinks != 0, spool_dir=spool_dir
             )
@@ -329,6 +329,7 @@ class ReadBack:
     volume: str
     owner: str
     expected_size: int
+    state_dir: Path | None = None  # where the helper's pipe goes (daemon.docker.pipe)
 
     def __iter__(self) -> Iterator[Member]:
         members: list[Member] = []
@@ -336,7 +337,9 @@ class ReadBack:
         progress = Progress(f"reading back {self.volume}", total=self.expected_size)
         flavour = detect_flavour(self.api, self.image)
         try:
-            for chunk in volume_tar(self.api, self.image, flavour, self.volume, self.owner):
+            for chunk in volume_tar(
+                self.api, self.image, flavour, self.volume, self.owner, state_dir=self.state_dir
+            ):
                 scanner.feed(chunk)
                 progress.advance(len(chunk))
                 yield from members

@@ -18,10 +18,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
 import structlog
 
+from daemon.docker import pipe
 from daemon.docker.helpers import HelperOutput, Mount, helper_container, missing_image, run_helper
 from daemon.errors import OperationError
 
@@ -41,13 +43,13 @@ class TarFlavour:
         file changed while it was read (a live volume: see stop_containers)."""
         return 1 if self.name == "gnu" else 0
 
-    def create_command(self, source: str = SOURCE) -> list[str]:
-        """Return the argv that writes a tar of `source` to stdout."""
+    def create_command(self, source: str = SOURCE, output: str = "-") -> list[str]:
+        """Return the argv that writes a tar of `source` into `output` (-: stdout)."""
         if self.name == "gnu":
             return [
                 "tar",
                 "--create",
-                "--file=-",
+                f"--file={output}",
                 f"--directory={source}",
                 "--numeric-owner",
                 "--format=posix",
@@ -56,7 +58,7 @@ class TarFlavour:
                 "--xattrs-include=*",
                 ".",
             ]
-        return ["tar", "-c", "-f", "-", "-C", source, "."]
+        return ["tar", "-c", "-f", output, "-C", source, "."]
 
 
 def parse_flavour(version_output: str) -> TarFlavour:
@@ -84,17 +86,47 @@ def detect_flavour(api: docker.APIClient, image: str) -> TarFlavour:
 
 
 def volume_tar(
-    api: docker.APIClient, image: str, flavour: TarFlavour, volume: str, owner: str | None = None
+    api: docker.APIClient,
+    image: str,
+    flavour: TarFlavour,
+    volume: str,
+    owner: str | None = None,
+    *,
+    state_dir: Path | None = None,
 ) -> Iterator[memoryview]:
     """Given a volume, yield the tar stream of its content as a helper's tar writes it
-    (read-only mount, attach socket).
+    (read-only mount), through a pipe in `state_dir` where the engine can reach it, else
+    through the attach socket.
 
     Raise OperationError if the tar fails.
     """
-    command = flavour.create_command()
-    with helper_container(api, image, command, [Mount(volume, SOURCE)], owner=owner) as helper:
-        output = HelperOutput(api, helper)
-        yield from output.chunks()
+    if state_dir is not None and pipe.usable(api):
+        try:
+            with pipe.Pipe(state_dir) as through:
+                yield from _helper_tar(api, image, flavour, volume, owner, through)
+            return
+        except pipe.PipeUnavailable as why:  # raised before the first piece
+            pipe.refuse(api, str(why))
+    yield from _helper_tar(api, image, flavour, volume, owner, None)
+
+
+def _helper_tar(
+    api: docker.APIClient,
+    image: str,
+    flavour: TarFlavour,
+    volume: str,
+    owner: str | None,
+    through: pipe.Pipe | None,
+) -> Iterator[memoryview]:
+    log.debug("helper tar", volume=volume, stream="pipe" if through else "attach")
+    command = flavour.create_command(output=pipe.PIPE_TARGET if through else "-")
+    mounts = [Mount(volume, SOURCE)]
+    with helper_container(api, image, command, mounts, owner=owner, pipe=through) as helper:
+        output = HelperOutput(api, helper, through)
+        try:
+            yield from output.chunks()
+        except pipe.PipeUnavailable as why:
+            raise pipe.PipeUnavailable(f"{why}: {output.stderr or 'no reason given'}") from None
         exit_code = output.wait()
     if exit_code > flavour.warning_exit:
         if exit_code >= KILLED and not output.stderr.strip():
