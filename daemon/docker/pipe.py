@@ -9,8 +9,8 @@ CPU-s; through the pipe the same stream takes ~1 s (README, "Where a backup's ti
 The pipe needs an engine that sees this host's files at the same paths. When it does not
 (a remote engine, volkeep in a container whose state dir the engine sees elsewhere, an
 engine in a VM), the engine refuses the helper's bind mount, or the helper never opens the
-pipe: the stream then goes through the attach socket, for that engine, for the rest of the
-process (`refuse`).
+pipe; or the state dir cannot hold a FIFO. The stream then goes through the attach socket,
+for that engine, for the rest of the process (`refuse`), and a warning says why.
 
 A pipe's directory is named after the process that made it (daemon.owner); the next pipe
 made removes those of processes that have ended.
@@ -45,7 +45,8 @@ _refused: set[str] = set()  # engines (their base URL) that cannot reach this ho
 
 
 class PipeUnavailable(Exception):
-    """The engine cannot bind the pipe into the helper, or the helper never opened it."""
+    """No pipe: the state dir cannot hold one, the engine cannot bind it into the helper,
+    or the helper never opened it."""
 
 
 def usable(api: docker.APIClient) -> bool:
@@ -56,7 +57,7 @@ def usable(api: docker.APIClient) -> bool:
 def refuse(api: docker.APIClient, why: str) -> None:
     """Stream through the attach socket from now on for this engine, and say so once."""
     _refused.add(api.base_url)
-    log.warning("the engine cannot reach volkeep's pipes: streaming through dockerd", why=why)
+    log.warning("the helper cannot stream through a pipe: streaming through dockerd", why=why)
 
 
 def bind_refused(error: docker.errors.APIError) -> bool:
@@ -70,17 +71,23 @@ class Pipe:
     starts. Use it as a context manager: leaving removes it."""
 
     def __init__(self, state_dir: Path) -> None:
+        """Make the pipe; raise PipeUnavailable if the state dir cannot hold one."""
         pipes = state_dir / "pipes"
-        pipes.mkdir(mode=0o700, exist_ok=True)
-        _remove_leftovers(pipes)
         self._directory = pipes / f"{this_process()}.{secrets.token_hex(4)}"
-        self._directory.mkdir(mode=0o700)
         self.path = self._directory / "stream"
-        os.mkfifo(self.path)
-        # Writable by the helper whatever user it runs as (user namespaces map its root to
-        # another uid); the directory keeps everyone else on this host out.
-        os.chmod(self.path, 0o622)
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            pipes.mkdir(mode=0o700, exist_ok=True)
+            _remove_leftovers(pipes)
+            self._directory.mkdir(mode=0o700)
+            os.mkfifo(self.path)
+            # Writable by the helper whatever user it runs as (user namespaces map its root
+            # to another uid); the directory keeps everyone else on this host out.
+            os.chmod(self.path, 0o622)
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as error:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            reason = (error.strerror or str(error)).lower()
+            raise PipeUnavailable(f"cannot make a pipe in {pipes}: {reason}") from None
         with contextlib.suppress(OSError):  # a smaller pipe only costs speed
             fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self._stop = threading.Event()

@@ -13,7 +13,7 @@ from daemon.docker.pipe import PIPE_TARGET, Pipe
 from tests.e2e.conftest import ROOT, Workspace, mountpoint
 from tests.support.tree import build_fidelity_tree, differences, snapshot
 
-FALLBACK = "the engine cannot reach volkeep's pipes: streaming through dockerd"
+FALLBACK = "the helper cannot stream through a pipe: streaming through dockerd"
 
 
 def events(stderr: str, name: str) -> list[dict[str, Any]]:

@@ -88,3 +88,10 @@ def test_the_pipes_of_ended_processes_are_removed_and_live_ones_kept(tmp_path: P
     with Pipe(tmp_path) as through:
         live = through.path.parent
         assert sorted(pipes.iterdir()) == sorted([other_host, live])
+
+
+def test_a_state_dir_that_cannot_hold_a_pipe_makes_it_unavailable(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "state"
+    not_a_directory.write_text("a file")
+    with pytest.raises(PipeUnavailable, match="cannot make a pipe in"):
+        Pipe(not_a_directory)
