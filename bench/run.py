@@ -194,6 +194,19 @@ PEAK_RSS = (
     "sys.exit(os.waitstatus_to_exitcode(status))\n"
 )
 
+# volkeep's own transport alone: the helper's tar through the pipe, read and dropped
+PIPE_STREAM = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "import docker\n"
+    "from daemon.docker.tarflavour import detect_flavour, volume_tar\n"
+    "api = docker.APIClient()\n"
+    "image, volume, state_dir = sys.argv[1:]\n"
+    "flavour = detect_flavour(api, image)\n"
+    "for _ in volume_tar(api, image, flavour, volume, state_dir=Path(state_dir)):\n"
+    "    pass\n"
+)
+
 
 def timed(
     command: list[str],
@@ -434,6 +447,12 @@ class Bench(WorkDirectory):
             lambda: ["docker", "run", "--rm", "--log-driver", "none", "--network", "none",
                      "-v", f"{volume}:/src:ro", self.image, "tar", "-cf", "-", "-C", "/src", "."],
         )  # fmt: skip
+        self.state.mkdir(exist_ok=True)
+        results["pipe_limit"], _ = self.median(
+            "pipe stream limit (helper tar through volkeep's pipe, dropped)",
+            lambda: warm(root),
+            lambda: [sys.executable, "-c", PIPE_STREAM, self.image, volume, str(self.state)],
+        )
         timed(["docker", "run", "--rm", "--log-driver", "none", "-v", f"{volume}:/src:ro",
                self.image, "tar", "-cf", "-", "-C", "/src", "."], stdout=plain)  # fmt: skip
         results["write_limit"], _ = self.median(
@@ -683,8 +702,8 @@ def summarize(report: dict[str, dict[str, float]], variants: dict[str, dict[str,
         return mixed["bytes"] / seconds / MB
 
     print("\n== mixed volume, MB/s (median)")
-    for key in ("raw_host", "stream_limit", "backup", "naive_backup", "write_limit", "restore",
-                "naive_restore", "drill"):  # fmt: skip
+    for key in ("raw_host", "stream_limit", "pipe_limit", "backup", "naive_backup",
+                "write_limit", "restore", "naive_restore", "drill"):  # fmt: skip
         if key in mixed:
             print(f"  {key:<14} {rate(mixed[key]):8.1f} MB/s  {mixed[key]:7.2f} s")
 
@@ -711,6 +730,7 @@ def summarize(report: dict[str, dict[str, float]], variants: dict[str, dict[str,
     if "stream_limit" in mixed:
         ratio_lines += [
             ("backup / container stream limit", mixed["backup"] / mixed["stream_limit"], 1.3),
+            ("backup / pipe stream limit", mixed["backup"] / mixed["pipe_limit"], None),
             ("restore / container write limit", mixed["restore"] / mixed["write_limit"], 1.3),
         ]
     local = variants["local"]
