@@ -15,6 +15,8 @@ import docker
 import pytest
 import yaml
 
+from tests.support.tree import differences, snapshot
+
 ROOT = Path(__file__).resolve().parents[2]
 HELPER_IMAGE = os.environ.get("VOLKEEP_TEST_HELPER_IMAGE", "volkeep-helper:busybox")
 
@@ -62,6 +64,20 @@ def volumes(api: docker.APIClient) -> Iterator[Callable[..., str]]:
 
 def mountpoint(api: docker.APIClient, volume: str) -> Path:
     return Path(api.inspect_volume(volume)["Mountpoint"])
+
+
+def assert_restores_whole(api: docker.APIClient, workspace: Workspace, source: str) -> None:
+    """Restore the newest archive of `source` (policy "app") into a new volume and assert
+    that the restored tree equals the source, object for object; remove it after."""
+    target = source + "_restored"
+    try:
+        restore = workspace.run("restore", "app", "--volume", source, "--to", target)
+        assert restore.returncode == 0, restore.stderr
+        assert (
+            differences(snapshot(mountpoint(api, source)), snapshot(mountpoint(api, target))) == []
+        )
+    finally:
+        api.remove_volume(target, force=True)
 
 
 @dataclass

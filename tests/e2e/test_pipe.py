@@ -10,8 +10,8 @@ from typing import Any
 
 from daemon.docker.helpers import Mount, helper_container
 from daemon.docker.pipe import PIPE_TARGET, Pipe
-from tests.e2e.conftest import ROOT, Workspace, mountpoint
-from tests.support.tree import build_fidelity_tree, differences, snapshot
+from tests.e2e.conftest import ROOT, assert_restores_whole, mountpoint
+from tests.support.tree import build_fidelity_tree
 
 FALLBACK = "the helper cannot stream through a pipe: streaming through dockerd"
 
@@ -19,18 +19,6 @@ FALLBACK = "the helper cannot stream through a pipe: streaming through dockerd"
 def events(stderr: str, name: str) -> list[dict[str, Any]]:
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     return [line for line in lines if line["event"] == name]
-
-
-def restored_equal(api: Any, workspace: Workspace, source: str) -> None:
-    target = source + "_restored"
-    try:
-        restore = workspace.run("restore", "app", "--volume", source, "--to", target)
-        assert restore.returncode == 0, restore.stderr
-        assert (
-            differences(snapshot(mountpoint(api, source)), snapshot(mountpoint(api, target))) == []
-        )
-    finally:
-        api.remove_volume(target, force=True)
 
 
 def test_backup_and_drill_stream_through_the_pipe_and_leave_none_behind(api, volumes, workspace):
@@ -50,7 +38,7 @@ def test_backup_and_drill_stream_through_the_pipe_and_leave_none_behind(api, vol
     ]
     assert FALLBACK not in backup.stderr + drill.stderr
     assert list((workspace.state_dir / "pipes").iterdir()) == []
-    restored_equal(api, workspace, source)
+    assert_restores_whole(api, workspace, source)
 
 
 def test_a_state_dir_the_engine_cannot_see_streams_through_dockerd(api, volumes, workspace):
@@ -71,7 +59,7 @@ def test_a_state_dir_the_engine_cannot_see_streams_through_dockerd(api, volumes,
     assert [line["event"] for line in events(backup.stderr, FALLBACK)] == [FALLBACK]
     assert "bind source path does not exist" in events(backup.stderr, FALLBACK)[0]["why"]
     assert [line["stream"] for line in events(backup.stderr, "helper tar")] == ["pipe", "attach"]
-    restored_equal(api, workspace, source)
+    assert_restores_whole(api, workspace, source)
 
 
 def test_the_helper_gets_the_pipe_writable_and_nothing_else(api, volumes, helper_image, tmp_path):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Workspace, mountpoint
+from tests.e2e.conftest import Workspace, assert_restores_whole, mountpoint
 from tests.support.seaweed import S3Bucket
-from tests.support.tree import build_fidelity_tree, differences, snapshot
+from tests.support.tree import build_fidelity_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -61,15 +61,7 @@ def test_the_fidelity_tree_round_trips_through_s3_and_drills(api, volumes, works
     (entry,) = listed(workspace)
     assert entry["storage"] == "offsite"
     assert any(key.startswith("prod/") and key.endswith(".tar.zst") for key in keys(s3_bucket))
-    target = source + "_restored"
-    try:
-        restore = workspace.run("restore", "app", "--volume", source, "--to", target)
-        assert restore.returncode == 0, restore.stderr
-        assert (
-            differences(snapshot(mountpoint(api, source)), snapshot(mountpoint(api, target))) == []
-        )
-    finally:
-        api.remove_volume(target, force=True)
+    assert_restores_whole(api, workspace, source)
     drill = workspace.run("drill", "app")
     assert drill.returncode == 0, drill.stdout + drill.stderr
     assert listed(workspace)[0]["drill"]["verdict"] == "passed"  # type: ignore[index]
