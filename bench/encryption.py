@@ -43,8 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon.archive import encryption
 from daemon.archive.compression import Compressor, compressor
+from daemon.config import keys
 from daemon.config.model import Compression
-from daemon.cpus import available_cpus
+from daemon.system.cpus import available_cpus
 
 MIB = 1 << 20
 POOL = 8 * MIB  # cycled: the input itself should not dominate the peak RSS
@@ -86,7 +87,7 @@ def pieces(total: int, compressible: bool = False) -> list[memoryview]:
 def prepare(case: str, total: int, limit: int, workdir: Path) -> Callable[[], object]:
     """Given a case, set up its input and return the work to time."""
     identity = x25519.Identity.generate()
-    recipient = encryption.parse_recipient(str(identity.to_public()))
+    recipient = keys.parse_recipient(str(identity.to_public()))
     natives = [recipient.native]
     if case in ("raw-encrypt", "raw-discard"):
         plain = io.BytesIO(os.urandom(POOL) * (total // POOL))
@@ -111,7 +112,7 @@ def prepare(case: str, total: int, limit: int, workdir: Path) -> Callable[[], ob
         with ciphertext_path.open("rb") as file:
             while file.read(MIB):  # warm the page cache
                 pass
-        return lambda: read_all(ciphertext_path, encryption.load_identities(identity_path), limit)
+        return lambda: read_all(ciphertext_path, keys.load_identities(identity_path), limit)
     views = pieces(total, compressible=case.startswith("zstd"))
     sink = Hashing() if "sha256" in case or case.startswith("zstd") else Discard()
     if case == "sha256":
@@ -140,7 +141,7 @@ def write_all(
         then.finish()
 
 
-def read_all(path: Path, identities: encryption.Identities, limit: int) -> None:
+def read_all(path: Path, identities: keys.Identities, limit: int) -> None:
     with path.open("rb") as file:
         reader = encryption.decrypting_reader(file, identities, limit=limit)
         while reader.read(MIB):

@@ -199,7 +199,7 @@ PIPE_STREAM = (
     "import sys\n"
     "from pathlib import Path\n"
     "import docker\n"
-    "from daemon.docker.tarflavour import detect_flavour, volume_tar\n"
+    "from daemon.engine.tarflavour import detect_flavour, volume_tar\n"
     "api = docker.APIClient()\n"
     "image, volume, state_dir = sys.argv[1:]\n"
     "flavour = detect_flavour(api, image)\n"

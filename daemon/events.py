@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from daemon.archive.records import DrillRecord
 from daemon.errors import VolkeepError
+from daemon.rules.verdict import DrillRecord
 
 log = structlog.get_logger()
 

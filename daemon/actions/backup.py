@@ -14,26 +14,27 @@ import structlog
 
 from daemon import events
 from daemon.actions.context import Context
-from daemon.actions.copies import Copies
 from daemon.actions.failures import volume_failure
 from daemon.actions.prune import prune_after_backup
 from daemon.archive.compression import SUFFIXES, compressor
 from daemon.archive.digest import HashingWriter
 from daemon.archive.encryption import SUFFIX as AGE_SUFFIX
-from daemon.archive.encryption import Recipient, encrypting_writer, recipient_strings
+from daemon.archive.encryption import encrypting_writer
 from daemon.archive.exclude import MemberFilter
 from daemon.archive.manifest import Manifest, ManifestWriter
 from daemon.archive.tarstream import TarFormatError, TarScanner
+from daemon.config.keys import Recipient, recipient_strings
 from daemon.config.model import Compression, Policy
-from daemon.docker.client import engine_failure
-from daemon.docker.containers import containers_to_stop, containers_using
-from daemon.docker.tarflavour import detect_flavour, volume_tar
-from daemon.docker.volumes import VolumeInfo, require_volume, select_volumes, volume_usage
+from daemon.engine.client import engine_failure
+from daemon.engine.containers import containers_to_stop, containers_using
+from daemon.engine.hooks import after_hooks, run_before_hooks
+from daemon.engine.journal import containers_stopped
+from daemon.engine.tarflavour import detect_flavour, volume_tar
+from daemon.engine.volumes import VolumeInfo, require_volume, select_volumes, volume_usage
 from daemon.errors import OperationError, UsageError, combined_failure
-from daemon.hooks import after_hooks, run_before_hooks
-from daemon.journal import containers_stopped
-from daemon.progress import Progress
-from daemon.repository import ArchiveKey, Repository, allocate_key
+from daemon.repository.copies import Copies
+from daemon.repository.store import ArchiveKey, Repository, allocate_key
+from daemon.terminal.progress import Progress
 
 log = structlog.get_logger()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import structlog
 
-from daemon.archive.encryption import (
+from daemon.config.keys import (
     EncryptionError,
     Identities,
     Recipient,
@@ -21,15 +21,15 @@ from daemon.archive.encryption import (
     parse_recipient,
 )
 from daemon.config.model import Config, Policy
-from daemon.cpus import available_cpus
-from daemon.docker.client import connect
+from daemon.engine.client import connect
+from daemon.engine.journal import journals, restart_pending
+from daemon.engine.leftovers import remove_half_restored, remove_leftovers
 from daemon.errors import DockerUnavailable, OperationError, UsageError
-from daemon.journal import journals, restart_pending
-from daemon.locks import volume_lock
-from daemon.recovery import remove_half_restored, remove_leftovers
-from daemon.repository import Repository
-from daemon.state import History
+from daemon.repository.store import Repository
+from daemon.state.history import History
+from daemon.state.locks import volume_lock
 from daemon.storage import BlobStore, open_store
+from daemon.system.cpus import available_cpus
 
 log = structlog.get_logger()
 

@@ -40,15 +40,13 @@ from daemon.actions.context import Context
 from daemon.actions.failures import volume_failure
 from daemon.actions.restore import extract_into
 from daemon.archive.compare import Comparison, compare_trees
-from daemon.archive.encryption import Identities
-from daemon.archive.records import DrillRecord
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
-from daemon.archive.verify import MembersDiffer, StoredArchive
+from daemon.config.keys import Identities
 from daemon.config.model import DrillChoice, DrillConfig, Policy
-from daemon.docker.client import engine_failure
-from daemon.docker.helpers import helper_labels
-from daemon.docker.tarflavour import detect_flavour, volume_tar
-from daemon.docker.volumes import create_volume, remove_volume
+from daemon.engine.client import engine_failure
+from daemon.engine.helpers import helper_labels
+from daemon.engine.tarflavour import detect_flavour, volume_tar
+from daemon.engine.volumes import create_volume, remove_volume
 from daemon.errors import (
     DockerUnavailable,
     KeyMissing,
@@ -57,8 +55,10 @@ from daemon.errors import (
     UsageError,
     combined_failure,
 )
-from daemon.progress import Progress
-from daemon.repository import ArchiveKey, Repository, locate
+from daemon.repository.store import ArchiveKey, Repository, locate
+from daemon.repository.verify import MembersDiffer, StoredArchive
+from daemon.rules.verdict import DrillRecord
+from daemon.terminal.progress import Progress
 
 log = structlog.get_logger()
 SCRATCH_PREFIX = "volkeep-drill-"
@@ -329,7 +329,7 @@ class ReadBack:
     volume: str
     owner: str
     expected_size: int
-    state_dir: Path | None = None  # where the helper's pipe goes (daemon.docker.pipe)
+    state_dir: Path | None = None  # where the helper's pipe goes (daemon.engine.pipe)
 
     def __iter__(self) -> Iterator[Member]:
         members: list[Member] = []

@@ -11,7 +11,7 @@ import docker
 import requests
 import structlog
 
-from daemon.docker.client import engine_failure
+from daemon.engine.client import engine_failure
 from daemon.errors import OperationError
 
 log = structlog.get_logger()

@@ -26,10 +26,10 @@ import yaml
 from daemon.config import load_config
 from daemon.config.model import COMPOSE_PROJECT_LABEL, Policy
 from daemon.config.values import NAME, VOLUME_NAME
-from daemon.docker.client import connect, engine_failure
-from daemon.docker.containers import LABEL_STOP, containers_using
-from daemon.docker.helpers import LABEL_ROLE
-from daemon.docker.volumes import all_volumes
+from daemon.engine.client import connect, engine_failure
+from daemon.engine.containers import LABEL_STOP, containers_using
+from daemon.engine.helpers import LABEL_ROLE
+from daemon.engine.volumes import all_volumes
 from daemon.errors import ConfigError, OperationError, UsageError
 
 # Images whose files are not consistent on disk while their server runs, by the last part

@@ -8,12 +8,12 @@ from datetime import datetime, timedelta
 
 from daemon.actions.context import Context
 from daemon.archive.manifest import Manifest
-from daemon.archive.records import DrillRecord
 from daemon.archive.select import select_members
 from daemon.archive.tarstream import Member
 from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError
-from daemon.repository import MANIFEST_SUFFIX, ArchiveKey, Repository, locate
+from daemon.repository.store import MANIFEST_SUFFIX, ArchiveKey, Repository, locate
+from daemon.rules.verdict import DrillRecord
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ from daemon.actions.failures import volume_failure
 from daemon.archive.manifest import Manifest
 from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError, combined_failure
-from daemon.repository import ArchiveKey, Repository
-from daemon.retention import Candidate, Decision, may_delete, select
+from daemon.repository.store import ArchiveKey, Repository
+from daemon.rules.retention import Candidate, Decision, may_delete, select
 
 log = structlog.get_logger()
 

@@ -35,23 +35,23 @@ from daemon.actions.backup import BackupSource, back_up_volume
 from daemon.actions.context import Context
 from daemon.archive.select import Selection, leaves_the_target, select_members
 from daemon.archive.tarstream import Member
-from daemon.archive.verify import StoredArchive, archive_chunks, verify_archive
 from daemon.config.model import Policy
-from daemon.docker.containers import ContainerInfo, containers_using, stop_order
-from daemon.docker.helpers import (
+from daemon.engine.containers import ContainerInfo, containers_using, stop_order
+from daemon.engine.helpers import (
     WRITE_CAPABILITIES,
     Mount,
     helper_container,
     put_archive,
     run_helper,
 )
-from daemon.docker.volumes import VolumeInfo, create_volume, inspect_volume, remove_volume
+from daemon.engine.journal import containers_stopped
+from daemon.engine.leftovers import restoring_marker
+from daemon.engine.volumes import VolumeInfo, create_volume, inspect_volume, remove_volume
 from daemon.errors import OperationError, UsageError
-from daemon.journal import containers_stopped
-from daemon.progress import Progress
-from daemon.readahead import read_ahead
-from daemon.recovery import restoring_marker
-from daemon.repository import locate
+from daemon.repository.store import locate
+from daemon.repository.verify import StoredArchive, archive_chunks, verify_archive
+from daemon.system.readahead import read_ahead
+from daemon.terminal.progress import Progress
 
 log = structlog.get_logger()
 TARGET = "/dst"

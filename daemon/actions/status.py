@@ -19,17 +19,17 @@ import requests
 from daemon.actions.context import Context
 from daemon.actions.listing import age, drill_summary
 from daemon.archive.manifest import Manifest
-from daemon.archive.records import DrillRecord
 from daemon.config.model import Policy, Schedule
-from daemon.docker.client import connect, engine_failure
-from daemon.docker.volumes import select_volumes
+from daemon.config.triggers import first_run, next_run
+from daemon.engine.client import connect, engine_failure
+from daemon.engine.volumes import select_volumes
 from daemon.errors import DockerUnavailable, OperationError
-from daemon.locks import is_locked
-from daemon.progress import human_bytes
-from daemon.render import fit
-from daemon.repository import Repository
-from daemon.state import Heartbeat, History, OperationRecord, daemon_running, read_heartbeat
-from daemon.triggers import first_run, next_run
+from daemon.repository.store import Repository
+from daemon.rules.verdict import DrillRecord
+from daemon.state.history import Heartbeat, History, OperationRecord, daemon_running, read_heartbeat
+from daemon.state.locks import is_locked
+from daemon.terminal.progress import human_bytes
+from daemon.terminal.render import fit
 
 REASON_WIDTH = 70
 STALE_HEARTBEAT_SECONDS = 60  # the daemon rewrites it at least every 10 s

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from daemon.actions.context import Context
 from daemon.actions.preflight import preflight
 from daemon.config.model import Policy, Schedule
-from daemon.docker.containers import containers_to_stop, containers_using
-from daemon.docker.volumes import select_volumes
+from daemon.config.triggers import next_run
+from daemon.engine.containers import containers_to_stop, containers_using
+from daemon.engine.volumes import select_volumes
 from daemon.errors import ConfigError, DockerUnavailable
-from daemon.render import plural
-from daemon.triggers import next_run
+from daemon.terminal.render import plural
 
 
 def _next(schedule: Schedule | None, policy: Policy, now: datetime) -> str:

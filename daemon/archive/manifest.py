@@ -40,10 +40,11 @@ from typing import Any
 import zstandard
 
 from daemon import __version__
-from daemon.archive.encryption import EncryptionError, NoIdentityMatches, Recipient
+from daemon.archive.encryption import NoIdentityMatches
 from daemon.archive.entries import ENCODING, EntryEncoder, EntryFormatError, decode_entries
 from daemon.archive.sealing import Decrypt, Readable, SectionWriter, section_reader
 from daemon.archive.tarstream import Member
+from daemon.config.keys import EncryptionError, Recipient
 
 FORMAT_VERSION = 2
 LEGACY_FORMAT = 1

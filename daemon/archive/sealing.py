@@ -15,13 +15,8 @@ from typing import IO, Protocol, cast
 import zstandard
 
 from daemon.archive.compression import Sink
-from daemon.archive.encryption import (
-    EncryptingWriter,
-    Identities,
-    Recipient,
-    decrypting_reader,
-    encrypting_writer,
-)
+from daemon.archive.encryption import EncryptingWriter, decrypting_reader, encrypting_writer
+from daemon.config.keys import Identities, Recipient
 
 # zstd level 3: levels up to 9 save about 2% of the section, at twice the time or more
 # (measured on a million small files); 19 saves 2% more at fifty times the time.

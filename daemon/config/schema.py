@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from daemon.archive.encryption import EncryptionError, parse_recipient
+from daemon.config.keys import EncryptionError, parse_recipient
 from daemon.config.model import (
     AgeEncryption,
     Compression,

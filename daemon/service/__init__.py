@@ -1,4 +1,4 @@
-"""The daemon's parts, each in its own module; `daemon.scheduler` puts them together.
+"""The daemon's parts, each in its own module; `daemon.service.scheduler` puts them together.
 
 - `jobs`: the job table, one APScheduler job per policy backup and drill, replaced whole on
   a reload (built first, then swapped) and caught up once after runs missed while down.

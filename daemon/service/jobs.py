@@ -26,9 +26,9 @@ from apscheduler.triggers.base import BaseTrigger
 
 from daemon import events
 from daemon.config.model import Config, Schedule
+from daemon.config.triggers import first_run, next_run, trigger_for
 from daemon.events import RunMissed
-from daemon.state import History
-from daemon.triggers import first_run, next_run, trigger_for
+from daemon.state.history import History
 
 log = structlog.get_logger()
 

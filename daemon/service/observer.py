@@ -22,8 +22,8 @@ from daemon.actions.context import Context
 from daemon.config.model import Config
 from daemon.errors import VolkeepError
 from daemon.events import DrillVerdict, Event, OperationFailed, OperationFinished, RunFinished
-from daemon.metrics import Metrics
-from daemon.overview import take_overview
+from daemon.observe.metrics import Metrics
+from daemon.observe.overview import take_overview
 
 log = structlog.get_logger()
 

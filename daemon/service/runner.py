@@ -28,7 +28,7 @@ from daemon.actions.drill import drillable_volumes, drilled_repository, run_dril
 from daemon.config.model import Config
 from daemon.errors import VolkeepError
 from daemon.events import RunFinished, RunStarted
-from daemon.state import History
+from daemon.state.history import History
 
 log = structlog.get_logger()
 

@@ -14,11 +14,11 @@ import docker
 import structlog
 from apscheduler.schedulers.base import BaseScheduler
 
-from daemon.docker.helpers import kill_helpers
+from daemon.engine.helpers import kill_helpers
 from daemon.errors import EXIT_FAILED
-from daemon.notify import notify
 from daemon.service.runner import POLL_SECONDS, Runner
 from daemon.service.status import StatusLine
+from daemon.service.systemd import notify
 
 log = structlog.get_logger()
 

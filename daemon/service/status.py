@@ -25,9 +25,9 @@ from daemon.events import (
     OperationStarted,
     RunFinished,
 )
-from daemon.notify import notify
-from daemon.progress import progress_of
-from daemon.state import Heartbeat, write_heartbeat
+from daemon.service.systemd import notify
+from daemon.state.history import Heartbeat, write_heartbeat
+from daemon.terminal.progress import progress_of
 
 log = structlog.get_logger()
 

@@ -1,6 +1,6 @@
 """Where archives live: one small blob-store interface (`BlobStore`), one module per backend.
 
-What the blobs mean (archives, manifests, hosts) is the repository's (`daemon.repository`).
+What the blobs mean (archives, manifests, hosts) is the repository's (`daemon.repository.store`).
 """
 
 from __future__ import annotations

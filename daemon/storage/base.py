@@ -3,7 +3,7 @@
 A blob store keeps named blobs: keys are `/`-separated paths relative to the storage's
 root (`host/policy/volume/volume-20261128T030000Z.tar.zst`). It knows nothing of archives,
 manifests, ids or hosts: every rule of the repository (SPEC §4, §5) lives above it, in
-`daemon.repository`, once for all backends. A backend is a handful of calls, proven by one
+`daemon.repository.store`, once for all backends. A backend is a handful of calls, proven by one
 shared conformance suite (tests/e2e/test_blob_stores.py).
 """
 

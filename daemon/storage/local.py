@@ -16,32 +16,19 @@ from pathlib import Path
 from typing import BinaryIO
 
 from daemon.storage.base import BlobExists, BlobMissing
+from daemon.system import files
 
 PARTIAL = ".partial"
 WRITE_BUFFER = 1 << 20
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def publish(temporary: Path, final: Path, *, exclusive: bool = False) -> None:
-    """The one atomic-publish step: the temporary file is synced; move it into place, sync
-    the directory. With `exclusive`, never replace an existing file (raise BlobExists)."""
-    if exclusive:
-        try:
-            os.link(temporary, final)
-        except FileExistsError:
-            raise BlobExists(final) from None
-        finally:
-            temporary.unlink(missing_ok=True)
-    else:
-        os.replace(temporary, final)
-    _fsync_directory(final.parent)
+    """Publish a synced temporary file as `final` (`daemon.system.files.publish`); with
+    `exclusive`, raise BlobExists if `final` exists."""
+    try:
+        files.publish(temporary, final, exclusive=exclusive)
+    except FileExistsError:
+        raise BlobExists(final) from None
 
 
 def _is_temporary(name: str) -> bool:
@@ -140,7 +127,7 @@ class LocalStore:
         path = self._path(key)
         path.unlink(missing_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            _fsync_directory(path.parent)
+            files.fsync_directory(path.parent)
 
     def abort_incomplete(self, prefix: str) -> builtins.list[str]:
         top = self._path(prefix) if prefix else self.root

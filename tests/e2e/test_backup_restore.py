@@ -249,7 +249,7 @@ def test_full_storage_fails_cleanly_and_publishes_nothing(api, volumes, workspac
 
 def test_helpers_run_locked_down(api, volumes, workspace, helper_image):
     """The helper's configuration as the engine reports it: read-only, no network, no caps."""
-    from daemon.docker.helpers import Mount, helper_container
+    from daemon.engine.helpers import Mount, helper_container
 
     source = volumes("locked")
     with helper_container(api, helper_image, ["true"], [Mount(source, "/src")]) as helper:

@@ -17,7 +17,7 @@ import docker
 import pytest
 import zstandard
 
-from daemon.state import History
+from daemon.state.history import History
 from tests.e2e.conftest import Workspace, mountpoint
 
 # A database-like writer: appends numbered lines; on SIGTERM it finishes its line and exits.
@@ -455,7 +455,7 @@ def test_an_exec_hook_into_a_container_that_is_not_running_fails_clearly(
 def test_a_running_helper_is_held_to_a_read_only_root_and_pids_and_memory_limits(
     api, volumes, helper_image
 ):
-    from daemon.docker.helpers import WRITE_CAPABILITIES, Mount, helper_container
+    from daemon.engine.helpers import WRITE_CAPABILITIES, Mount, helper_container
 
     volume = volumes("hardened")
     mounts = [Mount(volume, "/dst", read_only=False)]
@@ -488,8 +488,8 @@ def test_restore_and_backup_helpers_do_their_work_with_a_read_only_root(api, vol
     a backup (tar) do, each in a helper whose root file system is read-only."""
     import io
 
-    from daemon.docker.helpers import WRITE_CAPABILITIES, Mount, helper_container, run_helper
-    from daemon.docker.tarflavour import detect_flavour, volume_tar
+    from daemon.engine.helpers import WRITE_CAPABILITIES, Mount, helper_container, run_helper
+    from daemon.engine.tarflavour import detect_flavour, volume_tar
 
     volume = volumes("work")
     mounts = [Mount(volume, "/dst", read_only=False)]
@@ -540,7 +540,7 @@ def test_stopping_aborts_an_extraction_into_a_helper_at_once_and_removes_the_hel
     removing the helper would wait for the whole upload. kill_helpers aborts it from our side."""
     import threading
 
-    from daemon.docker.helpers import Mount, helper_container, kill_helpers, put_archive
+    from daemon.engine.helpers import Mount, helper_container, kill_helpers, put_archive
     from daemon.errors import OperationError
 
     volume = volumes("extracting")

@@ -17,7 +17,7 @@ from typing import Any
 import docker
 import pytest
 
-from daemon.state import History
+from daemon.state.history import History
 from tests.e2e.conftest import ROOT, Workspace, mountpoint
 from tests.support.daemon_process import DaemonProcess, NotifySocket, wait_until
 

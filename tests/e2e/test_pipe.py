@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from daemon.docker.helpers import Mount, helper_container
-from daemon.docker.pipe import PIPE_TARGET, Pipe
+from daemon.engine.helpers import Mount, helper_container
+from daemon.engine.pipe import PIPE_TARGET, Pipe
 from tests.e2e.conftest import ROOT, assert_restores_whole, mountpoint
 from tests.support.tree import build_fidelity_tree
 

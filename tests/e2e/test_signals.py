@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.state import History
+from daemon.state.history import History
 from tests.e2e.conftest import ROOT, Workspace, mountpoint
 from tests.support.daemon_process import DaemonProcess, wait_until
 

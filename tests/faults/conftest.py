@@ -33,7 +33,7 @@ import docker
 import pytest
 from pyrage import x25519
 
-from daemon.docker.helpers import LABEL_ROLE, LABEL_VOLUME
+from daemon.engine.helpers import LABEL_ROLE, LABEL_VOLUME
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import ROOT, Workspace, mountpoint
 from tests.faults.killpoints import ACTION as POINT_ACTION

@@ -23,7 +23,7 @@ from typing import Any
 
 import docker
 
-from daemon.cli import main
+from daemon.cli.main import main
 from daemon.storage import local
 
 ENVIRONMENT = "VOLKEEP_TEST_KILL_POINT"

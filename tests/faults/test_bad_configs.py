@@ -4,7 +4,7 @@ answers with a summary (exit 0) or with problems (exit 2), never a traceback.
 Hypothesis writes the files: documents built from volkeep's own keys, holding plausible
 values, wrong ones and anything at all, then mangled as text (a cut, a stray tab, an alias,
 a tag, bytes that are not UTF-8), one to three files in a directory. `validate` runs in this
-process through `daemon.cli.main`, with no Docker engine to reach (DOCKER_HOST points
+process through `daemon.cli.main.main`, with no Docker engine to reach (DOCKER_HOST points
 nowhere: validate then says it cannot show the volumes).
 """
 
@@ -25,7 +25,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from daemon.cli import main
+from daemon.cli.main import main
 
 pytestmark = pytest.mark.faults
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.state import History
+from daemon.state.history import History
 from tests.e2e.conftest import ROOT, mountpoint
 from tests.faults.conftest import Ledger, LogBook, Things, Volkeep, check_the_promises
 from tests.faults.killpoints import ACTION as POINT_ACTION

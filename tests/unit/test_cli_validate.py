@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import main
+from daemon.cli.main import main
 from tests.unit.test_config import BAD_CONFIGS
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.cpus import available_cpus, cgroup_quota
+from daemon.system.cpus import available_cpus, cgroup_quota
 
 
 def cgroup(tmp_path: Path, membership: str, files: dict[str, str]) -> tuple[Path, Path]:

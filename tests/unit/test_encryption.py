@@ -23,12 +23,14 @@ from pyrage import x25519
 
 from daemon.archive.encryption import (
     ArchiveModified,
-    EncryptionError,
-    Identities,
     NoIdentityMatches,
-    Recipient,
     decrypting_reader,
     encrypting_writer,
+)
+from daemon.config.keys import (
+    EncryptionError,
+    Identities,
+    Recipient,
     load_identities,
     load_recipients_file,
     parse_recipient,

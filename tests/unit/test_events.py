@@ -19,7 +19,7 @@ from daemon.events import (
     OperationFinished,
     OperationStarted,
 )
-from daemon.state import History
+from daemon.state.history import History
 
 
 @pytest.fixture

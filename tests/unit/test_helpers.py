@@ -11,7 +11,7 @@ import docker
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.docker.helpers import (
+from daemon.engine.helpers import (
     READ_CAPABILITIES,
     HelperOutput,
     Mount,

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import structlog
 
+from daemon.cli.log import configure_logging
 from daemon.config.model import RunHook
+from daemon.engine.hooks import after_hooks, redacted, run_before_hooks, run_hook
 from daemon.errors import OperationError
-from daemon.hooks import after_hooks, redacted, run_before_hooks, run_hook
-from daemon.log import configure_logging
 
 NO_ENGINE: Any = None  # host hooks never talk to the engine
 

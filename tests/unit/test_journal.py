@@ -11,10 +11,9 @@ import docker
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import journal
-from daemon.docker.containers import ContainerInfo
-from daemon.errors import OperationError
-from daemon.journal import (
+from daemon.engine import journal
+from daemon.engine.containers import ContainerInfo
+from daemon.engine.journal import (
     Journal,
     StoppedContainer,
     UnreadableJournal,
@@ -25,9 +24,10 @@ from daemon.journal import (
     restart_pending,
     write_journal,
 )
-from daemon.locks import volume_lock
-from daemon.owner import this_process
-from daemon.state import History
+from daemon.errors import OperationError
+from daemon.state.history import History
+from daemon.state.locks import volume_lock
+from daemon.system.owner import this_process
 
 MOMENT = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 

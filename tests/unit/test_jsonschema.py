@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.actions.init import HostVolume, VolumeUser, draft_policies, render
-from daemon.cli import main
+from daemon.cli.main import main
 from daemon.config import load_config
 from daemon.config.json_schema import BEYOND_THE_SCHEMA, policy_file_schema, policy_file_schema_text
 from daemon.config.model import COMPOSE_PROJECT_LABEL

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import OperationError
-from daemon.locks import is_locked, volume_lock
+from daemon.state.locks import is_locked, volume_lock
 
 
 def test_a_released_lock_leaves_no_file(tmp_path: Path) -> None:

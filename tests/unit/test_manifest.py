@@ -14,12 +14,7 @@ import pytest
 import zstandard
 from pyrage import x25519
 
-from daemon.archive.encryption import (
-    NoIdentityMatches,
-    encrypting_writer,
-    load_identities,
-    parse_recipient,
-)
+from daemon.archive.encryption import NoIdentityMatches, encrypting_writer
 from daemon.archive.manifest import (
     EntriesSealed,
     Manifest,
@@ -29,6 +24,7 @@ from daemon.archive.manifest import (
 )
 from daemon.archive.sealing import opener
 from daemon.archive.tarstream import Member
+from daemon.config.keys import load_identities, parse_recipient
 
 MOMENT = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 DIGEST = "cd" * 32

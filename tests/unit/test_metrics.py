@@ -11,14 +11,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.actions.context import Context
 from daemon.archive.manifest import Manifest
-from daemon.archive.records import DrillRecord
 from daemon.config import load_config
 from daemon.errors import OperationError
 from daemon.events import OperationFailed, OperationFinished
-from daemon.metrics import Metrics
-from daemon.overview import take_overview
-from daemon.repository import ArchiveKey, Repository
-from daemon.web.page import render_page
+from daemon.observe.metrics import Metrics
+from daemon.observe.overview import take_overview
+from daemon.observe.web.page import render_page
+from daemon.repository.store import ArchiveKey, Repository
+from daemon.rules.verdict import DrillRecord
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

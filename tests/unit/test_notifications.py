@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.archive.records import DrillRecord
 from daemon.config import load_config
 from daemon.config.model import Config
 from daemon.errors import ConfigError, OperationError
 from daemon.events import DrillVerdict, RunFinished, RunMissed, RunStarted
-from daemon.notifications import apprise, healthchecks
-from daemon.notifications.base import Notice, Undelivered, redacted
-from daemon.notifications.dispatch import Notifications
-from daemon.state import History
+from daemon.observe.notifications import apprise, healthchecks
+from daemon.observe.notifications.base import Notice, Undelivered, redacted
+from daemon.observe.notifications.dispatch import Notifications
+from daemon.rules.verdict import DrillRecord
+from daemon.state.history import History
 
 
 class Receiver:

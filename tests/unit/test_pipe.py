@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.docker import pipe
-from daemon.docker.pipe import Pipe, PipeUnavailable
+from daemon.engine import pipe
+from daemon.engine.pipe import Pipe, PipeUnavailable
 
 
 def write_into(path: Path, data: bytes, pieces: int = 7) -> threading.Thread:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.progress import Progress
+from daemon.terminal.progress import Progress
 
 
 def test_a_known_total_gives_percent_and_eta() -> None:

@@ -11,11 +11,11 @@ import pytest
 from daemon.actions import prune
 from daemon.actions.prune import prune_volume
 from daemon.archive.manifest import Manifest
-from daemon.archive.records import DrillRecord
 from daemon.config.model import Policy, PolicyStorage, RetentionRules, Source, VolumeSelector
 from daemon.errors import OperationError
-from daemon.repository import MANIFEST_SUFFIX, ArchiveKey, Repository, allocate_key
-from daemon.retention import Decision
+from daemon.repository.store import MANIFEST_SUFFIX, ArchiveKey, Repository, allocate_key
+from daemon.rules.retention import Decision
+from daemon.rules.verdict import DrillRecord
 from daemon.storage.local import LocalStore
 
 HOST = "testhost"

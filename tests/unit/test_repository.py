@@ -10,7 +10,7 @@ import pytest
 
 from daemon.archive.manifest import Manifest
 from daemon.errors import OperationError
-from daemon.repository import MANIFEST_SUFFIX, ArchiveKey, Repository, allocate_key
+from daemon.repository.store import MANIFEST_SUFFIX, ArchiveKey, Repository, allocate_key
 from daemon.storage.local import LocalStore
 
 

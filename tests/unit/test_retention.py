@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from daemon.config.model import RetentionRules
-from daemon.retention import Candidate, Decision, may_delete, protected_reasons, select
+from daemon.rules.retention import Candidate, Decision, may_delete, protected_reasons, select
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 

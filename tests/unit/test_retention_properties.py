@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.config.model import RetentionRules
-from daemon.retention import Candidate, Decision, may_delete, select
+from daemon.rules.retention import Candidate, Decision, may_delete, select
 
 TIMEZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"]
 START = datetime(2020, 1, 1, tzinfo=UTC)

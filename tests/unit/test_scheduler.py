@@ -17,19 +17,19 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.config import load_config, parse_schedule
+from daemon.config.triggers import first_run, next_run
 from daemon.events import (
     ContainersStarted,
     ContainersStopped,
     OperationFinished,
     OperationStarted,
 )
-from daemon.notify import Watchdog, notify, watchdog_interval
-from daemon.scheduler import Daemon
 from daemon.service.jobs import job_specs
 from daemon.service.runner import ParallelLimit
+from daemon.service.scheduler import Daemon
 from daemon.service.status import StatusLine
-from daemon.state import History, read_heartbeat
-from daemon.triggers import first_run, next_run
+from daemon.service.systemd import Watchdog, notify, watchdog_interval
+from daemon.state.history import History, read_heartbeat
 
 NOW = datetime(2026, 11, 28, 4, 0, tzinfo=UTC)
 

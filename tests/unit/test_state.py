@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import OperationError
-from daemon.state import (
+from daemon.state.history import (
     Heartbeat,
     History,
     daemon_pid_file,

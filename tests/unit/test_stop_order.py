@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.docker.containers import ContainerInfo, containers_to_stop, stop_order
+from daemon.engine.containers import ContainerInfo, containers_to_stop, stop_order
 
 STOP = "volkeep.stop-during-backup"
 

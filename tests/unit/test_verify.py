@@ -14,10 +14,10 @@ from daemon.archive.compression import SUFFIXES, compressor
 from daemon.archive.digest import HashingWriter
 from daemon.archive.manifest import Manifest
 from daemon.archive.tarstream import Member, TarScanner
-from daemon.archive.verify import StoredArchive, verify_archive
 from daemon.config.model import Compression
 from daemon.errors import OperationError
-from daemon.repository import MANIFEST_SUFFIX, ArchiveKey, Repository
+from daemon.repository.store import MANIFEST_SUFFIX, ArchiveKey, Repository
+from daemon.repository.verify import StoredArchive, verify_archive
 from daemon.storage.local import LocalStore
 
 KEY = ArchiveKey("app", "db", "20261101T030000Z")

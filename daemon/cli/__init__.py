@@ -1,0 +1,1 @@
+"""The command line: arguments in, one line and an exit code out; rendering at the edge."""

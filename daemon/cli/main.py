@@ -1,0 +1,477 @@
+"""The command line: arguments in, one line per error out, exit codes in one place."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import docker
+import requests
+import structlog
+
+from daemon import __version__
+from daemon.actions.backup import Published, run_backup
+from daemon.actions.context import Context
+from daemon.actions.drill import run_drill
+from daemon.actions.init import run_init
+from daemon.actions.listing import ArchiveRow, archive_files, drill_summary, list_archives
+from daemon.actions.prune import run_prune
+from daemon.actions.restore import RestoreRequest, restore_volume
+from daemon.actions.status import collect_status, describe_status
+from daemon.actions.validate import validate
+from daemon.archive.tarstream import Member
+from daemon.cli.log import configure_logging
+from daemon.config import load_config
+from daemon.config.json_schema import policy_file_schema_text
+from daemon.config.model import Policy, RetentionRules
+from daemon.config.values import NAME as DEFINED_NAME
+from daemon.config.values import VOLUME_NAME, shorten
+from daemon.engine.client import engine_failure
+from daemon.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    OperationError,
+    UsageError,
+    VolkeepError,
+)
+from daemon.repository.store import Repository
+from daemon.rules.retention import Decision, format_duration
+from daemon.rules.verdict import DrillRecord
+from daemon.service.scheduler import run_daemon
+from daemon.state.directory import WRITERS, check_state_dir
+from daemon.terminal.progress import end_line, human_bytes
+from daemon.terminal.render import paint, plural
+
+log = structlog.get_logger()
+
+
+def _name(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    """Given the rule of a kind of name, return the argparse type that checks it (a volume
+    name from the command line becomes a lock file's and a storage key's name)."""
+
+    def check(text: str) -> str:
+        if not pattern.fullmatch(text):
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} name {shorten(text)!r}: letters, digits, '_', '.' and '-', "
+                "starting with a letter or a digit, 200 at most"
+            )
+        return text
+
+    check.__name__ = what
+    return check
+
+
+VOLUME = _name(VOLUME_NAME, "volume")
+NAME = _name(DEFINED_NAME, "name")
+
+
+EXIT_STATUS = (
+    "exit status: 0 success; 1 the operation failed (a backup, restore or drill that did "
+    "not succeed, a drill that found a difference, a storage that failed); 2 bad usage or "
+    "bad config"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error, pointing at --help (exit 2); every
+    --help ends with the exit codes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", EXIT_STATUS)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"volkeep: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="volkeep", description="Scheduled backups of Docker volumes, with restore drills."
+    )
+    parser.add_argument("--version", action="version", version=f"volkeep {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("VOLKEEP_CONFIG", "/etc/volkeep")),
+        help="a policy file or a directory of *.yaml files (default: $VOLKEEP_CONFIG or "
+        "/etc/volkeep)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("VOLKEEP_STATE_DIR", "/var/lib/volkeep")),
+        help="run history and locks (default: $VOLKEEP_STATE_DIR or /var/lib/volkeep)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="log lines on stderr: JSON (for the journal), console (readable), or auto: "
+        "console on a terminal, JSON elsewhere (default)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="the least important log lines shown (default: info)",
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    commands.add_parser("run", help="the daemon: scheduled backups and drills until SIGTERM")
+
+    commands.add_parser("validate", help="check the config and show what it covers")
+
+    backup = commands.add_parser(
+        "backup", help="back up a policy's volumes now, into each of its storages"
+    )
+    backup.add_argument("policy")
+    backup.add_argument(
+        "--volume", type=VOLUME, action="append", default=[], help="only this volume (repeat)"
+    )
+
+    listing = commands.add_parser("list", help="list archives, newest first")
+    listing.add_argument("policy", nargs="?")
+    listing.add_argument("--volume", type=VOLUME)
+    listing.add_argument("--json", action="store_true")
+    _storage_and_host(listing, "list (default: every storage of the policy)")
+    listing.add_argument(
+        "--files",
+        nargs="*",
+        metavar="PATTERN",
+        help="list what one archive holds (--volume, --archive), from its manifest, without "
+        "reading the archive; with PATTERNs, only what restore --path PATTERN would restore",
+    )
+    listing.add_argument("--archive", default="latest", help="with --files: archive id, or latest")
+
+    restore = commands.add_parser("restore", help="restore an archive into a volume")
+    restore.add_argument("policy")
+    restore.add_argument(
+        "--volume", type=VOLUME, required=True, help="the volume the archive was taken of"
+    )
+    restore.add_argument("--archive", default="latest", help="archive id, or latest")
+    restore.add_argument(
+        "--to", dest="target", type=VOLUME, help="target volume (default: --volume)"
+    )
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty target: its content is first saved as a safety archive "
+        "(in every storage of the policy), then deleted, paths the policy excludes too",
+    )
+    restore.add_argument(
+        "--stop-containers",
+        action="store_true",
+        help="stop the running containers that use the target for the restore, and start "
+        "them again after it (without it, such a target is refused)",
+    )
+    restore.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="restore only the members matching PATTERN (repeat; exclude-pattern syntax: "
+        "'uploads/2024/', '*.conf', 'app/config.yml'); the target is not emptied",
+    )
+    _storage_and_host(restore, "read (default: the first of the policy's that holds it)")
+
+    prune = commands.add_parser("prune", help="apply retention now: keep or delete, and why")
+    prune.add_argument("policy")
+    prune.add_argument(
+        "--volume", type=VOLUME, action="append", default=[], help="only this volume (repeat)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="show the decisions, change nothing")
+    prune.add_argument(
+        "--storage", type=NAME, help="only this storage (default: each of the policy's)"
+    )
+
+    drill = commands.add_parser(
+        "drill", help="restore archives into a scratch volume and compare them with their manifest"
+    )
+    drill.add_argument("policy")
+    drill.add_argument(
+        "--volume", type=VOLUME, action="append", default=[], help="only this volume (repeat)"
+    )
+    drill.add_argument(
+        "--archive", help="archive id, or latest (default: the policy's drill.archive choice)"
+    )
+    _storage_and_host(drill, "drill (default: drill.storage, else the policy's first)")
+
+    status = commands.add_parser(
+        "status", help="per volume: last backup, last drill, next runs; and the daemon"
+    )
+    status.add_argument("--json", action="store_true")
+
+    commands.add_parser(
+        "schema",
+        help="print the JSON Schema of policy files, for editors",
+        description="Print the JSON Schema (draft 2020-12) of a policy file: name it in a "
+        "file's first line, '# yaml-language-server: $schema=PATH', and an editor completes "
+        "and checks the file. `volkeep validate` checks more than the schema can.",
+    )
+
+    init = commands.add_parser(
+        "init",
+        help="draft a first policy file from the volumes and containers on this host",
+        description="Draft a commented policy file: one policy per Compose project, one for "
+        "the other volumes, containers of database images stopped during backups, a local "
+        "storage, nightly backups and a weekly drill. What it writes loads.",
+    )
+    init.add_argument(
+        "--output", type=Path, metavar="FILE", help="write it to FILE (default: print it)"
+    )
+    init.add_argument("--force", action="store_true", help="replace --output if it exists")
+    return parser
+
+
+def _storage_and_host(command: argparse.ArgumentParser, storage_help: str) -> None:
+    command.add_argument("--storage", type=NAME, help=f"the storage to {storage_help}")
+    command.add_argument(
+        "--host",
+        type=NAME,
+        help="the host whose archives to reach in a shared storage (disaster recovery on a "
+        "new host; default: this host)",
+    )
+
+
+def _print_list(args: argparse.Namespace, rows: list[ArchiveRow]) -> None:
+    for row in rows:
+        address = f"{row.key.policy}/{row.key.volume}/{row.key.id} in {row.storage}"
+        if row.problem is not None:
+            print(f"volkeep: warning: {address}: {row.problem}", file=sys.stderr)
+        if row.key.in_the_future():
+            print(
+                f"volkeep: warning: {address} is dated in the future (the clock of the host "
+                "that wrote it is ahead?); 'latest' passes it over",
+                file=sys.stderr,
+            )
+    if args.json:
+        print(json.dumps([row.to_json() for row in rows], indent=1))
+        return
+    now = datetime.now(UTC)
+    header = ("POLICY", "VOLUME", "STORAGE", "ID", "CREATED (UTC)", "SIZE", "DRILL")
+    table = [header]
+    for row in rows:
+        manifest = row.manifest
+        created = (
+            manifest.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if manifest else "-"
+        )
+        size = human_bytes(manifest.size) if manifest else "-"
+        drill = row.mark or drill_summary(row.drill, now)
+        table.append(
+            (row.key.policy, row.key.volume, row.storage, row.key.id, created, size, drill)
+        )
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    for line in table:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+def _print_files(args: argparse.Namespace, entries: Iterable[Member]) -> None:
+    if args.json:  # as json.dumps of the list would, one entry at a time
+        opening = "["
+        for entry in entries:
+            text = json.dumps(entry.to_json(), indent=1).replace("\n", "\n ")
+            print(f"{opening}\n {text}", end="")
+            opening = ","
+        print("[]" if opening == "[" else "\n]")
+        return
+    for entry in entries:
+        moment = datetime.fromtimestamp(entry.mtime, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        size = human_bytes(entry.size) if entry.type == "file" else "-"
+        link = f" -> {entry.link}" if entry.link else ""
+        print(
+            f"{entry.type:<8} {entry.mode:04o} {entry.uid:>5}:{entry.gid:<5} {size:>9} "
+            f"{moment}  {entry.path}{link}"
+        )
+
+
+def _describe_rules(retention: RetentionRules, timezone: str) -> str:
+    """Given keep rules, return them as written ("keep_last 2, keep_within 10d")."""
+    rules = [
+        f"{name} {format_duration(value) if isinstance(value, timedelta) else value}"
+        for name, value in vars(retention).items()
+        if value is not None
+    ]
+    if not rules:
+        return "no keep rules: every archive is kept"
+    return f"{', '.join(rules)} (calendar in {timezone})"
+
+
+def _print_prune(
+    policy: Policy, dry_run: bool, repository: Repository, volume: str, decisions: list[Decision]
+) -> None:
+    """Print one volume's decisions in one storage under its rules, newest first: keep or
+    delete, the id, the reasons."""
+    rules = _describe_rules(policy.retention_for(repository.name), policy.timezone)
+    print(f"{policy.name}/{volume} in {repository.name}: {rules}")
+    width = max((len(decision.id) for decision in decisions), default=0)
+    for decision in decisions:
+        action = "keep" if decision.keep else "delete"
+        reasons = ", ".join(decision.reasons) or "no keep rule matches"
+        print(f"  {action:<6}  {decision.id:<{width}}  {reasons}")
+    deleted = sum(not decision.keep for decision in decisions)
+    outcome = f"{deleted} to delete (dry run: nothing deleted)" if dry_run else f"{deleted} deleted"
+    print(f"  {len(decisions) - deleted} kept, {outcome}")
+
+
+def _print_drill(record: DrillRecord) -> None:
+    """Print one drill's verdict: passed with the restore time, or FAILED and why."""
+    address = f"{record.policy}/{record.volume} {record.archive}"
+    if not record.passed:
+        print(f"{address}: {paint('FAILED')}: {record.reason}")
+        return
+    rate = f", {human_bytes(record.restore_rate)}/s" if record.restore_rate else ""
+    print(
+        f"{address}: passed, {human_bytes(record.bytes)} restored in "
+        f"{record.restore_seconds:.1f}s{rate}"
+    )
+
+
+def _print_backup(volume: str, outcome: Published | OperationError) -> None:
+    """Print one volume's outcome: its new archive and where it is, or FAILED and why."""
+    if isinstance(outcome, OperationError):
+        print(f"{outcome.policy}/{volume}: {paint('FAILED')}: {outcome.message}")
+        return
+    manifest = outcome.manifest
+    storages = ", ".join(repository.name for repository in outcome.repositories)
+    objects = plural(manifest.entry_count, "object")
+    print(
+        f"{manifest.policy}/{manifest.volume}: archive {manifest.id} "
+        f"({human_bytes(manifest.size)}, {objects}) in {storages}"
+    )
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "schema":
+        print(policy_file_schema_text(), end="")
+        return EXIT_OK
+    if args.command == "init":
+        draft = run_init(args.output, force=args.force)
+        if args.output is None:
+            print(draft.text, end="")
+        else:
+            print(f"wrote {args.output}: {draft.summary()}")
+        return EXIT_OK
+    config = load_config(args.config)
+    check_state_dir(args.state_dir, write=args.command in WRITERS)
+    ctx = Context(config, args.state_dir)
+    ctx.recover()
+    if args.command == "run":
+        return run_daemon(config, args.config, args.state_dir)
+    if args.command == "validate":
+        print(validate(ctx))
+    elif args.command == "backup":
+        run_backup(ctx, args.policy, args.volume, report=_print_backup)
+    elif args.command == "list" and args.files is not None:
+        if args.policy is None or args.volume is None:
+            raise UsageError("--files lists one archive: give the policy and --volume")
+        entries = archive_files(
+            ctx,
+            ctx.policy(args.policy),
+            args.volume,
+            args.archive,
+            args.files,
+            storage=args.storage,
+            host=args.host,
+        )
+        _print_files(args, entries)
+    elif args.command == "list":
+        rows = list_archives(ctx, args.policy, args.volume, storage=args.storage, host=args.host)
+        _print_list(args, rows)
+    elif args.command == "restore":
+        policy = ctx.policy(args.policy)
+        request = RestoreRequest(
+            storage=args.storage,
+            host=args.host,
+            force=args.force,
+            stop_containers=args.stop_containers,
+            paths=tuple(args.path),
+        )
+        try:
+            result = restore_volume(
+                ctx, policy, args.volume, args.archive, args.target or args.volume, request
+            )
+        except (docker.errors.DockerException, requests.RequestException) as error:
+            failure = engine_failure(error)
+            failure.policy, failure.volume = policy.name, args.volume
+            raise failure from None
+        if result.safety_archive:
+            print(
+                f"saved the previous content of {result.target} as archive {result.safety_archive}"
+            )
+        print(
+            f"restored {args.volume} archive {result.archive} from {result.storage} "
+            f"into {result.target}"
+        )
+    elif args.command == "prune":
+        report = functools.partial(_print_prune, ctx.policy(args.policy), args.dry_run)
+        run_prune(ctx, args.policy, args.volume, args.dry_run, args.storage, report=report)
+    elif args.command == "drill":
+        run_drill(
+            ctx,
+            args.policy,
+            args.volume,
+            args.archive,
+            storage=args.storage,
+            host=args.host,
+            report=_print_drill,
+        )
+    elif args.command == "status":
+        now = datetime.now(UTC)
+        status = collect_status(ctx, now)
+        print(json.dumps(status.to_json(), indent=1) if args.json else describe_status(status, now))
+    return EXIT_OK
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind, so that every `finally` runs (containers start again)."""
+
+
+def _terminate(signal_number: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the unwinding
+    raise Terminated
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _dispatch(args)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"volkeep: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except VolkeepError as error:
+        print(f"volkeep: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        end_line()
+        print("volkeep: interrupted (Ctrl-C); nothing half-written was published", file=sys.stderr)
+        return 130
+    except Terminated:
+        end_line()
+        print("volkeep: terminated (SIGTERM); nothing half-written was published", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except (docker.errors.DockerException, requests.RequestException) as error:
+        end_line()
+        print(f"volkeep: {engine_failure(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as error:  # the last line of defence: one line, never a traceback
+        log.debug("internal error", exc_info=True)
+        print(f"volkeep: internal error: {error!r} (run with --log-level debug)", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,1 +1,0 @@
-"""The Docker port: engine connection, helper containers, volumes, leftovers."""

@@ -1,0 +1,140 @@
+"""Which tar the helper image has, the best flags it offers for a backup, and the stream of
+a volume it writes.
+
+What each flavour keeps on backup (restore goes through the Engine's archive endpoint,
+which restores everything the stream carries, whatever tar made it):
+
+- GNU tar: PAX format with sub-second mtimes and extended attributes (`--xattrs`);
+  numeric owners. ACLs are not kept (the Engine does not restore them).
+- busybox tar: ustar with GNU long names; contents, types, modes, numeric uid/gid and
+  whole-second mtimes of every object, symlinks and directories included. Extended
+  attributes and ACLs are lost.
+- Neither keeps holes: a sparse file restores with equal content but fully allocated
+  (zstd stores the zeros in a few bytes, so the archive does not grow).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import structlog
+
+from daemon.engine import pipe
+from daemon.engine.helpers import HelperOutput, Mount, helper_container, missing_image, run_helper
+from daemon.errors import OperationError
+
+SOURCE = "/src"
+log = structlog.get_logger()
+KILLED = 128  # an exit code from 128 up: killed by a signal, or by its engine
+
+
+@dataclass(frozen=True)
+class TarFlavour:
+    name: str  # "gnu", "busybox" or "posix" (unknown: plain POSIX flags only)
+    version: str
+
+    @property
+    def warning_exit(self) -> int:
+        """The highest exit code that still means a complete archive: GNU tar exits 1 when a
+        file changed while it was read (a live volume: see stop_containers)."""
+        return 1 if self.name == "gnu" else 0
+
+    def create_command(self, source: str = SOURCE, output: str = "-") -> list[str]:
+        """Return the argv that writes a tar of `source` into `output` (-: stdout)."""
+        if self.name == "gnu":
+            return [
+                "tar",
+                "--create",
+                f"--file={output}",
+                f"--directory={source}",
+                "--numeric-owner",
+                "--format=posix",
+                "--pax-option=delete=atime,delete=ctime",
+                "--xattrs",
+                "--xattrs-include=*",
+                ".",
+            ]
+        return ["tar", "-c", "-f", output, "-C", source, "."]
+
+
+def parse_flavour(version_output: str) -> TarFlavour:
+    """Given what `tar --version` printed (stdout and stderr), return the flavour."""
+    if match := re.search(r"GNU tar\)?\s*([\d.]+)", version_output):
+        return TarFlavour("gnu", match.group(1))
+    if match := re.search(r"busybox\)?\s*v?([\d.]+)", version_output, re.IGNORECASE):
+        return TarFlavour("busybox", match.group(1))
+    return TarFlavour("posix", "")
+
+
+_detected: dict[str, TarFlavour] = {}
+
+
+def detect_flavour(api: docker.APIClient, image: str) -> TarFlavour:
+    """Run `tar --version` in the image (once per image id) and return its flavour."""
+    try:
+        image_id: str = api.inspect_image(image)["Id"]
+    except docker.errors.ImageNotFound:
+        raise missing_image(image) from None
+    if image_id not in _detected:
+        _, stdout, stderr = run_helper(api, image, ["tar", "--version"], [])
+        _detected[image_id] = parse_flavour(stdout.decode("utf-8", "replace") + stderr)
+    return _detected[image_id]
+
+
+def volume_tar(
+    api: docker.APIClient,
+    image: str,
+    flavour: TarFlavour,
+    volume: str,
+    owner: str | None = None,
+    *,
+    state_dir: Path | None = None,
+) -> Iterator[memoryview]:
+    """Given a volume, yield the tar stream of its content as a helper's tar writes it
+    (read-only mount), through a pipe in `state_dir` where the engine can reach it, else
+    through the attach socket.
+
+    Raise OperationError if the tar fails.
+    """
+    if state_dir is not None and pipe.usable(api):
+        try:
+            with pipe.Pipe(state_dir) as through:
+                yield from _helper_tar(api, image, flavour, volume, owner, through)
+            return
+        except pipe.PipeUnavailable as why:  # raised before the first piece
+            pipe.refuse(api, str(why))
+    yield from _helper_tar(api, image, flavour, volume, owner, None)
+
+
+def _helper_tar(
+    api: docker.APIClient,
+    image: str,
+    flavour: TarFlavour,
+    volume: str,
+    owner: str | None,
+    through: pipe.Pipe | None,
+) -> Iterator[memoryview]:
+    log.debug("helper tar", volume=volume, stream="pipe" if through else "attach")
+    command = flavour.create_command(output=pipe.PIPE_TARGET if through else "-")
+    mounts = [Mount(volume, SOURCE)]
+    with helper_container(api, image, command, mounts, owner=owner, pipe=through) as helper:
+        output = HelperOutput(api, helper, through)
+        try:
+            yield from output.chunks()
+        except pipe.PipeUnavailable as why:
+            raise pipe.PipeUnavailable(f"{why}: {output.stderr or 'no reason given'}") from None
+        exit_code = output.wait()
+    if exit_code > flavour.warning_exit:
+        if exit_code >= KILLED and not output.stderr.strip():
+            raise OperationError(
+                f"the helper was stopped before its tar finished (exit {exit_code}): the "
+                "Docker engine stopped or killed it (an engine restart, or its memory limit)"
+            )
+        reason = output.stderr.strip() or "no reason given"
+        raise OperationError(f"the helper's tar failed (exit {exit_code}): {reason}")
+    if exit_code:
+        log.warning("the helper's tar warned; the archive is complete", stderr=output.stderr)

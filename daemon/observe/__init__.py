@@ -1,0 +1,1 @@
+"""What the operator sees of the daemon: metrics, the status page, notifications."""

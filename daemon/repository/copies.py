@@ -1,0 +1,108 @@
+"""One archive stream, a copy in each of a policy's storages (SPEC promise 9).
+
+The backup compresses (and encrypts) once and writes the stored bytes to every copy. Each
+copy begins, commits and publishes its manifest on its own: a storage that fails is
+dropped from the stream with its error, the others go on. Only when no copy is left does
+the stream stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from daemon.errors import OperationError
+from daemon.repository.store import ArchiveKey, Repository
+from daemon.storage import Upload
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Copy:
+    repository: Repository
+    upload: Upload | None = None
+    error: OperationError | None = None
+
+
+class Copies:
+    """The copies of one new archive, written as one stream."""
+
+    def __init__(self, repositories: Iterable[Repository], key: ArchiveKey, suffix: str) -> None:
+        """Begin a copy in each repository: first remove the volume's garbage there (the
+        caller holds the volume's lock), then begin the upload of the archive file."""
+        self.key = key
+        self.copies = [Copy(repository) for repository in repositories]
+        for copy in self.copies:
+            self._attempt(copy, "cannot begin the archive", lambda copy: self._begin(copy, suffix))
+        self._require_one()
+
+    def _begin(self, copy: Copy, suffix: str) -> None:
+        for blob in copy.repository.remove_garbage(self.key.policy, self.key.volume):
+            log.warning(
+                "removed an incomplete archive file", file=blob, storage=copy.repository.name
+            )
+        copy.upload = copy.repository.begin(self.key, suffix)
+
+    @property
+    def live(self) -> list[Copy]:
+        return [copy for copy in self.copies if copy.error is None]
+
+    @property
+    def published(self) -> list[Repository]:
+        return [copy.repository for copy in self.live]
+
+    @property
+    def failures(self) -> list[OperationError]:
+        return [copy.error for copy in self.copies if copy.error is not None]
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        for copy in self.live:
+            self._attempt(copy, "cannot write the archive", lambda copy: _upload(copy).write(data))
+        self._require_one()
+
+    def commit(self) -> None:
+        """Complete every live copy's archive file (synced and renamed, or the multipart
+        upload completed)."""
+        for copy in self.live:
+            self._attempt(copy, "cannot complete the archive", lambda copy: _upload(copy).commit())
+        self._require_one()
+
+    def publish(self, manifest_chunks: Callable[[], Iterable[bytes]]) -> None:
+        """Write the manifest, the commit marker, to every copy whose archive is complete."""
+        for copy in self.live:
+            self._attempt(
+                copy,
+                "cannot write the manifest",
+                lambda copy: copy.repository.commit(self.key, manifest_chunks()),
+            )
+        self._require_one()
+
+    def abort(self) -> None:
+        for copy in self.copies:
+            if copy.upload is not None:
+                copy.upload.abort()
+
+    def _attempt(self, copy: Copy, doing: str, step: Callable[[Copy], object]) -> None:
+        try:
+            step(copy)
+        except OSError as error:
+            copy.error = copy.repository.failure(error, doing)
+            if copy.upload is not None:
+                copy.upload.abort()
+            if len(self.copies) > 1:
+                log.error("one storage failed, the others go on", error=copy.error.message)
+
+    def _require_one(self) -> None:
+        if not self.live:
+            failures = self.failures
+            if len(failures) == 1:
+                raise failures[0]
+            raise OperationError("; ".join(failure.message for failure in failures))
+
+
+def _upload(copy: Copy) -> Upload:
+    assert copy.upload is not None  # a live copy has begun
+    return copy.upload

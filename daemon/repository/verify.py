@@ -1,0 +1,226 @@
+"""Reading archives back from storage: find one, check it whole, stream it.
+
+`verify_archive` is the check every restore and drill runs before anything is written:
+the stored bytes against the manifest's size and SHA-256, every member header against the
+path-safety rules, and the members against the manifest's entries.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import zstandard
+
+from daemon.archive.compare import Comparison, compare_trees
+from daemon.archive.compression import Readable, decompressing_reader
+from daemon.archive.digest import HashingReader
+from daemon.archive.encryption import NoIdentityMatches, decrypting_reader
+from daemon.archive.manifest import Manifest
+from daemon.archive.safety import PathGuard, UnsafeMember
+from daemon.archive.tarstream import Emit, Include, Member, TarFormatError, TarScanner
+from daemon.config.keys import EncryptionError, Identities
+from daemon.errors import HostileArchive, KeyMissing, OperationError
+from daemon.repository.store import ArchiveKey, Repository, archive_error, key_missing
+from daemon.system.readahead import read_ahead
+
+READ_SIZE = 1 << 20
+
+
+class MembersDiffer(OperationError):
+    """The archive's members are not the objects its manifest lists."""
+
+    def __init__(self, key: ArchiveKey, comparison: Comparison) -> None:
+        summary = comparison.summary() or "in order"
+        super().__init__(
+            f"the archive's members differ from its manifest's entries: {summary}",
+            policy=key.policy,
+            volume=key.volume,
+            archive=key.id,
+        )
+        self.comparison = comparison
+
+
+@dataclass(frozen=True)
+class StoredArchive:
+    """An archive and what reading it needs: its storage, its manifest, the identities."""
+
+    repository: Repository
+    key: ArchiveKey
+    manifest: Manifest
+    identities: Identities | None = None
+    spool_dir: Path | None = None  # where a comparison that must sort spills (the state dir)
+
+
+def _stream(
+    repository: Repository,
+    key: ArchiveKey,
+    manifest: Manifest,
+    identities: Identities | None,
+    scanner: TarScanner,
+) -> Iterator[None]:
+    """Feed the archive's tar stream to the scanner, yielding after each piece; check the
+    stored bytes against the manifest at the end. Errors name the archive."""
+    try:
+        with closing(repository.open_archive(key, manifest)) as stored:
+            hashing = HashingReader(stored)
+            reader = decompressing_reader(
+                manifest.compression, _opened(key, manifest, identities, hashing)
+            )
+            try:
+                # Reading, hashing and decompressing run a few pieces ahead, in a thread,
+                # while this one parses and digests.
+                for piece in read_ahead(iter(partial(reader.read, READ_SIZE), b""), 4):
+                    scanner.feed(piece)
+                    yield
+            except (zstandard.ZstdError, zlib.error, EOFError, TarFormatError, EncryptionError):
+                _hash_the_rest(hashing)  # a damaged archive is not a truncated one
+                raise
+            if not scanner.ended:
+                _hash_the_rest(hashing)
+    except UnsafeMember as error:
+        raise HostileArchive(
+            f"refused: {error}", policy=key.policy, volume=key.volume, archive=key.id
+        ) from None
+    except (zstandard.ZstdError, zlib.error, EOFError) as error:
+        _check_digest(key, manifest, hashing)
+        raise archive_error(key, f"corrupt archive: cannot decompress ({error})") from None
+    except TarFormatError as error:
+        _check_digest(key, manifest, hashing)
+        raise archive_error(key, f"corrupt archive: {error}") from None
+    except NoIdentityMatches as error:
+        raise archive_error(key, str(error), KeyMissing) from None
+    except EncryptionError as error:  # age authenticates every chunk: this is tampering
+        raise archive_error(key, str(error)) from None
+    _check_digest(key, manifest, hashing)
+    try:
+        scanner.close()
+    except TarFormatError as error:
+        raise archive_error(key, f"truncated archive: {error}") from None
+
+
+def _opened(
+    key: ArchiveKey, manifest: Manifest, identities: Identities | None, stored: HashingReader
+) -> Readable:
+    """Given the stored bytes, return the compressed stream: decrypted as it passes if the
+    archive is encrypted. Raise OperationError if it is and there is no identity."""
+    if manifest.encryption is None:
+        return stored
+    if identities is None:
+        raise key_missing(key, manifest.recipients)
+    return decrypting_reader(stored, identities, encrypted_to=manifest.recipients)
+
+
+def _hash_the_rest(hashing: HashingReader) -> None:
+    """Read the stored bytes after a stream that stopped early, for the right verdict."""
+    while hashing.read(READ_SIZE):
+        pass
+
+
+def _check_digest(key: ArchiveKey, manifest: Manifest, hashing: HashingReader) -> None:
+    if hashing.size < manifest.size:
+        raise archive_error(key, f"truncated archive: {hashing.size} of {manifest.size} bytes")
+    if hashing.size != manifest.size or hashing.hexdigest() != manifest.sha256:
+        raise archive_error(
+            key, "archive SHA-256 mismatch: the stored bytes are not what was written"
+        )
+
+
+def _checked(
+    archive: StoredArchive,
+    *,
+    emit: Emit | None = None,
+    include: Include | None = None,
+) -> Iterator[None]:
+    """Read the archive once, yielding after each piece: every member header against the
+    path-safety rules and, in order, against the manifest's entries; the stored bytes
+    against the manifest's size and SHA-256 at the end. Members `include` refuses are
+    checked but not emitted. Raise OperationError (HostileArchive, MembersDiffer) at the
+    first fault.
+
+    Members are checked against the entries as they pass, without keeping them: only when
+    they differ is the archive read again, to say how.
+    """
+    repository, key, manifest, identities = (
+        archive.repository,
+        archive.key,
+        archive.manifest,
+        archive.identities,
+    )
+    entries = iter(manifest.entries)  # streamed beside the archive
+    expected = (entry.path for entry in entries)
+    guard = PathGuard()
+    differs = False
+
+    def admit(member: Member) -> bool:
+        nonlocal differs
+        guard.check(member)
+        differs = differs or next(expected, None) != member.path
+        return include is None or include(member)
+
+    # Contents are not digested here: the SHA-256 of the stored bytes vouches for them.
+    scanner = TarScanner(emit=emit, include=admit, digests=False)
+    try:
+        yield from _stream(repository, key, manifest, identities, scanner)
+        differs = differs or next(expected, None) is not None
+    finally:
+        close = getattr(entries, "close", None)
+        if close is not None:
+            close()
+    if differs:
+        comparison = compare_trees(
+            manifest.entries,
+            _ArchiveMembers(archive),
+            hard_links=manifest.hardlinks != 0,
+            spool_dir=archive.spool_dir,
+        )
+        raise MembersDiffer(key, comparison)
+
+
+@dataclass(frozen=True)
+class _ArchiveMembers:
+    """The archive's members, read again from the storage at each iteration."""
+
+    archive: StoredArchive
+
+    def __iter__(self) -> Iterator[Member]:
+        archive = self.archive
+        members: list[Member] = []
+        scanner = TarScanner(done=members.append)
+        stream = _stream(
+            archive.repository, archive.key, archive.manifest, archive.identities, scanner
+        )
+        for _ in stream:
+            yield from members
+            members.clear()
+
+
+def verify_archive(archive: StoredArchive) -> None:
+    """Read the whole archive and check it (see `_checked`) without writing anything.
+    Raise OperationError if it is damaged, unsafe or does not match its manifest."""
+    for _ in _checked(archive):
+        pass
+
+
+def archive_chunks(archive: StoredArchive, include: Include | None = None) -> Iterator[bytes]:
+    """Yield the archive's tar stream (the members `include` keeps), checked as it passes
+    (see `_checked`): a fault raises before the faulty member's bytes are yielded, and the
+    SHA-256 of the whole is checked after the last piece, so a consumer must treat what it
+    received as unproven until the iterator is exhausted."""
+    pending: list[bytes | memoryview] = []
+
+    def keep(data: bytes | bytearray | memoryview) -> None:
+        # Pieces of decompressed data are immutable bytes and are kept as they are; only
+        # the scanner's own header buffer (a bytearray it reuses) must be copied.
+        pending.append(bytes(data) if isinstance(data, bytearray) else data)
+
+    for _ in _checked(archive, emit=keep, include=include):
+        if pending:
+            yield b"".join(pending)
+            pending.clear()
+    if pending:
+        yield b"".join(pending)

@@ -1,0 +1,354 @@
+"""The state dir: run history in SQLite, schedule anchors, and the daemon's pid file.
+
+- `operations`: every operation with its outcome, for `volkeep status` and the metrics;
+  written by `History.operation`, the recorder of each operation's events.
+- `downtime`: the containers a backup stopped, and for how long.
+- `schedules`: per scheduler job, when it last ran (or was first scheduled), so that a run
+  missed while the daemon was down is caught up once at its next start.
+- `daemon.pid` (locked by the running daemon) and `daemon.json` (its heartbeat: pid,
+  activity, next runs), so that `volkeep status` knows whether a daemon runs.
+
+Losing the state dir loses this history, never the ability to list, restore or drill:
+the storage describes itself (SPEC §2).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+from daemon import events
+from daemon.errors import OperationError
+from daemon.events import Event, Operation, OperationFailed, OperationFinished, OperationStarted
+from daemon.state.locks import is_held
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS operations (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,          -- backup, restore, drill, prune
+    policy TEXT NOT NULL,
+    volume TEXT NOT NULL,
+    archive TEXT,
+    started TEXT NOT NULL,       -- ISO 8601, UTC
+    finished TEXT,
+    outcome TEXT NOT NULL,       -- running, ok, failed
+    bytes INTEGER,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS operations_by_volume ON operations (policy, volume, kind, started);
+CREATE TABLE IF NOT EXISTS downtime (
+    id INTEGER PRIMARY KEY,
+    policy TEXT NOT NULL,
+    volume TEXT NOT NULL,        -- the volume whose backup stopped the container
+    container TEXT NOT NULL,     -- its name
+    stopped TEXT NOT NULL,       -- ISO 8601, UTC
+    started TEXT NOT NULL,
+    seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    job TEXT PRIMARY KEY,        -- scheduler job id, e.g. backup:app
+    first_scheduled TEXT NOT NULL,
+    last_run TEXT                -- start of the last run that finished, ISO 8601, UTC
+);
+"""
+PID_FILE = "daemon.pid"
+HEARTBEAT_FILE = "daemon.json"
+
+
+@dataclass(frozen=True)
+class Downtime:
+    """A container volkeep stopped for a volume's backup, and for how long."""
+
+    policy: str
+    volume: str
+    container: str
+    stopped: datetime
+    started: datetime
+
+    @property
+    def seconds(self) -> float:
+        return (self.started - self.stopped).total_seconds()
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """One recorded operation; `outcome` is running, ok or failed."""
+
+    kind: str
+    policy: str
+    volume: str
+    archive: str | None
+    started: datetime
+    finished: datetime | None
+    outcome: str
+    bytes: int | None
+    error: str | None
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """When a kind of operation of a volume last succeeded and last failed (None: never)."""
+
+    last_success: datetime | None = None
+    last_failure: datetime | None = None
+
+    @property
+    def failing(self) -> bool:
+        """Whether its last finished operation failed."""
+        if self.last_failure is None:
+            return False
+        return self.last_success is None or self.last_failure > self.last_success
+
+
+class _Recorder:
+    """Writes one operation's events to the history: a row when it starts, its outcome
+    when it ends."""
+
+    def __init__(self, history: History) -> None:
+        self._history = history
+        self._row: int | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, OperationStarted):
+            self._row = self._history.record_started(event)
+        elif isinstance(event, OperationFinished | OperationFailed) and self._row is not None:
+            self._history.record_ended(self._row, event)
+
+
+class History:
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = state_dir / "history.sqlite"
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=30)
+        connection.executescript(SCHEMA)
+        return connection
+
+    @contextmanager
+    def operation(self, kind: str, policy: str, volume: str) -> Iterator[Operation]:
+        """Run the operation of the block, announced on the event stream
+        (`events.operation`), with this history as its recorder: started now, then its
+        outcome and error. Raise sqlite3.Error if the history cannot be written."""
+        with events.operation(kind, policy, volume, recorder=_Recorder(self)) as operation:
+            yield operation
+
+    def record_started(self, started: OperationStarted) -> int:
+        """Record an operation as running; return its row."""
+        with closing(self._connect()) as connection, connection:
+            row = connection.execute(
+                "INSERT INTO operations (kind, policy, volume, started, outcome) "
+                "VALUES (?, ?, ?, ?, 'running')",
+                (started.kind, started.policy, started.volume, started.at.isoformat()),
+            ).lastrowid
+        assert row is not None
+        return row
+
+    def record_ended(self, row: int, ended: OperationFinished | OperationFailed) -> None:
+        """Record the outcome of the operation of `row`."""
+        error = ended.error if isinstance(ended, OperationFailed) else None
+        with closing(self._connect()) as connection, connection:
+            connection.execute(
+                "UPDATE operations SET finished = ?, outcome = ?, archive = ?, bytes = ?, "
+                "error = ? WHERE id = ?",
+                (
+                    ended.at.isoformat(),
+                    "ok" if error is None else "failed",
+                    ended.archive,
+                    ended.bytes,
+                    error,
+                    row,
+                ),
+            )
+
+    def record_downtime(self, downtime: Downtime) -> None:
+        """Record that a container was stopped for a backup and started again."""
+        with closing(self._connect()) as connection, connection:
+            connection.execute(
+                "INSERT INTO downtime (policy, volume, container, stopped, started, seconds) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    downtime.policy,
+                    downtime.volume,
+                    downtime.container,
+                    downtime.stopped.isoformat(),
+                    downtime.started.isoformat(),
+                    downtime.seconds,
+                ),
+            )
+
+    def downtimes(self, policy: str, volume: str) -> list[Downtime]:
+        """Given a policy and volume, return the downtimes recorded for its backups, oldest
+        first."""
+        with closing(self._connect()) as connection:
+            rows = connection.execute(
+                "SELECT container, stopped, started FROM downtime "
+                "WHERE policy = ? AND volume = ? ORDER BY id",
+                (policy, volume),
+            ).fetchall()
+        return [
+            Downtime(
+                policy,
+                volume,
+                name,
+                datetime.fromisoformat(stopped),
+                datetime.fromisoformat(started),
+            )
+            for name, stopped, started in rows
+        ]
+
+    def last_operations(self, kind: str) -> dict[tuple[str, str], OperationRecord]:
+        """Given an operation kind, return the latest operation of that kind per
+        (policy, volume)."""
+        with closing(self._connect()) as connection:
+            rows = connection.execute(
+                "SELECT kind, policy, volume, archive, started, finished, outcome, bytes, error "
+                "FROM operations AS latest WHERE kind = ? AND id = (SELECT MAX(id) FROM "
+                "operations WHERE kind = latest.kind AND policy = latest.policy "
+                "AND volume = latest.volume)",
+                (kind,),
+            ).fetchall()
+        records = {}
+        for kind_, policy, volume, archive, started, finished, outcome, size, error in rows:
+            records[(policy, volume)] = OperationRecord(
+                kind_, policy, volume, archive, datetime.fromisoformat(started),
+                _time(finished), outcome, size, error,
+            )  # fmt: skip
+        return records
+
+    def outcomes(self) -> dict[tuple[str, str, str], Outcomes]:
+        """Return, by (kind, policy, volume), when its operations last succeeded and failed."""
+        with closing(self._connect()) as connection:
+            rows = connection.execute(
+                "SELECT kind, policy, volume, outcome, MAX(finished) FROM operations "
+                "WHERE outcome IN ('ok', 'failed') AND finished IS NOT NULL "
+                "GROUP BY kind, policy, volume, outcome"
+            ).fetchall()
+        found: dict[tuple[str, str, str], Outcomes] = {}
+        for kind, policy, volume, outcome, finished in rows:
+            known = found.get((kind, policy, volume), Outcomes())
+            when = datetime.fromisoformat(finished)
+            if outcome == "ok":
+                found[kind, policy, volume] = replace(known, last_success=when)
+            else:
+                found[kind, policy, volume] = replace(known, last_failure=when)
+        return found
+
+    def schedule_anchor(self, job: str, now: datetime) -> datetime:
+        """Given a scheduler job id, return the time its schedule counts from: the start of
+        its last finished run, else when it was first scheduled (recorded as `now` the
+        first time a job is seen)."""
+        with closing(self._connect()) as connection, connection:
+            connection.execute(
+                "INSERT OR IGNORE INTO schedules (job, first_scheduled) VALUES (?, ?)",
+                (job, now.isoformat()),
+            )
+            first, last = connection.execute(
+                "SELECT first_scheduled, last_run FROM schedules WHERE job = ?", (job,)
+            ).fetchone()
+        return datetime.fromisoformat(last or first)
+
+    def schedule_anchors(self) -> dict[str, datetime]:
+        """Return, by job id, the time each job's schedule counts from (`schedule_anchor`),
+        for the jobs ever scheduled; record nothing."""
+        with closing(self._connect()) as connection:
+            rows = connection.execute(
+                "SELECT job, COALESCE(last_run, first_scheduled) FROM schedules"
+            ).fetchall()
+        return {job: datetime.fromisoformat(anchor) for job, anchor in rows}
+
+    def record_run(self, job: str, started: datetime) -> None:
+        """Record that a run of the scheduler job that started at `started` has finished."""
+        with closing(self._connect()) as connection, connection:
+            connection.execute(
+                "INSERT INTO schedules (job, first_scheduled, last_run) VALUES (?, ?, ?) "
+                "ON CONFLICT (job) DO UPDATE SET last_run = excluded.last_run",
+                (job, started.isoformat(), started.isoformat()),
+            )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What the running daemon says about itself in `daemon.json`."""
+
+    pid: int
+    started: datetime
+    beat: datetime
+    activity: str
+    next_runs: dict[str, datetime | None] = field(default_factory=dict)  # by job id
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "started": self.started.isoformat(),
+            "beat": self.beat.isoformat(),
+            "activity": self.activity,
+            "next_runs": {
+                job: when.isoformat() if when else None for job, when in self.next_runs.items()
+            },
+        }
+
+
+def write_heartbeat(state_dir: Path, heartbeat: Heartbeat) -> None:
+    """Replace `daemon.json` atomically with the heartbeat (no fsync: it is rewritten often
+    and worthless after a crash)."""
+    temporary = state_dir / f".{HEARTBEAT_FILE}.partial"
+    temporary.write_text(json.dumps(heartbeat.to_json(), indent=1))
+    os.replace(temporary, state_dir / HEARTBEAT_FILE)
+
+
+def read_heartbeat(state_dir: Path) -> Heartbeat | None:
+    """Return the last heartbeat a daemon wrote, or None if none was ever written (or it
+    is unreadable)."""
+    try:
+        document = json.loads((state_dir / HEARTBEAT_FILE).read_text())
+        return Heartbeat(
+            pid=int(document["pid"]),
+            started=datetime.fromisoformat(document["started"]),
+            beat=datetime.fromisoformat(document["beat"]),
+            activity=str(document["activity"]),
+            next_runs={
+                job: _time(when) for job, when in dict(document.get("next_runs", {})).items()
+            },
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextmanager
+def daemon_pid_file(state_dir: Path) -> Iterator[None]:
+    """Hold `daemon.pid`, locked and holding this process's pid, for the block.
+
+    Raise OperationError naming the other daemon's pid if one already runs on this state dir.
+    """
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(state_dir / PID_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise OperationError(
+                f"another volkeep daemon (pid {other}) already runs with state dir {state_dir}"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def daemon_running(state_dir: Path) -> bool:
+    """Say whether a daemon holds the state dir's pid file right now."""
+    return is_held(state_dir / PID_FILE)
