@@ -33,7 +33,9 @@ from daemon.engine.tarflavour import detect_flavour, volume_tar
 from daemon.engine.volumes import VolumeInfo, require_volume, select_volumes, volume_usage
 from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.repository.copies import Copies
-from daemon.repository.store import ArchiveKey, Repository, allocate_key
+from daemon.repository.ids import allocate_key
+from daemon.repository.layout import ArchiveKey
+from daemon.repository.store import Repository
 from daemon.terminal.progress import Progress
 
 log = structlog.get_logger()

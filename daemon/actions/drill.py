@@ -55,7 +55,9 @@ from daemon.errors import (
     UsageError,
     combined_failure,
 )
-from daemon.repository.store import ArchiveKey, Repository, locate
+from daemon.repository.layout import ArchiveKey
+from daemon.repository.locate import locate
+from daemon.repository.store import Repository
 from daemon.repository.verify import MembersDiffer, StoredArchive
 from daemon.rules.verdict import DrillRecord
 from daemon.terminal.progress import Progress

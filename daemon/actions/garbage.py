@@ -7,6 +7,7 @@ import structlog
 
 from daemon.actions.context import Context
 from daemon.errors import OperationError
+from daemon.repository.garbage import remove_garbage
 from daemon.state.locks import volume_lock
 
 log = structlog.get_logger()
@@ -30,7 +31,7 @@ def remove_incomplete_archives(ctx: Context) -> None:
             for volume in volumes:
                 try:
                     with volume_lock(ctx.state_dir, volume, "removal of incomplete archives"):
-                        for blob in repository.remove_garbage(policy.name, volume):
+                        for blob in remove_garbage(repository, policy.name, volume):
                             log.warning(
                                 "removed an incomplete archive file",
                                 file=blob,

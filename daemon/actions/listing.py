@@ -12,7 +12,9 @@ from daemon.archive.select import select_members
 from daemon.archive.tarstream import Member
 from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError
-from daemon.repository.store import MANIFEST_SUFFIX, ArchiveKey, Repository, locate
+from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey
+from daemon.repository.locate import locate
+from daemon.repository.store import Repository
 from daemon.rules.verdict import DrillRecord
 
 

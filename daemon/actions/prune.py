@@ -38,7 +38,9 @@ from daemon.actions.failures import volume_failure
 from daemon.archive.manifest import Manifest
 from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError, combined_failure
-from daemon.repository.store import ArchiveKey, Repository
+from daemon.repository.garbage import remove_garbage
+from daemon.repository.layout import ArchiveKey
+from daemon.repository.store import Repository
 from daemon.rules.retention import Candidate, Decision, may_delete, select
 
 log = structlog.get_logger()
@@ -141,7 +143,7 @@ def prune_volume(
     ):
         try:
             if not dry_run:
-                for blob in repository.remove_garbage(policy.name, volume):
+                for blob in remove_garbage(repository, policy.name, volume):
                     log.warning("removed an incomplete archive file", file=blob)
             backups, kept_aside = _read_archives(repository, policy.name, volume)
         except OSError as error:

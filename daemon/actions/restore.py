@@ -48,7 +48,7 @@ from daemon.engine.journal import containers_stopped
 from daemon.engine.leftovers import restoring_marker
 from daemon.engine.volumes import VolumeInfo, create_volume, inspect_volume, remove_volume
 from daemon.errors import OperationError, UsageError
-from daemon.repository.store import locate
+from daemon.repository.locate import locate
 from daemon.repository.verify import StoredArchive, archive_chunks, verify_archive
 from daemon.system.readahead import read_ahead
 from daemon.terminal.progress import Progress

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import structlog
 
 from daemon.errors import OperationError
-from daemon.repository.store import ArchiveKey, Repository
+from daemon.repository.garbage import remove_garbage
+from daemon.repository.layout import ArchiveKey
+from daemon.repository.store import Repository
 from daemon.storage import Upload
 
 log = structlog.get_logger()
@@ -40,7 +42,7 @@ class Copies:
         self._require_one()
 
     def _begin(self, copy: Copy, suffix: str) -> None:
-        for blob in copy.repository.remove_garbage(self.key.policy, self.key.volume):
+        for blob in remove_garbage(copy.repository, self.key.policy, self.key.volume):
             log.warning(
                 "removed an incomplete archive file", file=blob, storage=copy.repository.name
             )

@@ -1,17 +1,11 @@
-"""The repository: every rule about what a storage holds (SPEC §4, §5), once for all backends.
+"""The archives one host keeps in one storage: reading them, the commit marker, deletion.
 
-A storage is a blob store (`daemon.storage`); this module knows what its blobs mean:
+A storage is a blob store (`daemon.storage`); a `Repository` knows what its blobs mean
+(layout and ids: `daemon.repository.layout`):
 
-- Layout. Each host writes under its own name:
-  `<host>/<policy>/<volume>/<volume>-<id>.tar.zst` beside `…-<id>.manifest.json` and
-  `…-<id>.drill.json`. Repositories written before host names existed
-  (`<policy>/<volume>/…`) are read as the local host's archives, and pruned as such.
-- Ids. The UTC start time (`20261128T030000Z`), with `-2`, `-3`… when taken, and
-  `-safety` last for the copy a forced restore takes first: `is_safety` is the one rule
-  that tells a safety archive from a backup.
 - The commit marker. An archive exists when its manifest does; the manifest is written
   last with a conditional create. Archive files without a manifest, and uploads never
-  completed, are garbage: `remove_garbage` removes this host's, under the volume's lock.
+  completed, are garbage (`daemon.repository.garbage`).
 - Deletion removes the manifest first (uncommitting), then the archive and its record.
 - Hosts. A repository opened for another host (`--host`) reads that host's archives and
   may record a drill beside them; it never allocates, deletes or collects garbage
@@ -22,8 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 
 from daemon.archive.encryption import NoIdentityMatches
 from daemon.archive.manifest import EntriesSealed, Manifest, ManifestError, read_entries
@@ -31,66 +24,15 @@ from daemon.archive.sealing import opener
 from daemon.archive.tarstream import Member
 from daemon.config.keys import Identities
 from daemon.errors import KeyMissing, OperationError, StorageFailure
+from daemon.repository.layout import (
+    DRILL_SUFFIX,
+    MANIFEST_SUFFIX,
+    ArchiveKey,
+    split_name,
+    volume_directory,
+)
 from daemon.rules.verdict import DrillRecord
 from daemon.storage.base import BlobMissing, BlobReader, BlobStore, Upload
-
-# An archive dated later than this past now was written by a host whose clock is ahead:
-# it is not what `latest` means (SPEC §2), and list, status and backups warn about it.
-FUTURE_TOLERANCE = timedelta(minutes=5)
-MANIFEST_SUFFIX = ".manifest.json"
-DRILL_SUFFIX = ".drill.json"
-SAFETY_MARK = "-safety"
-
-
-@dataclass(frozen=True, order=True)
-class ArchiveKey:
-    """One archive: `namespace` is the host it was written under ("": before host names)."""
-
-    policy: str
-    volume: str
-    id: str  # the UTC start time, e.g. "20261128T030000Z"
-    namespace: str = field(default="", compare=False)
-
-    @property
-    def is_safety(self) -> bool:
-        """The one rule: a safety archive's id ends in "-safety"."""
-        return self.id.endswith(SAFETY_MARK)
-
-    @property
-    def time(self) -> datetime | None:
-        """The UTC start time the id records, or None if it records none."""
-        try:
-            return datetime.strptime(self.id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-        except ValueError:
-            return None
-
-    def in_the_future(self, now: datetime | None = None) -> bool:
-        moment = self.time
-        return moment is not None and moment > (now or datetime.now(UTC)) + FUTURE_TOLERANCE
-
-    @property
-    def directory(self) -> str:
-        return volume_directory(self.namespace, self.policy, self.volume)
-
-    def file_name(self, suffix: str) -> str:
-        return f"{self.volume}-{self.id}{suffix}"
-
-    def blob(self, suffix: str) -> str:
-        return self.directory + self.file_name(suffix)
-
-
-def volume_directory(namespace: str, policy: str, volume: str) -> str:
-    return f"{namespace}/{policy}/{volume}/" if namespace else f"{policy}/{volume}/"
-
-
-def _split(name: str, volume: str) -> tuple[str, str] | None:
-    """Given a file name in a volume's directory, return (archive id, suffix), or None if
-    it is not a file volkeep writes."""
-    prefix = f"{volume}-"
-    if not name.startswith(prefix) or "/" in name:
-        return None
-    archive_id, dot, rest = name[len(prefix) :].partition(".")
-    return (archive_id, dot + rest) if archive_id and dot else None
 
 
 class Repository:
@@ -108,7 +50,7 @@ class Repository:
     def describe(self) -> str:
         return self.store.describe()
 
-    def _namespaces(self) -> tuple[str, ...]:
+    def namespaces(self) -> tuple[str, ...]:
         """This host's namespace, and the layout before host names if this host is the
         local one."""
         return (self.host, "") if self.own else (self.host,)
@@ -118,21 +60,21 @@ class Repository:
     def volumes(self, policy: str) -> list[str]:
         """Return the volumes this host has archive files of under the policy."""
         found = set()
-        for namespace in self._namespaces():
+        for namespace in self.namespaces():
             top = f"{namespace}/{policy}/" if namespace else f"{policy}/"
             for blob in self.store.list(top):
                 parts = blob[len(top) :].split("/")
-                if len(parts) == 2 and _split(parts[1], parts[0]) is not None:
+                if len(parts) == 2 and split_name(parts[1], parts[0]) is not None:
                     found.add(parts[0])
         return sorted(found)
 
     def files(self, policy: str, volume: str) -> dict[ArchiveKey, set[str]]:
         """Return every archive id of the volume with the suffixes of its files."""
         files: dict[ArchiveKey, set[str]] = {}
-        for namespace in self._namespaces():
+        for namespace in self.namespaces():
             directory = volume_directory(namespace, policy, volume)
             for blob in self.store.list(directory):
-                split = _split(blob[len(directory) :], volume)
+                split = split_name(blob[len(directory) :], volume)
                 if split is not None:
                     key = ArchiveKey(policy, volume, split[0], namespace)
                     files.setdefault(key, set()).add(split[1])
@@ -192,7 +134,7 @@ class Repository:
             contextlib.closing(self.store.open(key.blob(MANIFEST_SUFFIX))) as raw,
         ):
             manifest = Manifest.read(raw)
-        split = _split(manifest.archive_file, key.volume)
+        split = split_name(manifest.archive_file, key.volume)
         if split is None or split[0] != key.id or split[1] in (MANIFEST_SUFFIX, DRILL_SUFFIX):
             raise archive_error(
                 key, f"manifest names a foreign archive file {manifest.archive_file!r}"
@@ -259,47 +201,28 @@ class Repository:
 
     # Writing (this host's own namespace only)
 
-    def _require_own(self) -> None:
+    def require_own(self) -> None:
         if not self.own:
             raise OperationError(f"the archives of host {self.host!r} are read-only here")
 
-    def taken_ids(self, policy: str, volume: str) -> set[str]:
-        return {key.id for key in self.files(policy, volume)}
-
     def begin(self, key: ArchiveKey, suffix: str) -> Upload:
         """Begin the upload of a new archive's file."""
-        self._require_own()
+        self.require_own()
         return self.store.create(key.blob(suffix))
 
     def commit(self, key: ArchiveKey, manifest_chunks: Iterable[bytes]) -> None:
         """Write the manifest, the commit marker, with a conditional create: the archive
         exists from now on. Raise OSError (BlobExists if the id was taken meanwhile)."""
-        self._require_own()
+        self.require_own()
         self.store.put(key.blob(MANIFEST_SUFFIX), manifest_chunks, exclusive=True)
 
     def delete(self, key: ArchiveKey, manifest: Manifest) -> None:
         """Delete the manifest first (uncommitting), then the archive file and its record.
         Raise OSError."""
-        self._require_own()
+        self.require_own()
         self.store.delete(key.blob(MANIFEST_SUFFIX))
         self.store.delete(key.directory + manifest.archive_file)
         self.store.delete(key.blob(DRILL_SUFFIX))
-
-    def remove_garbage(self, policy: str, volume: str) -> list[str]:
-        """Remove this host's uploads of the volume never completed, and its archive files
-        without a manifest; return their keys. Hold the volume's lock: a running backup's
-        files look the same. Raise OSError."""
-        self._require_own()
-        removed = []
-        for namespace in self._namespaces():
-            removed += self.store.abort_incomplete(volume_directory(namespace, policy, volume))
-        for key, suffixes in self.files(policy, volume).items():
-            if MANIFEST_SUFFIX in suffixes:
-                continue
-            for suffix in sorted(suffixes):
-                self.store.delete(key.blob(suffix))
-                removed.append(key.blob(suffix))
-        return removed
 
     # Errors
 
@@ -341,58 +264,3 @@ def key_missing(key: ArchiveKey, recipients: list[str]) -> OperationError:
         "or drilling it needs one of their identities (encryption.age.identity_file)"
     )
     return archive_error(key, message, KeyMissing)
-
-
-def allocate_key(
-    repositories: Iterable[Repository], policy: str, volume: str, stamp: str, *, safety: bool
-) -> ArchiveKey:
-    """Given the repositories a new archive goes to, return a key for it that none of them
-    uses yet (the same id in every storage). A storage that cannot be read now is passed
-    over: its copy will fail on its own, and its manifest's conditional create would refuse
-    a taken id anyway."""
-    repositories = list(repositories)
-    taken: set[str] = set()
-    for repository in repositories:
-        with contextlib.suppress(OSError):
-            taken |= repository.taken_ids(policy, volume)
-    mark = SAFETY_MARK if safety else ""
-    candidate, counter = f"{stamp}{mark}", 1
-    while candidate in taken:
-        counter += 1
-        candidate = f"{stamp}-{counter}{mark}"
-    return ArchiveKey(policy, volume, candidate, repositories[0].host if repositories else "")
-
-
-def locate(
-    repositories: list[Repository], policy: str, volume: str, archive_id: str | None
-) -> tuple[Repository, ArchiveKey]:
-    """Given a policy's repositories in its order, a volume and an archive id (None or
-    "latest": the newest backup in any of them), return the first repository that holds
-    the archive, and its key. A storage that cannot be read is passed over (and named if
-    the archive is found nowhere). Raise OperationError if no storage holds it."""
-    unreadable: list[OperationError] = []
-    found: list[tuple[Repository, ArchiveKey]] = []
-    for repository in repositories:
-        try:
-            found.append((repository, repository.find(policy, volume, archive_id)))
-        except OperationError:
-            continue
-        except OSError as error:
-            unreadable.append(repository.failure(error, "cannot list the archives"))
-            continue
-        if archive_id not in (None, "latest"):
-            break
-    if not found:
-        names = ", ".join(repository.name for repository in repositories)
-        where = f"storage {names!r}" if len(repositories) == 1 else f"storages {names}"
-        what = "no archive" if archive_id in (None, "latest") else "no such archive"
-        reasons = "".join(f"; {error.message}" for error in unreadable)
-        raise OperationError(
-            f"{what} in {where}{reasons} (see volkeep list)",
-            policy=policy,
-            volume=volume,
-            archive=None if archive_id in (None, "latest") else archive_id,
-        )
-    # the newest id wins; among equals, the first storage in the policy's order
-    newest = max(key for _, key in found)
-    return next((repository, key) for repository, key in found if key == newest)

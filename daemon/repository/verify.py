@@ -25,7 +25,8 @@ from daemon.archive.safety import PathGuard, UnsafeMember
 from daemon.archive.tarstream import Emit, Include, Member, TarFormatError, TarScanner
 from daemon.config.keys import EncryptionError, Identities
 from daemon.errors import HostileArchive, KeyMissing, OperationError
-from daemon.repository.store import ArchiveKey, Repository, archive_error, key_missing
+from daemon.repository.layout import ArchiveKey
+from daemon.repository.store import Repository, archive_error, key_missing
 from daemon.system.readahead import read_ahead
 
 READ_SIZE = 1 << 20

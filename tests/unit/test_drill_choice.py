@@ -6,7 +6,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from daemon.actions.drill import pick_archives
-from daemon.repository.store import ArchiveKey
+from daemon.repository.layout import ArchiveKey
 
 NEWEST_FIRST = [ArchiveKey("app", "db", f"2026110{day}T030000Z") for day in (5, 4, 3, 2, 1)]
 MONDAY = datetime(2026, 11, 9, tzinfo=UTC)

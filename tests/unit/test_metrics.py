@@ -17,7 +17,8 @@ from daemon.events import OperationFailed, OperationFinished
 from daemon.observe.metrics import Metrics
 from daemon.observe.overview import take_overview
 from daemon.observe.web.page import render_page
-from daemon.repository.store import ArchiveKey, Repository
+from daemon.repository.layout import ArchiveKey
+from daemon.repository.store import Repository
 from daemon.rules.verdict import DrillRecord
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -13,7 +13,9 @@ from daemon.actions.prune import prune_volume
 from daemon.archive.manifest import Manifest
 from daemon.config.model import Policy, PolicyStorage, RetentionRules, Source, VolumeSelector
 from daemon.errors import OperationError
-from daemon.repository.store import MANIFEST_SUFFIX, ArchiveKey, Repository, allocate_key
+from daemon.repository.ids import allocate_key
+from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey
+from daemon.repository.store import Repository
 from daemon.rules.retention import Decision
 from daemon.rules.verdict import DrillRecord
 from daemon.storage.local import LocalStore

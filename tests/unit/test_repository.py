@@ -10,7 +10,10 @@ import pytest
 
 from daemon.archive.manifest import Manifest
 from daemon.errors import OperationError
-from daemon.repository.store import MANIFEST_SUFFIX, ArchiveKey, Repository, allocate_key
+from daemon.repository.garbage import remove_garbage
+from daemon.repository.ids import allocate_key
+from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey
+from daemon.repository.store import Repository
 from daemon.storage.local import LocalStore
 
 
@@ -56,7 +59,7 @@ def test_hosts_see_only_their_own_archives_and_another_host_is_read_only(store):
     assert [key.id for key in mine.backups("app", "db")] == ["20261101T030000Z"]
     assert [key.id for key in seen_from_a.backups("app", "db")] == ["20261102T030000Z"]
     with pytest.raises(OperationError, match="read-only"):
-        seen_from_a.remove_garbage("app", "db")
+        remove_garbage(seen_from_a, "app", "db")
 
 
 def test_the_layout_before_host_names_is_read_as_this_hosts(store):

@@ -16,7 +16,8 @@ from daemon.archive.manifest import Manifest
 from daemon.archive.tarstream import Member, TarScanner
 from daemon.config.model import Compression
 from daemon.errors import OperationError
-from daemon.repository.store import MANIFEST_SUFFIX, ArchiveKey, Repository
+from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey
+from daemon.repository.store import Repository
 from daemon.repository.verify import StoredArchive, verify_archive
 from daemon.storage.local import LocalStore
 

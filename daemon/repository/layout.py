@@ -1,0 +1,73 @@
+"""Where an archive's files live in a storage, and what an archive id is (SPEC §4).
+
+Each host writes under its own name: `<host>/<policy>/<volume>/<volume>-<id>.tar.zst`
+beside `…-<id>.manifest.json` and `…-<id>.drill.json`. Repositories written before host
+names existed (`<policy>/<volume>/…`) are read as the local host's archives.
+
+An id is the UTC start time (`20261128T030000Z`), with `-2`, `-3`… when taken, and
+`-safety` last for the copy a forced restore takes first: `is_safety` is the one rule that
+tells a safety archive from a backup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+# An archive dated later than this past now was written by a host whose clock is ahead:
+# it is not what `latest` means (SPEC §2), and list, status and backups warn about it.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+MANIFEST_SUFFIX = ".manifest.json"
+DRILL_SUFFIX = ".drill.json"
+SAFETY_MARK = "-safety"
+
+
+@dataclass(frozen=True, order=True)
+class ArchiveKey:
+    """One archive: `namespace` is the host it was written under ("": before host names)."""
+
+    policy: str
+    volume: str
+    id: str  # the UTC start time, e.g. "20261128T030000Z"
+    namespace: str = field(default="", compare=False)
+
+    @property
+    def is_safety(self) -> bool:
+        """The one rule: a safety archive's id ends in "-safety"."""
+        return self.id.endswith(SAFETY_MARK)
+
+    @property
+    def time(self) -> datetime | None:
+        """The UTC start time the id records, or None if it records none."""
+        try:
+            return datetime.strptime(self.id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            return None
+
+    def in_the_future(self, now: datetime | None = None) -> bool:
+        moment = self.time
+        return moment is not None and moment > (now or datetime.now(UTC)) + FUTURE_TOLERANCE
+
+    @property
+    def directory(self) -> str:
+        return volume_directory(self.namespace, self.policy, self.volume)
+
+    def file_name(self, suffix: str) -> str:
+        return f"{self.volume}-{self.id}{suffix}"
+
+    def blob(self, suffix: str) -> str:
+        return self.directory + self.file_name(suffix)
+
+
+def volume_directory(namespace: str, policy: str, volume: str) -> str:
+    return f"{namespace}/{policy}/{volume}/" if namespace else f"{policy}/{volume}/"
+
+
+def split_name(name: str, volume: str) -> tuple[str, str] | None:
+    """Given a file name in a volume's directory, return (archive id, suffix), or None if
+    it is not a file volkeep writes."""
+    prefix = f"{volume}-"
+    if not name.startswith(prefix) or "/" in name:
+        return None
+    archive_id, dot, rest = name[len(prefix) :].partition(".")
+    return (archive_id, dot + rest) if archive_id and dot else None
