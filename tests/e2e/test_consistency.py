@@ -576,3 +576,35 @@ def test_stopping_aborts_an_extraction_into_a_helper_at_once_and_removes_the_hel
     assert not extraction.is_alive() and time.monotonic() - began < 5
     assert "was cancelled: volkeep is stopping" in outcome["error"]
     assert api.containers(all=True, filters={"label": f"volkeep.volume={volume}"}) == []
+
+
+# A service that ignores SIGTERM: only the SIGKILL after the stop timeout ends it.
+DEAF = "trap '' TERM; while true; do sleep 1; done"
+
+
+def test_containers_that_ignore_sigterm_are_stopped_together_and_named(
+    api, volumes, workspace, helper_image
+):
+    volume = volumes("deaf")
+    ids = [start_service(api, helper_image, volume, name, DEAF) for name in ("one", "two")]
+    workspace.write_config(
+        {"app": {"volumes": [volume], "stop_containers": True, "stop_timeout": "3s"}}
+    )
+
+    backup = workspace.run("backup", "app")
+
+    assert backup.returncode == 0, backup.stderr
+    assert all(state(api, container)["Running"] for container in ids)
+    downtimes = History(workspace.state_dir).downtimes("app", volume)
+    assert sorted(d.container for d in downtimes) == [f"{volume}_one", f"{volume}_two"]
+    # each stop took the whole timeout; one after the other, the second would have begun
+    # when the first ended, 3 s later
+    first, second = sorted(d.stopped for d in downtimes)
+    assert (second - first).total_seconds() < 1.5
+    log = events(backup.stderr)
+    killed = [
+        e for e in log if e["event"] == "container did not stop within its stop timeout; killed"
+    ]
+    assert sorted(e["container"] for e in killed) == [f"{volume}_one", f"{volume}_two"]
+    assert all(e["stop_timeout_seconds"] == 3 and e["level"] == "warning" for e in killed)
+    assert not [e for e in log if e["event"] == "the Docker engine is slow to answer"]

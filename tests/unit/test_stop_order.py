@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.engine.containers import ContainerInfo, containers_to_stop, stop_order
+from daemon.engine.containers import ContainerInfo, containers_to_stop, stop_order, stop_waves
 
 STOP = "volkeep.stop-during-backup"
 
@@ -67,3 +67,19 @@ def test_an_unreadable_label_leaves_the_choice_to_the_policy() -> None:
 def test_containers_not_running_are_never_stopped() -> None:
     exited = container("exited", running=False, **{STOP: "true"})
     assert containers_to_stop([exited], policy_default=True) == []
+
+
+def test_containers_stop_together_unless_one_depends_on_another() -> None:
+    db = container("db")
+    cache = container("cache")
+    api = container("api", depends_on="db:service_healthy:true,cache:service_started:false")
+    web = container("web", depends_on="api:service_started:false")
+    worker = container("worker", depends_on="db:service_started:false")
+    plain = ContainerInfo("id-plain", "plain", True)
+    waves = stop_waves(stop_order([db, cache, api, web, worker, plain]))
+    assert [names(wave) for wave in waves] == [
+        ["web", "worker", "plain"],
+        ["api"],
+        ["db", "cache"],
+    ]
+    assert stop_waves([]) == []
