@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from daemon.config.model import RetentionRules
+from daemon.rules import shrink as shrink_guard
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Candidate:
     id: str  # the archive id, e.g. "20261128T030000Z"
     created: datetime  # timezone-aware
     drill_passed: bool  # its latest drill record passed
+    content: shrink_guard.Content | None = None  # what it held; None: unknown (no shrink guard)
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,16 @@ class Decision:
 
 
 def select(
-    candidates: Sequence[Candidate], rules: RetentionRules, timezone: str, now: datetime
+    candidates: Sequence[Candidate],
+    rules: RetentionRules,
+    timezone: str,
+    now: datetime,
+    *,
+    shrink: shrink_guard.Guard = shrink_guard.UNTIL_ACCEPTED,
 ) -> list[Decision]:
     """Given the committed archives of one volume, a policy's retention rules and timezone,
-    and the current time, return one decision per archive, newest first.
+    the current time and the volume's shrink guard, return one decision per archive,
+    newest first.
 
     Raise ValueError if `now` or a creation time is not timezone-aware.
     """
@@ -85,7 +93,7 @@ def select(
         reasons_per_rule.append(_within_reasons(rules.keep_within, ordered, now))
     if rules.is_empty():
         reasons_per_rule.append(["no retention rules"] * len(ordered))
-    protected = protected_reasons(ordered, now)
+    protected = protected_reasons(ordered, now, shrink=shrink)
 
     decisions = []
     for index, candidate in enumerate(ordered):
@@ -96,14 +104,22 @@ def select(
     return decisions
 
 
-def protected_reasons(candidates: Sequence[Candidate], now: datetime) -> dict[str, tuple[str, ...]]:
-    """Given the committed archives of one volume and the current time, return the ids of
-    the archives that nothing may delete, each with why (SPEC §5.2):
+def protected_reasons(
+    candidates: Sequence[Candidate],
+    now: datetime,
+    *,
+    shrink: shrink_guard.Guard = shrink_guard.UNTIL_ACCEPTED,
+) -> dict[str, tuple[str, ...]]:
+    """Given the committed archives of one volume, the current time and the volume's
+    shrink guard (the default holds until accepted), return the ids of the archives that
+    nothing may delete, each with why (SPEC §5.2, §5.13):
 
     - the newest archive not in the future ("newest archive");
     - the newest archive not in the future whose drill passed ("newest drill-passed archive");
     - every archive created after `now` ("in the future"); with the first rule, this also
-      protects the newest archive of all, so no rule set can delete every archive.
+      protects the newest archive of all, so no rule set can delete every archive;
+    - while a shrink of the volume is pending, the newest archive before it and the first
+      after it (`daemon.rules.shrink`), even once a later archive passed a drill.
     """
     protected: dict[str, tuple[str, ...]] = {}
     present = []
@@ -120,16 +136,25 @@ def protected_reasons(candidates: Sequence[Candidate], now: datetime) -> dict[st
             *protected.get(drill_passed.id, ()),
             "newest drill-passed archive",
         )
+    for archive, reasons in shrink_guard.protected_reasons(present, shrink, now).items():
+        protected[archive] = (*protected.get(archive, ()), *reasons)
     return protected
 
 
-def may_delete(archive_id: str, candidates: Sequence[Candidate], now: datetime) -> bool:
-    """Given an archive id, the committed archives of its volume and the current time,
-    return whether the archive may be deleted: it is one of the candidates and no safety
-    rule protects it. Every deletion path asks this, whatever decided the deletion.
+def may_delete(
+    archive_id: str,
+    candidates: Sequence[Candidate],
+    now: datetime,
+    *,
+    shrink: shrink_guard.Guard = shrink_guard.UNTIL_ACCEPTED,
+) -> bool:
+    """Given an archive id, the committed archives of its volume, the current time and the
+    volume's shrink guard, return whether the archive may be deleted: it is one of the
+    candidates and no safety rule protects it. Every deletion path asks this, whatever
+    decided the deletion.
     """
     known = any(candidate.id == archive_id for candidate in candidates)
-    return known and archive_id not in protected_reasons(candidates, now)
+    return known and archive_id not in protected_reasons(candidates, now, shrink=shrink)
 
 
 def _newest_first(candidates: Sequence[Candidate]) -> list[Candidate]:

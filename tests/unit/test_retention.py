@@ -8,6 +8,7 @@ import pytest
 
 from daemon.config.model import RetentionRules
 from daemon.rules.retention import Candidate, Decision, may_delete, protected_reasons, select
+from daemon.rules.shrink import Content, Guard, longest_window
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -296,3 +297,63 @@ def test_may_delete_refuses_protected_and_unknown_archives() -> None:
     assert not may_delete("20260103T030000Z", history, now)  # newest
     assert not may_delete("20260201T030000Z", history, now)  # in the future
     assert not may_delete("19990101T000000Z", history, now)  # not a committed archive
+
+
+def sized(when: str, objects: int, drill_passed: bool = False) -> Candidate:
+    """Given an ISO time in UTC and how many objects it held (a 10 kB tar per object),
+    return an archive created then."""
+    created = datetime.fromisoformat(when).replace(tzinfo=UTC)
+    content = Content(objects, objects * 10_000)
+    return Candidate(created.strftime("%Y%m%dT%H%M%SZ"), created, drill_passed, content)
+
+
+def test_keep_last_never_rotates_away_the_archive_before_an_emptied_volume() -> None:
+    # docker compose down -v; up: every backup after is of an empty volume
+    history = [sized(f"2026-01-01T03:0{minute}", 1200) for minute in range(3)]
+    history += [sized(f"2026-01-01T03:{minute}", 1) for minute in range(10, 17)]
+    now = datetime(2026, 1, 1, 4, tzinfo=UTC)
+    decisions = select(history, RetentionRules(keep_last=5), "UTC", now, shrink=Guard())
+    assert kept(decisions)["20260101T030200Z"] == (
+        "newest before a shrink on 2026-01-01 03:10 UTC, 20260101T031000Z: objects 1200 -> 1, "
+        "tar bytes 12000000 -> 10000",
+    )
+    assert "20260101T031000Z" in kept(decisions)
+    assert not may_delete("20260101T030200Z", history, now, shrink=Guard())
+    assert may_delete("20260101T030100Z", history, now, shrink=Guard())
+
+
+def test_a_drill_of_the_empty_archive_does_not_free_the_archive_before_it() -> None:
+    history = [
+        sized("2026-01-01T03:00", 1200, drill_passed=True),
+        sized("2026-01-02T03:00", 1200, drill_passed=True),
+        sized("2026-01-03T03:00", 1),
+        sized("2026-01-04T03:00", 1, drill_passed=True),
+        sized("2026-01-05T03:00", 1),
+    ]
+    decisions = select(history, RetentionRules(keep_last=2), "UTC", NOW, shrink=Guard())
+    assert sorted(kept(decisions)) == [
+        "20260102T030000Z",  # newest before the shrink
+        "20260103T030000Z",  # first after it
+        "20260104T030000Z",
+        "20260105T030000Z",
+    ]
+
+
+def test_an_accepted_shrink_lets_retention_delete_the_archive_before_it() -> None:
+    history = [sized("2026-01-01T03:00", 1200)]
+    history += [sized(f"2026-01-0{day}T03:00", 1) for day in (2, 3, 4)]
+    accepted = Guard(accepted_before=history[1].created)
+    decisions = select(history, RetentionRules(keep_last=2), "UTC", NOW, shrink=accepted)
+    assert sorted(kept(decisions)) == ["20260103T030000Z", "20260104T030000Z"]
+    assert may_delete("20260101T030000Z", history, NOW, shrink=accepted)
+
+
+def test_the_guard_ends_with_the_longest_keep_window() -> None:
+    history = [sized("2026-01-01T03:00", 1200)]
+    history += [sized(f"2026-01-0{day}T03:00", 1) for day in (2, 3, 4)]
+    rules = RetentionRules(keep_last=2, keep_daily=2)
+    window = Guard(window=longest_window(rules))
+    within = datetime(2026, 1, 3, 3, tzinfo=UTC)
+    assert "20260101T030000Z" in kept(select(history, rules, "UTC", within, shrink=window))
+    after = datetime(2026, 1, 3, 3, 1, tzinfo=UTC)
+    assert "20260101T030000Z" not in kept(select(history, rules, "UTC", after, shrink=window))

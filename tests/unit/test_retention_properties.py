@@ -13,9 +13,12 @@ from hypothesis import strategies as st
 
 from daemon.config.model import RetentionRules
 from daemon.rules.retention import Candidate, Decision, may_delete, select
+from daemon.rules.shrink import Content, Guard, longest_window
 
 TIMEZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"]
 START = datetime(2020, 1, 1, tzinfo=UTC)
+FULL, HALF, EMPTY = Content(1200, 50 << 20), Content(700, 30 << 20), Content(1, 1536)
+CONTENTS = st.none() | st.sampled_from([FULL, HALF, EMPTY])
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,12 @@ def histories(draw: st.DrawFn) -> list[Candidate]:
     span = draw(st.sampled_from([6 * 3600, 3 * 86400, 90 * 86400, 5 * 365 * 86400]))
     offsets = draw(st.lists(st.integers(0, span), max_size=40))
     return [
-        Candidate(f"archive-{index:02d}", START + timedelta(seconds=offset), draw(st.booleans()))
+        Candidate(
+            f"archive-{index:02d}",
+            START + timedelta(seconds=offset),
+            draw(st.booleans()),
+            draw(CONTENTS),
+        )
         for index, offset in enumerate(offsets)
     ]
 
@@ -169,3 +177,50 @@ def test_a_bucket_rule_keeps_the_newest_archive_of_each_of_its_n_newest_buckets(
     decisions = select(case.history, rules, case.timezone, case.now)
     found = {d.id: reason for d in decisions for reason in d.reasons if kind in reason}
     assert found == expected
+
+
+@given(
+    rule_sets,
+    st.sampled_from(TIMEZONES),
+    st.integers(1, 5),
+    st.lists(st.tuples(st.integers(60, 40 * 86400), st.sampled_from([FULL, HALF, EMPTY]),
+                       st.booleans()), max_size=30),
+    st.none() | st.integers(0, 30),
+)  # fmt: skip
+def test_no_prunes_delete_the_archive_before_a_shrink_until_accepted_or_past_the_window(
+    rules: RetentionRules,
+    timezone: str,
+    full_backups: int,
+    later_backups: list[tuple[int, Content, bool]],
+    accepted_at: int | None,
+) -> None:
+    # full backups an hour apart, then the volume is emptied: backups of it, drills that
+    # pass (of the empty archives too), refills, a prune after each backup
+    history = [
+        Candidate(f"full-{index}", START + timedelta(hours=index), False, FULL)
+        for index in range(full_backups)
+    ]
+    before_the_loss = history[-1]
+    history.append(Candidate("emptied", before_the_loss.created + timedelta(hours=1), True, EMPTY))
+    window = longest_window(rules)
+    accepted_before = None
+    for step, (seconds, content, drill_passed) in enumerate(later_backups):
+        latest = history[-1].created
+        history.append(
+            Candidate(
+                f"later-{step:02d}", latest + timedelta(seconds=seconds), drill_passed, content
+            )
+        )
+        now = history[-1].created
+        if step == accepted_at:
+            accepted_before = history[1 + full_backups].created  # the shrinking backup's
+        guard = Guard(accepted_before, window)
+        decisions = select(history, rules, timezone, now, shrink=guard)
+        doomed = {decision.id for decision in decisions if not decision.keep}
+        assert all(may_delete(archive, history, now, shrink=guard) for archive in doomed)
+        history = [candidate for candidate in history if candidate.id not in doomed]
+        guarded = accepted_before is None and (
+            window is None or now <= before_the_loss.created + window
+        )
+        if guarded:
+            assert before_the_loss in history
