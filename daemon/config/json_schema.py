@@ -35,6 +35,7 @@ from daemon.config.monitoring import (
 from daemon.config.nodes import Converter, boolean, non_empty_string, string
 from daemon.config.schedule import CRON_MACROS, DURATION
 from daemon.config.schema import (
+    AGE,
     ALGORITHM,
     ARGUMENTS,
     COMPRESSION,
@@ -54,6 +55,7 @@ from daemon.config.schema import (
     STORAGE_TYPES,
     TOP_LEVEL_HELP,
     Help,
+    age_encryption,
     age_recipient,
     compression,
     policy_fields,
@@ -308,6 +310,7 @@ def volume_hooks_schema(builder: SchemaBuilder) -> JsonSchema:
 
 # The converters written as plain functions of values made of other converters.
 COMPOSITES: dict[Converter[Any], Callable[[SchemaBuilder], JsonSchema]] = {
+    age_encryption: lambda builder: builder.describe(AGE),
     apprise_urls: lambda builder: {**builder.describe(APPRISE_URLS), "uniqueItems": True},
     compression: compression_schema,
     run_hook: run_hook_schema,

@@ -134,6 +134,18 @@ class Identities:
         """The pyrage identities, for decryption."""
         return list(self._natives)
 
+    def unmatched(self, recipients: Iterable[Recipient]) -> list[str] | None:
+        """Given the recipients archives are encrypted to, return them if none is the public
+        key of one of these identities (none of them opens a new archive), else None.
+
+        An ssh identity's public key is not derived here: a file holding one is trusted."""
+        ages = [native for native in self._natives if isinstance(native, x25519.Identity)]
+        if len(ages) < len(self._natives):
+            return None
+        own = {str(native.to_public()) for native in ages}
+        wanted = recipient_strings(recipients)
+        return None if own & set(wanted) else wanted
+
     def __reduce__(self) -> NoReturn:
         raise TypeError("identities are not to be pickled")
 
@@ -166,6 +178,11 @@ def load_identities(path: str | os.PathLike[str]) -> Identities:
             continue
         if stripped.upper().startswith("AGE-PLUGIN-"):
             raise EncryptionError(f"{where}:{number}: plugin identities are not supported")
+        if stripped.lower().startswith(("age1", *_SSH_TYPES)):
+            raise EncryptionError(
+                f"{where}:{number}: a public key (a recipient), not an identity: give the file"
+                " of the secret key (AGE-SECRET-KEY-1…, age-keygen's output)"
+            )
         try:
             natives.append(x25519.Identity.from_str(stripped.upper()))
         except pyrage.IdentityError:

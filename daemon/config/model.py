@@ -149,6 +149,7 @@ class AgeEncryption:
     recipients: tuple[str, ...] = ()
     recipients_file: Path | None = None
     identity_file: Path | None = None
+    identity_source: Source | None = field(default=None, compare=False)  # identity_file's
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ read is generated from both (`daemon.config.json_schema`, `volkeep schema`).
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import yaml
@@ -268,6 +269,17 @@ AGE = record(
     into=AgeEncryption,
     exactly_one_of=("recipients", "recipients_file"),
 )
+
+
+def age_encryption(node: yaml.Node, path: str) -> AgeEncryption:
+    """Given an `age:` block, return its settings with the place of `identity_file`, so that
+    `validate` can point at it when the file cannot open the archives."""
+    settings = AGE(node, path)
+    if settings.identity_file is None:
+        return settings
+    return replace(settings, identity_source=source_of(value_of(node, "identity_file")))
+
+
 AGE_HELP = {
     "recipients": Help(
         "Public keys to encrypt to: age (age1...) or ssh-ed25519 / ssh-rsa keys.",
@@ -283,7 +295,7 @@ AGE_HELP = {
         "/etc/volkeep/age-identity.txt",
     ),
 }
-ENCRYPTION = record({"age": AGE}, into=lambda age: age, required=("age",))
+ENCRYPTION = record({"age": age_encryption}, into=lambda age: age, required=("age",))
 ENCRYPTION_HELP = {
     "age": Help(
         "Encrypt archives with age: readable with `age -d -i KEY | zstd -d | tar -x`.",
