@@ -23,6 +23,7 @@ from daemon import __version__
 from daemon.actions.backup import Published, run_backup
 from daemon.actions.context import Context
 from daemon.actions.drill import run_drill
+from daemon.actions.export import Output, export_archive, output_file
 from daemon.actions.init import run_init
 from daemon.actions.listing import ArchiveRow, archive_files, drill_summary, list_archives
 from daemon.actions.prune import run_prune
@@ -210,6 +211,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     _storage_and_host(drill, "drill (default: drill.storage, else the policy's first)")
 
+    export = commands.add_parser(
+        "export",
+        help="write an archive's tar, byte for byte as the helper produced it",
+        description="Write an archive's tar to standard output (or -o FILE), decrypted and "
+        "decompressed, checked against its manifest as it streams. On a failure the exit "
+        "status is 1: what a pipe received is not the archive; -o FILE is written only "
+        "once the whole tar is proved.",
+    )
+    export.add_argument("policy")
+    export.add_argument(
+        "--volume", type=VOLUME, required=True, help="the volume the archive was taken of"
+    )
+    export.add_argument("--archive", default="latest", help="archive id, or latest")
+    export.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write FILE (default: standard output)"
+    )
+    _storage_and_host(export, "read (default: the first of the policy's that holds it)")
+
     status = commands.add_parser(
         "status", help="per volume: last backup, last drill, next runs; and the daemon"
     )
@@ -372,6 +391,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     ctx.recover()
     if args.command == "run":
         return run_daemon(config, args.config, args.state_dir)
+    # The leftovers of dead processes are removed beside the command (promise 4), and it
+    # exits once they are; an interrupted command (BaseException) does not wait for them.
+    try:
+        status = _run_command(ctx, args)
+    except Exception:
+        ctx.wait_for_cleanup()
+        raise
+    ctx.wait_for_cleanup()
+    return status
+
+
+def _run_command(ctx: Context, args: argparse.Namespace) -> int:
     if args.command == "validate":
         print(validate(ctx))
     elif args.command == "backup":
@@ -430,11 +461,33 @@ def _dispatch(args: argparse.Namespace) -> int:
             host=args.host,
             report=_print_drill,
         )
+    elif args.command == "export":
+        _export(ctx, args)
     elif args.command == "status":
         now = datetime.now(UTC)
         status = collect_status(ctx, now)
         print(json.dumps(status.to_json(), indent=1) if args.json else describe_status(status, now))
     return EXIT_OK
+
+
+def _export(ctx: Context, args: argparse.Namespace) -> None:
+    """Export to -o FILE, or to standard output unless it is a terminal."""
+    policy = ctx.policy(args.policy)
+    where = {"storage": args.storage, "host": args.host}
+    if args.output is not None:
+        with output_file(args.output) as output:
+            export_archive(ctx, policy, args.volume, args.archive, output, **where)
+        return
+    if sys.stdout.isatty():
+        raise UsageError("refusing to write a tar to a terminal: give -o FILE, or a pipe")
+    try:
+        stdout = Output("standard output", sys.stdout.buffer)
+        export_archive(ctx, policy, args.volume, args.archive, stdout, **where)
+        stdout.flush()
+    except OperationError:
+        # what is buffered must not be flushed at exit (into a closed pipe: a second error)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise
 
 
 class Terminated(BaseException):
