@@ -24,9 +24,14 @@ from daemon.archive.exclude import MemberFilter
 from daemon.archive.manifest import Manifest, ManifestWriter
 from daemon.archive.tarstream import TarFormatError, TarScanner
 from daemon.config.keys import Recipient, recipient_strings
-from daemon.config.model import Compression, Policy
+from daemon.config.model import Compression, Policy, VolumeSelector
 from daemon.engine.client import engine_failure
-from daemon.engine.containers import containers_to_stop, containers_using
+from daemon.engine.containers import (
+    ContainerInfo,
+    containers_to_stop,
+    containers_using,
+    live_databases,
+)
 from daemon.engine.hooks import after_hooks, run_before_hooks
 from daemon.engine.journal import containers_stopped
 from daemon.engine.tarflavour import detect_flavour, volume_tar
@@ -223,14 +228,49 @@ def policy_volumes(api: docker.APIClient, policy: Policy, requested: list[str]) 
     """Given a policy and the volumes asked for on the command line (none: all), return the
     names to work on; named volumes that do not exist stay in, to fail loudly.
 
-    Raise UsageError for a requested volume the policy does not cover.
+    Raise UsageError for a requested volume the policy does not cover, OperationError if
+    the policy selects no volume at all: a backup of nothing has failed, not succeeded.
     """
     matched = [volume.name for volume in select_volumes(api, policy.selector)]
     covered = list(dict.fromkeys([*policy.selector.names, *matched]))
     for name in requested:
         if name not in covered:
             raise UsageError(f"policy {policy.name!r} does not cover volume {name!r}")
+    if not covered:
+        raise OperationError(
+            f"the policy selects no volume: none on this Docker host matches "
+            f"{describe_match(policy.selector)}; label or create the volumes to back up, or "
+            "change the policy's match",
+            policy=policy.name,
+        )
     return requested or covered
+
+
+def describe_match(selector: VolumeSelector) -> str:
+    """Given a policy's match, return it as the policy file writes it."""
+    label = selector.label_key
+    if label is not None and selector.label_value is not None:
+        label += f"={selector.label_value}"
+    parts = [f"label: {label}"] if label is not None else []
+    parts += [f"name: {selector.name_glob}"] if selector.name_glob is not None else []
+    return "{" + ", ".join(parts) + "}"
+
+
+LIVE_DATABASE_ADVICE = (
+    "stop it during the backup (stop_containers: true, or the container label "
+    "volkeep.stop-during-backup=true), or dump the database in a before hook"
+)
+
+
+def unguarded_databases(
+    policy: Policy, volume: str, containers: list[ContainerInfo]
+) -> list[ContainerInfo]:
+    """Given a volume of the policy and the containers that mount it, return the running
+    database containers its backup would copy under: neither stopped, nor after a before
+    hook (which may dump the database)."""
+    if policy.hooks_for(volume).before:
+        return []
+    return live_databases(containers, policy.stop_containers)
 
 
 def back_up_one(
@@ -254,7 +294,15 @@ def back_up_one(
     with after_hooks(api, hooks.after):
         run_before_hooks(api, hooks.before)
         detect_flavour(api, policy.helper_image)  # a missing image fails before any stop
-        stopping = containers_to_stop(containers_using(api, name), policy.stop_containers)
+        users = containers_using(api, name)
+        for container in unguarded_databases(policy, name, users):
+            log.warning(
+                "a running database's volume is backed up live: its files may not be consistent",
+                container=container.name,
+                image=container.image,
+                advice=LIVE_DATABASE_ADVICE,
+            )
+        stopping = containers_to_stop(users, policy.stop_containers)
         with containers_stopped(
             api, ctx.state_dir, policy.name, name, stopping, policy.stop_timeout
         ) as start_again:

@@ -31,39 +31,8 @@ from daemon.engine.containers import LABEL_STOP, containers_using
 from daemon.engine.helpers import LABEL_ROLE
 from daemon.engine.volumes import all_volumes
 from daemon.errors import ConfigError, OperationError, UsageError
+from daemon.rules.databases import is_database_image
 
-# Images whose files are not consistent on disk while their server runs, by the last part
-# of the image's repository ("postgres" in "docker.io/library/postgres:16").
-DATABASE_IMAGES = frozenset(
-    {
-        "postgres",
-        "postgis",
-        "timescaledb",
-        "mysql",
-        "mariadb",
-        "percona",
-        "percona-server",
-        "mongo",
-        "mongodb-community-server",
-        "redis",
-        "redis-stack-server",
-        "valkey",
-        "keydb",
-        "couchdb",
-        "cassandra",
-        "scylla",
-        "elasticsearch",
-        "opensearch",
-        "influxdb",
-        "neo4j",
-        "clickhouse-server",
-        "cockroach",
-        "etcd",
-        "rethinkdb",
-        "arangodb",
-        "questdb",
-    }
-)
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"  # what Docker labels anonymous volumes with
 OTHER_VOLUMES = "standalone"  # the policy of the volumes of no Compose project
 STORAGE = "local"
@@ -85,7 +54,7 @@ class VolumeUser:
 
     @property
     def runs_a_database(self) -> bool:
-        return image_repository(self.image) in DATABASE_IMAGES
+        return is_database_image(self.image)
 
 
 @dataclass(frozen=True)
@@ -219,13 +188,6 @@ def policy_name(project: str, taken: set[str]) -> str:
     taken.add(name)
     assert NAME.fullmatch(name), name
     return name
-
-
-def image_repository(image: str) -> str:
-    """Given an image reference ("registry:5000/library/postgres:16@sha256:..."), return the
-    last part of its repository ("postgres")."""
-    repository = image.split("@", 1)[0].rsplit("/", 1)[-1]
-    return repository.split(":", 1)[0].lower()
 
 
 def helper_image(api: docker.APIClient) -> tuple[str, bool]:

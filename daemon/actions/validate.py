@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from daemon.actions.backup import LIVE_DATABASE_ADVICE, unguarded_databases
 from daemon.actions.context import Context
 from daemon.actions.preflight import preflight
 from daemon.config.model import Policy, Schedule
@@ -52,10 +53,17 @@ def validate(ctx: Context) -> str:
             if missing:
                 lines.append(f"  missing volumes: {', '.join(missing)}")
             for name in names:
-                stopping = containers_to_stop(containers_using(api, name), policy.stop_containers)
+                users = containers_using(api, name)
+                stopping = containers_to_stop(users, policy.stop_containers)
                 if stopping:
                     listed = ", ".join(container.name for container in stopping)
                     lines.append(f"  stops during the backup of {name}: {listed}")
+                lines += [
+                    f"  warning: {name} is used by the running database container "
+                    f"{container.name} ({container.image}) and would be backed up live: "
+                    f"{LIVE_DATABASE_ADVICE}"
+                    for container in unguarded_databases(policy, name, users)
+                ]
         lines.append(f"  backup: {_next(policy.schedule, policy, now)}")
         if policy.drill is not None:
             lines.append(f"  drill: {_next(policy.drill.schedule, policy, now)}")

@@ -19,6 +19,7 @@ import structlog
 
 from daemon.config.model import COMPOSE_PROJECT_LABEL
 from daemon.engine.helpers import LABEL_ROLE
+from daemon.rules.databases import is_database_image
 
 log = structlog.get_logger()
 
@@ -37,6 +38,7 @@ class ContainerInfo:
     name: str
     running: bool
     labels: dict[str, str] = field(default_factory=dict, hash=False)
+    image: str = ""  # as the container was created from ("postgres:16"), or its id
 
     @property
     def service(self) -> tuple[str, str] | None:
@@ -67,7 +69,8 @@ def containers_using(api: docker.APIClient, volume: str) -> list[ContainerInfo]:
         if LABEL_ROLE in labels or not any(m.get("Name") == volume for m in mounts):
             continue  # the filter also matches a mount *destination* spelled like the name
         name = (raw.get("Names") or [raw["Id"][:12]])[0].lstrip("/")
-        found.append(ContainerInfo(raw["Id"], name, raw.get("State") == "running", labels))
+        running = raw.get("State") == "running"
+        found.append(ContainerInfo(raw["Id"], name, running, labels, raw.get("Image") or ""))
     return sorted(found, key=lambda container: container.name)
 
 
@@ -85,6 +88,20 @@ def stop_choice(container: ContainerInfo, policy_default: bool) -> bool:
         label=f"{LABEL_STOP}={written}",
     )
     return policy_default
+
+
+def live_databases(
+    containers: Iterable[ContainerInfo], policy_default: bool
+) -> list[ContainerInfo]:
+    """Given the containers that mount a volume and the policy's `stop_containers`, return
+    the running ones of a database image that its backup would leave running."""
+    return [
+        container
+        for container in containers
+        if container.running
+        and is_database_image(container.image)
+        and not stop_choice(container, policy_default)
+    ]
 
 
 def containers_to_stop(

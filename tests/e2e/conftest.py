@@ -62,6 +62,21 @@ def volumes(api: docker.APIClient) -> Iterator[Callable[..., str]]:
             api.remove_volume(volume["Name"], force=True)
 
 
+@pytest.fixture
+def postgres_image(api: docker.APIClient, helper_image: str) -> Iterator[str]:
+    """The helper image, tagged as a postgres image (no image can be pulled here)."""
+    repository = f"vkt-{uuid.uuid4().hex[:8]}/postgres"
+    api.tag(helper_image, repository, "16")
+    image = f"{repository}:16"
+    yield image
+    # by the reference they were created with: an "ancestor" filter would also match every
+    # container of the helper image (the same image id)
+    for container in api.containers(all=True):
+        if container["Image"] == image:
+            api.remove_container(container["Id"], force=True)
+    api.remove_image(image)  # only the tag: the helper image keeps its own
+
+
 def mountpoint(api: docker.APIClient, volume: str) -> Path:
     return Path(api.inspect_volume(volume)["Mountpoint"])
 

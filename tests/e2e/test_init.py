@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -21,21 +20,6 @@ from daemon.config.model import COMPOSE_PROJECT_LABEL, VolumeSelector
 from tests.e2e.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def postgres_image(api: docker.APIClient, helper_image: str) -> Iterator[str]:
-    """The helper image, tagged as a postgres image (no image can be pulled here)."""
-    repository = f"vkt-{uuid.uuid4().hex[:8]}/postgres"
-    api.tag(helper_image, repository, "16")
-    image = f"{repository}:16"
-    yield image
-    # by the reference they were created with: an "ancestor" filter would also match every
-    # container of the helper image (the same image id)
-    for container in api.containers(all=True):
-        if container["Image"] == image:
-            api.remove_container(container["Id"], force=True)
-    api.remove_image(image)  # only the tag: the helper image keeps its own
 
 
 def volkeep(*args: str) -> subprocess.CompletedProcess[str]:

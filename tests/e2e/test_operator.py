@@ -134,3 +134,45 @@ def test_validate_catches_a_missing_helper_image_and_a_storage_that_is_a_file(wo
     assert blocked.returncode == 2
     assert f"{a_file} is not a directory" in blocked.stderr
     assert not PYTHON_REPR.search(missing.stderr + blocked.stderr)
+
+
+def test_a_running_database_backed_up_live_is_warned_of_in_validate_and_backup(
+    api, volumes, workspace: Workspace, postgres_image: str
+):
+    source = volumes("pgdata")
+    (mountpoint(api, source) / "PG_VERSION").write_text("16\n")
+    server = source + "_server"  # removed with the test's volumes
+    api.create_container(
+        postgres_image,
+        command=["sleep", "600"],
+        name=server,
+        host_config=api.create_host_config(binds={source: {"bind": "/data", "mode": "rw"}}),
+    )
+    api.start(server)
+    workspace.write_config({"app": {"volumes": [source]}})
+
+    validated = workspace.run("validate")
+    backed_up = workspace.run("backup", "app")
+
+    assert validated.returncode == 0, validated.stderr
+    [warning] = [line for line in validated.stdout.splitlines() if "warning:" in line]
+    assert source in warning and server in warning and postgres_image in warning
+    assert "stop_containers: true" in warning and "before hook" in warning
+    assert backed_up.returncode == 0, backed_up.stderr
+    [logged] = [
+        record
+        for record in map(json.loads, backed_up.stderr.splitlines())
+        if record["level"] == "warning" and "database" in record["event"]
+    ]
+    assert (logged["volume"], logged["container"], logged["image"]) == (
+        source,
+        server,
+        postgres_image,
+    )
+    assert "stop_containers: true" in logged["advice"]
+
+    workspace.write_config({"app": {"volumes": [source], "stop_containers": True}})
+    stopped = workspace.run("validate")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "warning:" not in stopped.stdout
+    assert f"stops during the backup of {source}: {server}" in stopped.stdout
