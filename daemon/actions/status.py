@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 
 import docker
 import requests
@@ -109,6 +108,7 @@ class VolumeStatus:
                 "archive": self.last_drill_run.archive,
                 "outcome": self.last_drill_run.outcome,
                 "started": self.last_drill_run.started.isoformat(),
+                "error": self.last_drill_run.error,
             },
         }
 
@@ -164,8 +164,7 @@ def collect_status(ctx: Context, now: datetime) -> Status:
     heartbeat = read_heartbeat(state_dir)
     history = History(state_dir)
     backups = {
-        key: _interrupted(record, state_dir)
-        for key, record in history.last_operations("backup").items()
+        key: _interrupted(record) for key, record in history.last_operations("backup").items()
     }
     drills = history.last_operations("drill")
     anchors = history.schedule_anchors()
@@ -243,10 +242,10 @@ def _upcoming(
     return Upcoming(schedule.text, first)
 
 
-def _interrupted(record: OperationRecord, state_dir: Path) -> OperationRecord:
+def _interrupted(record: OperationRecord) -> OperationRecord:
     """Given a recorded operation, return it with outcome "interrupted" if it is recorded as
     running but nothing holds its volume's lock any more (its process died)."""
-    if record.outcome == "running" and not is_locked(state_dir, record.volume):
+    if record.outcome == "running" and not is_locked(record.volume):
         return replace(record, outcome="interrupted")
     return record
 
@@ -297,7 +296,9 @@ def describe_status(status: Status, now: datetime) -> str:
             if upcoming is not None
         ]
         lines += ["", f"policy {policy.name}: {'; '.join(runs) or 'not scheduled'}"]
-        table = [("VOLUME", "LAST BACKUP", "NEWEST ARCHIVE", "SIZE", "LAST DRILL")]
+        table = [
+            ("VOLUME", "LAST BACKUP", "NEWEST ARCHIVE", "SIZE", "DRILL VERDICT", "LAST DRILL RUN")
+        ]
         table += [_volume_row(volume, now) for volume in policy.volumes]
         widths = [max(len(row[column]) for row in table) for column in range(len(table[0]))]
         for row in table:
@@ -306,15 +307,7 @@ def describe_status(status: Status, now: datetime) -> str:
     return "\n".join(lines)
 
 
-def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str, str]:
-    backup = volume.last_backup
-    if backup is None:
-        last = "never (on this host)"
-    elif backup.outcome == "failed":
-        # a long reason is cut to fit the table (status --json has it whole)
-        last = fit(f"FAILED {age(now - backup.started)} ago: {backup.error}", REASON_WIDTH)
-    else:
-        last = f"{backup.outcome} {age(now - backup.started)} ago"
+def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str, str, str]:
     archive = volume.newest_archive
     if len(volume.newest) > 1:
         newest = ", ".join(
@@ -323,20 +316,29 @@ def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str
         )
     else:
         newest = archive.id if archive else "-"
-    drill = drill_summary(volume.last_drill, now)
-    run = volume.last_drill_run
-    if volume.last_drill is None and run is not None:  # retention removed the drilled archive
-        verdict = "passed" if run.outcome == "ok" else run.outcome.upper()
-        drill = f"{verdict} {age(now - run.started)} ago (that archive is gone)"
+    verdict = drill_summary(volume.last_drill, now)
     if volume.last_drill is not None and volume.last_drill.restore_seconds:
-        drill += f", restore {volume.last_drill.restore_seconds:.1f}s"
+        verdict += f", restore {volume.last_drill.restore_seconds:.1f}s"
     return (
         volume.name,
-        last,
+        _last_run(volume.last_backup, now),
         newest,
         human_bytes(archive.size) if archive else "-",
-        drill,
+        verdict,
+        _last_run(volume.last_drill_run, now),
     )
+
+
+def _last_run(run: OperationRecord | None, now: datetime) -> str:
+    """Given a volume's last backup or drill run on this host, return it as the table shows
+    it. The last drill run stands beside the verdict: a run that could not reach one (a
+    wrong key, the engine down) leaves the last verdict standing, and must show."""
+    if run is None:
+        return "never (on this host)"
+    if run.outcome == "failed":
+        # a long reason is cut to fit the table (status --json has it whole)
+        return fit(f"FAILED {age(now - run.started)} ago: {run.error}", REASON_WIDTH)
+    return f"{run.outcome} {age(now - run.started)} ago"
 
 
 def _when(moment: datetime) -> str:

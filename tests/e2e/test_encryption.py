@@ -455,6 +455,35 @@ def test_after_a_key_rotation_one_identity_file_restores_old_and_new(api, volume
     assert not volume_exists(api, source + "_x")
 
 
+def test_status_shows_a_drill_that_could_not_run_beside_the_verdict_that_stands(
+    api, volumes, workspace
+):
+    source = volumes("wrong_key")
+    (mountpoint(api, source) / "data").write_text("data")
+    secret, public = new_key()
+    identity = write_identity(workspace.root / "identity.txt", secret)
+    workspace.write_config({"app": {"volumes": [source], "encryption": age([public], identity)}})
+    backup(workspace)
+    assert run(workspace, "drill", "app").returncode == 0
+    identity.unlink()
+    write_identity(identity, new_key()[0])  # the key rotated on disk, not in the recipients
+
+    drill = run(workspace, "drill", "app")
+
+    assert drill.returncode == 1, drill.stdout + drill.stderr
+    status = run(workspace, "status")
+    assert status.returncode == 0, status.stderr
+    header, row = [line.split("  ") for line in status.stdout.splitlines()[-2:]]
+    cells = dict(zip([cell.strip() for cell in header if cell.strip()],
+                     [cell.strip() for cell in row if cell.strip()], strict=True))  # fmt: skip
+    assert cells["DRILL VERDICT"].startswith("passed ")
+    assert cells["LAST DRILL RUN"].startswith("FAILED ")
+    [volume] = json.loads(run(workspace, "status", "--json").stdout)["policies"][0]["volumes"]
+    assert volume["last_drill"]["verdict"] == "passed"
+    assert volume["last_drill_run"]["outcome"] == "failed"
+    assert public in volume["last_drill_run"]["error"]
+
+
 def test_no_secret_key_is_ever_printed_or_stored(api, volumes, workspace):
     """Promise 6, over every command this module ran, and over a config that holds a
     secret where it does not belong (an error that must not echo it)."""
