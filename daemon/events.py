@@ -1,10 +1,10 @@
 """One stream of events: what happens to operations, announced once, read by every observer.
 
 An action announces an operation by running it in `operation(...)` (started, then finished
-or failed), and announces what it finds on the way with `emit` (a drill's verdict, the
-containers it stopped and started again). The daemon's scheduler adds its runs (a scheduled
-run started, finished, missed). The run history, systemd's STATUS= line, the metrics, the
-notifications and the status page subscribe; no action calls them.
+or failed), and announces what it finds on the way with `emit` (a drill's verdict, a volume
+that shrank, the containers it stopped and started again). The daemon's scheduler adds its
+runs (a scheduled run started, finished, missed). The run history, systemd's STATUS= line,
+the metrics, the notifications and the status page subscribe; no action calls them.
 
 Subscribers are called in the emitting thread, in the order they subscribed. They must be
 quick (hand slow work to a thread of their own) and must not fail: an exception of a
@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 import structlog
 
 from daemon.errors import VolkeepError
+from daemon.rules.shrink import Shrink
 from daemon.rules.verdict import DrillRecord
 
 log = structlog.get_logger()
@@ -79,6 +80,18 @@ class DrillVerdict:
 
     record: DrillRecord
     storage: str
+
+
+@dataclass(frozen=True)
+class VolumeShrank:
+    """A backup found that the volume lost most of its content (SPEC promise 13): the
+    backup is published, and retention keeps the archive before the loss until an
+    operator accepts the shrink or the longest keep window has passed."""
+
+    policy: str
+    volume: str
+    shrink: Shrink
+    at: datetime = field(default_factory=_now)
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,7 @@ Event = (
     | OperationFinished
     | OperationFailed
     | DrillVerdict
+    | VolumeShrank
     | ContainersStopped
     | ContainersStarted
     | RunStarted

@@ -16,6 +16,7 @@ from daemon import events
 from daemon.actions.context import Context
 from daemon.actions.failures import volume_failure
 from daemon.actions.prune import prune_after_backup
+from daemon.actions.shrink import newest_backup, notice_shrink
 from daemon.archive.compression import SUFFIXES, compressor
 from daemon.archive.digest import HashingWriter
 from daemon.archive.encryption import SUFFIX as AGE_SUFFIX
@@ -66,14 +67,8 @@ class BackupSource:
 
 def _expected_size(repositories: list[Repository], source: BackupSource) -> int | None:
     """Return the tar size of the volume's last backup: the estimate progress shows."""
-    for repository in repositories:
-        try:
-            keys = repository.backups(source.policy, source.volume.name)
-            if keys:
-                return repository.read_manifest(keys[0], entries=False).tar_size
-        except (OperationError, OSError):
-            continue
-    return None
+    previous = newest_backup(repositories, source.policy, source.volume.name)
+    return previous.tar_size if previous is not None else None
 
 
 @dataclass(frozen=True)
@@ -278,7 +273,9 @@ def back_up_one(
 ) -> Published:
     """The steps of one volume's scheduled or manual backup, in order (caller holds the lock).
 
-    Retention then runs in each storage that holds the new archive, by its own rules."""
+    A volume that lost most of its content since its last backup is warned about and
+    announced. Retention then runs in each storage that holds the new archive, by its own
+    rules (and the shrink guard)."""
     api = ctx.docker()
     volume = require_volume(api, name, policy.name)
     source = BackupSource(
@@ -290,6 +287,7 @@ def back_up_one(
         policy.exclude,
         recipients=tuple(ctx.recipients(policy)),
     )
+    previous = newest_backup(repositories, policy.name, name)  # read before any stop
     hooks = policy.hooks_for(name)
     with after_hooks(api, hooks.after):
         run_before_hooks(api, hooks.before)
@@ -311,6 +309,7 @@ def back_up_one(
                 api, repositories, source, on_stream_end=start_again, spool_dir=ctx.state_dir
             )
         events.containers_started(policy.name, name, [c.name for c in stopping])
+        notice_shrink(previous, published.manifest)
         for repository in published.repositories:
             prune_after_backup(ctx, policy, repository, name)
     return published

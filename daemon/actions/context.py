@@ -23,7 +23,11 @@ from daemon.config.keys import (
 from daemon.config.model import Config, Policy
 from daemon.engine.client import connect
 from daemon.engine.journal import journals, restart_pending
-from daemon.engine.leftovers import remove_half_restored, remove_leftovers
+from daemon.engine.leftovers import (
+    half_restored_by,
+    remove_half_restored_volume,
+    start_removing_leftovers,
+)
 from daemon.errors import DockerUnavailable, OperationError, UsageError
 from daemon.repository.store import Repository
 from daemon.state.history import History
@@ -45,18 +49,27 @@ class Context:
     lock_wait: float = 0.0
     stopping: threading.Event = field(default_factory=threading.Event)
     _api: docker.APIClient | None = field(default=None, repr=False)
+    _cleanup: threading.Thread | None = field(default=None, repr=False)
     _stores: dict[str, BlobStore] = field(default_factory=dict, repr=False)
 
     def docker(self) -> docker.APIClient:
         """Return the engine client, connecting on first use; then first start again the
-        containers a crashed volkeep left stopped, and remove its leftovers."""
+        containers a crashed volkeep left stopped (SPEC promise 3: before anything else),
+        and start removing its leftovers beside the operation (`wait_for_cleanup`)."""
         if self._api is None:
             self._api = connect()
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             restart_pending(self._api, self.state_dir)
-            remove_leftovers(self._api)
-            remove_half_restored(self._api, self.state_dir)
+            self._cleanup = start_removing_leftovers(self.state_dir)
         return self._api
+
+    def wait_for_cleanup(self) -> None:
+        """Return once the removal of dead processes' leftovers that `docker` started has
+        ended (at once if none was started), saying what it waits for."""
+        if self._cleanup is None or not self._cleanup.is_alive():
+            return
+        log.info("waiting for the removal of what dead volkeep processes left behind")
+        self._cleanup.join()
 
     def recover(self) -> None:
         """If a volkeep process may have died with containers stopped, connect to the engine
@@ -78,6 +91,9 @@ class Context:
         with volume_lock(
             self.state_dir, volume, operation, wait=self.lock_wait, cancel=self.stopping
         ):
+            # a dead restore's half-restored volume is this operation's business: gone first
+            if half_restored_by(self.state_dir, volume) is not None:
+                remove_half_restored_volume(self.docker(), self.state_dir, volume)
             yield
 
     @contextmanager

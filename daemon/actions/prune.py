@@ -5,8 +5,9 @@ For each volume, under its lock:
 1. Remove the volume's garbage: partial files of crashed backups, and archive files whose
    manifest is gone (a prune that died between deleting the manifest and the archive).
    A dry run removes nothing and does not report garbage.
-2. Read every committed archive's manifest and drill record. The backups (not safety
-   archives) are the candidates of `retention.select`.
+2. Read every committed archive's manifest and drill record, and the volume's shrink
+   acceptances. The backups (not safety archives) are the candidates of `retention.select`,
+   under the volume's shrink guard (`daemon.rules.shrink`).
 3. Delete, oldest first, each backup the selection lets go: ask `retention.may_delete`
    right before `Repository.delete`, which removes the manifest (the commit marker) first,
    then the archive file and its records.
@@ -38,9 +39,11 @@ from daemon.actions.failures import volume_failure
 from daemon.archive.manifest import Manifest
 from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError, combined_failure
+from daemon.repository.acceptances import read_acceptances
 from daemon.repository.garbage import remove_garbage
 from daemon.repository.layout import ArchiveKey
 from daemon.repository.store import Repository
+from daemon.rules import shrink
 from daemon.rules.retention import Candidate, Decision, may_delete, select
 
 log = structlog.get_logger()
@@ -146,11 +149,12 @@ def prune_volume(
                 for blob in remove_garbage(repository, policy.name, volume):
                     log.warning("removed an incomplete archive file", file=blob)
             backups, kept_aside = _read_archives(repository, policy.name, volume)
+            guard = _shrink_guard(policy, repository, volume)
         except OSError as error:
             raise _prune_error(repository, policy.name, volume, None, error) from None
         candidates = [backup.candidate for backup in backups.values()]
         rules = policy.retention_for(repository.name)
-        decisions = select(candidates, rules, policy.timezone, now) + kept_aside
+        decisions = select(candidates, rules, policy.timezone, now, shrink=guard) + kept_aside
         decisions.sort(key=lambda decision: decision.id, reverse=True)
         doomed = [backups[decision.id] for decision in reversed(decisions) if not decision.keep]
         kept = len(decisions) - len(doomed)
@@ -158,10 +162,36 @@ def prune_volume(
             log.info("prune planned, nothing deleted (dry run)", kept=kept, to_delete=len(doomed))
             return decisions
         for backup in doomed:
-            _delete(repository, backup, candidates, now)
+            _delete(repository, backup, candidates, now, guard)
         freed = sum(backup.manifest.size for backup in doomed)
         log.info("prune finished", kept=kept, deleted=len(doomed), freed=freed)
         return decisions
+
+
+def pending_shrinks(
+    policy: Policy, repository: Repository, volume: str, now: datetime
+) -> list[shrink.Shrink]:
+    """Given a volume, return the shrinks for which retention keeps archives in the
+    repository at `now` (none accepted yet, within the longest keep window), oldest first.
+
+    Raise OSError if the storage cannot be read.
+    """
+    present = []
+    for key in repository.backups(policy.name, volume):
+        try:
+            manifest = repository.read_manifest(key, entries=False)
+        except OperationError:
+            continue  # retention does not count it either
+        if manifest.started <= now:
+            present.append(Candidate(key.id, manifest.started, False, manifest.content))
+    return shrink.pending(present, _shrink_guard(policy, repository, volume), now)
+
+
+def _shrink_guard(policy: Policy, repository: Repository, volume: str) -> shrink.Guard:
+    """Given a volume, return its shrink guard in the repository: the storage's keep
+    rules and the acceptances recorded there. Raise OSError."""
+    rules = policy.retention_for(repository.name)
+    return shrink.guard(rules, read_acceptances(repository, policy.name, volume))
 
 
 def _recorded_prune(
@@ -200,20 +230,26 @@ def _read_archives(
             continue
         drill = repository.read_drill(key)
         passed = drill is not None and drill.passed
-        backups[key.id] = _StoredBackup(key, manifest, Candidate(key.id, manifest.started, passed))
+        candidate = Candidate(key.id, manifest.started, passed, manifest.content)
+        backups[key.id] = _StoredBackup(key, manifest, candidate)
     return backups, kept_aside
 
 
 def _delete(
-    repository: Repository, backup: _StoredBackup, candidates: list[Candidate], now: datetime
+    repository: Repository,
+    backup: _StoredBackup,
+    candidates: list[Candidate],
+    now: datetime,
+    guard: shrink.Guard,
 ) -> None:
-    """Given a backup retention let go, delete it if the safety predicate agrees.
+    """Given a backup retention let go, delete it if the safety predicate agrees (under
+    the volume's shrink guard).
 
     Raise OperationError naming the archive if the predicate refuses or the storage fails.
     """
     key = backup.key
     with structlog.contextvars.bound_contextvars(archive=key.id):
-        if not may_delete(key.id, candidates, now):
+        if not may_delete(key.id, candidates, now, shrink=guard):
             raise OperationError(
                 "refused to delete: a safety rule protects this archive",
                 policy=key.policy,

@@ -9,6 +9,7 @@ daemon runs, and without the engine. It changes nothing.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -160,16 +161,24 @@ class Status:
 def collect_status(ctx: Context, now: datetime) -> Status:
     """Given the config and the state dir, return the status at `now`."""
     config, state_dir = ctx.config, ctx.state_dir
-    running = daemon_running(state_dir)
-    heartbeat = read_heartbeat(state_dir)
-    history = History(state_dir)
-    backups = {
-        key: _interrupted(record) for key, record in history.last_operations("backup").items()
-    }
-    drills = history.last_operations("drill")
-    anchors = history.schedule_anchors()
-    planned = heartbeat.next_runs if running and heartbeat is not None else None
     notes: list[str] = []
+    heartbeat = read_heartbeat(state_dir)
+    try:
+        running = daemon_running(state_dir)
+        history = History(state_dir)
+        backups = {
+            key: _interrupted(record) for key, record in history.last_operations("backup").items()
+        }
+        drills = history.last_operations("drill")
+        anchors = history.schedule_anchors()
+    except (OSError, sqlite3.Error) as error:  # a user who may not read root's state dir
+        reason = f"{error.filename}: {error.strerror}" if isinstance(error, OSError) else error
+        notes.append(
+            f"the state dir {state_dir} cannot be read ({reason}): this host's run history "
+            "and whether the daemon runs are not shown; run as root, or give --state-dir"
+        )
+        running, backups, drills, anchors = False, {}, {}, {}
+    planned = heartbeat.next_runs if running and heartbeat is not None else None
     selected: dict[str, list[str]] = {}
     try:
         api = connect(timeout=ENGINE_TIMEOUT_SECONDS)

@@ -45,6 +45,7 @@ from daemon.archive.entries import ENCODING, EntryEncoder, EntryFormatError, dec
 from daemon.archive.sealing import Decrypt, Readable, SectionWriter, section_reader
 from daemon.archive.tarstream import Member
 from daemon.config.keys import EncryptionError, Recipient
+from daemon.rules.shrink import Content
 
 FORMAT_VERSION = 2
 LEGACY_FORMAT = 1
@@ -95,6 +96,12 @@ class Manifest:
     entry_count: int = 0
     hardlinks: int | None = None  # hard-link entries; None: not recorded (format 1)
     entries: Iterable[Member] = field(default=(), compare=False, repr=False)
+
+    @property
+    def content(self) -> Content:
+        """What the volume held, as the shrink guard measures it: the objects and the tar's
+        bytes, which every format records."""
+        return Content(self.entry_count, self.tar_size)
 
     def to_json(self) -> bytes:
         """Return the manifest file of a manifest whose entries are at hand (in clear):

@@ -28,6 +28,7 @@ from daemon.actions.init import run_init
 from daemon.actions.listing import ArchiveRow, archive_files, drill_summary, list_archives
 from daemon.actions.prune import run_prune
 from daemon.actions.restore import RestoreRequest, restore_volume
+from daemon.actions.shrink import Accepted, run_accept_shrink
 from daemon.actions.status import collect_status, describe_status
 from daemon.actions.validate import validate
 from daemon.archive.tarstream import Member
@@ -48,6 +49,7 @@ from daemon.errors import (
     VolkeepError,
 )
 from daemon.repository.store import Repository
+from daemon.rules import shrink
 from daemon.rules.retention import Decision, format_duration
 from daemon.rules.verdict import DrillRecord
 from daemon.service.scheduler import run_daemon
@@ -199,6 +201,23 @@ def _parser() -> argparse.ArgumentParser:
         "--storage", type=NAME, help="only this storage (default: each of the policy's)"
     )
 
+    accept_shrink = commands.add_parser(
+        "accept-shrink",
+        help="let retention delete the archives kept because a volume lost most of its content",
+        description="A backup that finds the volume holding fewer than half the objects or "
+        "half the tar bytes of the backup before it is a shrink: retention then keeps the "
+        "backup before the loss (and the first after it) until you accept the shrink here, "
+        "or the longest keep window has passed. Accepting the newest shrink accepts every "
+        "earlier one. The acceptance is recorded in the storage, for every prune to see.",
+    )
+    accept_shrink.add_argument("policy")
+    accept_shrink.add_argument(
+        "--volume", type=VOLUME, required=True, help="the volume whose shrink is meant"
+    )
+    accept_shrink.add_argument(
+        "--storage", type=NAME, help="only in this storage (default: each of the policy's)"
+    )
+
     drill = commands.add_parser(
         "drill", help="restore archives into a scratch volume and compare them with their manifest"
     )
@@ -345,6 +364,25 @@ def _print_prune(
     deleted = sum(not decision.keep for decision in decisions)
     outcome = f"{deleted} to delete (dry run: nothing deleted)" if dry_run else f"{deleted} deleted"
     print(f"  {len(decisions) - deleted} kept, {outcome}")
+    every_reason = (reason for decision in decisions for reason in decision.reasons)
+    if any(reason.startswith(shrink.REASON_BEFORE) for reason in every_reason):
+        print(
+            f"  the volume shrank: if that was meant, `volkeep accept-shrink {policy.name} "
+            f"--volume {volume}` lets retention delete what it keeps for the shrink"
+        )
+
+
+def _print_accepted(policy: str, volume: str, accepted: Accepted) -> None:
+    """Print what accept-shrink did in one storage."""
+    address = f"{policy}/{volume} in {accepted.storage}"
+    found = accepted.shrink
+    if found is None:
+        print(f"{address}: no shrink pending")
+        return
+    print(
+        f"{address}: accepted the shrink {found.describe()}; retention may now delete "
+        f"{found.before} and the archives before it"
+    )
 
 
 def _print_drill(record: DrillRecord) -> None:
@@ -451,6 +489,9 @@ def _run_command(ctx: Context, args: argparse.Namespace) -> int:
     elif args.command == "prune":
         report = functools.partial(_print_prune, ctx.policy(args.policy), args.dry_run)
         run_prune(ctx, args.policy, args.volume, args.dry_run, args.storage, report=report)
+    elif args.command == "accept-shrink":
+        for accepted in run_accept_shrink(ctx, args.policy, args.volume, args.storage):
+            _print_accepted(args.policy, args.volume, accepted)
     elif args.command == "drill":
         run_drill(
             ctx,

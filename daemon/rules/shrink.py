@@ -128,19 +128,25 @@ class Guard:
 UNTIL_ACCEPTED = Guard()  # no acceptance, no window: the guard holds until accepted
 
 
+def between(before: Backup, after: Backup) -> Shrink | None:
+    """Given two consecutive backups of a volume, return the shrink between them, or None
+    if there is none (or the content of one is unknown)."""
+    if before.content is None or after.content is None:
+        return None
+    if not shrank(before.content, after.content):
+        return None
+    return Shrink(before.id, before.created, before.content, after.id, after.created, after.content)
+
+
 def shrinks(backups: Sequence[Backup]) -> list[Shrink]:
     """Given committed backups of one volume (those with unknown content take no part),
     return each shrink between two consecutive ones, oldest first."""
     known = sorted(
-        (backup.created, backup.id, backup.content)
-        for backup in backups
-        if backup.content is not None
+        (backup for backup in backups if backup.content is not None),
+        key=lambda backup: (backup.created, backup.id),
     )
-    found = []
-    for (before_created, before, was), (after_created, after, now) in itertools.pairwise(known):
-        if shrank(was, now):
-            found.append(Shrink(before, before_created, was, after, after_created, now))
-    return found
+    found = (between(before, after) for before, after in itertools.pairwise(known))
+    return [shrink for shrink in found if shrink is not None]
 
 
 def pending(backups: Sequence[Backup], guard: Guard, now: datetime) -> list[Shrink]:
