@@ -78,21 +78,36 @@ class OperationError(VolkeepError):
         return f"{address}: {self.message}" if address else self.message
 
 
-class StorageFailure(OperationError):
+class ArchiveFault(OperationError):
+    """The archive itself is at fault: damaged, unsafe, or not what its manifest says. A
+    drill ended by one is a failed verdict on the archive (daemon.rules.verdict)."""
+
+
+class EnvironmentFailure(OperationError):
+    """What an operation runs on failed (the Docker engine, a storage, a missing key), not
+    the archive or volume it works on. A drill ended by one is "not run": no verdict."""
+
+
+class StorageFailure(EnvironmentFailure):
     """A storage could not be read or written (unreachable, refused, full): a fault of the
     storage, not of the archive."""
 
 
-class KeyMissing(OperationError):
+class KeyMissing(EnvironmentFailure):
     """An encrypted archive and no identity that opens it: a fault of the setup, not of the
     archive."""
 
 
-class DockerUnavailable(VolkeepError):
+class EngineFailure(EnvironmentFailure):
+    """The Docker engine or a helper container failed: an engine error, the helper image
+    missing, a helper cancelled by volkeep's stop or killed."""
+
+
+class DockerUnavailable(EngineFailure):
     """The Docker engine does not answer."""
 
 
-class HostileArchive(OperationError):
+class HostileArchive(ArchiveFault):
     """An archive member would write outside the target or create something refused."""
 
 

@@ -45,26 +45,32 @@ from daemon.config.keys import Identities
 from daemon.config.model import DrillChoice, DrillConfig, Policy
 from daemon.engine.client import engine_failure
 from daemon.engine.helpers import helper_labels
-from daemon.engine.tarflavour import detect_flavour, volume_tar
+from daemon.engine.tarflavour import detect_flavour, keeps_xattrs, volume_tar
 from daemon.engine.volumes import create_volume, remove_volume
-from daemon.errors import (
-    DockerUnavailable,
-    KeyMissing,
-    OperationError,
-    StorageFailure,
-    UsageError,
-    combined_failure,
-)
+from daemon.errors import ArchiveFault, OperationError, UsageError, combined_failure
 from daemon.repository.layout import ArchiveKey
 from daemon.repository.locate import locate
 from daemon.repository.store import Repository
 from daemon.repository.verify import MembersDiffer, StoredArchive
-from daemon.rules.verdict import DrillRecord
+from daemon.rules.verdict import DrillRecord, Outcome, drill_outcome
 from daemon.terminal.progress import Progress
 
 log = structlog.get_logger()
 SCRATCH_PREFIX = "volkeep-drill-"
 NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+class DrillNotRun(OperationError):
+    """A drill that could not reach a verdict (the engine, the storage, a missing key or
+    volkeep itself failed): no verdict is recorded, the archive's last one stands."""
+
+    def __init__(self, key: ArchiveKey, ended_by: OperationError) -> None:
+        super().__init__(
+            f"drill not run, no verdict (the archive's last one stands): {ended_by.message}",
+            policy=key.policy,
+            volume=key.volume,
+            archive=key.id,
+        )
 
 
 class DrillFailed(OperationError):
@@ -101,8 +107,7 @@ def run_drill(
 
     Raise UsageError if an archive id is given for other than one volume. Every volume is
     attempted; raise OperationError at the end if any drill failed or could not run. A
-    drill that could not run (the engine or the storage failing) records no verdict on
-    the archive.
+    drill that could not run (DrillNotRun) records no verdict on the archive.
     """
     policy = ctx.policy(policy_name)
     chosen = storage or _drill_storage(policy)
@@ -110,15 +115,14 @@ def run_drill(
     if volumes:
         names = volumes
     elif archive_id is not None:  # an archive whose manifest is gone is still found
-        names = repositories[0].volumes(policy.name)
+        try:
+            names = repositories[0].volumes(policy.name)
+        except OSError as error:
+            raise repositories[0].failure(error, "cannot list the archives") from None
     else:
         names = drillable_volumes(repositories[0], policy.name)
     if archive_id is not None and len(names) != 1:
         raise UsageError("--archive names an archive of one volume: add --volume")
-    if not names:
-        raise OperationError(
-            f"no archive in storage {repositories[0].name!r} to drill", policy=policy.name
-        )
     api = ctx.docker()
     records: list[DrillRecord] = []
     failures: list[OperationError] = []
@@ -154,8 +158,23 @@ def drilled_repository(ctx: Context, policy: Policy) -> Repository:
 
 def drillable_volumes(repository: Repository, policy: str) -> list[str]:
     """Return the volumes the policy has backups of in the repository (a volume holding
-    only safety archives has nothing to drill)."""
-    return [volume for volume in repository.volumes(policy) if repository.backups(policy, volume)]
+    only safety archives has nothing to drill).
+
+    Raise StorageFailure if the storage cannot be listed, OperationError if it holds no
+    backup of the policy: a drill with nothing to drill has failed, not passed.
+    """
+    try:
+        names = repository.volumes(policy)
+        drillable = [volume for volume in names if repository.backups(policy, volume)]
+    except OSError as error:
+        raise repository.failure(error, "cannot list the archives") from None
+    if not drillable:
+        raise OperationError(
+            f"nothing to drill: storage {repository.name!r} ({repository.describe()}) holds "
+            "no backup of this policy; see that its backups run (volkeep list, volkeep status)",
+            policy=policy,
+        )
+    return drillable
 
 
 def choose_archives(
@@ -204,8 +223,8 @@ def pick_archives(
     if choice == "random":
         return (chance or random.SystemRandom()).sample(keys, min(count, len(keys)))
 
-    def order(key: ArchiveKey) -> tuple[bool, datetime, str]:
-        return key in last_drilled, last_drilled.get(key, NEVER), key.id
+    def order(key: ArchiveKey) -> tuple[bool, datetime, ArchiveKey]:
+        return key in last_drilled, last_drilled.get(key, NEVER), key
 
     return sorted(keys, key=order)[:count]
 
@@ -215,9 +234,9 @@ def _recorded_drill(
 ) -> DrillRecord:
     """Given an archive (the caller holds its volume's lock), drill it and record the verdict
     beside the archive and in the run history; return it. Raise DrillFailed with the
-    verdict if it failed; OperationError if the drill could not run (no verdict is then
-    recorded beside the archive: an engine hiccup says nothing of the archive) or the
-    verdict cannot be written."""
+    verdict if it failed; DrillNotRun if the drill could not run (it is recorded in the
+    run history as a failed drill, and nothing beside the archive: an engine hiccup says
+    nothing of the archive); StorageFailure if the verdict cannot be written."""
     with (
         structlog.contextvars.bound_contextvars(archive=key.id, storage=repository.name),
         ctx.history.operation("drill", policy.name, key.volume) as operation,
@@ -259,14 +278,17 @@ def drill_archive(
     compare what comes back with its manifest, and return the verdict (not yet recorded).
     A comparison that must sort spills to `spool_dir` (the state dir).
 
-    Failures of the archive are the verdict, not exceptions. Raise OperationError if the
-    drill could not run: the engine or the storage failed, which is no verdict.
+    Failures of the archive are the verdict, not exceptions (`drill_outcome` says which).
+    Raise DrillNotRun if anything else ended the drill: the engine, the storage, a missing
+    key or volkeep itself, which is no verdict.
     """
     started = time.monotonic()
-    restore_seconds, restored, comparison, reason = 0.0, 0, Comparison(), None
-    encrypted = False
+    restore_seconds, restored, comparison = 0.0, 0, Comparison()
+    encrypted, sha256 = False, None
+    ended_by: OperationError | None = None
     try:
-        encrypted = repository.read_manifest(key, entries=False).encryption is not None
+        summary = repository.read_manifest(key, entries=False)
+        encrypted, sha256 = summary.encryption is not None, summary.sha256
         manifest = repository.read_manifest(key, identities=identities)
         archive = StoredArchive(repository, key, manifest, identities, spool_dir)
         with scratch_volume(api, key.volume) as scratch:
@@ -275,20 +297,27 @@ def drill_archive(
             restore_seconds, restored = time.monotonic() - started, manifest.tar_size
             found = ReadBack(api, image, scratch, key.volume, manifest.tar_size, spool_dir)
             comparison = compare_trees(
-                manifest.entries, found, hard_links=manifest.hardlinks != 0, spool_dir=spool_dir
+                manifest.entries,
+                found,
+                hard_links=manifest.hardlinks != 0,
+                spool_dir=spool_dir,
+                xattrs=found.records_xattrs(manifest.tar_flavour),
             )
         log.info(
             "compared with the manifest", objects=comparison.compared, sorted=comparison.sorted
         )
-        reason = comparison.summary() or None
+        if not comparison.identical:
+            ended_by = ArchiveFault(comparison.summary())
     except MembersDiffer as error:
-        comparison, reason = error.comparison, error.message
-    except (StorageFailure, DockerUnavailable, KeyMissing):
-        raise
+        comparison, ended_by = error.comparison, error
     except OperationError as error:
-        reason = error.message
+        ended_by = error
     except (docker.errors.APIError, requests.RequestException) as error:
-        raise engine_failure(error) from None
+        ended_by = engine_failure(error)
+    outcome = drill_outcome(ended_by)
+    if ended_by is not None and outcome is Outcome.NOT_RUN:
+        raise DrillNotRun(key, ended_by)
+    reason = ended_by.message if ended_by is not None else None
     if encrypted and comparison.count:
         reason = f"{comparison.count} objects differ from the manifest (their paths are not "
         reason += "recorded in clear: the archive is encrypted)"
@@ -296,7 +325,7 @@ def drill_archive(
         policy=key.policy,
         volume=key.volume,
         archive=key.id,
-        passed=reason is None,
+        passed=outcome is Outcome.PASSED,
         finished=datetime.now(UTC),
         duration=time.monotonic() - started,
         restore_seconds=restore_seconds,
@@ -305,6 +334,7 @@ def drill_archive(
         # the record is clear text beside the archive: an encrypted archive's paths stay out
         differences=[] if encrypted else comparison.differences,
         difference_count=comparison.count,
+        archive_sha256=sha256,
     )
 
 
@@ -332,6 +362,13 @@ class ReadBack:
     owner: str
     expected_size: int
     state_dir: Path | None = None  # where the helper's pipe goes (daemon.engine.pipe)
+
+    def records_xattrs(self, backed_up_with: str) -> bool:
+        """Given the tar flavour that wrote the archive (its manifest's), say whether it and
+        the tar that reads the volume back both record extended attributes: only then can
+        they be compared (busybox tar records none)."""
+        flavour = detect_flavour(self.api, self.image)
+        return keeps_xattrs(backed_up_with) and keeps_xattrs(flavour.name)
 
     def __iter__(self) -> Iterator[Member]:
         members: list[Member] = []

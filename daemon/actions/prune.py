@@ -28,7 +28,7 @@ last step of a backup) or on an explicit `volkeep prune`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -41,10 +41,11 @@ from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.repository.acceptances import read_acceptances
 from daemon.repository.garbage import remove_garbage
-from daemon.repository.layout import ArchiveKey
+from daemon.repository.layout import DRILL_SUFFIX, ArchiveKey
 from daemon.repository.store import Repository
 from daemon.rules import shrink
 from daemon.rules.retention import Candidate, Decision, may_delete, select
+from daemon.rules.verdict import DrillRecord, archive_verdict
 
 log = structlog.get_logger()
 
@@ -103,7 +104,8 @@ def run_prune(
                 ctx.volume_lock(name, f"prune of {policy.name}"),
             ):
                 if dry_run:
-                    decisions = prune_volume(policy, repository, name, dry_run=True)
+                    every = ctx.repositories(policy)
+                    decisions = prune_volume(policy, repository, name, dry_run=True, storages=every)
                 else:
                     decisions = _recorded_prune(ctx, policy, repository, name)
                 pruned[repository.name, name] = decisions
@@ -132,10 +134,12 @@ def prune_volume(
     *,
     dry_run: bool,
     now: datetime | None = None,
+    storages: Sequence[Repository] = (),
 ) -> list[Decision]:
     """Given a policy, one of its repositories and one volume whose lock the caller holds,
     apply the storage's retention to the volume's archives there and return one decision
-    per committed archive, newest first. With `dry_run`, change nothing.
+    per committed archive, newest first. With `dry_run`, change nothing. The drill
+    verdicts held in `storages` (the policy's others) count here too.
 
     Raise OperationError, naming the archive if there is one, if the storage fails, or if
     the selection chose an archive that a safety rule protects (that one is kept).
@@ -148,7 +152,7 @@ def prune_volume(
             if not dry_run:
                 for blob in remove_garbage(repository, policy.name, volume):
                     log.warning("removed an incomplete archive file", file=blob)
-            backups, kept_aside = _read_archives(repository, policy.name, volume)
+            backups, kept_aside = _read_archives(repository, policy.name, volume, storages)
             guard = _shrink_guard(policy, repository, volume)
         except OSError as error:
             raise _prune_error(repository, policy.name, volume, None, error) from None
@@ -199,17 +203,21 @@ def _recorded_prune(
 ) -> list[Decision]:
     """Given a volume whose lock the caller holds, prune it and record that in the history."""
     with ctx.history.operation("prune", policy.name, volume):
-        return prune_volume(policy, repository, volume, dry_run=False)
+        every = ctx.repositories(policy)
+        return prune_volume(policy, repository, volume, dry_run=False, storages=every)
 
 
 def _read_archives(
-    repository: Repository, policy: str, volume: str
+    repository: Repository, policy: str, volume: str, storages: Sequence[Repository]
 ) -> tuple[dict[str, _StoredBackup], list[Decision]]:
-    """Given a volume, return its committed backups by id, and a keep decision for each
-    other committed archive (safety archives, unreadable manifests) with why.
+    """Given a volume, return its committed backups by id, each drill-passed if the verdict
+    that counts for it in any of `storages` (and this one) passed, and a keep decision for
+    each other committed archive (safety archives, unreadable manifests) with why.
 
-    Raise OSError if the storage cannot be read.
+    Raise OSError if the storage cannot be read, StorageFailure if one of `storages` cannot.
     """
+    others = [storage for storage in storages if storage.name != repository.name]
+    verdicts = _verdicts([repository, *others], policy, volume)
     backups = {}
     kept_aside = []
     for key in repository.archives(policy, volume):
@@ -228,11 +236,33 @@ def _read_archives(
                 Decision(key.id, True, ("safety archive, kept until removed by hand",))
             )
             continue
-        drill = repository.read_drill(key)
-        passed = drill is not None and drill.passed
+        verdict = archive_verdict(verdicts.get(key.id, ()), manifest.sha256)
+        passed = verdict is not None and verdict.passed
         candidate = Candidate(key.id, manifest.started, passed, manifest.content)
         backups[key.id] = _StoredBackup(key, manifest, candidate)
     return backups, kept_aside
+
+
+def _verdicts(
+    storages: Sequence[Repository], policy: str, volume: str
+) -> dict[str, list[DrillRecord]]:
+    """Given the storages whose verdicts count, return the drill records they hold of the
+    volume's archives, by archive id: a verdict belongs to the archive, whichever copy was
+    drilled (SPEC promise 12). An unreadable record is none (no proof).
+
+    Raise StorageFailure, naming the storage, if one cannot be listed: a verdict it holds
+    may protect an archive, so nothing is pruned without it.
+    """
+    found: dict[str, list[DrillRecord]] = {}
+    for storage in storages:
+        try:
+            files = storage.files(policy, volume)
+        except OSError as error:
+            raise storage.failure(error, "cannot read the drill verdicts") from None
+        for key, suffixes in files.items():
+            if DRILL_SUFFIX in suffixes and (record := storage.read_drill(key)) is not None:
+                found.setdefault(key.id, []).append(record)
+    return found
 
 
 def _delete(

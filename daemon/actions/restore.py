@@ -47,7 +47,7 @@ from daemon.engine.helpers import (
 from daemon.engine.journal import containers_stopped
 from daemon.engine.leftovers import restoring_marker
 from daemon.engine.volumes import VolumeInfo, create_volume, inspect_volume, remove_volume
-from daemon.errors import OperationError, UsageError
+from daemon.errors import EngineFailure, OperationError, UsageError
 from daemon.repository.locate import locate
 from daemon.repository.verify import StoredArchive, archive_chunks, verify_archive
 from daemon.system.readahead import read_ahead
@@ -133,9 +133,8 @@ def extract_into(
             pieces = read_ahead(archive_chunks(archive, include))
             put_archive(api, helper, TARGET, _counted(pieces, progress))
         except docker.errors.APIError as error:
-            raise OperationError(
-                f"the Docker engine failed to extract: {error.explanation}"
-            ) from None
+            failure = f"the Docker engine failed to extract: {error.explanation}"
+            raise EngineFailure(failure) from None
     progress.finish()
     if deferred:
         _create_links(api, image, target, owner, deferred, manifest.entries)

@@ -1,12 +1,14 @@
 """Compare a tree read back from a volume with the manifest written at backup time.
 
 Pure: it sees two streams of `Member`s and says, object by object, what differs: presence,
-type, mode, owner, size, content digest, link target, hard-link grouping and mtime.
+type, mode, owner, size, content digest, link target, hard-link grouping, mtime and, when
+both tars record them (`xattrs`), extended attributes.
 
 Two things are not differences. Which path of a hard-linked group the tar stream stores
 as the file and which as links depends on directory order, so groups compare as sets of
 paths. Mtimes compare in whole seconds: busybox tar writes no more, and the volume root's
-mtime is restored to the second.
+mtime is restored to the second. Extended attributes belong to the file, not the path: a
+hard link carries the attributes of the file its group stores.
 
 Memory does not grow with the number of objects. Objects pair by path. The manifest's
 entries come in the order of the backup's tar stream, the members read back in the order
@@ -86,6 +88,7 @@ def compare_trees(
     shown: int = SHOWN,
     *,
     hard_links: bool = True,
+    xattrs: bool = False,
     window: int = WINDOW,
     run: int = RUN,
     spool_dir: Path | None = None,
@@ -93,11 +96,13 @@ def compare_trees(
     """Given the manifest's entries and the members read back (each in stream order, and
     each iterable again, giving the same members), return every difference between them,
     naming the first `shown`. `hard_links=False` says that the manifest holds no hard
-    link, which spares a pass over it."""
+    link, which spares a pass over it; `xattrs` that both streams record extended
+    attributes (an object without any then has none), so that they are compared."""
     linked = _linked_paths(expected) if hard_links else frozenset()
     try:
         with _Sides(expected, actual, linked) as sides:
-            return _compare(_in_step(sides.expected, sides.actual, window), sides, shown)
+            pairs = _in_step(sides.expected, sides.actual, window)
+            return _compare(pairs, sides, shown, xattrs)
     except _OutOfStep:
         pass
     with (
@@ -105,7 +110,8 @@ def compare_trees(
         _Sorted(sides.expected, run, spool_dir) as expected_sorted,
         _Sorted(sides.actual, run, spool_dir) as actual_sorted,
     ):
-        return replace(_compare(_merged(expected_sorted, actual_sorted), sides, shown), sorted=True)
+        pairs = _merged(expected_sorted, actual_sorted)
+        return replace(_compare(pairs, sides, shown, xattrs), sorted=True)
 
 
 def _linked_paths(members: Iterable[Member]) -> frozenset[str]:
@@ -125,7 +131,8 @@ class _Side:
         self._members = iter(members)
         self._linked = linked
         self.first: dict[str, str] = {}  # hard-linked path -> the path stored as the file
-        self._stored: dict[str, tuple[int, str | None]] = {}  # size and digest of those
+        # size, digest and extended attributes of those
+        self._stored: dict[str, tuple[int, str | None, dict[str, str] | None]] = {}
         self.objects = self._resolved()
 
     def _resolved(self) -> Generator[Indexed, None, None]:
@@ -133,10 +140,12 @@ class _Side:
             if member.type == "hardlink" and member.link is not None:
                 first = self.first.get(member.link, member.link)
                 self.first[member.path] = self.first[first] = first
-                size, digest = self._stored.get(first, (UNKNOWN, None))
-                member = replace(member, type="file", link=None, size=size, sha256=digest)
+                size, digest, xattrs = self._stored.get(first, (UNKNOWN, None, None))
+                member = replace(
+                    member, type="file", link=None, size=size, sha256=digest, xattrs=xattrs
+                )
             elif member.path in self._linked:
-                self._stored[member.path] = (member.size, member.sha256)
+                self._stored[member.path] = (member.size, member.sha256, member.xattrs)
             yield index, member
 
     def groups(self) -> dict[str, frozenset[str]]:
@@ -325,7 +334,7 @@ class _Tally:
         return Comparison(differences[: self.shown], self.count, self.objects, self.compared)
 
 
-def _compare(pairs: Iterator[Pair], sides: _Sides, shown: int) -> Comparison:
+def _compare(pairs: Iterator[Pair], sides: _Sides, shown: int, xattrs: bool) -> Comparison:
     tally = _Tally(shown)
     # The hard-linked paths met: their place, whether both sides hold them, whether they
     # differ already. Their groups are compared once both streams have passed.
@@ -337,7 +346,7 @@ def _compare(pairs: Iterator[Pair], sides: _Sides, shown: int) -> Comparison:
         else:
             assert right is not None  # a pair has one side at least
             key, path = (1, right[0]), right[1].path
-        found = list(_differences(expected, actual))
+        found = list(_differences(expected, actual, xattrs))
         both = expected is not None and actual is not None
         tally.compared += both
         if path in sides.linked or path in sides.actual_side.first:
@@ -357,7 +366,7 @@ def _compare(pairs: Iterator[Pair], sides: _Sides, shown: int) -> Comparison:
     return tally.result()
 
 
-def _differences(expected: Member | None, actual: Member | None) -> Iterator[str]:
+def _differences(expected: Member | None, actual: Member | None, xattrs: bool) -> Iterator[str]:
     if actual is None:
         yield "missing"
         return
@@ -371,16 +380,32 @@ def _differences(expected: Member | None, actual: Member | None) -> Iterator[str
         yield f"mode {expected.mode:04o}≠{actual.mode:04o}"
     if (expected.uid, expected.gid) != (actual.uid, actual.gid):
         yield f"owner {expected.uid}:{expected.gid}≠{actual.uid}:{actual.gid}"
-    if UNKNOWN in (expected.size, actual.size):
-        pass  # a link whose stored file's content was not kept: groups tell
-    elif expected.size != actual.size:
+    # UNKNOWN: a link whose stored file's content and attributes were not kept (its group
+    # tells)
+    kept = UNKNOWN not in (expected.size, actual.size)
+    if kept and expected.size != actual.size:
         yield f"size {expected.size}≠{actual.size}"
-    elif expected.sha256 != actual.sha256:
+    elif kept and expected.sha256 != actual.sha256:
         yield "content"
+    if kept and xattrs:
+        yield from _xattr_differences(expected.xattrs or {}, actual.xattrs or {})
     if expected.link != actual.link:
         yield f"link {expected.link}≠{actual.link}"
     if math.floor(expected.mtime) != math.floor(actual.mtime):
         yield f"mtime {_time(expected.mtime)}≠{_time(actual.mtime)}"
+
+
+def _xattr_differences(expected: dict[str, str], actual: dict[str, str]) -> Iterator[str]:
+    """Name each extended attribute that differs; values are not shown (they may be
+    binary, or long)."""
+    for name in sorted(expected.keys() | actual.keys()):
+        shown = name if name.isprintable() else repr(name)
+        if name not in actual:
+            yield f"xattr {shown} missing"
+        elif name not in expected:
+            yield f"xattr {shown} unexpected"
+        elif expected[name] != actual[name]:
+            yield f"xattr {shown}"
 
 
 def _display(path: str) -> str:

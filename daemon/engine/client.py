@@ -10,7 +10,7 @@ import requests
 import structlog
 from docker.utils import kwargs_from_env
 
-from daemon.errors import DockerUnavailable, OperationError
+from daemon.errors import DockerUnavailable, EngineFailure
 
 log = structlog.get_logger()
 
@@ -72,14 +72,14 @@ def _why_unreachable(error: Exception, address: str) -> str:
     return _reason(error)
 
 
-def engine_failure(error: Exception) -> OperationError:
+def engine_failure(error: Exception) -> EngineFailure:
     """Given an error the Docker SDK raised mid-operation, return the error to report."""
     if isinstance(error, requests.Timeout):
-        return OperationError("the Docker engine did not answer in time (read timed out)")
+        return EngineFailure("the Docker engine did not answer in time (read timed out)")
     if isinstance(error, requests.ConnectionError):
-        return OperationError("the Docker engine went away (connection lost)")
+        return EngineFailure("the Docker engine went away (connection lost)")
     explanation = getattr(error, "explanation", None) or _reason(error)
-    return OperationError(f"the Docker engine failed: {explanation}")
+    return EngineFailure(f"the Docker engine failed: {explanation}")
 
 
 def _reason(error: Exception) -> str:

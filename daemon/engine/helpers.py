@@ -35,7 +35,7 @@ from docker.types import LogConfig
 from docker.types import Mount as DockerMount
 
 from daemon.engine.pipe import PIPE_TARGET, Pipe, PipeUnavailable, bind_refused
-from daemon.errors import OperationError
+from daemon.errors import EngineFailure
 from daemon.system.owner import this_process
 from daemon.system.readahead import read_ahead
 
@@ -205,8 +205,8 @@ def _registered(container: str) -> _LiveHelper:
     raise ValueError(f"{container} is not a live helper of this process")
 
 
-def _cancelled(container: str) -> OperationError:
-    return OperationError(f"helper {container[:12]} was cancelled: volkeep is stopping")
+def _cancelled(container: str) -> EngineFailure:
+    return EngineFailure(f"helper {container[:12]} was cancelled: volkeep is stopping")
 
 
 def put_archive(
@@ -215,28 +215,39 @@ def put_archive(
     """Stream a tar into `path` in a helper through the Engine's archive endpoint, which
     extracts it (into a volume mount: the helper's root file system is read-only).
 
-    Raise OperationError if `kill_helpers` cancelled the helper (the upload stops at the next
-    chunk), docker.errors.APIError if the engine cannot extract.
+    Raise EngineFailure if `kill_helpers` cancelled the helper (the upload stops at the next
+    chunk), docker.errors.APIError if the engine cannot extract. What `chunks` raises is
+    raised as it is: the HTTP client would report a reader's OSError (a storage failing
+    under the stream) as the engine's connection lost.
     """
     helper = _registered(container)
+    failed: list[BaseException] = []  # what the body itself raised
 
     def fed() -> Iterator[bytes | memoryview]:
-        for chunk in chunks:
-            if helper.cancelled.is_set():
-                raise _cancelled(container)
-            yield chunk
+        try:
+            for chunk in chunks:
+                if helper.cancelled.is_set():
+                    raise _cancelled(container)
+                yield chunk
+        except Exception as error:
+            failed.append(error)
+            raise
 
     if helper.cancelled.is_set():
         raise _cancelled(container)
     helper.uploading = True
     try:
         api.put_archive(container, path, fed())
+    except Exception:
+        if failed:
+            raise failed[0] from None
+        raise
     finally:
         helper.uploading = False
 
 
-def missing_image(image: str) -> OperationError:
-    return OperationError(
+def missing_image(image: str) -> EngineFailure:
+    return EngineFailure(
         f"helper image {image!r} is not on this Docker host: pull it or build it "
         "(scripts/build-helper-image.sh)"
     )
@@ -294,7 +305,7 @@ class HelperOutput:
     """
 
     def __init__(self, api: docker.APIClient, container_id: str, pipe: Pipe | None = None) -> None:
-        """Attach to the created helper and start it. Raise OperationError if
+        """Attach to the created helper and start it. Raise EngineFailure if
         `kill_helpers` cancelled it already."""
         if _registered(container_id).cancelled.is_set():
             raise _cancelled(container_id)

@@ -25,7 +25,7 @@ import structlog
 
 from daemon.engine import pipe
 from daemon.engine.helpers import HelperOutput, Mount, helper_container, missing_image, run_helper
-from daemon.errors import OperationError
+from daemon.errors import EngineFailure, OperationError
 
 SOURCE = "/src"
 log = structlog.get_logger()
@@ -59,6 +59,12 @@ class TarFlavour:
                 ".",
             ]
         return ["tar", "-c", "-f", output, "-C", source, "."]
+
+
+def keeps_xattrs(flavour: str) -> bool:
+    """Given a tar flavour's name, say whether the tar it writes records extended
+    attributes (GNU tar with `--xattrs`; busybox tar records none)."""
+    return flavour == "gnu"
 
 
 def parse_flavour(version_output: str) -> TarFlavour:
@@ -130,7 +136,7 @@ def _helper_tar(
         exit_code = output.wait()
     if exit_code > flavour.warning_exit:
         if exit_code >= KILLED and not output.stderr.strip():
-            raise OperationError(
+            raise EngineFailure(
                 f"the helper was stopped before its tar finished (exit {exit_code}): the "
                 "Docker engine stopped or killed it (an engine restart, or its memory limit)"
             )

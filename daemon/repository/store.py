@@ -23,7 +23,7 @@ from daemon.archive.manifest import EntriesSealed, Manifest, ManifestError, read
 from daemon.archive.sealing import opener
 from daemon.archive.tarstream import Member
 from daemon.config.keys import Identities
-from daemon.errors import KeyMissing, OperationError, StorageFailure
+from daemon.errors import ArchiveFault, KeyMissing, OperationError, StorageFailure
 from daemon.repository.layout import (
     DRILL_SUFFIX,
     MANIFEST_SUFFIX,
@@ -250,9 +250,10 @@ class StoredEntries:
 
 
 def archive_error(
-    key: ArchiveKey, message: str, kind: type[OperationError] = OperationError
+    key: ArchiveKey, message: str, kind: type[OperationError] = ArchiveFault
 ) -> OperationError:
-    """Given an archive and what is wrong with it, return the error addressed to it."""
+    """Given an archive and what is wrong with it (by default the archive's own fault),
+    return the error addressed to it."""
     return kind(message, policy=key.policy, volume=key.volume, archive=key.id)
 
 

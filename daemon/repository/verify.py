@@ -24,7 +24,7 @@ from daemon.archive.manifest import Manifest
 from daemon.archive.safety import PathGuard, UnsafeMember
 from daemon.archive.tarstream import Emit, Include, Member, TarFormatError, TarScanner
 from daemon.config.keys import EncryptionError, Identities
-from daemon.errors import HostileArchive, KeyMissing, OperationError
+from daemon.errors import ArchiveFault, HostileArchive, KeyMissing
 from daemon.repository.layout import ArchiveKey
 from daemon.repository.store import Repository, archive_error, key_missing
 from daemon.system.readahead import read_ahead
@@ -32,7 +32,7 @@ from daemon.system.readahead import read_ahead
 READ_SIZE = 1 << 20
 
 
-class MembersDiffer(OperationError):
+class MembersDiffer(ArchiveFault):
     """The archive's members are not the objects its manifest lists."""
 
     def __init__(self, key: ArchiveKey, comparison: Comparison) -> None:
@@ -65,7 +65,8 @@ def _stream(
     scanner: TarScanner,
 ) -> Iterator[None]:
     """Feed the archive's tar stream to the scanner, yielding after each piece; check the
-    stored bytes against the manifest at the end. Errors name the archive."""
+    stored bytes against the manifest at the end. Errors name the archive; the storage
+    failing is a StorageFailure naming the storage (never the archive's fault)."""
     try:
         with closing(repository.open_archive(key, manifest)) as stored:
             hashing = HashingReader(stored)
@@ -97,6 +98,8 @@ def _stream(
         raise archive_error(key, str(error), KeyMissing) from None
     except EncryptionError as error:  # age authenticates every chunk: this is tampering
         raise archive_error(key, str(error)) from None
+    except OSError as error:  # the stored bytes could not be read
+        raise repository.failure(error, "cannot read the archive", key) from None
     _check_digest(key, manifest, hashing)
     try:
         scanner.close()

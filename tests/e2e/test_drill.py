@@ -340,3 +340,75 @@ def test_every_volume_is_drilled_even_after_one_fails(api, drilled, volumes):
     assert leftovers(api, drilled.volume) == leftovers(api, healthy) == []
     ambiguous = drilled.drill("--archive", drilled.archive_id)
     assert ambiguous.returncode == 2 and "add --volume" in ambiguous.stderr
+
+
+def backed_up_id(workspace: Workspace) -> str:
+    backup = workspace.run("backup", "app")
+    assert backup.returncode == 0, backup.stderr
+    time.sleep(1.1)  # archive ids have one-second resolution
+    return re.search(r"archive (\S+) ", backup.stdout).group(1)  # type: ignore[union-attr]
+
+
+def test_a_drill_that_cannot_run_keeps_the_verdict_and_retention_keeps_the_proven_archive(
+    api, volumes, workspace
+):
+    source = volumes("proven")
+    (mountpoint(api, source) / "data").write_text("one")
+    policy: dict[str, object] = {"volumes": [source], "retention": {"keep_last": 1}}
+    workspace.write_config({"app": policy})
+    proven = backed_up_id(workspace)
+    assert workspace.run("drill", "app").returncode == 0
+    record = workspace.archive_dir("app", source) / f"{source}-{proven}.drill.json"
+    passed = record.read_bytes()
+
+    # the engine cannot run the drill's helper: that says nothing of the archive
+    workspace.write_config({"app": {**policy, "helper_image": "volkeep-helper:absent"}})
+    not_run = workspace.run("drill", "app")
+
+    assert not_run.returncode == 1
+    last = not_run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"volkeep: app/{source}/{proven}: drill not run")
+    assert "helper image 'volkeep-helper:absent' is not on this Docker host" in last
+    [logged] = error_lines(not_run.stderr)
+    assert "drill not run" in logged["error"] and "Traceback" not in not_run.stderr
+    assert record.read_bytes() == passed
+    assert leftovers(api, source) == []
+    with sqlite3.connect(workspace.state_dir / "history.sqlite") as connection:
+        rows = list(connection.execute("SELECT kind, archive, outcome FROM operations"))
+    assert rows[-1] == ("drill", proven, "failed")
+
+    workspace.write_config({"app": policy})
+    (mountpoint(api, source) / "data").write_text("two")
+    newer = backed_up_id(workspace)
+    kept = {entry["id"] for entry in json.loads(workspace.run("list", "app", "--json").stdout)}
+    assert kept == {proven, newer}
+
+
+def test_a_verdict_protects_the_archive_in_every_storage_that_holds_it(api, volumes, workspace):
+    source = volumes("everywhere")
+    (mountpoint(api, source) / "data").write_text("one")
+    second = workspace.root / "second"
+    workspace.write_config(
+        {
+            "app": {
+                "volumes": [source],
+                "storage": ["local", {"name": "second", "retention": {"keep_last": 1}}],
+                "retention": {"keep_last": 1},
+            }
+        },
+        storages={"second": {"type": "local", "path": str(second)}},
+    )
+    proven = backed_up_id(workspace)
+    drill = workspace.run("drill", "app")  # drills the first storage
+    assert drill.returncode == 0, drill.stderr
+    assert not list(second.rglob("*.drill.json"))  # the verdict lives beside the drilled copy
+
+    (mountpoint(api, source) / "data").write_text("two")
+    newer = backed_up_id(workspace)
+
+    listed = json.loads(workspace.run("list", "app", "--json").stdout)
+    held = {(entry["storage"], entry["id"]) for entry in listed}
+    assert held == {("local", proven), ("local", newer), ("second", proven), ("second", newer)}
+    prune = workspace.run("prune", "app", "--dry-run")
+    assert prune.returncode == 0, prune.stderr
+    assert prune.stdout.count("newest drill-passed archive") == 2

@@ -271,3 +271,29 @@ def _memory(field: str) -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) << 10
     raise AssertionError(f"no {field} in /proc/self/status")
+
+
+def test_extended_attributes_compare_when_both_tars_record_them() -> None:
+    expected = tree()
+    expected[2] = file("docs/a.txt", "a", xattrs={"user.origin": "volkeep"})
+    expected[3] = file("docs/b.txt", "b", xattrs={"user.kept": "yes"})
+    readback = tree()
+    readback[2] = file("docs/a.txt", "a", xattrs={"user.origin": "elsewhere"})
+    readback[3] = file("docs/b.txt", "b")  # the restore lost it
+    readback[6] = replace(readback[6], xattrs={"user.new": "1"})
+
+    comparison = compare_trees(expected, readback, xattrs=True)
+
+    assert comparison.differences == [
+        "/docs/a.txt xattr user.origin",
+        "/docs/b.txt xattr user.kept missing",
+        "/docs/same xattr user.origin",  # a hard link of /docs/a.txt: the same file
+        "/fifo xattr user.new unexpected",
+    ]
+
+
+def test_extended_attributes_are_not_compared_when_the_read_back_tar_cannot_record_them() -> None:
+    expected = tree()
+    expected[2] = file("docs/a.txt", "a", xattrs={"user.origin": "volkeep"})
+
+    assert compare_trees(expected, tree()).identical

@@ -171,7 +171,7 @@ def test_an_archive_with_an_unreadable_manifest_is_kept(storage):
 def test_a_selection_that_errs_is_stopped_by_the_safety_predicate(storage, monkeypatch):
     older, newest = plant(storage, "2026-01-01T03:00"), plant(storage, "2026-01-02T03:00")
 
-    def delete_everything(candidates, *_):
+    def delete_everything(candidates, *_, **__):
         return [Decision(candidate.id, False, ()) for candidate in candidates]
 
     monkeypatch.setattr(prune, "select", delete_everything)
@@ -182,3 +182,28 @@ def test_a_selection_that_errs_is_stopped_by_the_safety_predicate(storage, monke
     assert refused.value.archive == newest.id
     assert older.id not in "".join(files(storage))  # deleted first, oldest first
     assert files(storage) == pair(newest)
+
+
+@pytest.mark.parametrize(
+    ("judged", "protected"),
+    [("0" * 64, True), (None, True), ("1" * 64, False)],
+    ids=["same stored bytes", "a record older than the digest", "other bytes"],
+)
+def test_a_verdict_in_another_storage_protects_the_same_archive_here(
+    tmp_path: Path, judged: str | None, protected: bool
+) -> None:
+    drilled = Repository(LocalStore("drilled", tmp_path / "drilled"), HOST, own=True)
+    offsite = Repository(LocalStore("local", tmp_path / "offsite"), HOST, own=True)
+    proven, newer = (plant(offsite, f"2026-01-{day:02d}T03:00") for day in (1, 2))
+    plant(drilled, "2026-01-01T03:00")
+    record = DrillRecord("app", VOLUME, proven.id, True, NOW, 1.0, 1.0, 1, archive_sha256=judged)
+    drilled.write_drill(proven, record)
+
+    decisions = prune_volume(
+        policy(keep_last=1), offsite, VOLUME, dry_run=False, now=NOW, storages=[drilled, offsite]
+    )
+
+    kept = {decision.id: decision.reasons for decision in decisions if decision.keep}
+    assert ("newest drill-passed archive" in kept.get(proven.id, ())) is protected
+    assert (proven.file_name(".manifest.json") in files(offsite)) is protected
+    assert newer.file_name(".manifest.json") in files(offsite)
