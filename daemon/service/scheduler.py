@@ -108,6 +108,7 @@ class Daemon:
             # connect, start again the containers a crash left stopped, remove leftovers
             ctx = Context(self.config, self._state_dir)
             ctx.docker()
+            ctx.wait_for_cleanup()  # at start-up, before any scheduled run
             remove_incomplete_archives(ctx)
             engine = connect(timeout=KILL_TIMEOUT_SECONDS)  # to abort: never wait long
             self._install_signal_handlers()
