@@ -565,6 +565,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         end_line()
         print(f"volkeep: {engine_failure(error)}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # the reader of the output left (`volkeep list --files | head`): stop quietly, with
+        # the status of a command that SIGPIPE ended, as git and cat do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 128 + signal.SIGPIPE
+    except OSError as error:  # a file volkeep may not read or write: name it
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"volkeep: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as error:  # the last line of defence: one line, never a traceback
         log.debug("internal error", exc_info=True)
         print(f"volkeep: internal error: {error!r} (run with --log-level debug)", file=sys.stderr)

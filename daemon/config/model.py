@@ -14,8 +14,14 @@ from typing import Literal
 
 CompressionAlgorithm = Literal["zstd", "gzip", "none"]
 DrillChoice = Literal["latest", "random", "oldest-unverified"]
-NotifyEvent = Literal["failure", "drill_failure", "recovered", "missed"]
-NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("failure", "drill_failure", "recovered", "missed")
+NotifyEvent = Literal["failure", "drill_failure", "recovered", "missed", "shrink"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
+    "failure",
+    "drill_failure",
+    "recovered",
+    "missed",
+    "shrink",
+)
 
 
 @dataclass(frozen=True)

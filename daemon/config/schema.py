@@ -361,8 +361,8 @@ NOTIFY_HELP = {
         "https://hc.example/ping/UUID",
     ),
     "events": Help(
-        "Which events go to the URLs: failure, drill_failure, recovered, missed (default: "
-        "all of them).",
+        "Which events go to the URLs: failure, drill_failure, recovered, missed, shrink "
+        "(default: all of them).",
         ["failure", "drill_failure"],
     ),
 }

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
 
 import pytest
 import yaml
@@ -176,3 +178,26 @@ def test_a_running_database_backed_up_live_is_warned_of_in_validate_and_backup(
     assert stopped.returncode == 0, stopped.stderr
     assert "warning:" not in stopped.stdout
     assert f"stops during the backup of {source}: {server}" in stopped.stdout
+
+
+def test_list_files_into_a_reader_that_leaves_early_ends_quietly(api, configured):
+    workspace, source = configured
+    root = mountpoint(api, source)
+    for index in range(3000):  # far more than a pipe holds
+        (root / f"file-{index:05}.txt").write_text("x")
+    assert workspace.run("backup", "app").returncode == 0
+
+    reader = subprocess.Popen(
+        workspace.command("list", "app", "--volume", source, "--files"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = reader.stdout.readline()  # as `| head -1` does: one line, then gone
+    reader.stdout.close()
+    errors = reader.stderr.read()
+    code = reader.wait(timeout=60)
+
+    assert first.split()[0] in ("dir", "file")
+    assert code == 128 + signal.SIGPIPE, errors
+    assert "volkeep:" not in errors and not PYTHON_REPR.search(errors), errors

@@ -19,10 +19,12 @@ from structlog.testing import capture_logs
 from daemon.config import load_config
 from daemon.config.model import Config
 from daemon.errors import ConfigError, OperationError
-from daemon.events import DrillVerdict, RunFinished, RunMissed, RunStarted
+from daemon.events import DrillVerdict, RunFinished, RunMissed, RunStarted, VolumeShrank
 from daemon.observe.notifications import apprise, healthchecks
 from daemon.observe.notifications.base import Notice, Undelivered, redacted
 from daemon.observe.notifications.dispatch import Notifications
+from daemon.rules.retention import Candidate
+from daemon.rules.shrink import Content, shrinks
 from daemon.rules.verdict import DrillRecord
 from daemon.state.history import History
 
@@ -241,3 +243,39 @@ def test_config_errors_about_notify_urls_never_echo_them(tmp_path: Path) -> None
     assert any("urls[1]" in problem and "the same URL as [0]" in problem for problem in problems)
     assert any("notify.ping" in problem for problem in problems)
     assert not any(word in " ".join(problems) for word in ("tok3n", "t0ken", "p1ng"))
+
+
+def shrank_volume(volume: str) -> VolumeShrank:
+    [found] = shrinks(
+        [
+            Candidate(
+                "20261127T030000Z",
+                datetime(2026, 11, 27, 3, tzinfo=UTC),
+                False,
+                Content(1200, 50 << 20),
+            ),
+            Candidate(
+                "20261128T030000Z", datetime(2026, 11, 28, 3, tzinfo=UTC), False, Content(1, 1536)
+            ),
+        ]
+    )
+    return VolumeShrank("app", volume, found)
+
+
+def test_a_volume_that_shrank_is_told_by_default_and_only_where_listed(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    url = f"json://{receiver.url[7:]}/apprise"
+    sender = notifications(tmp_path, f'{{urls: ["{url}"]}}')
+    sender(shrank_volume("app_db"))
+    sender.close()
+    [told] = receiver.apprise_messages()
+    assert told["type"] == "warning"
+    assert told["title"] == "volkeep on testhost: volume app_db of app lost most of its content"
+    assert "objects 1200 -> 1" in told["message"]
+    assert "volkeep accept-shrink app --volume app_db" in told["message"]
+
+    sender = notifications(tmp_path, f'{{urls: ["{url}"], events: [failure]}}')
+    sender(shrank_volume("app_db"))
+    sender.close()
+    assert len(receiver.apprise_messages()) == 1

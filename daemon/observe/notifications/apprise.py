@@ -12,6 +12,7 @@ TYPES: dict[NoticeKind, str] = {  # Apprise's notify types
     "drill_failure": "failure",
     "recovered": "success",
     "missed": "warning",
+    "shrink": "warning",
 }
 logging.getLogger("apprise").disabled = True
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
-NoticeKind = Literal["start", "success", "failure", "drill_failure", "recovered", "missed"]
+NoticeKind = Literal[
+    "start", "success", "failure", "drill_failure", "recovered", "missed", "shrink"
+]
 TIMEOUT_SECONDS = 10.0  # for one delivery; a notice is never worth holding the daemon
 
 

@@ -7,7 +7,8 @@
   scheduled backup or drill run that failed), `drill_failure` (a drill found an archive
   wanting), `recovered` (the first run without failure after a failed one, also across a
   restart: the run history says how the last one ended), `missed` (a scheduled run that
-  did not start on time).
+  did not start on time), `shrink` (a backup found the volume had lost most of its
+  content: retention keeps the archive before the loss until the shrink is accepted).
 
 Notices are delivered one after another by a worker thread, each with the service's own
 timeout; the event stream never waits for one.
@@ -22,7 +23,7 @@ from collections.abc import Callable
 import structlog
 
 from daemon.config.model import Config, NotifySettings
-from daemon.events import DrillVerdict, Event, RunFinished, RunMissed, RunStarted
+from daemon.events import DrillVerdict, Event, RunFinished, RunMissed, RunStarted, VolumeShrank
 from daemon.observe.notifications import apprise, healthchecks
 from daemon.observe.notifications.base import Notice, NoticeKind, Service, Undelivered, redacted
 from daemon.state.history import History
@@ -77,6 +78,19 @@ class Notifications:
             title += "did not start on time"
             body = f"It was due at {event.due:%Y-%m-%d %H:%M:%S %Z}: {event.why}."
             self._tell(Notice("missed", event.policy, title, body))
+        elif isinstance(event, VolumeShrank):
+            self._tell(self._shrink_notice(event))
+
+    def _shrink_notice(self, event: VolumeShrank) -> Notice:
+        found = event.shrink
+        title = f"volkeep on {self._host}: volume {event.volume} of {event.policy} lost most "
+        title += "of its content"
+        body = (
+            f"The backup {found.describe()}. Retention keeps {found.before}, the backup "
+            "before the loss, until the longest keep window has passed or the shrink is "
+            f"accepted: volkeep accept-shrink {event.policy} --volume {event.volume}"
+        )
+        return Notice("shrink", event.policy, title, body)
 
     def _first_miss(self, kind: str, policy: str) -> bool:
         """Whether this is the first run of the job missed since it last ran: one notice
