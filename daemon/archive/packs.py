@@ -1,0 +1,328 @@
+"""Packs and indexes: new chunks compressed one by one and gathered into packs of a few
+MiB, each pack self-describing, and an index of what a backup stored (docs/format-dedup.md).
+
+A pack is held in memory while it fills (up to the config's pack_size and one chunk), is
+sealed whole (one age stream when the policy encrypts: age's cost is per object, so per
+pack and not per chunk), named by the SHA-256 of its stored bytes and handed over to be
+stored. The index entries go into a spooled section as each pack is handed over: nothing
+grows with the number of chunks but what `KnownChunks` keeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import zstandard
+
+from daemon.archive.chunkconfig import AGE_MAGIC, ChunkConfig
+from daemon.archive.digest import HashingReader
+from daemon.archive.encryption import decrypting_reader, encrypting_writer
+from daemon.archive.sealing import Decrypt, Readable, section_reader
+from daemon.archive.spool import SpooledSection
+from daemon.config.keys import Identities, Recipient
+
+FOOTER_MAGIC = b"volkeep-pack 1 "
+FOOTER_SIZE = 32  # the magic, 16 decimal digits (the trailer's length), a newline
+INDEX_HEADER = b"volkeep-index 1\n"
+PACKS_KEPT = 4  # packs a ChunkReader keeps opened
+MAX_TRAILER = 64 << 20  # what a hostile footer may make a reader decompress
+_TRAILER_LINE = re.compile(r"([0-9a-f]{64}) ([0-9]+) ([0-9]+) ([0-9]+)")
+_INDEX_LINE = re.compile(r"([0-9a-f]{64}) ([0-9a-f]{64}) ([0-9]+) ([0-9]+) ([0-9]+)")
+
+
+class PackFormatError(ValueError):
+    """A pack or index that cannot be read: damaged, cut short or of an unknown version."""
+
+
+def pack_key(name: str) -> str:
+    """Given a pack's name, return its key under the chunk repository's directory."""
+    return f"packs/{name[:2]}/{name}"
+
+
+def index_key(name: str) -> str:
+    return f"index/{name}"
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    """Where a chunk lies in its pack's plain bytes: its zstd frame, and its plain size."""
+
+    chunk_id: str
+    offset: int
+    stored_length: int
+    plain_length: int
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """An index line: a chunk and where it is (its pack, then as in PackEntry)."""
+
+    chunk_id: str
+    pack: str
+    offset: int
+    stored_length: int
+    plain_length: int
+
+
+@dataclass(frozen=True)
+class SealedPack:
+    name: str  # the SHA-256 of `data`
+    data: bytes  # the stored bytes
+    entries: tuple[PackEntry, ...]
+
+
+class PackBuilder:
+    """Gathers compressed chunks; `seal` makes the pack."""
+
+    def __init__(self) -> None:
+        self._body = bytearray()
+        self._entries: list[PackEntry] = []
+
+    @property
+    def size(self) -> int:
+        return len(self._body)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, chunk_id: str, stored: bytes, plain_length: int) -> None:
+        self._entries.append(PackEntry(chunk_id, len(self._body), len(stored), plain_length))
+        self._body += stored
+
+    def seal(self, recipients: Sequence[Recipient]) -> SealedPack:
+        """Return the pack: the chunks, the trailer (zstd of one line per chunk: id, offset,
+        stored length, plain length) and the footer; as an age file if there are
+        recipients."""
+        lines = "".join(
+            f"{entry.chunk_id} {entry.offset} {entry.stored_length} {entry.plain_length}\n"
+            for entry in self._entries
+        )
+        trailer = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(lines.encode())
+        footer = FOOTER_MAGIC + b"%016d\n" % len(trailer)
+        self._body += trailer + footer
+        stored = bytes(self._body)
+        if recipients:
+            sealed = io.BytesIO()
+            writer = encrypting_writer(sealed, recipients)
+            try:
+                writer.write(stored)
+                writer.finish()
+            finally:
+                writer.close()
+            stored = sealed.getvalue()
+        return SealedPack(hashlib.sha256(stored).hexdigest(), stored, tuple(self._entries))
+
+
+class Pack:
+    """A pack's plain bytes, read: its entries from the trailer, and its chunks."""
+
+    def __init__(self, plain: bytes) -> None:
+        """Raise PackFormatError if the footer or trailer cannot be read."""
+        self._plain = plain
+        footer = plain[-FOOTER_SIZE:]
+        digits = footer[len(FOOTER_MAGIC) : -1]
+        if (
+            len(footer) != FOOTER_SIZE
+            or not footer.startswith(FOOTER_MAGIC)
+            or not digits.isdigit()
+        ):
+            raise PackFormatError("not a volkeep pack of version 1 (no footer)")
+        trailer_size = int(digits)
+        start = len(plain) - FOOTER_SIZE - trailer_size
+        if start < 0:
+            raise PackFormatError("the trailer is longer than the pack")
+        try:
+            lines = zstandard.ZstdDecompressor().decompress(
+                plain[start : start + trailer_size], max_output_size=MAX_TRAILER
+            )
+        except zstandard.ZstdError as error:
+            raise PackFormatError(f"damaged trailer: {error}") from None
+        self.entries = [_pack_entry(line, start) for line in lines.decode("ascii").splitlines()]
+
+    def chunk(self, entry: PackEntry) -> bytes:
+        """Return the plain bytes of one of the pack's chunks. Raise PackFormatError if they
+        cannot be decompressed to their recorded size."""
+        frame = self._plain[entry.offset : entry.offset + entry.stored_length]
+        try:
+            plain: bytes = zstandard.ZstdDecompressor().decompress(
+                frame, max_output_size=entry.plain_length
+            )
+        except zstandard.ZstdError as error:
+            raise PackFormatError(f"damaged chunk {entry.chunk_id}: {error}") from None
+        if len(plain) != entry.plain_length:
+            raise PackFormatError(
+                f"chunk {entry.chunk_id}: {len(plain)} bytes, not the size recorded"
+            )
+        return plain
+
+
+def _pack_entry(line: str, trailer_start: int) -> PackEntry:
+    match = _TRAILER_LINE.fullmatch(line)
+    if match is None:
+        raise PackFormatError(f"damaged trailer line {line[:80]!r}")
+    entry = PackEntry(match[1], int(match[2]), int(match[3]), int(match[4]))
+    if entry.offset + entry.stored_length > trailer_start:
+        raise PackFormatError(f"chunk {entry.chunk_id} lies outside the pack's chunks")
+    return entry
+
+
+def open_pack(
+    name: str, stored: bytes, identities: Identities | None, encrypted_to: Sequence[str] = ()
+) -> Pack:
+    """Given a pack's name and stored bytes (and identities if it is sealed), return it
+    read. Raise PackFormatError if the bytes are not the ones the name was taken of, or
+    cannot be read; EncryptionError if the identities cannot open them."""
+    if hashlib.sha256(stored).hexdigest() != name:
+        raise PackFormatError(f"pack {name}: its SHA-256 is not its name (damaged)")
+    if not stored.startswith(AGE_MAGIC):
+        return Pack(stored)
+    if identities is None:
+        raise PackFormatError("the pack is encrypted: it needs an identity")
+    with decrypting_reader(io.BytesIO(stored), identities, encrypted_to=encrypted_to) as plain:
+        return Pack(plain.read())
+
+
+class ChunkReader:
+    """Chunks by id, read from their packs: `locate` says where a chunk is (an index
+    lookup), `load` returns a pack's stored bytes. The packs read last are kept (a few:
+    a tar's chunks mostly come pack after pack); every chunk is checked against its id."""
+
+    def __init__(
+        self,
+        config: ChunkConfig,
+        locate: Callable[[str], IndexEntry | None],
+        load: Callable[[str], bytes],
+        identities: Identities | None = None,
+        encrypted_to: Sequence[str] = (),
+    ) -> None:
+        self._config = config
+        self._locate = locate
+        self._load = load
+        self._identities = identities
+        self._encrypted_to = encrypted_to
+        self._packs: dict[str, Pack] = {}
+
+    def __call__(self, chunk_id: str) -> bytes:
+        """Return the chunk's plain bytes. Raise PackFormatError if no index lists it, or
+        its pack or bytes are damaged."""
+        where = self._locate(chunk_id)
+        if where is None:
+            raise PackFormatError(f"chunk {chunk_id} is in no index")
+        pack = self._packs.pop(where.pack, None)
+        if pack is None:
+            stored = self._load(where.pack)
+            pack = open_pack(where.pack, stored, self._identities, self._encrypted_to)
+            if len(self._packs) >= PACKS_KEPT:
+                del self._packs[next(iter(self._packs))]
+        self._packs[where.pack] = pack  # the most recent last
+        entry = PackEntry(chunk_id, where.offset, where.stored_length, where.plain_length)
+        data = pack.chunk(entry)
+        if self._config.chunk_id(data) != chunk_id:
+            raise PackFormatError(f"chunk {chunk_id} in pack {where.pack}: not its content")
+        return data
+
+
+class KnownChunks(Protocol):
+    """The ids of the chunks the repository holds (and this backup stored so far)."""
+
+    def __contains__(self, chunk_id: object, /) -> bool: ...
+
+    def add(self, chunk_id: str, /) -> None: ...
+
+
+class ChunkWriter:
+    """Stores chunks: each is named by its id; a known one is not stored again; a new one
+    is compressed into the current pack. A full pack is sealed and given to `on_pack`
+    (which stores it, or raises), then its chunks are written to the index section."""
+
+    def __init__(
+        self,
+        config: ChunkConfig,
+        recipients: Sequence[Recipient],
+        known: KnownChunks,
+        on_pack: Callable[[SealedPack], object],
+        spool_dir: Path | None = None,
+    ) -> None:
+        self._config = config
+        self._recipients = recipients
+        self._known = known
+        self._on_pack = on_pack
+        self._compressor = zstandard.ZstdCompressor(level=config.chunk_level, write_checksum=True)
+        self._pack = PackBuilder()
+        self.index = SpooledSection(recipients, spool_dir)
+        self.index.write(INDEX_HEADER)
+        self.chunks = self.new_chunks = self.packs = 0
+        self.plain_bytes = self.new_plain_bytes = self.stored_bytes = 0
+
+    def add(self, data: bytes | bytearray | memoryview) -> str:
+        """Store one chunk (if it is new); return its id."""
+        chunk_id = self._config.chunk_id(data)
+        self.chunks += 1
+        self.plain_bytes += len(data)
+        if chunk_id in self._known:
+            return chunk_id
+        self._known.add(chunk_id)
+        self.new_chunks += 1
+        self.new_plain_bytes += len(data)
+        self._pack.add(chunk_id, self._compressor.compress(data), len(data))
+        if self._pack.size >= self._config.pack_size:
+            self._flush()
+        return chunk_id
+
+    def finish(self) -> None:
+        """Seal and hand over the last pack, then end the index section (to be stored once
+        every pack is)."""
+        if len(self._pack):
+            self._flush()
+        self.index.finish()
+
+    def _flush(self) -> None:
+        sealed = self._pack.seal(self._recipients)
+        self._pack = PackBuilder()
+        self._on_pack(sealed)
+        self.packs += 1
+        self.stored_bytes += len(sealed.data)
+        self.index.write(
+            "".join(
+                f"{entry.chunk_id} {sealed.name} {entry.offset} {entry.stored_length} "
+                f"{entry.plain_length}\n"
+                for entry in sealed.entries
+            ).encode()
+        )
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def read_index(name: str, source: Readable, decrypt: Decrypt | None) -> Iterator[IndexEntry]:
+    """Given an index's name and its stored bytes being read (sealed if `decrypt` is
+    given), yield its entries, streamed. Raise PackFormatError if it is damaged, cut short
+    (its SHA-256 is checked against its name after the last entry) or of another version;
+    EncryptionError if `decrypt` cannot open it."""
+    stored = HashingReader(source)
+    try:
+        with section_reader(stored, decrypt) as plain:
+            lines = io.TextIOWrapper(plain, encoding="ascii")  # type: ignore[type-var]
+            if lines.readline() != INDEX_HEADER.decode():
+                raise PackFormatError("not a volkeep index of version 1")
+            for line in lines:
+                yield _index_entry(line)
+        while stored.read(1 << 20):  # what follows the section, if anything, is damage
+            pass
+    except (zstandard.ZstdError, UnicodeDecodeError) as error:
+        raise PackFormatError(f"index {name}: damaged ({error})") from None
+    if stored.hexdigest() != name:
+        raise PackFormatError(f"index {name}: its SHA-256 is not its name (damaged)")
+
+
+def _index_entry(line: str) -> IndexEntry:
+    match = _INDEX_LINE.fullmatch(line.rstrip("\n"))
+    if match is None:
+        raise PackFormatError(f"damaged index line {line[:80]!r}")
+    return IndexEntry(match[1], match[2], int(match[3]), int(match[4]), int(match[5]))

@@ -1,0 +1,175 @@
+"""The chunk repository's config record, packs and indexes (docs/format-dedup.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+import zstandard
+from pyrage import x25519
+
+from daemon.archive.chunkconfig import (
+    ChunkConfig,
+    ChunkConfigError,
+    open_config,
+    seal_config,
+)
+from daemon.archive.chunking import ChunkerParameters
+from daemon.archive.packs import (
+    FOOTER_SIZE,
+    ChunkReader,
+    ChunkWriter,
+    IndexEntry,
+    PackFormatError,
+    SealedPack,
+    open_pack,
+    read_index,
+)
+from daemon.archive.sealing import opener
+from daemon.config.keys import Identities, Recipient, load_identities, parse_recipient
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[list[Recipient], Identities]:
+    identity = x25519.Identity.generate()
+    path = tmp_path / "identity.txt"
+    path.write_text(f"{identity}\n")
+    path.chmod(0o600)
+    return [parse_recipient(str(identity.to_public()))], load_identities(path)
+
+
+def write_chunks(
+    config: ChunkConfig, chunks: list[bytes], recipients: list[Recipient] = ()
+) -> tuple[list[SealedPack], ChunkWriter, list[str]]:
+    packs: list[SealedPack] = []
+    writer = ChunkWriter(config, recipients, set(), packs.append)
+    ids = [writer.add(chunk) for chunk in chunks]
+    writer.finish()
+    return packs, writer, ids
+
+
+def index_of(writer: ChunkWriter, decrypt=None) -> list[IndexEntry]:
+    stored = b"".join(writer.index.stored())
+    return list(read_index(writer.index.sha256, io.BytesIO(stored), decrypt))
+
+
+def test_the_config_record_round_trips_in_clear():
+    config = ChunkConfig.new()
+    stored = seal_config(config, [])
+    assert stored.startswith(b"{")
+    assert open_config(stored, None) == config
+    assert config.key.hex() not in repr(config)
+
+
+def test_a_sealed_config_record_hides_the_key(keys):
+    recipients, identities = keys
+    config = ChunkConfig.new()
+    stored = seal_config(config, recipients)
+    assert stored.startswith(b"age-encryption.org/v1\n")
+    assert config.key.hex().encode() not in stored and config.key not in stored
+    assert open_config(stored, identities) == config
+    with pytest.raises(ChunkConfigError, match="needs an identity"):
+        open_config(stored, None)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda text: text.replace('"version": 1', '"version": 2'), "version 2"),
+        (lambda text: text.replace("fastcdc-2020", "rabin"), "unknown chunker"),
+        (lambda text: text.replace("blake3-keyed", "sha256"), "unknown chunk id"),
+        (lambda text: text[:-10], "unreadable"),
+    ],
+)
+def test_a_config_record_volkeep_cannot_follow_is_refused(edit, message):
+    stored = seal_config(ChunkConfig.new(), []).decode()
+    with pytest.raises(ChunkConfigError, match=message):
+        open_config(edit(stored).encode(), None)
+
+
+def test_a_pack_is_self_describing_and_named_by_its_stored_bytes():
+    config = ChunkConfig.new()
+    chunks = [os.urandom(70_000), b"small", bytes(100_000)]
+    packs, writer, ids = write_chunks(config, chunks)
+    assert len(packs) == 1
+    pack = packs[0]
+    assert pack.name == hashlib.sha256(pack.data).hexdigest()
+    assert pack.data[-FOOTER_SIZE:].startswith(b"volkeep-pack 1 ")
+    opened = open_pack(pack.name, pack.data, None)
+    assert [entry.chunk_id for entry in opened.entries] == ids
+    assert [opened.chunk(entry) for entry in opened.entries] == chunks
+    # each chunk is one zstd frame at its offset: stock zstd reads it
+    entry = opened.entries[0]
+    frame = pack.data[entry.offset : entry.offset + entry.stored_length]
+    assert zstandard.ZstdDecompressor().decompress(frame) == chunks[0]
+    assert writer.stored_bytes == len(pack.data) and writer.new_chunks == 3
+
+
+def test_an_encrypted_pack_is_one_age_stream_with_nothing_in_clear(keys):
+    recipients, identities = keys
+    config = ChunkConfig.new()
+    marker = b"volkeep-plaintext-marker" * 100
+    packs, writer, ids = write_chunks(config, [marker], recipients)
+    stored = packs[0].data
+    assert stored.startswith(b"age-encryption.org/v1\n")
+    assert b"volkeep" not in stored[30:] and ids[0].encode() not in stored
+    assert (
+        open_pack(packs[0].name, stored, identities).chunk(
+            open_pack(packs[0].name, stored, identities).entries[0]
+        )
+        == marker
+    )
+    sealed_index = b"".join(writer.index.stored())
+    assert (
+        sealed_index.startswith(b"age-encryption.org/v1\n") and ids[0].encode() not in sealed_index
+    )
+    assert [entry.chunk_id for entry in index_of(writer, opener(identities, []))] == ids
+
+
+def test_known_chunks_are_not_stored_again():
+    config = ChunkConfig.new()
+    repeated = os.urandom(50_000)
+    packs, writer, ids = write_chunks(config, [repeated, b"other", repeated])
+    assert ids[0] == ids[2]
+    assert writer.chunks == 3 and writer.new_chunks == 2
+    assert len(open_pack(packs[0].name, packs[0].data, None).entries) == 2
+
+
+def test_packs_close_at_the_configured_size_and_the_index_lists_every_chunk():
+    config = ChunkConfig(os.urandom(32), ChunkerParameters(), pack_size=300_000)
+    chunks = [os.urandom(100_000) for _ in range(7)]
+    packs, writer, ids = write_chunks(config, chunks)
+    assert len(packs) == 3  # 3 + 3 + 1 chunks
+    assert all(len(pack.data) < 300_000 + 101_000 for pack in packs)
+    entries = index_of(writer)
+    assert [entry.chunk_id for entry in entries] == ids
+    assert {entry.pack for entry in entries} == {pack.name for pack in packs}
+    by_name = {pack.name: pack.data for pack in packs}
+    located = {entry.chunk_id: entry for entry in entries}
+    reader = ChunkReader(config, located.get, by_name.__getitem__)
+    assert [reader(chunk_id) for chunk_id in ids] == chunks
+
+
+def test_a_damaged_pack_or_index_is_refused():
+    config = ChunkConfig.new()
+    packs, writer, ids = write_chunks(config, [os.urandom(20_000)])
+    damaged = bytearray(packs[0].data)
+    damaged[100] ^= 1
+    with pytest.raises(PackFormatError, match="not its name"):
+        open_pack(packs[0].name, bytes(damaged), None)
+    with pytest.raises(PackFormatError, match="no footer"):
+        open_pack(hashlib.sha256(b"junk").hexdigest(), b"junk", None)
+    stored = b"".join(writer.index.stored())
+    with pytest.raises(PackFormatError):
+        list(read_index(writer.index.sha256, io.BytesIO(stored[:-8]), None))
+    # a chunk whose bytes are not its id's (another repository's key) is refused
+    other = ChunkConfig.new()
+    located = {entry.chunk_id: entry for entry in index_of(writer)}
+    reader = ChunkReader(other, located.get, lambda name: packs[0].data)
+    with pytest.raises(PackFormatError, match="not its content"):
+        reader(ids[0])
+    with pytest.raises(PackFormatError, match="in no index"):
+        reader("0" * 64)
