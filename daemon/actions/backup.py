@@ -319,21 +319,20 @@ def run_backup(
     ctx: Context,
     policy_name: str,
     requested: list[str],
-    report: Callable[[str, Published | OperationError], None],
+    report: Callable[[Published], None],
 ) -> list[Published]:
     """Back up the policy's volumes (or the requested ones), one after another, each into
-    every storage of the policy; give `report` each volume's outcome as it is reached: the
-    new archive, or the failure (both, for an archive some storage failed to take).
+    every storage of the policy; give `report` each new archive as it is published.
 
-    Every volume is attempted; raise OperationError at the end if any failed, or if a
-    storage failed to take its copy (naming the storage).
+    Every volume is attempted; a failed one is logged as it happens. Raise OperationError
+    at the end, naming each, if any failed, or if a storage failed to take its copy (naming
+    the storage): its one line is how the command line tells of a failure.
     """
     policy = ctx.policy(policy_name)
     repositories = ctx.repositories(policy)
     results = []
     failures: list[OperationError] = []
     for name in policy_volumes(ctx.docker(), policy, requested):
-        failed = len(failures)
         with (
             structlog.contextvars.bound_contextvars(policy=policy.name, volume=name),
             volume_failure(failures, "backup", policy.name, name),
@@ -344,11 +343,9 @@ def run_backup(
             operation.archive = published.manifest.id
             operation.bytes = published.manifest.size
             results.append(published)
-            report(name, published)
+            report(published)
             if published.failures:
                 raise partial_failure(published.failures)
-        for failure in failures[failed:]:
-            report(name, failure)
     if failures:
         raise combined_failure(failures, "backup", policy.name)
     return results

@@ -44,7 +44,6 @@ from daemon.errors import (
     EXIT_OK,
     EXIT_USAGE,
     ConfigError,
-    OperationError,
     UsageError,
     VolkeepError,
 )
@@ -398,13 +397,10 @@ def _print_drill(record: DrillRecord) -> None:
     )
 
 
-def _print_backup(volume: str, outcome: Published | OperationError) -> None:
-    """Print one volume's outcome: its new archive and where it is, or FAILED and why."""
-    if isinstance(outcome, OperationError):
-        print(f"{outcome.policy}/{volume}: {paint('FAILED')}: {outcome.message}")
-        return
-    manifest = outcome.manifest
-    storages = ", ".join(repository.name for repository in outcome.repositories)
+def _print_backup(published: Published) -> None:
+    """Print a new archive and where it is (a failure is told once, by the error line)."""
+    manifest = published.manifest
+    storages = ", ".join(repository.name for repository in published.repositories)
     objects = plural(manifest.entry_count, "object")
     print(
         f"{manifest.policy}/{manifest.volume}: archive {manifest.id} "
@@ -521,14 +517,9 @@ def _export(ctx: Context, args: argparse.Namespace) -> None:
         return
     if sys.stdout.isatty():
         raise UsageError("refusing to write a tar to a terminal: give -o FILE, or a pipe")
-    try:
-        stdout = Output("standard output", sys.stdout.buffer)
-        export_archive(ctx, policy, args.volume, args.archive, stdout, **where)
-        stdout.flush()
-    except OperationError:
-        # what is buffered must not be flushed at exit (into a closed pipe: a second error)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise
+    stdout = Output("standard output", sys.stdout.buffer)
+    export_archive(ctx, policy, args.volume, args.archive, stdout, **where)
+    stdout.flush()
 
 
 class Terminated(BaseException):

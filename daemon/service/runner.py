@@ -68,7 +68,7 @@ class ParallelLimit:
 
 
 def _back_up(ctx: Context, policy: str, volume: str) -> None:
-    run_backup(ctx, policy, [volume], report=lambda volume, outcome: None)
+    run_backup(ctx, policy, [volume], report=lambda published: None)
 
 
 def _drill(ctx: Context, policy: str, volume: str) -> None:

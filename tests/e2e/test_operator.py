@@ -201,3 +201,16 @@ def test_list_files_into_a_reader_that_leaves_early_ends_quietly(api, configured
     assert first.split()[0] in ("dir", "file")
     assert code == 128 + signal.SIGPIPE, errors
     assert "volkeep:" not in errors and not PYTHON_REPR.search(errors), errors
+
+
+def test_a_failed_backup_off_a_terminal_is_told_in_one_line(workspace: Workspace):
+    workspace.write_config({"app": {"volumes": ["vkt_never_created"]}})
+
+    result = workspace.run("backup", "app")
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    text = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert text == ["volkeep: app/vkt_never_created: no such Docker volume"], result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert [r["event"] for r in records if r["level"] == "error"] == ["backup failed"]
