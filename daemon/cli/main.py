@@ -438,6 +438,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run_command(ctx: Context, args: argparse.Namespace) -> int:
     if args.command == "validate":
+        for warning in ctx.config.warnings:
+            print(f"volkeep: warning: {warning}", file=sys.stderr)
         print(validate(ctx))
     elif args.command == "backup":
         run_backup(ctx, args.policy, args.volume, report=_print_backup)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import yaml
 
 from daemon.config.model import Config, DaemonSettings
+from daemon.config.monitoring import exposed_urls
 from daemon.config.nodes import (
     Converter,
     Entry,
@@ -97,10 +98,13 @@ def assemble_config(documents: Sequence[Document]) -> tuple[Config, list[ConfigP
     daemon, found = daemon_settings(nodes_of("daemon"))
     problems += found
     files = tuple(document.file for document in documents)
+    warnings = tuple(
+        warning for document in documents for warning in exposed_urls(document.file, document.root)
+    )
     secrets = [problem for document in documents for problem in secret_problems(document.root)]
     if secrets:  # no other message may show the secret's text
         problems = secrets + [p for p in problems if SECRET_MARK not in p.message.upper()]
-    return Config(storages, policies, daemon, files), problems
+    return Config(storages, policies, daemon, files, warnings), problems
 
 
 SECRET_MARK = "AGE-SECRET-KEY-"

@@ -26,10 +26,15 @@ from daemon.config import schema
 from daemon.config.assemble import SUPPORTED_VERSION, TOP_LEVEL, section, version
 from daemon.config.monitoring import (
     APPRISE_URLS,
+    METRICS,
+    SECRET_SOURCE,
     apprise_url,
     apprise_urls,
+    environment_name,
     listen_address,
+    metrics_settings,
     ping_url,
+    secret,
     textfile,
 )
 from daemon.config.nodes import Converter, boolean, non_empty_string, string
@@ -94,6 +99,8 @@ BEYOND_THE_SCHEMA = (
     "a storage listed twice in a policy's list of storages",
     "that volume_hooks name volumes of `volumes`, and drill.storage a storage of the policy",
     "empty, '.' and '..' segments in an S3 key prefix",
+    "that a metrics address other machines can reach has a token or public: true",
+    "that the files and environment variables named by {file: ...} and {env: ...} hold a value",
 )
 
 END = r"(?![\s\S])"  # the very end of the text: a Python `$` also matches before a last "\n"
@@ -146,6 +153,7 @@ LEAVES: dict[Converter[Any], JsonSchema] = {
     },
     textfile: text(r"^/[\s\S]*[^/]\.prom/*$"),  # the loader reads it as a Path: a suffix .prom
     apprise_url: text("://"),
+    environment_name: text(r"^[A-Za-z_][A-Za-z0-9_]*$"),
     ping_url: text(r"^https?://[^/]"),
 }
 
@@ -312,6 +320,8 @@ def volume_hooks_schema(builder: SchemaBuilder) -> JsonSchema:
 COMPOSITES: dict[Converter[Any], Callable[[SchemaBuilder], JsonSchema]] = {
     age_encryption: lambda builder: builder.describe(AGE),
     apprise_urls: lambda builder: {**builder.describe(APPRISE_URLS), "uniqueItems": True},
+    metrics_settings: lambda builder: builder.describe(METRICS),
+    secret: lambda builder: builder.describe(SECRET_SOURCE),
     compression: compression_schema,
     run_hook: run_hook_schema,
     volume_hooks: volume_hooks_schema,
@@ -365,6 +375,9 @@ BUILT: dict[str, Callable[[SchemaBuilder, Mapping[str, Any]], JsonSchema]] = {
     "storage_reference.<locals>.convert": lambda builder, arguments: NAMES,
     "policy_storages.<locals>.convert": policy_storages_schema,
     "policy_storages.<locals>.one": policy_storage_schema,
+    "written_or_read.<locals>.convert": lambda builder, arguments: {
+        "anyOf": [builder.describe(arguments["plain"]), builder.describe(SECRET_SOURCE)]
+    },
 }
 
 

@@ -12,6 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
+from daemon.errors import ConfigProblem
+
 CompressionAlgorithm = Literal["zstd", "gzip", "none"]
 DrillChoice = Literal["latest", "random", "oldest-unverified"]
 NotifyEvent = Literal["failure", "drill_failure", "recovered", "missed", "shrink"]
@@ -220,6 +222,8 @@ class MetricsSettings:
 
     listen: tuple[str, int] | None = None
     textfile: Path | None = None
+    token: str | None = field(default=None, repr=False)  # clients must present it
+    public: bool = False  # served off loopback without a token, by the operator's choice
 
 
 @dataclass(frozen=True)
@@ -238,3 +242,5 @@ class Config:
     policies: dict[str, Policy]
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     files: tuple[Path, ...] = ()
+    # what loads but deserves the operator's eye (a secret in a file every user reads)
+    warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)

@@ -34,7 +34,12 @@ from daemon.config.model import (
     StorageConfig,
     VolumeSelector,
 )
-from daemon.config.monitoring import METRICS, NOTIFY
+
+# SECRET_SOURCE and METRICS are named here so that the JSON Schema defines each once, with
+# its help below
+from daemon.config.monitoring import METRICS as METRICS
+from daemon.config.monitoring import NOTIFY, metrics_settings
+from daemon.config.monitoring import SECRET_SOURCE as SECRET_SOURCE
 from daemon.config.nodes import (
     Converter,
     Entry,
@@ -323,7 +328,7 @@ DAEMON = record(
         "max_parallel": integer(minimum=1),
         "shutdown_timeout": duration(allow_zero=True),
         "host": host_name,
-        "metrics": METRICS,
+        "metrics": metrics_settings,
     },
     into=DaemonSettings,
 )
@@ -353,12 +358,39 @@ METRICS_HELP = {
         "A file (*.prom) for node_exporter's textfile collector, rewritten after each run.",
         "/var/lib/prometheus/node-exporter/volkeep.prom",
     ),
+    "token": Help(
+        "A token every request must present (Authorization: Bearer TOKEN, or basic "
+        "authentication with any user name and the token as password), read from a file "
+        "or an environment variable.",
+        {"file": "/etc/volkeep/metrics.token"},
+    ),
+    "public": Help(
+        "Serve an address other machines can reach without a token (a firewall or a "
+        "reverse proxy guards it). Without it, such an address needs a token.",
+        True,
+    ),
+}
+SECRET_SOURCE_HELP = {
+    "file": Help(
+        "A file holding the secret (white space around it is ignored), readable by root only.",
+        "/etc/volkeep/ping.url",
+    ),
+    "env": Help(
+        "An environment variable holding the secret (systemd: Environment= or "
+        "EnvironmentFile= in a drop-in).",
+        "VOLKEEP_PING_URL",
+    ),
 }
 NOTIFY_HELP = {
-    "urls": Help("Apprise URLs to notify of the events.", ["ntfy://ntfy.example/backups"]),
+    "urls": Help(
+        "Apprise URLs to notify of the events; each written here, or read from {file: PATH} "
+        "or {env: NAME} (a URL that carries a token).",
+        ["ntfy://ntfy.example/backups", {"file": "/etc/volkeep/slack.url"}],
+    ),
     "ping": Help(
-        "A Healthchecks-style URL: pinged at /start, on success, and at /fail.",
-        "https://hc.example/ping/UUID",
+        "A Healthchecks-style URL: pinged at /start, on success, and at /fail; written "
+        "here, or read from {file: PATH} or {env: NAME}.",
+        {"env": "VOLKEEP_PING_URL"},
     ),
     "events": Help(
         "Which events go to the URLs: failure, drill_failure, recovered, missed, shrink "

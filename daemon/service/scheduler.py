@@ -35,7 +35,7 @@ from daemon import events
 from daemon.actions.context import Context
 from daemon.actions.garbage import remove_incomplete_archives
 from daemon.config import load_config
-from daemon.config.model import Config
+from daemon.config.model import Config, MetricsSettings
 from daemon.engine.client import connect
 from daemon.errors import EXIT_OK, ConfigError, OperationError, VolkeepError
 from daemon.observe.metrics import Metrics
@@ -128,6 +128,7 @@ class Daemon:
                 )
                 if self._watchdog is not None:
                     self._watchdog.start()
+                _warn_about(self.config)
                 log.info(
                     "daemon started",
                     pid=os.getpid(),
@@ -175,7 +176,7 @@ class Daemon:
                 stack.callback(observer.stop)
                 stack.callback(events.subscribe(observer))
                 if settings.listen is not None:
-                    server = _serve(settings.listen, metrics, ctx.host, self.status.describe)
+                    server = _serve(settings, metrics, ctx.host, self.status.describe)
                     server.start()
                     stack.callback(server.stop)
                 yield observer.read_soon
@@ -224,6 +225,7 @@ class Daemon:
                 rescheduled=changes.rescheduled,
             )
             running = self.config
+            _warn_about(running)
         self.config = running
         notify("READY=1", f"STATUS={self.status.describe()}")
 
@@ -238,12 +240,19 @@ class Daemon:
         return True
 
 
+def _warn_about(config: Config) -> None:
+    """Log what the config's files do that loads but deserves the operator's eye."""
+    for warning in config.warnings:
+        log.warning("config warning", problem=str(warning))
+
+
 def _serve(
-    listen: tuple[str, int], metrics: Metrics, host_name: str, activity: Callable[[], str]
+    settings: MetricsSettings, metrics: Metrics, host_name: str, activity: Callable[[], str]
 ) -> StatusServer:
-    host, port = listen
+    assert settings.listen is not None
+    host, port = settings.listen
     try:
-        return StatusServer(host, port, metrics, host_name, activity)
+        return StatusServer(host, port, metrics, host_name, activity, settings.token)
     except OSError as error:
         raise OperationError(
             f"cannot serve the metrics on {host}:{port} (daemon.metrics.listen): "

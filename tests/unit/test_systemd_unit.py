@@ -48,3 +48,13 @@ def test_the_tmpfiles_entry_creates_a_private_backup_dir(tmp_path: Path) -> None
     backups = tmp_path / "var" / "backups" / "volkeep"
     assert stat.S_IMODE(backups.stat().st_mode) == 0o700
     assert (tmp_path / "etc" / "volkeep").is_dir()
+
+
+def test_the_unit_bounds_the_tasks_volkeep_may_start() -> None:
+    settings = [
+        line.partition("=")[2]
+        for line in (SYSTEMD / "volkeep.service").read_text().splitlines()
+        if line.startswith("TasksMax=")
+    ]
+    assert len(settings) == 1 and settings[0].isdigit()
+    assert 128 <= int(settings[0]) <= 1024  # room for the job threads, and a bound
