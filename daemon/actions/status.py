@@ -10,7 +10,7 @@ daemon runs, and without the engine. It changes nothing.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import docker
@@ -18,6 +18,7 @@ import requests
 
 from daemon.actions.context import Context
 from daemon.actions.listing import age, drill_summary
+from daemon.actions.prune import pending_shrinks
 from daemon.archive.manifest import Manifest
 from daemon.config.model import Policy, Schedule
 from daemon.config.triggers import first_run, next_run
@@ -25,6 +26,7 @@ from daemon.engine.client import connect, engine_failure
 from daemon.engine.volumes import select_volumes
 from daemon.errors import DockerUnavailable, OperationError
 from daemon.repository.store import Repository
+from daemon.rules.shrink import Shrink
 from daemon.rules.verdict import DrillRecord
 from daemon.state.history import Heartbeat, History, OperationRecord, daemon_running, read_heartbeat
 from daemon.state.locks import is_locked
@@ -69,6 +71,8 @@ class VolumeStatus:
     last_drill: DrillRecord | None  # from the storages: the most recent verdict
     # from this host's run history: the last drill run, which outlives its archive's record
     last_drill_run: OperationRecord | None = None
+    # by storage: the shrinks for which retention keeps archives until they are accepted
+    shrinks: dict[str, list[Shrink]] = field(default_factory=dict)
 
     @property
     def newest_archive(self) -> Manifest | None:
@@ -111,6 +115,18 @@ class VolumeStatus:
                 "started": self.last_drill_run.started.isoformat(),
                 "error": self.last_drill_run.error,
             },
+            "shrinks_pending": [
+                {
+                    "storage": storage,
+                    "before": found.before,
+                    "after": found.after,
+                    "shrank": found.after_created.isoformat(),
+                    "objects": [found.before_content.objects, found.after_content.objects],
+                    "tar_bytes": [found.before_content.tar_bytes, found.after_content.tar_bytes],
+                }
+                for storage, pending in self.shrinks.items()
+                for found in pending
+            ],
         }
 
 
@@ -213,6 +229,7 @@ def collect_status(ctx: Context, now: datetime) -> Status:
                 {r.name: _newest_backup(r, policy.name, name) for r in repositories},
                 _last_drill(repositories, policy.name, name),
                 drills.get((policy.name, name)),
+                _pending_shrinks(policy, repositories, name, now),
             )
             for name in names
         ]
@@ -313,7 +330,31 @@ def describe_status(status: Status, now: datetime) -> str:
         for row in table:
             cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
             lines.append("  " + "  ".join(cells).rstrip())
+        for volume in policy.volumes:
+            for storage, pending in volume.shrinks.items():
+                lines += [
+                    f"  shrink pending: {volume.name} in {storage} {found.describe()}; "
+                    f"{found.before} is kept until `volkeep accept-shrink {policy.name} "
+                    f"--volume {volume.name}`"
+                    for found in pending
+                ]
     return "\n".join(lines)
+
+
+def _pending_shrinks(
+    policy: Policy, repositories: list[Repository], volume: str, now: datetime
+) -> dict[str, list[Shrink]]:
+    """Return, by storage, the volume's shrinks that retention keeps archives for (a
+    storage that cannot be read shows none: its failure is the list's and the prune's)."""
+    found = {}
+    for repository in repositories:
+        try:
+            pending = pending_shrinks(policy, repository, volume, now)
+        except (OSError, OperationError):
+            continue
+        if pending:
+            found[repository.name] = pending
+    return found
 
 
 def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str, str, str]:

@@ -25,6 +25,15 @@ def logged_lines(stderr: str) -> list[dict[str, str]]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
+def pending_shrinks(workspace: Workspace, volume: str) -> list[tuple[str, str]]:
+    """Return the (before, after) archive ids of the volume's pending shrinks in status."""
+    status = workspace.run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    [policy] = json.loads(status.stdout)["policies"]
+    [found] = [entry for entry in policy["volumes"] if entry["name"] == volume]
+    return [(shrink["before"], shrink["after"]) for shrink in found["shrinks_pending"]]
+
+
 def test_an_emptied_volume_never_rotates_away_the_archive_before_the_loss(
     api, volumes, workspace: Workspace
 ):
@@ -69,6 +78,11 @@ def test_an_emptied_volume_never_rotates_away_the_archive_before_the_loss(
     assert reasons[empty[0]] == f"first after a shrink (kept with {full[2]} until it goes)"
     assert f"`volkeep accept-shrink app --volume {source}`" in dry.stdout
 
+    assert pending_shrinks(workspace, source) == [(full[2], empty[0])]
+    status = workspace.run("status")
+    assert f"shrink pending: {source} in local on " in status.stdout
+    assert f"{full[2]} is kept until `volkeep accept-shrink app --volume {source}`" in status.stdout
+
     accepted = workspace.run("accept-shrink", "app", "--volume", source)
     assert accepted.returncode == 0, accepted.stderr
     assert f"app/{source} in local: accepted the shrink on " in accepted.stdout
@@ -76,6 +90,7 @@ def test_an_emptied_volume_never_rotates_away_the_archive_before_the_loss(
     document = json.loads(record.read_text())
     assert (document["before"]["archive"], document["after"]["archive"]) == (full[2], empty[0])
 
+    assert pending_shrinks(workspace, source) == []
     pruned = workspace.run("prune", "app")
     assert pruned.returncode == 0, pruned.stderr
     assert listed_ids(workspace) == [empty[5], empty[4], empty[2]]
