@@ -27,7 +27,7 @@ import docker
 import pytest
 import zstandard
 
-from tests.e2e.conftest import Workspace, mountpoint
+from tests.e2e.conftest import ROOT, Workspace, mountpoint
 from tests.support import manifests
 from tests.support.tree import build_fidelity_tree
 
@@ -412,3 +412,30 @@ def test_a_verdict_protects_the_archive_in_every_storage_that_holds_it(api, volu
     prune = workspace.run("prune", "app", "--dry-run")
     assert prune.returncode == 0, prune.stderr
     assert prune.stdout.count("newest drill-passed archive") == 2
+
+
+def test_a_drill_through_gnu_tar_finds_an_extended_attribute_the_archive_changed(
+    api, volumes, workspace
+):
+    subprocess.run([ROOT / "scripts" / "build-helper-image.sh", "--gnu-tar"], check=True)
+    workspace.helper_image = "volkeep-helper:gnutar"
+    source = volumes("xattrs")
+    (mountpoint(api, source) / "labelled").write_text("content")
+    os.setxattr(mountpoint(api, source) / "labelled", "user.origin", b"volkeep test")
+    workspace.write_config({"app": {"volumes": [source], "compression": "none"}})
+    archive_id = backed_up_id(workspace)
+    assert workspace.run("drill", "app").returncode == 0  # the attribute came back as it was
+    directory = workspace.archive_dir("app", source)
+    archive = directory / f"{source}-{archive_id}.tar"
+    packed = archive.read_bytes().replace(b"user.origin=volkeep test", b"user.origin=volkeep TEST")
+    archive.write_bytes(packed)  # the PAX record keeps its length: the tar stays well formed
+    manifest = directory / f"{source}-{archive_id}.manifest.json"
+    document = manifests.summary(manifest)
+    document["archive"]["sha256"] = hashlib.sha256(packed).hexdigest()
+    manifests.rewrite_summary(manifest, document)
+
+    result = workspace.run("drill", "app")
+
+    assert result.returncode == 1, result.stderr
+    record = json.loads((directory / f"{source}-{archive_id}.drill.json").read_bytes())
+    assert record["differences"] == ["/labelled xattr user.origin"]
