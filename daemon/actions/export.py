@@ -95,12 +95,16 @@ class Output:
     def write(self, data: bytes) -> object:
         try:
             return self._file.write(data)
+        except BrokenPipeError:
+            raise  # the reader left: the command line ends quietly, as `cat` would
         except OSError as error:
             raise _unwritable(self._name, error) from None
 
     def flush(self) -> None:
         try:
             self._file.flush()
+        except BrokenPipeError:
+            raise
         except OSError as error:
             raise _unwritable(self._name, error) from None
 

@@ -27,7 +27,7 @@ from daemon.actions.export import Output, export_archive, output_file
 from daemon.actions.init import run_init
 from daemon.actions.listing import ArchiveRow, archive_files, drill_summary, list_archives
 from daemon.actions.prune import run_prune
-from daemon.actions.restore import RestoreRequest, restore_volume
+from daemon.actions.restore import RestoreRequest, restore_volume, safety_whereabouts
 from daemon.actions.shrink import Accepted, run_accept_shrink
 from daemon.actions.status import collect_status, describe_status
 from daemon.actions.validate import validate
@@ -457,8 +457,14 @@ def _run_command(ctx: Context, args: argparse.Namespace) -> int:
         )
         _print_files(args, entries)
     elif args.command == "list":
-        rows = list_archives(ctx, args.policy, args.volume, storage=args.storage, host=args.host)
-        _print_list(args, rows)
+        listing = list_archives(
+            ctx, args.policy, args.volume, storage=args.storage, host=args.host
+        )
+        _print_list(args, listing.rows)
+        for failure in listing.unreadable:
+            print(f"volkeep: {failure}", file=sys.stderr)
+        if listing.unreadable:
+            return EXIT_FAILED
     elif args.command == "restore":
         policy = ctx.policy(args.policy)
         request = RestoreRequest(
@@ -476,14 +482,18 @@ def _run_command(ctx: Context, args: argparse.Namespace) -> int:
             failure = engine_failure(error)
             failure.policy, failure.volume = policy.name, args.volume
             raise failure from None
-        if result.safety_archive:
+        if result.safety is not None:
             print(
-                f"saved the previous content of {result.target} as archive {result.safety_archive}"
+                f"saved the previous content of {result.target} as "
+                f"{safety_whereabouts(result.safety)}"
             )
         print(
             f"restored {args.volume} archive {result.archive} from {result.storage} "
             f"into {result.target}"
         )
+        shortfall = result.safety_shortfall()
+        if shortfall is not None:
+            raise shortfall
     elif args.command == "prune":
         report = functools.partial(_print_prune, ctx.policy(args.policy), args.dry_run)
         run_prune(ctx, args.policy, args.volume, args.dry_run, args.storage, report=report)

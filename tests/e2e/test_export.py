@@ -10,6 +10,7 @@ import hashlib
 import os
 import pty
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -177,9 +178,12 @@ def test_a_corrupt_archive_exits_1_and_leaves_no_output_file(api, volumes, works
     assert archive_id in one_clear_line(to_pipe.stderr)
 
 
-def test_export_refuses_a_terminal_and_an_unknown_archive_in_one_line(api, volumes, workspace):
+def test_export_refuses_a_terminal_stops_quietly_for_a_reader_that_left_and_names_faults(
+    api, volumes, workspace
+):
     source = volumes("refusals")
     simple_tree(mountpoint(api, source))
+    (mountpoint(api, source) / "large").write_bytes(os.urandom(4 << 20))  # more than a pipe holds
     workspace.write_config({"app": {"volumes": [source]}})
     backup(workspace)
 
@@ -195,11 +199,23 @@ def test_export_refuses_a_terminal_and_an_unknown_archive_in_one_line(api, volum
     finally:
         os.close(follower)
         os.close(leader)
+    early = subprocess.Popen(
+        workspace.command("export", "app", "--volume", source),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert early.stdout is not None and early.stderr is not None
+    assert len(early.stdout.read(1000)) == 1000
+    early.stdout.close()  # the reader leaves, as `volkeep export ... | head -c 1000` does
+    left_early = early.wait(timeout=300), early.stderr.read()
     unknown = export(workspace, "app", "--volume", source, "--archive", "20000101T000000Z")
     missing_dir = export(workspace, "app", "--volume", source, "-o", "/nonexistent/dir/x.tar")
 
     assert terminal.returncode == 2
     assert "refusing to write a tar to a terminal" in one_clear_line(terminal.stderr)
+    assert left_early[0] == 128 + signal.SIGPIPE
+    assert b"volkeep:" not in left_early[1]
     assert unknown.returncode == 1 and unknown.stdout == b""
     assert "no such archive" in one_clear_line(unknown.stderr)
     assert missing_dir.returncode == 1
