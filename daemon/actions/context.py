@@ -88,9 +88,7 @@ class Context:
 
         Raise OperationError if the volume stays busy, or volkeep stops while waiting.
         """
-        with volume_lock(
-            self.state_dir, volume, operation, wait=self.lock_wait, cancel=self.stopping
-        ):
+        with volume_lock(volume, operation, wait=self.lock_wait, cancel=self.stopping):
             # a dead restore's half-restored volume is this operation's business: gone first
             if half_restored_by(self.state_dir, volume) is not None:
                 remove_half_restored_volume(self.docker(), self.state_dir, volume)

@@ -30,7 +30,7 @@ def remove_incomplete_archives(ctx: Context) -> None:
                 continue
             for volume in volumes:
                 try:
-                    with volume_lock(ctx.state_dir, volume, "removal of incomplete archives"):
+                    with volume_lock(volume, "removal of incomplete archives"):
                         for blob in remove_garbage(repository, policy.name, volume):
                             log.warning(
                                 "removed an incomplete archive file",

@@ -12,7 +12,7 @@ from daemon.archive.select import select_members
 from daemon.archive.tarstream import Member
 from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError
-from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey
+from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey, id_order
 from daemon.repository.locate import locate
 from daemon.repository.store import Repository
 from daemon.rules.verdict import DrillRecord
@@ -90,7 +90,7 @@ def list_archives(
             except OSError as error:
                 raise repository.failure(error, "cannot list the archives") from None
             rows += [_row(repository, key, suffixes) for key, suffixes in files.items()]
-    rows.sort(key=lambda row: (row.manifest is not None, row.key.id), reverse=True)
+    rows.sort(key=lambda row: (row.manifest is not None, id_order(row.key.id)), reverse=True)
     return rows
 
 

@@ -41,7 +41,7 @@ from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.repository.acceptances import read_acceptances
 from daemon.repository.garbage import remove_garbage
-from daemon.repository.layout import DRILL_SUFFIX, ArchiveKey
+from daemon.repository.layout import DRILL_SUFFIX, ArchiveKey, id_order
 from daemon.repository.store import Repository
 from daemon.rules import shrink
 from daemon.rules.retention import Candidate, Decision, may_delete, select
@@ -159,7 +159,7 @@ def prune_volume(
         candidates = [backup.candidate for backup in backups.values()]
         rules = policy.retention_for(repository.name)
         decisions = select(candidates, rules, policy.timezone, now, shrink=guard) + kept_aside
-        decisions.sort(key=lambda decision: decision.id, reverse=True)
+        decisions.sort(key=lambda decision: id_order(decision.id), reverse=True)
         doomed = [backups[decision.id] for decision in reversed(decisions) if not decision.keep]
         kept = len(decisions) - len(doomed)
         if dry_run:

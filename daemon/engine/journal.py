@@ -373,7 +373,7 @@ def restart_pending(api: docker.APIClient, state_dir: Path) -> None:
         volume = path.name.removesuffix(".json")
         with ExitStack() as held:
             try:
-                held.enter_context(volume_lock(state_dir, volume, "start of stopped containers"))
+                held.enter_context(volume_lock(volume, "start of stopped containers"))
             except OperationError:
                 continue  # an operation holds the volume
             try:

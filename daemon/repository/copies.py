@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import structlog
 
 from daemon.errors import OperationError
-from daemon.repository.garbage import remove_garbage
 from daemon.repository.layout import ArchiveKey
 from daemon.repository.store import Repository
 from daemon.storage import Upload
@@ -33,8 +32,8 @@ class Copies:
     """The copies of one new archive, written as one stream."""
 
     def __init__(self, repositories: Iterable[Repository], key: ArchiveKey, suffix: str) -> None:
-        """Begin a copy in each repository: first remove the volume's garbage there (the
-        caller holds the volume's lock), then begin the upload of the archive file."""
+        """Begin the upload of the archive file in each repository. (The volume's garbage
+        is removed after the backup, never before: a backup does not wait for it.)"""
         self.key = key
         self.copies = [Copy(repository) for repository in repositories]
         for copy in self.copies:
@@ -42,10 +41,6 @@ class Copies:
         self._require_one()
 
     def _begin(self, copy: Copy, suffix: str) -> None:
-        for blob in remove_garbage(copy.repository, self.key.policy, self.key.volume):
-            log.warning(
-                "removed an incomplete archive file", file=blob, storage=copy.repository.name
-            )
         copy.upload = copy.repository.begin(self.key, suffix)
 
     @property

@@ -1,4 +1,5 @@
-"""A new archive's id: the same in every storage it goes to, taken by none of them."""
+"""A new archive's id: the same in every storage it goes to, taken by none of them, and
+claimed for this process before a byte is written (docs/repository.md)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,44 @@ def allocate_key(
     repositories: Iterable[Repository], policy: str, volume: str, stamp: str, *, safety: bool
 ) -> ArchiveKey:
     """Given the repositories a new archive goes to, return a key for it that none of them
-    uses yet (the same id in every storage). A storage that cannot be read now is passed
-    over: its copy will fail on its own, and its manifest's conditional create would refuse
-    a taken id anyway."""
+    uses yet (the same id in every storage), claimed for this process in each.
+
+    The listings name the ids taken; the claims, conditional creates, settle what they
+    cannot see (an archive being written elsewhere, a listing that lags behind): an id that
+    another process claims in any storage is given up for the next. A storage that cannot
+    be read or written now is passed over: its copy will try the claim again when it
+    begins, and fail on its own.
+    """
     repositories = list(repositories)
     taken: set[str] = set()
     for repository in repositories:
         with contextlib.suppress(OSError):
             taken |= {key.id for key in repository.files(policy, volume)}
     mark = SAFETY_MARK if safety else ""
-    candidate, counter = f"{stamp}{mark}", 1
-    while candidate in taken:
+    namespace = repositories[0].host if repositories else ""
+    counter = 1
+    while True:
+        candidate = f"{stamp}{mark}" if counter == 1 else f"{stamp}-{counter}{mark}"
+        key = ArchiveKey(policy, volume, candidate, namespace)
+        if candidate not in taken and _claim_everywhere(repositories, key):
+            return key
         counter += 1
-        candidate = f"{stamp}-{counter}{mark}"
-    return ArchiveKey(policy, volume, candidate, repositories[0].host if repositories else "")
+
+
+def _claim_everywhere(repositories: list[Repository], key: ArchiveKey) -> bool:
+    """Claim the key in every repository that answers; return False (releasing the claims
+    made) if another process claims it in one of them."""
+    claimed: list[Repository] = []
+    for repository in repositories:
+        try:
+            if not repository.claim(key):
+                break
+        except OSError:
+            continue
+        claimed.append(repository)
+    else:
+        return True
+    for repository in claimed:
+        with contextlib.suppress(OSError):  # left behind: garbage once this process is gone
+            repository.release(key)
+    return False

@@ -6,11 +6,14 @@ names existed (`<policy>/<volume>/…`) are read as the local host's archives.
 
 An id is the UTC start time (`20261128T030000Z`), with `-2`, `-3`… when taken, and
 `-safety` last for the copy a forced restore takes first: `is_safety` is the one rule that
-tells a safety archive from a backup.
+tells a safety archive from a backup, `id_order` the one rule that orders ids. While an
+archive is written, its id is claimed by a `…-<id>.claim.json` beside it
+(`daemon.repository.ids`). docs/repository.md describes every name byte by byte.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -19,17 +22,35 @@ from datetime import UTC, datetime, timedelta
 FUTURE_TOLERANCE = timedelta(minutes=5)
 MANIFEST_SUFFIX = ".manifest.json"
 DRILL_SUFFIX = ".drill.json"
+CLAIM_SUFFIX = ".claim.json"
 SAFETY_MARK = "-safety"
+_ID = re.compile(r"(\d{8}T\d{6}Z)(?:-(\d+))?(-safety)?")
+
+
+def id_order(archive_id: str) -> tuple[str, int, bool, str]:
+    """Given an archive id, return what it sorts by: its time, then its counter as a number
+    (none is 1, so `…Z` < `…Z-2` < `…Z-10`), then a backup before the safety archive of the
+    same counter. An id of another form sorts by its text."""
+    match = _ID.fullmatch(archive_id)
+    if match is None:
+        return archive_id, 0, False, archive_id
+    stamp, counter, safety = match.groups()
+    return stamp, int(counter or 1), safety is not None, archive_id
 
 
 @dataclass(frozen=True, order=True)
 class ArchiveKey:
-    """One archive: `namespace` is the host it was written under ("": before host names)."""
+    """One archive: `namespace` is the host it was written under ("": before host names).
+    Keys of one volume sort by `id_order`."""
 
     policy: str
     volume: str
-    id: str  # the UTC start time, e.g. "20261128T030000Z"
+    id: str = field(compare=False)  # the UTC start time, e.g. "20261128T030000Z"
     namespace: str = field(default="", compare=False)
+    order: tuple[str, int, bool, str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "order", id_order(self.id))
 
     @property
     def is_safety(self) -> bool:

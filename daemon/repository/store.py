@@ -6,6 +6,9 @@ A storage is a blob store (`daemon.storage`); a `Repository` knows what its blob
 - The commit marker. An archive exists when its manifest does; the manifest is written
   last with a conditional create. Archive files without a manifest, and uploads never
   completed, are garbage (`daemon.repository.garbage`).
+- Claims. While a process writes an archive's files, or deletes them, it claims the id
+  (`<volume>-<id>.claim.json`, a conditional create naming the process): no two processes
+  write one id, and what a crash leaves is known to be its dead owner's.
 - Deletion removes the manifest first (uncommitting), then the archive and its record.
 - Hosts. A repository opened for another host (`--host`) reads that host's archives and
   may record a drill beside them; it never allocates, deletes or collects garbage
@@ -15,6 +18,8 @@ A storage is a blob store (`daemon.storage`); a `Repository` knows what its blob
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +30,7 @@ from daemon.archive.tarstream import Member
 from daemon.config.keys import Identities
 from daemon.errors import ArchiveFault, KeyMissing, OperationError, StorageFailure
 from daemon.repository.layout import (
+    CLAIM_SUFFIX,
     DRILL_SUFFIX,
     MANIFEST_SUFFIX,
     ArchiveKey,
@@ -32,7 +38,10 @@ from daemon.repository.layout import (
     volume_directory,
 )
 from daemon.rules.verdict import DrillRecord
-from daemon.storage.base import BlobMissing, BlobReader, BlobStore, Upload
+from daemon.storage.base import BlobExists, BlobMissing, BlobReader, BlobStore, Upload
+from daemon.system.owner import this_process
+
+CLAIM_FORMAT = 1
 
 
 class Repository:
@@ -72,12 +81,21 @@ class Repository:
         """Return every archive id of the volume with the suffixes of its files."""
         files: dict[ArchiveKey, set[str]] = {}
         for namespace in self.namespaces():
-            directory = volume_directory(namespace, policy, volume)
-            for blob in self.store.list(directory):
-                split = split_name(blob[len(directory) :], volume)
-                if split is not None:
-                    key = ArchiveKey(policy, volume, split[0], namespace)
-                    files.setdefault(key, set()).add(split[1])
+            for key, suffixes in self.files_in(namespace, policy, volume).items():
+                files.setdefault(key, set()).update(suffixes)
+        return files
+
+    def files_in(self, namespace: str, policy: str, volume: str) -> dict[ArchiveKey, set[str]]:
+        """Return every archive id of the volume in one namespace with the suffixes of its
+        files: those directly in its directory (a deeper one is another host's, whose name
+        is a policy's, under the layout before host names)."""
+        directory = volume_directory(namespace, policy, volume)
+        files: dict[ArchiveKey, set[str]] = {}
+        for blob in self.store.list(directory):
+            split = split_name(blob[len(directory) :], volume)
+            if split is not None:
+                key = ArchiveKey(policy, volume, split[0], namespace)
+                files.setdefault(key, set()).add(split[1])
         return files
 
     def archives(self, policy: str, volume: str) -> list[ArchiveKey]:
@@ -205,24 +223,65 @@ class Repository:
         if not self.own:
             raise OperationError(f"the archives of host {self.host!r} are read-only here")
 
-    def begin(self, key: ArchiveKey, suffix: str) -> Upload:
-        """Begin the upload of a new archive's file."""
+    def claim(self, key: ArchiveKey) -> bool:
+        """Claim a new archive's id for this process with a conditional create of its claim;
+        return False if another process claims it, or if the archive is committed already
+        (the manifest is looked for, not listed: a listing may lag behind). Raise OSError."""
         self.require_own()
+        try:
+            self.store.put(key.blob(CLAIM_SUFFIX), _claim_record(), exclusive=True)
+        except BlobExists:
+            return False
+        if self.store.exists(key.blob(MANIFEST_SUFFIX)):
+            self.release(key)
+            return False
+        return True
+
+    def claim_owner(self, key: ArchiveKey) -> str | None:
+        """Return the process that claims the archive's id (an owner of
+        `daemon.system.owner`), or None if there is no claim or it cannot be read. Raise
+        OSError if the storage fails."""
+        try:
+            record = json.loads(self.store.get(key.blob(CLAIM_SUFFIX)))
+        except (BlobMissing, ValueError):
+            return None
+        owner = record.get("owner") if isinstance(record, dict) else None
+        return owner if isinstance(owner, str) else None
+
+    def release(self, key: ArchiveKey) -> None:
+        """Remove the claim of the archive's id. Raise OSError."""
+        self.require_own()
+        self.store.delete(key.blob(CLAIM_SUFFIX))
+
+    def begin(self, key: ArchiveKey, suffix: str) -> Upload:
+        """Begin the upload of a new archive's file, under this process's claim of its id
+        (made now if it could not be made when the id was chosen). Raise OSError
+        (BlobExists if another process claims the id)."""
+        self.require_own()
+        if self.claim_owner(key) != this_process() and not self.claim(key):
+            raise BlobExists(errno.EEXIST, f"archive id {key.id} is claimed by another process")
         return self.store.create(key.blob(suffix))
 
     def commit(self, key: ArchiveKey, manifest_chunks: Iterable[bytes]) -> None:
         """Write the manifest, the commit marker, with a conditional create: the archive
-        exists from now on. Raise OSError (BlobExists if the id was taken meanwhile)."""
+        exists from now on; then release the id's claim. Raise OSError (BlobExists if the
+        id was taken meanwhile)."""
         self.require_own()
         self.store.put(key.blob(MANIFEST_SUFFIX), manifest_chunks, exclusive=True)
+        # a claim that cannot be removed now is garbage, removed once this process is gone
+        with contextlib.suppress(OSError):
+            self.release(key)
 
     def delete(self, key: ArchiveKey, manifest: Manifest) -> None:
-        """Delete the manifest first (uncommitting), then the archive file and its record.
-        Raise OSError."""
+        """Under this process's claim of the id (a crash halfway leaves files garbage
+        collection knows are abandoned), delete the manifest first (uncommitting), then the
+        archive file and its record, then the claim. Raise OSError."""
         self.require_own()
+        self.store.put(key.blob(CLAIM_SUFFIX), _claim_record())
         self.store.delete(key.blob(MANIFEST_SUFFIX))
         self.store.delete(key.directory + manifest.archive_file)
         self.store.delete(key.blob(DRILL_SUFFIX))
+        self.release(key)
 
     # Errors
 
@@ -234,6 +293,12 @@ class Repository:
         if key is None:
             return StorageFailure(message)
         return StorageFailure(message, policy=key.policy, volume=key.volume, archive=key.id)
+
+
+def _claim_record() -> bytes:
+    """Return the claim this process writes: `{"format":1,"owner":"<host>:<pid>:<start>"}`."""
+    record = {"format": CLAIM_FORMAT, "owner": this_process()}
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,16 @@
-"""One operation per volume at a time, across processes: a flock in the state dir."""
+"""One operation per volume at a time on this host: a flock in a host-wide directory.
+
+The locks live in /run/lock/volkeep (or $VOLKEEP_LOCK_DIR, for tests and unusual setups),
+not in the state dir: two volkeep processes with different state dirs still back up, prune
+or restore a volume one at a time. The directory is volkeep's alone (0700, owned by this
+user or root); a lock file holds its holder's words, "backup of app by volkeep pid 42".
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -13,12 +20,43 @@ from pathlib import Path
 from daemon.errors import OperationError
 
 POLL_SECONDS = 0.2
+LOCK_DIRECTORY = "VOLKEEP_LOCK_DIR"  # the environment variable that moves the locks
+DEFAULT_LOCK_DIRECTORY = Path("/run/lock/volkeep")
 
 
-def _lock_path(state_dir: Path, volume: str) -> Path:
-    directory = state_dir / "locks"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return directory / f"{volume}.lock"
+def _configured_directory() -> Path:
+    return Path(os.environ.get(LOCK_DIRECTORY) or DEFAULT_LOCK_DIRECTORY)
+
+
+def lock_directory() -> Path:
+    """Return the host-wide directory of volume locks, created 0700 if missing.
+
+    Raise OperationError if it cannot be created, or if it is not a directory only this
+    user (or root) may write to: a lock file another user could replace would let them
+    block volkeep, or make it truncate a file of their choice through a symbolic link.
+    """
+    directory = _configured_directory()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = os.lstat(directory)
+    except OSError as error:
+        raise OperationError(
+            f"cannot create the lock directory {directory}: {error.strerror}"
+        ) from None
+    if (
+        not stat.S_ISDIR(status.st_mode)
+        or status.st_uid not in (0, os.getuid())
+        or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ):
+        raise OperationError(
+            f"the lock directory {directory} is not volkeep's: it must be a directory of "
+            f"this user or root that no one else may write to (chmod 700 it, or remove it)"
+        )
+    return directory
+
+
+def _lock_path(volume: str) -> Path:
+    return lock_directory() / f"{volume}.lock"
 
 
 def _holder(path: Path) -> str:
@@ -30,23 +68,22 @@ def _holder(path: Path) -> str:
 
 @contextmanager
 def volume_lock(
-    state_dir: Path,
     volume: str,
     operation: str,
     *,
     wait: float = 0.0,
     cancel: threading.Event | None = None,
 ) -> Iterator[None]:
-    """Hold the volume's lock for the block; wait up to `wait` seconds for it, or until
-    `cancel` is set.
+    """Hold the volume's host-wide lock for the block; wait up to `wait` seconds for it, or
+    until `cancel` is set.
 
-    Raise OperationError naming the holder if the volume stays busy, or saying the wait was
-    cancelled.
+    Raise OperationError naming the holder if the volume stays busy, saying the wait was
+    cancelled, or naming the lock directory if it is unusable.
     """
-    path = _lock_path(state_dir, volume)
+    path = _lock_path(volume)
     deadline = time.monotonic() + wait
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -100,6 +137,6 @@ def is_held(path: Path) -> bool:
     return False
 
 
-def is_locked(state_dir: Path, volume: str) -> bool:
-    """Say whether some process holds the volume's lock right now."""
-    return is_held(_lock_path(state_dir, volume))
+def is_locked(volume: str) -> bool:
+    """Say whether some process on this host holds the volume's lock right now."""
+    return is_held(_configured_directory() / f"{volume}.lock")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 
@@ -25,6 +27,18 @@ class BlobExists(FileExistsError):
 class StoreUnavailable(OSError):
     """The store cannot be reached or refuses the request (a message for the operator in
     `strerror`, never a secret)."""
+
+
+@dataclass(frozen=True)
+class Incomplete:
+    """An upload that was begun and neither committed nor aborted: a running one, or a
+    crash's leftover. The store says what it knows; the repository judges
+    (`daemon.repository.garbage`)."""
+
+    key: str  # the blob it would become
+    touched: datetime  # when it was last written to (a file) or begun (a multipart upload)
+    owner: str | None  # the writing process (`daemon.system.owner`), if the store records it
+    handle: str  # what `remove_incomplete` needs: the temporary file's name, the upload id
 
 
 class Upload(Protocol):
@@ -75,6 +89,10 @@ class BlobStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def modified(self, key: str) -> datetime:
+        """Return when the blob was last written (UTC). Raise BlobMissing."""
+        ...
+
     def list(self, prefix: str) -> Iterator[str]:
         """Yield the keys of the committed blobs under `prefix` (a directory ending in `/`,
         or "" for all), at any depth, in no particular order; every page is read."""
@@ -84,8 +102,12 @@ class BlobStore(Protocol):
         """Delete the blob; a missing blob is no error."""
         ...
 
-    def abort_incomplete(self, prefix: str) -> builtins.list[str]:
-        """Remove the uploads under `prefix` that were begun and never committed or aborted
-        (a crash's leftovers); return their keys. Call only when no upload under `prefix`
-        can be running (hold the volume's lock)."""
+    def incomplete(self, directory: str) -> builtins.list[Incomplete]:
+        """Return the uploads begun and neither committed nor aborted whose key is directly
+        in `directory` (ending in `/`; not in its subdirectories), running ones included."""
+        ...
+
+    def remove_incomplete(self, upload: Incomplete) -> None:
+        """Remove an upload `incomplete` returned (delete the file, abort the multipart
+        upload); one already gone is no error."""
         ...

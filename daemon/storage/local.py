@@ -1,9 +1,10 @@
 """A blob store on a local (or mounted) file system: the key is the path under the root.
 
 Blobs are written under a hidden temporary name beside their final one, synced, then
-renamed into place and the directory synced (the one atomic-publish step). Temporary files
-are never listed; `abort_incomplete` removes those a crash left. Files are mode 0600,
-directories 0700.
+renamed into place and the directory synced (the one atomic-publish step). The temporary
+name carries its writer, `.<name>~<owner>.partial` (owner: `daemon.system.owner`), so that
+a crash's leftover is told from another process's running upload; temporary files are never
+listed, `incomplete` reports them. Files are mode 0600, directories 0700.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import builtins
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from daemon.storage.base import BlobExists, BlobMissing
+from daemon.storage.base import BlobExists, BlobMissing, Incomplete
 from daemon.system import files
+from daemon.system.owner import this_process
 
 PARTIAL = ".partial"
+OWNER_MARK = "~"  # in no volume name, suffix or owner: where the owner begins
 WRITE_BUFFER = 1 << 20
 
 
@@ -35,11 +39,23 @@ def _is_temporary(name: str) -> bool:
     return name.startswith(".") and name.endswith(PARTIAL)
 
 
+def _temporary_name(name: str) -> str:
+    return f".{name}{OWNER_MARK}{this_process()}{PARTIAL}"
+
+
+def _split_temporary(name: str) -> tuple[str, str | None]:
+    """Given a temporary file's name, return the name it would be published as and its
+    writer (None: written before temporary names carried one)."""
+    inner = name[1 : -len(PARTIAL)]
+    final, mark, owner = inner.rpartition(OWNER_MARK)
+    return (final, owner) if mark else (inner, None)
+
+
 class _LocalUpload:
     def __init__(self, final: Path, *, exclusive: bool = False) -> None:
         self._final = final
         self._exclusive = exclusive
-        self._temporary = final.with_name(f".{final.name}{PARTIAL}")
+        self._temporary = final.with_name(_temporary_name(final.name))
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         self._file = os.fdopen(os.open(self._temporary, flags, 0o600), "wb", WRITE_BUFFER)
 
@@ -111,6 +127,15 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def modified(self, key: str) -> datetime:
+        return datetime.fromtimestamp(self._stat(key).st_mtime, UTC)
+
+    def _stat(self, key: str) -> os.stat_result:
+        try:
+            return self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobMissing(key) from None
+
     def list(self, prefix: str) -> Iterator[str]:
         top = self._path(prefix) if prefix else self.root
         if not top.is_dir():
@@ -129,14 +154,19 @@ class LocalStore:
         with contextlib.suppress(FileNotFoundError):
             files.fsync_directory(path.parent)
 
-    def abort_incomplete(self, prefix: str) -> builtins.list[str]:
-        top = self._path(prefix) if prefix else self.root
-        removed = []
-        for directory, _, names in os.walk(top):
-            for name in names:
-                if _is_temporary(name):
-                    path = Path(directory) / name
-                    path.unlink(missing_ok=True)
-                    final = path.with_name(name[1 : -len(PARTIAL)])
-                    removed.append(final.relative_to(self.root).as_posix())
-        return sorted(removed)
+    def incomplete(self, directory: str) -> builtins.list[Incomplete]:
+        found = []
+        try:
+            entries = list(os.scandir(self._path(directory)))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for entry in entries:
+            if _is_temporary(entry.name) and entry.is_file(follow_symlinks=False):
+                final, owner = _split_temporary(entry.name)
+                with contextlib.suppress(FileNotFoundError):  # committed or aborted meanwhile
+                    touched = datetime.fromtimestamp(entry.stat().st_mtime, UTC)
+                    found.append(Incomplete(directory + final, touched, owner, entry.name))
+        return sorted(found, key=lambda upload: upload.handle)
+
+    def remove_incomplete(self, upload: Incomplete) -> None:
+        self.delete(Path(upload.key).with_name(upload.handle).as_posix())

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
@@ -49,7 +50,7 @@ from botocore.exceptions import (
 from urllib3.exceptions import HTTPError
 
 from daemon.config.model import S3StorageConfig
-from daemon.storage.base import BlobExists, BlobMissing, StoreUnavailable
+from daemon.storage.base import BlobExists, BlobMissing, Incomplete, StoreUnavailable
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import (
         CompletedPartTypeDef,
         CreateMultipartUploadRequestTypeDef,
+        HeadObjectOutputTypeDef,
         PutObjectRequestTypeDef,
     )
 
@@ -211,6 +213,20 @@ class S3Store:
             raise self.failure(error, f"looking for {key!r}") from error
         return True
 
+    def modified(self, key: str) -> datetime:
+        return self._head(key)["LastModified"]
+
+    def _head(self, key: str) -> HeadObjectOutputTypeDef:
+        try:
+            return self.client().head_object(Bucket=self.config.bucket, Key=self.prefix + key)
+        except ClientError as error:
+            if _error_code(error) not in MISSING_KEY_CODES:
+                raise self.failure(error, f"looking for {key!r}") from error
+            self._check_bucket()  # a missing bucket answers 404 too
+            raise BlobMissing(key) from None
+        except (BotoCoreError, HTTPError, OSError) as error:
+            raise self.failure(error, f"looking for {key!r}") from error
+
     def _check_bucket(self) -> None:
         try:
             self.client().head_bucket(Bucket=self.config.bucket)
@@ -240,28 +256,32 @@ class S3Store:
         except (BotoCoreError, HTTPError, OSError) as error:
             raise self.failure(error, f"deleting {key!r}") from error
 
-    def abort_incomplete(self, prefix: str) -> builtins.list[str]:
-        client = self.client()
-        paginator = client.get_paginator("list_multipart_uploads")
-        pages = paginator.paginate(Bucket=self.config.bucket, Prefix=self.prefix + prefix)
-        aborted: builtins.list[str] = []
+    def incomplete(self, directory: str) -> builtins.list[Incomplete]:
+        # a prefix matches deeper keys too (another host's under the layout before host
+        # names): only those directly in the directory are its
+        paginator = self.client().get_paginator("list_multipart_uploads")
+        pages = paginator.paginate(Bucket=self.config.bucket, Prefix=self.prefix + directory)
+        found: builtins.list[Incomplete] = []
         try:
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    self._abort_upload(client, upload["Key"], upload["UploadId"])
-                    aborted.append(upload["Key"][len(self.prefix) :])
+                    key = upload["Key"][len(self.prefix) :]
+                    if "/" not in key[len(directory) :]:
+                        found.append(Incomplete(key, upload["Initiated"], None, upload["UploadId"]))
         except (ClientError, BotoCoreError, HTTPError, OSError) as error:
-            raise self.failure(error, "removing unfinished uploads") from error
-        return aborted
+            raise self.failure(error, "listing unfinished uploads") from error
+        return found
 
-    def _abort_upload(self, client: S3Client, full_key: str, upload_id: str) -> None:
+    def remove_incomplete(self, upload: Incomplete) -> None:
         try:
-            client.abort_multipart_upload(
-                Bucket=self.config.bucket, Key=full_key, UploadId=upload_id
+            self.client().abort_multipart_upload(
+                Bucket=self.config.bucket, Key=self.prefix + upload.key, UploadId=upload.handle
             )
         except ClientError as error:
             if _error_code(error) != "NoSuchUpload":
-                raise
+                raise self.failure(error, f"aborting the upload of {upload.key!r}") from error
+        except (BotoCoreError, HTTPError, OSError) as error:
+            raise self.failure(error, f"aborting the upload of {upload.key!r}") from error
 
     def begin_multipart(self, key: str) -> str:
         request: CreateMultipartUploadRequestTypeDef = {
@@ -589,7 +609,7 @@ class S3Upload:
 
     def _cleanup(self) -> None:
         """Stop the workers and abort the multipart upload, once and briefly: one that
-        cannot be aborted now is removed by the next `abort_incomplete`."""
+        cannot be aborted now is garbage for `daemon.repository.garbage` to remove."""
         self._fail(
             _unavailable(f"storage {self._store.name!r}: the upload of {self._key!r} was aborted")
         )
@@ -598,7 +618,7 @@ class S3Upload:
         self._part = None
         if self._upload_id is None:
             return
-        # abort never raises: a leftover is the next abort_incomplete's to remove
+        # abort never raises: a leftover is garbage, collected later
         with contextlib.suppress(Exception):
             self._store.client(attempts=2).abort_multipart_upload(
                 Bucket=self._store.config.bucket,

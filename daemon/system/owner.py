@@ -28,13 +28,24 @@ def this_process() -> str:
     return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
 
 
+def _running_here(owner: str) -> bool | None:
+    """Given an owner label value, say whether that process runs now; None if it cannot be
+    told (another host's, or an unreadable label)."""
+    host, _, rest = owner.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    return _start_time(int(pid)) == start
+
+
+def owner_is_alive(owner: str) -> bool:
+    """Given an owner label value, say whether that process certainly still runs."""
+    return _running_here(owner) is True
+
+
 def owner_is_gone(owner: str) -> bool:
     """Given an owner label value, say whether that process has certainly ended.
 
     Owners on other hosts, or unreadable labels, are never considered gone.
     """
-    host, _, rest = owner.partition(":")
-    pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    return _start_time(int(pid)) != start
+    return _running_here(owner) is False

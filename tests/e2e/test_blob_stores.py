@@ -12,6 +12,7 @@ import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from daemon.config.model import S3StorageConfig, Source
 from daemon.storage.base import BlobExists, BlobMissing, BlobStore, StoreUnavailable
 from daemon.storage.local import LocalStore
 from daemon.storage.s3 import PART_BUFFERS, PART_SIZE, S3Store, _PartBuffers
+from daemon.system.owner import this_process
 from tests.support.seaweed import S3Bucket, free_ports
 
 pytestmark = pytest.mark.e2e
@@ -119,7 +121,7 @@ def test_aborted_upload_leaves_nothing(store: BlobStore) -> None:
 
     assert list(store.list("")) == []
     assert not store.exists("host/app/data/a.tar.zst")
-    assert store.abort_incomplete("") == []
+    assert store.incomplete("host/app/data/") == []
 
 
 def test_empty_blob_round_trips(store: BlobStore) -> None:
@@ -172,21 +174,31 @@ def test_delete_removes_the_blob_and_a_missing_one_is_no_error(store: BlobStore)
     assert not store.exists("host/app/data/a")
 
 
-def test_abort_incomplete_removes_an_upload_a_crash_left(store: BlobStore) -> None:
+def test_incomplete_reports_the_uploads_directly_in_a_directory_and_removes_one(
+    store: BlobStore,
+) -> None:
     store.put("host/app/data/kept", b"kept")
+    began = datetime.now(UTC)
     crashed = store.create("host/app/data/crashed.tar.zst")
     crashed.write(os.urandom(PART_SIZE))  # a whole part, then the process "dies"
-    elsewhere = store.create("host/app/other/running.tar.zst")
-    elsewhere.write(os.urandom(PART_SIZE))
+    deeper = store.create("host/app/data/more/running.tar.zst")
+    deeper.write(os.urandom(PART_SIZE))
     del crashed
     gc.collect()
 
-    assert store.abort_incomplete("host/app/data/") == ["host/app/data/crashed.tar.zst"]
-    assert store.abort_incomplete("host/app/data/") == []
+    (upload,) = store.incomplete("host/app/data/")
+    assert upload.key == "host/app/data/crashed.tar.zst"
+    assert abs(upload.touched - began) < timedelta(minutes=1)
+    # a file's writer is in its name; a multipart upload's is in the repository's claim
+    assert upload.owner == (this_process() if isinstance(store, LocalStore) else None)
+    store.remove_incomplete(upload)
+    store.remove_incomplete(upload)  # twice is no error
+    assert store.incomplete("host/app/data/") == []
     assert list(store.list("host/app/data/")) == ["host/app/data/kept"]
-    elsewhere.write(b"end")
-    elsewhere.commit()  # an upload outside the prefix was left alone
-    assert store.exists("host/app/other/running.tar.zst")
+    deeper.write(b"end")
+    deeper.commit()  # an upload in a subdirectory was left alone
+    assert store.exists("host/app/data/more/running.tar.zst")
+    assert abs(store.modified("host/app/data/kept") - began) < timedelta(minutes=1)
 
 
 # --- S3: the real server dies, the configuration is wrong ----------------------------
@@ -272,7 +284,10 @@ def test_s3_killed_mid_upload_commit_fails_and_a_restart_recovers(
     fresh.write(b"z" * (PART_SIZE + 1))
     fresh.commit()
     assert s3_store.get("host/app/data/next.tar.zst") == b"z" * (PART_SIZE + 1)
-    assert s3_store.abort_incomplete("host/app/data/") == ["host/app/data/interrupted.tar.zst"]
+    (left,) = s3_store.incomplete("host/app/data/")
+    assert left.key == "host/app/data/interrupted.tar.zst"
+    s3_store.remove_incomplete(left)
+    assert s3_store.incomplete("host/app/data/") == []
     assert list(s3_store.list("host/")) == ["host/app/data/next.tar.zst"]
 
 
@@ -328,7 +343,7 @@ def test_s3_missing_bucket_is_named_in_one_sentence(s3_bucket: S3Bucket) -> None
         lambda: store.exists("host/a"),
         lambda: store.get("host/a"),
         lambda: list(store.list("host/")),
-        lambda: store.abort_incomplete("host/"),
+        lambda: store.incomplete("host/"),
         lambda: store.create("host/big").write(b"b" * PART_SIZE),
     ):
         with pytest.raises(StoreUnavailable) as refused:

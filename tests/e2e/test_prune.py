@@ -7,6 +7,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import time
 
 from tests.e2e.conftest import Workspace, mountpoint
 
@@ -100,8 +101,11 @@ def test_crash_between_manifest_and_archive_deletion_leaves_no_listed_orphan(
     workspace.write_config({"app": {"volumes": [source]}})
     ids = [back_up(workspace, source) for _ in range(3)]
     directory = workspace.archive_dir("app", source)
-    # the first half of Storage.delete: the manifest (the commit marker) goes first
+    # the first half of a deletion by an older volkeep (no claim names who deleted): the
+    # manifest (the commit marker) goes first; the archive is days old, as pruned ones are
     (directory / f"{source}-{ids[0]}.manifest.json").unlink()
+    days_ago = time.time() - 3 * 24 * 3600
+    os.utime(directory / f"{source}-{ids[0]}.tar.zst", (days_ago, days_ago))
 
     assert listed_ids(workspace) == [ids[2], ids[1]]
     assert f"{source}-{ids[0]}.tar.zst" in on_disk(workspace, source)
@@ -118,6 +122,7 @@ def test_crash_between_manifest_and_archive_deletion_leaves_no_listed_orphan(
     assert on_disk(workspace, source) == pairs(source, ids[1], ids[2])
 
     (directory / f"{source}-{ids[1]}.manifest.json").unlink()
+    os.utime(directory / f"{source}-{ids[1]}.tar.zst", (days_ago, days_ago))
     newest = back_up(workspace, source)
 
     assert on_disk(workspace, source) == pairs(source, ids[2], newest)

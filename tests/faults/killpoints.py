@@ -4,7 +4,8 @@ code knows nothing of it). With $VOLKEEP_TEST_POINT_ACTION=pause it SIGSTOPs its
 instead, for the test to break something under it and SIGCONT it.
 
 A point is a place at one of volkeep's edges: a call into the Docker engine (the SDK's
-`APIClient`), or into the local blob store (a file written, synced, renamed, deleted). The
+`APIClient`), into the local blob store (a file written, synced, renamed, deleted), or into
+the S3 store (a multipart upload begun). The
 process dies there as it would under `kill -9` from outside: no `finally` runs, no buffer is
 flushed, the helper containers and the stop journal stay as they are. A point that is never
 reached leaves the command to end as usual, so the test sees it did not die.
@@ -24,7 +25,7 @@ from typing import Any
 import docker
 
 from daemon.cli.main import main
-from daemon.storage import local
+from daemon.storage import local, s3
 
 ENVIRONMENT = "VOLKEEP_TEST_KILL_POINT"
 ACTION = "VOLKEEP_TEST_POINT_ACTION"
@@ -127,6 +128,7 @@ POINTS: dict[str, Callable[[], None]] = {
         docker.APIClient, "stop", after=True
     ),
     "half of the archive written": kill_mid_archive,
+    "multipart upload begun": lambda: kill_at(s3.S3Store, "begin_multipart", after=True),
     "archive complete, not yet synced": lambda: kill_at(
         local._LocalUpload, "commit", after=False, where=_upload_of(".tar.")
     ),

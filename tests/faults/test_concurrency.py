@@ -1,6 +1,7 @@
 """Two volkeeps at once (issue 13): a second daemon on the same state dir, and a backup by hand
 while the daemon backs up the same volume. The second one refuses, in one clear line; the
-first goes on; afterwards the four promises hold.
+first goes on; afterwards the four promises hold. Then (issue 19) two volkeeps with their own
+state dirs on one host, and two hosts on one storage: neither breaks the other's backup.
 
 For the backup by hand, the daemon pauses itself halfway through its backup (the test-only
 launcher, tests/faults/killpoints.py): the service is stopped and the volume locked for as
@@ -17,11 +18,20 @@ from pathlib import Path
 import pytest
 
 from daemon.state.history import History
-from tests.e2e.conftest import ROOT, mountpoint
-from tests.faults.conftest import Ledger, LogBook, Things, Volkeep, check_the_promises
+from daemon.state.locks import LOCK_DIRECTORY
+from tests.e2e.conftest import ROOT, Workspace, mountpoint
+from tests.faults.conftest import (
+    Ledger,
+    LogBook,
+    Things,
+    Volkeep,
+    check_the_promises,
+    one_clean_error,
+)
 from tests.faults.killpoints import ACTION as POINT_ACTION
 from tests.faults.killpoints import ENVIRONMENT as KILL_POINT
 from tests.support.daemon_process import DaemonProcess, NotifySocket, wait_until
+from tests.support.seaweed import S3Bucket
 
 pytestmark = pytest.mark.faults
 
@@ -119,3 +129,112 @@ def test_a_backup_by_hand_while_the_daemon_backs_up_the_volume_is_refused_and_bo
     assert daemon.events("backup published")
     ledger.claim({volume: ledger.tree(volume)})
     assert len(check_the_promises(ledger, [service])) == 1
+
+
+# Two processes on one host, two hosts on one storage (issue 19, defects 5 and 6)
+
+
+def other_volkeep(
+    root: Path, volkeep: Volkeep, config: dict[str, object], **top: object
+) -> Volkeep:
+    """A volkeep with its own config and state dir under `root`, beside `volkeep`."""
+    root.mkdir()
+    workspace = Workspace(root, volkeep.workspace.helper_image)
+    workspace.write_config(config, **top)  # type: ignore[arg-type]
+    return Volkeep(workspace, volkeep.logs)
+
+
+def same_storage(volkeep: Volkeep) -> dict[str, dict[str, object]]:
+    return {"local": {"type": "local", "path": str(volkeep.workspace.storage)}}
+
+
+def test_a_backup_from_a_second_state_dir_waits_for_the_volumes_host_wide_lock(
+    things: Things, volkeep: Volkeep, ledger: Ledger, tmp_path: Path
+):
+    volume = things.volume("data")
+    (mountpoint(things.api, volume) / "data.bin").write_bytes(os.urandom(12 << 20))
+    policy = {"app": {"volumes": [volume]}}
+    volkeep.workspace.write_config(policy)
+    second = other_volkeep(tmp_path / "second", volkeep, policy, storages=same_storage(volkeep))
+    first = volkeep.start("backup", "app", pause_at="half of the archive written")
+    first.wait_until_paused()
+
+    refused = second.run("backup", "app")
+
+    assert f"volume is busy: backup of app by volkeep pid {first.process.pid}" in one_clean_error(
+        refused
+    )
+    first.signal(signal.SIGCONT)
+    assert first.wait().returncode == 0
+    ledger.claim({volume: ledger.tree(volume)})
+    assert len(check_the_promises(ledger, [])) == 1
+
+
+def test_two_backups_of_one_volume_that_share_no_lock_keep_each_others_partial_files(
+    things: Things, volkeep: Volkeep, ledger: Ledger, tmp_path: Path
+):
+    volume = things.volume("data")
+    (mountpoint(things.api, volume) / "data.bin").write_bytes(os.urandom(12 << 20))
+    policy = {"app": {"volumes": [volume]}}
+    volkeep.workspace.write_config(policy)
+    # two containers on one host, each with its own /run/lock: nothing serialises them
+    second = other_volkeep(tmp_path / "second", volkeep, policy, storages=same_storage(volkeep))
+    second.env[LOCK_DIRECTORY] = str(tmp_path / "second" / "locks")
+    first = volkeep.start("backup", "app", pause_at="half of the archive written")
+    first.wait_until_paused()
+    in_flight = sorted(volkeep.workspace.storage.rglob(".*.partial"))
+
+    second.ok("backup", "app")
+
+    assert in_flight and all(path.exists() for path in in_flight)
+    first.signal(signal.SIGCONT)
+    assert first.wait().returncode == 0
+    ledger.claim({volume: ledger.tree(volume)})
+    listed = check_the_promises(ledger, [])
+    assert len({archive.id for archive in listed}) == 2
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_host_web_never_touches_host_apps_upload_under_the_layout_before_host_names(
+    storage: str, things: Things, volkeep: Volkeep, tmp_path: Path, request: pytest.FixtureRequest
+):
+    db = things.volume("db")
+    files = things.volume("files")
+    (mountpoint(things.api, db) / "table").write_bytes(os.urandom(1 << 20))
+    (mountpoint(things.api, files) / "upload.bin").write_bytes(os.urandom(12 << 20))
+    if storage == "s3":
+        bucket: S3Bucket = request.getfixturevalue("s3_bucket")
+        shared = {"shared": bucket.storage("fleet/")}
+    else:
+        shared = {"shared": {"type": "local", "path": str(tmp_path / "shared")}}
+    # web's policy "app", volume db: before host names its directory was app/<db>/; host app's
+    # policy named <db> writes under app/<db>/ too
+    web = other_volkeep(tmp_path / "web", volkeep, {"app": {"volumes": [db], "storage": "shared"}},
+                        storages=shared, daemon={"host": "web"})  # fmt: skip
+    app = other_volkeep(tmp_path / "app", volkeep, {db: {"volumes": [files], "storage": "shared"}},
+                        storages=shared, daemon={"host": "app"})  # fmt: skip
+    point = "multipart upload begun" if storage == "s3" else "half of the archive written"
+    writing = app.start("backup", db, pause_at=point)
+    writing.wait_until_paused()
+    in_flight = in_flight_uploads(storage, tmp_path / "shared", request)
+    assert [name for name in in_flight if f"app/{db}/{files}/" in name], in_flight
+
+    web.ok("backup", "app")
+    web.ok("prune", "app")
+
+    assert in_flight_uploads(storage, tmp_path / "shared", request) == in_flight
+    writing.signal(signal.SIGCONT)
+    assert writing.wait().returncode == 0
+    for host, policy, volume in ((web, "app", db), (app, db, files)):
+        ledger = Ledger(host, things, policy)
+        ledger.claim({volume: ledger.tree(volume)})
+        assert len(check_the_promises(ledger, [])) == 1
+
+
+def in_flight_uploads(storage: str, root: Path, request: pytest.FixtureRequest) -> list[str]:
+    """The uploads begun and not completed in the shared storage."""
+    if storage == "local":
+        return sorted(path.relative_to(root).as_posix() for path in root.rglob(".*.partial"))
+    bucket: S3Bucket = request.getfixturevalue("s3_bucket")
+    answer = bucket.server.client().list_multipart_uploads(Bucket=bucket.name)
+    return sorted(upload["Key"] for upload in answer.get("Uploads", []))

@@ -26,7 +26,7 @@ from daemon.engine.journal import (
 )
 from daemon.errors import OperationError
 from daemon.state.history import History
-from daemon.state.locks import volume_lock
+from daemon.state.locks import LOCK_DIRECTORY, volume_lock
 from daemon.system.owner import this_process
 
 MOMENT = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
@@ -136,10 +136,13 @@ def test_a_journal_a_live_volkeep_left_is_retried_once_its_volume_lock_is_free(
     assert downtime.container == "db" and downtime.stopped == MOMENT
 
 
-def test_a_journal_whose_volume_lock_is_held_is_left_to_its_operation(tmp_path: Path) -> None:
+def test_a_journal_whose_volume_lock_is_held_is_left_to_its_operation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LOCK_DIRECTORY, str(tmp_path / "locks"))
     write_journal(tmp_path, Journal("app", "app_db", "host:1:2", (stopped("db"),)))
     engine = FakeEngine({"id-db": False})
-    with volume_lock(tmp_path, "app_db", "backup of app"):
+    with volume_lock("app_db", "backup of app"):
         restart_pending(cast(Any, engine), tmp_path)
     assert engine.start_attempts == []
     assert journals(tmp_path) == [journal_path(tmp_path, "app_db")]

@@ -109,3 +109,24 @@ def test_latest_passes_over_archives_from_the_future(store):
     assert future.in_the_future() and not present.in_the_future()
     assert repository.find("app", "db", "latest") == present
     assert repository.find("app", "db", future.id) == future
+
+
+def test_ids_order_by_time_then_by_their_counter_as_a_number(store):
+    repository = Repository(store, "a", own=True)
+    for _ in range(11):
+        commit(repository, "20261101T030000Z")
+    commit(repository, "20261101T030000Z", safety=True)
+    commit(repository, "20261031T235959Z")
+
+    newest_first = [key.id for key in repository.archives("app", "db")]
+
+    assert newest_first == [
+        *(f"20261101T030000Z-{counter}" for counter in range(11, 1, -1)),
+        "20261101T030000Z-safety",  # a first id's counter is 1: after the backup without one
+        "20261101T030000Z",
+        "20261031T235959Z",
+    ]
+    assert repository.find("app", "db", "latest").id == "20261101T030000Z-11"
+    assert ArchiveKey("app", "db", "20261101T030000Z-2-safety") < ArchiveKey(
+        "app", "db", "20261101T030000Z-10"
+    )
