@@ -168,6 +168,8 @@ class NotifySettings:
     urls: tuple[str, ...] = field(default=(), repr=False)  # Apprise URLs
     ping: str | None = field(default=None, repr=False)  # Healthchecks-style: /start, /fail
     events: tuple[NotifyEvent, ...] = NOTIFY_EVENTS  # which events go to `urls`
+    # a policy that keeps failing is told of when it starts failing, then again this often
+    remind_every: timedelta = timedelta(hours=24)
 
 
 @dataclass(frozen=True)

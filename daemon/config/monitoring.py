@@ -34,7 +34,7 @@ from daemon.config.nodes import (
     string,
     value_of,
 )
-from daemon.config.values import absolute_path
+from daemon.config.values import absolute_path, duration
 from daemon.errors import ConfigProblem
 
 HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*")
@@ -287,6 +287,7 @@ NOTIFY = record(
         "urls": apprise_urls,
         "ping": written_or_read(ping_url),
         "events": list_of(choice(NOTIFY_EVENTS, "notify event"), unique=True),
+        "remind_every": duration(),
     },
     into=NotifySettings,
 )

@@ -397,6 +397,11 @@ NOTIFY_HELP = {
         "(default: all of them).",
         ["failure", "drill_failure"],
     ),
+    "remind_every": Help(
+        "A policy that keeps failing is notified when it starts failing, then again at most "
+        "this often while it fails (default: 24h).",
+        "24h",
+    ),
 }
 STORAGE_TYPES = ("local", "s3")
 STORAGE_TYPE = choice(STORAGE_TYPES, "storage type")

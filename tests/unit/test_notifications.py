@@ -279,3 +279,29 @@ def test_a_volume_that_shrank_is_told_by_default_and_only_where_listed(
     sender(shrank_volume("app_db"))
     sender.close()
     assert len(receiver.apprise_messages()) == 1
+
+
+def test_a_job_that_keeps_failing_is_told_once_then_reminded_after_remind_every(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    loaded = config(tmp_path, f'{{urls: ["json://{receiver.url[7:]}/apprise"], remind_every: 6h}}')
+    moment = [datetime(2026, 3, 1, 3, 0, tzinfo=UTC)]
+    sender = Notifications(
+        lambda: loaded, History(tmp_path / "state"), "testhost", clock=lambda: moment[0]
+    )
+    sender.start()
+    broken = RunFinished("backup", "app", ("app_db",), {"app_db": "engine down"})
+    for hours in (0, 1, 2, 5):  # hourly runs that fail: told at the first
+        moment[0] = datetime(2026, 3, 1, 3 + hours, 0, tzinfo=UTC)
+        sender(broken)
+    moment[0] = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)  # 6 h after the first: a reminder
+    sender(broken)
+    sender(RunFinished("backup", "app", ("app_db",), {}))
+    sender.close()
+
+    titles = [message["title"] for message in receiver.apprise_messages()]
+    assert titles == [
+        "volkeep on testhost: the scheduled backup of app failed",
+        "volkeep on testhost: the scheduled backup of app still fails",
+        "volkeep on testhost: the scheduled backup of app succeeds again",
+    ]

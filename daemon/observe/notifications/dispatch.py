@@ -5,8 +5,10 @@
   by the daemon's stop pings nothing: it runs again at the next start.
 - The Apprise URLs hear the events the policy lists (all by default): `failure` (a
   scheduled backup or drill run that failed), `drill_failure` (a drill found an archive
-  wanting), `recovered` (the first run without failure after a failed one, also across a
-  restart: the run history says how the last one ended), `missed` (a scheduled run that
+  wanting) (both told when the job starts failing, then again every `remind_every` at most
+  while it keeps failing, and once after a restart), `recovered` (the first run without
+  failure after a failed one, also across a restart: the run history says how the last
+  one ended), `missed` (a scheduled run that
   did not start on time), `shrink` (a backup found the volume had lost most of its
   content: retention keeps the archive before the loss until the shrink is accepted).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import structlog
 
@@ -37,11 +40,19 @@ Delivery = tuple[str, str, Service, Notice]  # (the setting it comes from, URL, 
 class Notifications:
     """A subscriber of the event stream; `start` it, and `close` it at the stop."""
 
-    def __init__(self, config: Callable[[], Config], history: History, host: str) -> None:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        history: History,
+        host: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._config = config
         self._history = history
         self._host = host
+        self._clock = clock
         self._failing: set[tuple[str, str]] = set()  # (kind, policy) whose last run failed
+        self._told: dict[tuple[str, str], datetime] = {}  # when its failure was last told
         self._verdicts: dict[str, dict[str, str]] = {}  # failed drills of a running drill run
         self._missed: set[tuple[str, str]] = set()  # told of a missed run since its last run
         self._lock = threading.Lock()
@@ -112,6 +123,8 @@ class Notifications:
                 self._failing.add(key)
             else:
                 self._failing.discard(key)
+                self._told.pop(key, None)
+            tell_failure = bool(run.failures) and self._failure_due(key, was_failing)
         where = f"volkeep on {self._host}"
         others = {volume: error for volume, error in run.failures.items() if volume not in verdicts}
         lines = "\n".join(
@@ -122,17 +135,32 @@ class Notifications:
             done = f"{len(run.volumes)} volumes backed up"
             kind: NoticeKind = "failure" if run.failures else "success"
             self._ping(run.policy, Notice(kind, run.policy, "", lines or done))
-        if verdicts:
-            title = f"{where}: a drill of {run.policy} found an archive that does not restore"
+        if verdicts and tell_failure:
+            found = "still finds" if was_failing else "found"
+            title = f"{where}: a drill of {run.policy} {found} an archive that does not restore"
             body = "\n".join(f"{volume}: {why}" for volume, why in sorted(verdicts.items()))
             self._tell(Notice("drill_failure", run.policy, title, body))
-        if others:
-            title = f"{where}: the scheduled {run.kind} of {run.policy} failed"
+        if others and tell_failure:
+            failed = "still fails" if was_failing else "failed"
+            title = f"{where}: the scheduled {run.kind} of {run.policy} {failed}"
             self._tell(Notice("failure", run.policy, title, lines))
         if was_failing and not run.failures:
             title = f"{where}: the scheduled {run.kind} of {run.policy} succeeds again"
             body = f"{len(run.volumes)} volumes, no failure, after a failed run."
             self._tell(Notice("recovered", run.policy, title, body))
+
+    def _failure_due(self, key: tuple[str, str], was_failing: bool) -> bool:
+        """Given a job whose run failed (the caller holds the lock), say whether to tell of
+        it: when it starts failing, or when the policy's `remind_every` has passed since it
+        was last told of (never told since this daemon started: now). Record the telling."""
+        now = self._clock()
+        last = self._told.get(key)
+        settings = self._settings(key[1])
+        remind = settings.remind_every if settings is not None else NotifySettings.remind_every
+        if was_failing and last is not None and now - last < remind:
+            return False
+        self._told[key] = now
+        return True
 
     def _settings(self, policy: str) -> NotifySettings | None:
         found = self._config().policies.get(policy)
