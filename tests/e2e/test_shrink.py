@@ -9,6 +9,7 @@ import re
 
 from tests.e2e.conftest import Workspace, mountpoint
 from tests.e2e.test_prune import back_up, listed_ids, printed_decisions
+from tests.e2e.test_s3 import keys
 from tests.support.tree import differences, snapshot
 
 
@@ -95,3 +96,49 @@ def test_an_emptied_volume_never_rotates_away_the_archive_before_the_loss(
     assert pruned.returncode == 0, pruned.stderr
     assert listed_ids(workspace) == [empty[5], empty[4], empty[2]]
     assert record.exists()
+
+
+def test_an_acceptance_is_recorded_in_every_storage_and_each_prune_sees_it(
+    api, volumes, workspace: Workspace, s3_bucket
+):
+    source = volumes("twice")
+    workspace.write_config(
+        {
+            "app": {
+                "volumes": [source],
+                "storage": ["local", "offsite"],
+                "retention": {"keep_last": 1},
+            }
+        },
+        storages={"offsite": s3_bucket.storage("prod/")},
+    )
+    fill(mountpoint(api, source), 20)
+    full = [back_up(workspace, source) for _ in range(2)]
+    api.remove_volume(source)
+    api.create_volume(source)
+    empty = [back_up(workspace, source) for _ in range(3)]
+
+    listed = workspace.run("list", "app", "--json")
+    assert listed.returncode == 0, listed.stderr
+    by_storage = sorted((entry["storage"], entry["id"]) for entry in json.loads(listed.stdout))
+    guarded = [empty[2], empty[0], full[1]]
+    assert by_storage == sorted((storage, i) for storage in ("local", "offsite") for i in guarded)
+
+    accepted = workspace.run("accept-shrink", "app", "--volume", source)
+    assert accepted.returncode == 0, accepted.stderr
+    assert [line.split(":")[0] for line in accepted.stdout.splitlines()] == [
+        f"app/{source} in local",
+        f"app/{source} in offsite",
+    ]
+    record = f"{source}.shrink-accepted.{empty[0]}.json"
+    assert any(key.startswith("prod/") and key.endswith("/" + record) for key in keys(s3_bucket))
+
+    assert workspace.run("prune", "app").returncode == 0
+    listed = json.loads(workspace.run("list", "app", "--json").stdout)
+    assert sorted((entry["storage"], entry["id"]) for entry in listed) == [
+        ("local", empty[2]),
+        ("offsite", empty[2]),
+    ]
+    again = workspace.run("accept-shrink", "app", "--volume", source, "--storage", "offsite")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"app/{source} in offsite: no shrink pending\n"
