@@ -1,0 +1,199 @@
+"""An archive's recipe rebuilds its tar byte for byte (docs/format-dedup.md, "The recipe")."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+
+import pytest
+
+from daemon.archive.chunkconfig import ChunkConfig
+from daemon.archive.chunking import ChunkerParameters
+from daemon.archive.packs import ChunkWriter, SealedPack, open_pack
+from daemon.archive.recipe import RecipeBuilder, RecipeError, read_recipe, rebuild_tar
+from daemon.archive.tarstream import TarFormatError
+
+
+def member(archive: tarfile.TarFile, name: str, data: bytes | None = None, **fields) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime = fields.pop("mtime", 1_700_000_000)
+    for key, value in fields.items():
+        setattr(info, key, value)
+    if data is not None:
+        info.size = len(data)
+    archive.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def sample_tar(tar_format: int, seed: bytes = b"one") -> bytes:
+    """A tar of every kind of member a volume holds, in the given tarfile format."""
+    random = hashlib.shake_256(seed)
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w", format=tar_format) as archive:
+        member(archive, ".", type=tarfile.DIRTYPE, mode=0o755)
+        member(archive, "./empty", b"")
+        member(archive, "./small.txt", b"hello\n")
+        member(archive, "./large.bin", random.digest(3 << 20))
+        member(archive, "./zeros", bytes(300_000))
+        long_name = "./" + "/".join(["d" * 60] * 5) + "/" + "f" * 120
+        member(archive, long_name, b"long name\n")
+        member(archive, "./hard", type=tarfile.LNKTYPE, linkname="./small.txt")
+        member(archive, "./link", type=tarfile.SYMTYPE, linkname="../" * 30 + "x" * 120)
+        member(archive, "./ünïcødé-日本", b"names\n", uid=999, gid=999, uname="", gname="")
+        for number in range(50):
+            member(archive, f"./many/{number}", random.digest(5000 + number)[-number - 1 :])
+    return stream.getvalue()
+
+
+class Repository:
+    """Packs in memory, and the ChunkWriter and recipe of each tar stored."""
+
+    def __init__(self, config: ChunkConfig | None = None) -> None:
+        self.config = config or ChunkConfig.new()
+        self.packs: dict[str, bytes] = {}
+        self.known: set[str] = set()
+        self.located: dict[str, tuple[str, int]] = {}
+
+    def store(self, tar: bytes, piece: int = 65_536) -> tuple[bytes, ChunkWriter]:
+        """Store a tar fed in pieces of `piece` bytes; return its recipe in clear."""
+        recipe = io.BytesIO()
+
+        def keep(pack: SealedPack) -> None:
+            self.packs[pack.name] = pack.data
+            for number, entry in enumerate(pack.entries):
+                self.located[entry.chunk_id] = (pack.name, number)
+
+        writer = ChunkWriter(self.config, [], self.known, keep)
+        builder = RecipeBuilder(self.config.chunker, writer.add, recipe)
+        for start in range(0, len(tar), piece):
+            builder.feed(tar[start : start + piece])
+        builder.finish()
+        writer.finish()
+        writer.close()
+        return recipe.getvalue(), writer
+
+    def chunk(self, chunk_id: str) -> bytes:
+        name, number = self.located[chunk_id]
+        pack = open_pack(name, self.packs[name], None)
+        return pack.chunk(pack.entries[number])
+
+    def rebuild(self, recipe: bytes) -> bytes:
+        out = io.BytesIO()
+        rebuild_tar(read_recipe(lines(recipe)), self.chunk, out)
+        return out.getvalue()
+
+
+def lines(recipe: bytes) -> Iterator[str]:
+    return iter(io.StringIO(recipe.decode("ascii"), newline="\n"))
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+@pytest.mark.parametrize("piece", [511, 65_536, 1 << 22])
+def test_a_tar_is_rebuilt_byte_for_byte_from_its_recipe(tar_format, piece):
+    tar = sample_tar(tar_format)
+    repository = Repository()
+    recipe, _ = repository.store(tar, piece)
+    assert repository.rebuild(recipe) == tar
+    assert recipe.decode().splitlines()[-1] == f"T {len(tar)} {hashlib.sha256(tar).hexdigest()}"
+
+
+def test_a_ustar_tar_fed_a_byte_at_a_time_is_rebuilt_byte_for_byte():
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        member(archive, "./a", os.urandom(70_000))
+        member(archive, "./b", type=tarfile.SYMTYPE, linkname="a")
+    tar = stream.getvalue() + b"record padding after the end is kept too"
+    repository = Repository()
+    recipe, _ = repository.store(tar, 1)
+    assert repository.rebuild(recipe) == tar
+
+
+def test_file_content_is_in_chunks_and_everything_else_in_the_recipe():
+    content = os.urandom(1 << 20)
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        member(archive, "./data", content, pax_headers={"comment": "x" * 600})
+    tar = stream.getvalue()
+    repository = Repository()
+    recipe, writer = repository.store(tar)
+    steps = list(read_recipe(lines(recipe)))
+    raw = b"".join(step for step in steps if isinstance(step, bytes))
+    zeros = sum(step for step in steps if isinstance(step, int))
+    assert writer.plain_bytes == len(content)
+    assert content[:4096] not in raw  # no content in the recipe itself
+    assert len(raw) + zeros + len(content) == len(tar)
+    # a header is one R line: raw lines end at the stream's block boundaries
+    assert all(len(step) == 512 for step in steps if isinstance(step, bytes))
+
+
+def test_the_same_files_with_new_mtimes_store_no_new_chunk():
+    repository = Repository()
+    first, _ = repository.store(sample_tar(tarfile.PAX_FORMAT))
+    stream = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(sample_tar(tarfile.PAX_FORMAT))) as source,
+        tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT) as archive,
+    ):
+        for info in source.getmembers():
+            info.mtime += 3600
+            archive.addfile(info, source.extractfile(info) if info.isfile() else None)
+    touched = stream.getvalue()
+    second, writer = repository.store(touched)
+    assert writer.new_chunks == 0
+    assert repository.rebuild(second) == touched
+    assert repository.rebuild(first) == sample_tar(tarfile.PAX_FORMAT)
+
+
+def test_a_small_change_in_a_large_file_stores_few_new_chunks():
+    repository = Repository()
+    original = sample_tar(tarfile.GNU_FORMAT)
+    repository.store(original)
+    changed = bytearray(original)
+    offset = original.index(hashlib.shake_256(b"one").digest(3 << 20)[:64]) + 1_500_000
+    changed[offset : offset + 100] = os.urandom(100)
+    _, writer = repository.store(bytes(changed))
+    assert writer.new_chunks <= 2
+    assert writer.new_plain_bytes < 600_000
+
+
+def test_a_stream_that_is_not_a_whole_tar_is_refused():
+    tar = sample_tar(tarfile.GNU_FORMAT)
+    with pytest.raises(TarFormatError):
+        Repository().store(tar[:700_000])
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda text: text.replace("volkeep-recipe 1", "volkeep-recipe 2"), "version 1"),
+        (lambda text: text[: text.rindex("T ")], "cut short"),
+        (lambda text: text + "Z 5\n", "after the end line"),
+        (lambda text: text.replace("\nZ ", "\nZ x", 1), "damaged recipe line"),
+        (lambda text: text.replace("\nR ", "\nR !", 1), "damaged recipe line"),
+    ],
+)
+def test_a_damaged_recipe_is_refused(edit, message):
+    repository = Repository()
+    recipe, _ = repository.store(sample_tar(tarfile.GNU_FORMAT))
+    with pytest.raises(RecipeError, match=message):
+        repository.rebuild(edit(recipe.decode()).encode())
+
+
+def test_a_tar_that_differs_from_its_recipe_end_is_refused():
+    repository = Repository()
+    recipe, _ = repository.store(sample_tar(tarfile.GNU_FORMAT))
+    text = recipe.decode()
+    wrong = text[: text.rindex("T ")] + f"T 1 {'0' * 64}\n"
+    with pytest.raises(RecipeError, match="size or SHA-256"):
+        repository.rebuild(wrong.encode())
+
+
+def test_custom_chunker_parameters_cut_files_by_them():
+    config = ChunkConfig(os.urandom(32), ChunkerParameters(4096, 16384, 65536))
+    repository = Repository(config)
+    recipe, _ = repository.store(sample_tar(tarfile.GNU_FORMAT))
+    steps = list(read_recipe(lines(recipe)))
+    assert max(step.length for step in steps if hasattr(step, "length")) <= 65536
+    assert repository.rebuild(recipe) == sample_tar(tarfile.GNU_FORMAT)
