@@ -2,7 +2,8 @@
 
 - A job resolves its volumes when it runs, so a newly labelled volume is picked up without
   a reload: a backup's are the ones its policy selects in the engine, a drill's the ones it
-  has archives of in its storage.
+  has archives of in its storage. A run that finds none has failed (its line says what to
+  fix), as has one whose storage cannot be listed: neither is a success of "0 volumes".
 - Concurrency: one operation per volume (the volume lock; the daemon waits for a busy
   volume) and at most `daemon.max_parallel` operations, and so helper containers, at once.
 - A run cut short by the daemon's stop does not count as a run: it runs again at the next
@@ -76,7 +77,8 @@ def _drill(ctx: Context, policy: str, volume: str) -> None:
 
 
 def _volumes(ctx: Context, kind: str, policy: str) -> list[str]:
-    """Given a job, return the volumes it works on now."""
+    """Given a job, return the volumes it works on now. Raise OperationError if there is
+    none, or the engine or the storage cannot say."""
     settings = ctx.policy(policy)
     if kind == "backup":
         return policy_volumes(ctx.docker(), settings, [])
