@@ -148,6 +148,19 @@ class RunMissed:
     at: datetime = field(default_factory=_now)
 
 
+@dataclass(frozen=True)
+class ConfigReload:
+    """The daemon read its config again (SIGHUP): `problems` is why it was refused (the
+    running config goes on), empty if it took effect."""
+
+    problems: tuple[str, ...]
+    at: datetime = field(default_factory=_now)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.problems)
+
+
 Event = (
     OperationStarted
     | OperationFinished
@@ -159,6 +172,7 @@ Event = (
     | RunStarted
     | RunFinished
     | RunMissed
+    | ConfigReload
 )
 Subscriber = Callable[[Event], None]
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -24,7 +25,7 @@ from prometheus_client import write_to_textfile as write_registry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from daemon.events import Event, OperationFailed, OperationFinished
+from daemon.events import ConfigReload, Event, OperationFailed, OperationFinished
 from daemon.observe.overview import Overview
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400)
@@ -53,6 +54,12 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+        self._reload_failed = Gauge(
+            "volkeep_config_reload_failed",
+            "1 if the last config reload (SIGHUP) failed and the daemon runs the config it had "
+            "before, 0 otherwise.",
+            registry=self.registry,
+        )
         self.registry.register(_Gauges(self))
 
     def __call__(self, event: Event) -> None:
@@ -60,6 +67,8 @@ class Metrics:
             outcome = "success" if isinstance(event, OperationFinished) else "failure"
             self._operations.labels(event.policy, event.volume, event.kind, outcome).inc()
             self._durations.labels(event.policy, event.volume, event.kind).observe(event.seconds)
+        elif isinstance(event, ConfigReload):
+            self._reload_failed.set(1 if event.failed else 0)
 
     def update(self, overview: Overview) -> None:
         with self._lock:

@@ -38,6 +38,7 @@ from daemon.config import load_config
 from daemon.config.model import Config, MetricsSettings
 from daemon.engine.client import connect
 from daemon.errors import EXIT_OK, ConfigError, OperationError, VolkeepError
+from daemon.events import ConfigReload
 from daemon.observe.metrics import Metrics
 from daemon.observe.notifications.dispatch import Notifications
 from daemon.observe.web.server import StatusServer
@@ -204,15 +205,19 @@ class Daemon:
         notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         refused = "config reload failed: keeping the running config"
         running = self.config
+        problems: tuple[str, ...] = ()
         try:
             self.config = load_config(self._config_path)  # the jobs it adds run with it
             changes = self.jobs.replace(self.config)
         except ConfigError as error:
-            for problem in error.problems:
-                log.error(refused, problem=str(problem))
+            problems = tuple(str(problem) for problem in error.problems)
+            for problem in problems:
+                log.error(refused, problem=problem)
         except VolkeepError as error:
+            problems = (str(error),)
             log.error(refused, error=str(error))
         except Exception as error:  # whatever it is, the running config goes on
+            problems = (f"internal error: {error!r}",)
             log.exception(refused, error=repr(error))
         else:
             self._limit.resize(self.config.daemon.max_parallel)
@@ -227,6 +232,7 @@ class Daemon:
             running = self.config
             _warn_about(running)
         self.config = running
+        events.emit(ConfigReload(problems))  # the status line, the page and the metrics
         notify("READY=1", f"STATUS={self.status.describe()}")
 
     def _second_stop_signal(self) -> bool:

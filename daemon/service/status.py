@@ -1,5 +1,7 @@
 """What the daemon does, for systemd's STATUS= line and `daemon.json` (read by `volkeep
-status`), told by the event stream: an operation that starts or ends changes the line.
+status`), told by the event stream: an operation that starts or ends changes the line. A
+config reload that failed stays on it until one succeeds: the daemon runs an older config
+than the files say, and only the log would tell otherwise.
 
 A heartbeat job of the scheduler republishes it (with the progress of the running
 operations) and proves that the scheduler dispatches, which is what the watchdog pings on.
@@ -17,6 +19,7 @@ from pathlib import Path
 import structlog
 
 from daemon.events import (
+    ConfigReload,
     ContainersStarted,
     ContainersStopped,
     Event,
@@ -49,6 +52,7 @@ class StatusLine:
         self._started = datetime.now(UTC)
         self._running: dict[int, OperationStarted] = {}  # by operation id
         self._stopped: dict[tuple[str, str], tuple[str, ...]] = {}  # by (policy, volume)
+        self._refused: ConfigReload | None = None  # the last reload, if it failed
         self._lock = threading.Lock()
         self._publish_lock = threading.Lock()  # one writer of STATUS= and daemon.json at once
         self._line = ""
@@ -68,6 +72,9 @@ class StatusLine:
         elif isinstance(event, ContainersStarted):
             with self._lock:
                 self._stopped.pop((event.policy, event.volume), None)
+        elif isinstance(event, ConfigReload):
+            with self._lock:
+                self._refused = event if event.failed else None
         elif not isinstance(event, RunFinished):
             return
         self.publish()
@@ -93,7 +100,20 @@ class StatusLine:
         return f"{doing} (stopped: {', '.join(stopped)})" if stopped else doing
 
     def describe(self) -> str:
-        """Return what the daemon does now."""
+        """Return what the daemon does now, and that its last config reload failed if it
+        did."""
+        with self._lock:
+            refused = self._refused
+        if refused is None:
+            return self._activity()
+        more = f" (and {len(refused.problems) - 1} more)" if len(refused.problems) > 1 else ""
+        return (
+            f"{self._activity()}; CONFIG RELOAD FAILED at "
+            f"{refused.at.strftime('%Y-%m-%d %H:%M:%S %Z')}, the previous config runs: "
+            f"{refused.problems[0]}{more}"
+        )
+
+    def _activity(self) -> str:
         now = time.monotonic()
         doing = "; ".join(
             f"{self._doing(started)} {progress.describe(now)}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -323,3 +324,33 @@ def test_the_status_page_in_a_browser_shows_a_failed_drill_and_the_restore_time_
     assert "<svg" in passed and 'class="restore passed"' in passed
     assert 'class="restore failed"' in failed
     assert f"volkeep on {socket.gethostname()}" in dom
+
+
+def test_a_failed_config_reload_shows_in_status_the_page_and_a_metric_until_one_succeeds(
+    volumes, workspace, daemons
+):
+    volume = volumes("reloaded")
+    metrics = {"listen": "127.0.0.1:0"}
+    workspace.write_config({"app": {"volumes": [volume]}}, daemon={"metrics": metrics})
+    daemon = daemons()
+    url = served(daemon)
+    failed = ("volkeep_config_reload_failed", frozenset())
+    assert wait_until(lambda: scrape(url).get(failed) == 0, "the metric at start")
+
+    good = workspace.config.read_text()
+    workspace.config.write_text(good.replace("version: 1", "version: 1\nnonsense: true"))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_event("config reload failed: keeping the running config")
+
+    assert wait_until(lambda: scrape(url).get(failed) == 1, "the metric after the failure")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert "CONFIG RELOAD FAILED" in response.read().decode()
+    workspace.config.write_text(good)  # mended, not reloaded yet: the daemon runs the old one
+    shown = workspace.run("status").stdout
+    assert "CONFIG RELOAD FAILED" in shown and "nonsense" in shown, shown
+
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_event("config reloaded")
+    assert wait_until(lambda: scrape(url).get(failed) == 0, "the metric after a good reload")
+    assert "CONFIG RELOAD FAILED" not in workspace.run("status").stdout
+    assert daemon.stop() == 0
