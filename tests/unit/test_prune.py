@@ -36,8 +36,9 @@ def policy(**rules: int) -> Policy:
     )
 
 
-def plant(storage: Repository, when: str, kind: str = "backup") -> ArchiveKey:
-    """Given an ISO time in UTC, commit an archive of VOLUME created then; return its key."""
+def plant(storage: Repository, when: str, kind: str = "backup", tar_bytes: int = 0) -> ArchiveKey:
+    """Given an ISO time in UTC, commit an archive of VOLUME created then (of a tar of
+    `tar_bytes`); return its key."""
     started = datetime.fromisoformat(when).replace(tzinfo=UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     key = allocate_key([storage], "app", VOLUME, stamp, safety=kind == "safety")
@@ -57,7 +58,7 @@ def plant(storage: Repository, when: str, kind: str = "backup") -> ArchiveKey:
         compression="zstd",
         compression_level=None,
         tar_flavour="busybox",
-        tar_size=0,
+        tar_size=tar_bytes,
         host="test",
     )
     storage.commit(key, [manifest.to_json()])
