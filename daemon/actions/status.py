@@ -73,6 +73,7 @@ class VolumeStatus:
     last_drill_run: OperationRecord | None = None
     # by storage: the shrinks for which retention keeps archives until they are accepted
     shrinks: dict[str, list[Shrink]] = field(default_factory=dict)
+    in_config: bool = True  # False: the policy no longer covers it; its archives remain
 
     @property
     def newest_archive(self) -> Manifest | None:
@@ -86,6 +87,7 @@ class VolumeStatus:
         drill = self.last_drill
         return {
             "name": self.name,
+            "in_config": self.in_config,
             "last_backup": None
             if backup is None
             else {
@@ -214,14 +216,11 @@ def collect_status(ctx: Context, now: datetime) -> Status:
                 repositories.append(repository)
             except OSError as error:
                 notes.append(str(repository.failure(error, "cannot list the archives")))
-        names = sorted(
-            {
-                *policy.selector.names,
-                *selected.get(policy.name, []),
-                *stored,
-                *(volume for owner, volume in backups if owner == policy.name),
-            }
-        )
+        covered = _covered(policy, selected.get(policy.name))
+        # a volume the config no longer covers shows while the storages hold archives of
+        # it, marked so; by its run history alone (a FAILED forever) not at all
+        recorded = {volume for owner, volume in backups if owner == policy.name}
+        names = sorted({*stored, *(recorded if covered is None else covered)})
         volumes = [
             VolumeStatus(
                 name,
@@ -230,6 +229,7 @@ def collect_status(ctx: Context, now: datetime) -> Status:
                 _last_drill(repositories, policy.name, name),
                 drills.get((policy.name, name)),
                 _pending_shrinks(policy, repositories, name, now),
+                in_config=covered is None or name in covered,
             )
             for name in names
         ]
@@ -266,6 +266,15 @@ def _upcoming(
     if first == now:
         return Upcoming(schedule.text, next_run(schedule, policy.timezone, anchor), overdue=True)
     return Upcoming(schedule.text, first)
+
+
+def _covered(policy: Policy, matched: list[str] | None) -> set[str] | None:
+    """Given a policy and the volumes its match selects now (None: the engine was not
+    asked), return the volumes it covers, or None if that cannot be known."""
+    selector = policy.selector
+    if matched is None and (selector.label_key is not None or selector.name_glob is not None):
+        return None
+    return {*selector.names, *(matched or [])}
 
 
 def _interrupted(record: OperationRecord) -> OperationRecord:
@@ -371,7 +380,7 @@ def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str
         verdict += f", restore {volume.last_drill.restore_seconds:.1f}s"
     return (
         volume.name,
-        _last_run(volume.last_backup, now),
+        _last_run(volume.last_backup, now) if volume.in_config else "removed from the config",
         newest,
         human_bytes(archive.size) if archive else "-",
         verdict,

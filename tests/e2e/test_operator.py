@@ -214,3 +214,26 @@ def test_a_failed_backup_off_a_terminal_is_told_in_one_line(workspace: Workspace
     assert text == ["volkeep: app/vkt_never_created: no such Docker volume"], result.stderr
     records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert [r["event"] for r in records if r["level"] == "error"] == ["backup failed"]
+
+
+def test_volumes_removed_from_the_config_leave_status_unless_archives_remain(
+    api, volumes, workspace: Workspace
+):
+    kept, other = volumes("kept"), volumes("other")
+    (mountpoint(api, kept) / "file").write_text("content")
+    workspace.write_config({"app": {"volumes": [kept, "vkt_never_created"]}})
+    assert workspace.run("backup", "app").returncode == 1  # the missing volume failed
+
+    workspace.write_config({"app": {"volumes": [other]}})
+    result = workspace.run("status", "--json")
+
+    assert result.returncode == 0, result.stderr
+    shown = {
+        volume["name"]: volume["in_config"]
+        for volume in json.loads(result.stdout)["policies"][0]["volumes"]
+    }
+    assert shown == {kept: False, other: True}
+    text = workspace.run("status").stdout
+    assert "vkt_never_created" not in text
+    [row] = [line for line in text.splitlines() if kept in line]
+    assert "removed from the config" in row and "FAILED" not in row
