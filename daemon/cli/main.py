@@ -203,11 +203,12 @@ def _parser() -> argparse.ArgumentParser:
     accept_shrink = commands.add_parser(
         "accept-shrink",
         help="let retention delete the archives kept because a volume lost most of its content",
-        description="A backup that finds the volume holding fewer than half the objects or "
-        "half the tar bytes of the backup before it is a shrink: retention then keeps the "
-        "backup before the loss (and the first after it) until you accept the shrink here, "
-        "or the longest keep window has passed. Accepting the newest shrink accepts every "
-        "earlier one. The acceptance is recorded in the storage, for every prune to see.",
+        description="A backup holding fewer than half the objects (of at least 10) or half "
+        "the tar bytes (of at least 1 MiB) of the backup before it is a shrink: retention "
+        "then keeps the backup before the loss, and the first after it, until you accept the "
+        "shrink here or the longest keep window of the storage's rules has passed. Accepting "
+        "the newest shrink accepts every earlier one. The acceptance is recorded in each "
+        "storage, beside the volume's archives, for every prune there to see.",
     )
     accept_shrink.add_argument("policy")
     accept_shrink.add_argument(
