@@ -32,6 +32,7 @@ from daemon.engine.helpers import LABEL_ROLE
 from daemon.engine.volumes import all_volumes
 from daemon.errors import ConfigError, OperationError, UsageError
 from daemon.rules.databases import is_database_image
+from daemon.terminal.render import plural
 
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"  # what Docker labels anonymous volumes with
 OTHER_VOLUMES = "standalone"  # the policy of the volumes of no Compose project
@@ -95,7 +96,7 @@ class Draft:
     def summary(self) -> str:
         volumes = sum(len(policy.volumes) for policy in self.policies)
         names = ", ".join(policy.name for policy in self.policies) or "none"
-        return f"{len(self.policies)} policies ({names}) of {volumes} volumes"
+        return f"{plural(len(self.policies), 'policy')} ({names}) of {plural(volumes, 'volume')}"
 
 
 def run_init(output: Path | None, *, force: bool = False) -> Draft:

@@ -206,3 +206,10 @@ def test_the_status_page_escapes_what_it_shows(ctx: Context) -> None:
     assert "<svg" in page and "http://" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', ""
     )
+
+
+def test_the_status_page_counts_one_archive_in_the_singular(ctx: Context) -> None:
+    [local, _] = ctx.repositories(ctx.policy("app"))
+    plant(local, "app_db", NOW - timedelta(hours=1), 1000)
+    page = render_page(take_overview(ctx, NOW), NOW, "host", "idle")
+    assert "[1 archive]" in page and "[1 archives]" not in page

@@ -305,3 +305,12 @@ def test_a_job_that_keeps_failing_is_told_once_then_reminded_after_remind_every(
         "volkeep on testhost: the scheduled backup of app still fails",
         "volkeep on testhost: the scheduled backup of app succeeds again",
     ]
+
+
+def test_a_recovery_of_one_volume_says_one_volume(tmp_path: Path, receiver: Receiver) -> None:
+    sender = notifications(tmp_path, f'{{urls: ["json://{receiver.url[7:]}/apprise"]}}')
+    sender(RunFinished("backup", "app", ("app_db",), {"app_db": "engine down"}))
+    sender(RunFinished("backup", "app", ("app_db",), {}))
+    sender.close()
+    [_, recovered] = receiver.apprise_messages()
+    assert recovered["message"] == "1 volume, no failure, after a failed run."

@@ -30,6 +30,7 @@ from daemon.events import DrillVerdict, Event, RunFinished, RunMissed, RunStarte
 from daemon.observe.notifications import apprise, healthchecks
 from daemon.observe.notifications.base import Notice, NoticeKind, Service, Undelivered, redacted
 from daemon.state.history import History
+from daemon.terminal.render import plural
 
 log = structlog.get_logger()
 
@@ -132,7 +133,7 @@ class Notifications:
             for volume, error in sorted(others.items())
         )
         if run.kind == "backup":
-            done = f"{len(run.volumes)} volumes backed up"
+            done = f"{plural(len(run.volumes), 'volume')} backed up"
             kind: NoticeKind = "failure" if run.failures else "success"
             self._ping(run.policy, Notice(kind, run.policy, "", lines or done))
         if verdicts and tell_failure:
@@ -146,7 +147,7 @@ class Notifications:
             self._tell(Notice("failure", run.policy, title, lines))
         if was_failing and not run.failures:
             title = f"{where}: the scheduled {run.kind} of {run.policy} succeeds again"
-            body = f"{len(run.volumes)} volumes, no failure, after a failed run."
+            body = f"{plural(len(run.volumes), 'volume')}, no failure, after a failed run."
             self._tell(Notice("recovered", run.policy, title, body))
 
     def _failure_due(self, key: tuple[str, str], was_failing: bool) -> bool:

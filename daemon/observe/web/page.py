@@ -13,6 +13,7 @@ from daemon.actions.status import PolicyStatus
 from daemon.observe.overview import Overview, VolumeOverview
 from daemon.observe.web.chart import archive_chart
 from daemon.terminal.progress import human_bytes
+from daemon.terminal.render import plural
 
 REFRESH_SECONDS = 60
 STYLE = """
@@ -64,6 +65,11 @@ def _policy(policy: PolicyStatus, volumes: list[VolumeOverview], now: datetime) 
     )
 
 
+def _archive_count(count: int | None) -> str:
+    """Given how many archives a storage holds (None: not known), return it in words."""
+    return "? archives" if count is None else plural(count, "archive")
+
+
 def _volume_row(volume: VolumeOverview, now: datetime) -> str:
     status = volume.status
     backup = status.last_backup
@@ -83,7 +89,7 @@ def _volume_row(volume: VolumeOverview, now: datetime) -> str:
             if manifest
             else '<span class="muted">none</span>'
         )
-        + f' <span class="muted">[{volume.archives.get(storage, "?")} archives]</span>'
+        + f' <span class="muted">[{_archive_count(volume.archives.get(storage))}]</span>'
         for storage, manifest in status.newest.items()
     )
     drill = status.last_drill
