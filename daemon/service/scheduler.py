@@ -111,6 +111,7 @@ class Daemon:
             ctx.docker()
             ctx.wait_for_cleanup()  # at start-up, before any scheduled run
             remove_incomplete_archives(ctx)
+            History(self._state_dir).trim()  # each operation trims its own volume after this
             engine = connect(timeout=KILL_TIMEOUT_SECONDS)  # to abort: never wait long
             self._install_signal_handlers()
             _forward_apscheduler_logs()

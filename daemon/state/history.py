@@ -1,7 +1,10 @@
 """The state dir: run history in SQLite, schedule anchors, and the daemon's pid file.
 
-- `operations`: every operation with its outcome, for `volkeep status` and the metrics;
-  written by `History.operation`, the recorder of each operation's events.
+- `operations`: the operations with their outcomes, for `volkeep status` and the metrics;
+  written by `History.operation`, the recorder of each operation's events. Of each kind of
+  operation of a volume, the newest KEEP_OPERATIONS are kept, and always the last that
+  succeeded and the last that failed (what status and the metrics show): the table stays
+  bounded however long the daemon runs, and is read by index, never scanned whole.
 - `downtime`: the containers a backup stopped, and for how long.
 - `schedules`: per scheduler job, when it last ran (or was first scheduled), so that a run
   missed while the daemon was down is caught up once at its next start.
@@ -20,7 +23,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -43,6 +46,8 @@ CREATE TABLE IF NOT EXISTS operations (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS operations_by_volume ON operations (policy, volume, kind, started);
+CREATE INDEX IF NOT EXISTS operations_by_outcome
+    ON operations (kind, policy, volume, outcome, finished);
 CREATE TABLE IF NOT EXISTS downtime (
     id INTEGER PRIMARY KEY,
     policy TEXT NOT NULL,
@@ -60,6 +65,27 @@ CREATE TABLE IF NOT EXISTS schedules (
 """
 PID_FILE = "daemon.pid"
 HEARTBEAT_FILE = "daemon.json"
+KEEP_OPERATIONS = 100  # of each kind of operation of a volume, besides its last ok and failed
+
+# Each (kind, policy, volume) once, found by seeking the index from one to the next (a
+# loose index scan): as many steps as there are volumes, however many rows each has.
+EACH_VOLUME = """
+WITH RECURSIVE keys(id) AS (
+    SELECT (SELECT id FROM operations ORDER BY kind, policy, volume LIMIT 1)
+    UNION ALL
+    SELECT COALESCE(
+        (SELECT id FROM operations WHERE kind = this.kind AND policy = this.policy
+            AND volume > this.volume ORDER BY kind, policy, volume LIMIT 1),
+        (SELECT id FROM operations WHERE kind = this.kind AND policy > this.policy
+            ORDER BY kind, policy, volume LIMIT 1),
+        (SELECT id FROM operations WHERE kind > this.kind ORDER BY kind, policy, volume LIMIT 1)
+    )
+    FROM keys JOIN operations AS this ON this.id = keys.id
+)
+"""
+# The last operation of one volume's kind that ended with `outcome` (by the index).
+LAST_ENDED = """(SELECT {column} FROM operations WHERE kind = this.kind AND policy = this.policy
+    AND volume = this.volume AND outcome = '{outcome}' ORDER BY finished DESC LIMIT 1)"""
 
 
 @dataclass(frozen=True)
@@ -156,9 +182,11 @@ class History:
         return row
 
     def record_ended(self, row: int, ended: OperationFinished | OperationFailed) -> None:
-        """Record the outcome of the operation of `row`."""
+        """Record the outcome of the operation of `row`, and forget the oldest operations of
+        its kind and volume beyond those kept (`trim`)."""
         error = ended.error if isinstance(ended, OperationFailed) else None
         with closing(self._connect()) as connection, connection:
+            _trim(connection, row)
             connection.execute(
                 "UPDATE operations SET finished = ?, outcome = ?, archive = ?, bytes = ?, "
                 "error = ? WHERE id = ?",
@@ -208,15 +236,28 @@ class History:
             for name, stopped, started in rows
         ]
 
+    def trim(self) -> None:
+        """Forget, for each kind of operation of each volume, the operations older than the
+        newest KEEP_OPERATIONS, except its last success and its last failure."""
+        with closing(self._connect()) as connection, connection:
+            rows = connection.execute(
+                f"{EACH_VOLUME} SELECT id FROM keys WHERE id IS NOT NULL"
+            ).fetchall()
+            for (row,) in rows:
+                _trim(connection, row)
+
     def last_operations(self, kind: str) -> dict[tuple[str, str], OperationRecord]:
         """Given an operation kind, return the latest operation of that kind per
         (policy, volume)."""
         with closing(self._connect()) as connection:
             rows = connection.execute(
-                "SELECT kind, policy, volume, archive, started, finished, outcome, bytes, error "
-                "FROM operations AS latest WHERE kind = ? AND id = (SELECT MAX(id) FROM "
-                "operations WHERE kind = latest.kind AND policy = latest.policy "
-                "AND volume = latest.volume)",
+                f"{EACH_VOLUME} SELECT latest.kind, latest.policy, latest.volume, "
+                "latest.archive, latest.started, latest.finished, latest.outcome, "
+                "latest.bytes, latest.error FROM keys JOIN operations AS this "
+                "ON this.id = keys.id JOIN operations AS latest ON latest.id = (SELECT id "
+                "FROM operations WHERE policy = this.policy AND volume = this.volume "
+                "AND kind = this.kind ORDER BY started DESC, id DESC LIMIT 1) "
+                "WHERE this.kind = ?",
                 (kind,),
             ).fetchall()
         records = {}
@@ -229,21 +270,18 @@ class History:
 
     def outcomes(self) -> dict[tuple[str, str, str], Outcomes]:
         """Return, by (kind, policy, volume), when its operations last succeeded and failed."""
+        last_success = LAST_ENDED.format(column="finished", outcome="ok")
+        last_failure = LAST_ENDED.format(column="finished", outcome="failed")
         with closing(self._connect()) as connection:
             rows = connection.execute(
-                "SELECT kind, policy, volume, outcome, MAX(finished) FROM operations "
-                "WHERE outcome IN ('ok', 'failed') AND finished IS NOT NULL "
-                "GROUP BY kind, policy, volume, outcome"
+                f"{EACH_VOLUME} SELECT this.kind, this.policy, this.volume, {last_success}, "
+                f"{last_failure} FROM keys JOIN operations AS this ON this.id = keys.id"
             ).fetchall()
-        found: dict[tuple[str, str, str], Outcomes] = {}
-        for kind, policy, volume, outcome, finished in rows:
-            known = found.get((kind, policy, volume), Outcomes())
-            when = datetime.fromisoformat(finished)
-            if outcome == "ok":
-                found[kind, policy, volume] = replace(known, last_success=when)
-            else:
-                found[kind, policy, volume] = replace(known, last_failure=when)
-        return found
+        return {
+            (kind, policy, volume): Outcomes(_time(succeeded), _time(failed))
+            for kind, policy, volume, succeeded, failed in rows
+            if succeeded or failed
+        }
 
     def schedule_anchor(self, job: str, now: datetime) -> datetime:
         """Given a scheduler job id, return the time its schedule counts from: the start of
@@ -276,6 +314,23 @@ class History:
                 "ON CONFLICT (job) DO UPDATE SET last_run = excluded.last_run",
                 (job, started.isoformat(), started.isoformat()),
             )
+
+
+def _trim(connection: sqlite3.Connection, row: int) -> None:
+    """Given a row of the operations, forget the operations of its kind and volume that
+    started before the newest KEEP_OPERATIONS, except the last that succeeded and the last
+    that failed."""
+    last_success = LAST_ENDED.format(column="id", outcome="ok")
+    last_failure = LAST_ENDED.format(column="id", outcome="failed")
+    connection.execute(
+        "DELETE FROM operations WHERE id IN (SELECT old.id FROM operations AS this "
+        "JOIN operations AS old ON old.policy = this.policy AND old.volume = this.volume "
+        "AND old.kind = this.kind WHERE this.id = :row AND old.started < (SELECT started "
+        "FROM operations WHERE policy = this.policy AND volume = this.volume "
+        "AND kind = this.kind ORDER BY started DESC LIMIT 1 OFFSET :keep - 1) "
+        f"AND old.id IS NOT {last_success} AND old.id IS NOT {last_failure})",  # NULL: none
+        {"row": row, "keep": KEEP_OPERATIONS},
+    )
 
 
 @dataclass(frozen=True)
