@@ -226,8 +226,7 @@ def policy_volumes(api: docker.APIClient, policy: Policy, requested: list[str]) 
     Raise UsageError for a requested volume the policy does not cover, OperationError if
     the policy selects no volume at all: a backup of nothing has failed, not succeeded.
     """
-    matched = [volume.name for volume in select_volumes(api, policy.selector)]
-    covered = list(dict.fromkeys([*policy.selector.names, *matched]))
+    covered = covered_volumes(api, policy)
     for name in requested:
         if name not in covered:
             raise UsageError(f"policy {policy.name!r} does not cover volume {name!r}")
@@ -239,6 +238,34 @@ def policy_volumes(api: docker.APIClient, policy: Policy, requested: list[str]) 
             policy=policy.name,
         )
     return requested or covered
+
+
+def covered_volumes(api: docker.APIClient, policy: Policy) -> list[str]:
+    """Given a policy, return the volumes it covers now: its names, then what its match
+    selects."""
+    matched = [volume.name for volume in select_volumes(api, policy.selector)]
+    return list(dict.fromkeys([*policy.selector.names, *matched]))
+
+
+def require_known_volume(
+    api: docker.APIClient, policy: Policy, volume: str, repositories: list[Repository]
+) -> None:
+    """Given a volume named on the command line to read archives of, raise UsageError if
+    the policy does not cover it and none of the storages holds an archive of it: the name
+    is a typo (exit 2, as `backup --volume` says). A storage that cannot be listed leaves
+    the question to the operation."""
+    if volume in covered_volumes(api, policy):
+        return
+    for repository in repositories:
+        try:
+            if repository.archives(policy.name, volume):
+                return
+        except OSError:
+            return
+    raise UsageError(
+        f"policy {policy.name!r} does not cover volume {volume!r}, and no storage holds an "
+        "archive of it (see volkeep list)"
+    )
 
 
 def describe_match(selector: VolumeSelector) -> str:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import docker
 import structlog
 
-from daemon.actions.backup import BackupSource, back_up_volume
+from daemon.actions.backup import BackupSource, back_up_volume, require_known_volume
 from daemon.actions.context import Context
 from daemon.archive.select import Selection, leaves_the_target, select_members
 from daemon.archive.tarstream import Member
@@ -219,12 +219,9 @@ def restore_volume(
     """Restore the archive (`None` or "latest": the newest) of `volume` into `target` as
     `request` says (see the module's docstring for the steps)."""
     api = ctx.docker()
-    repository, key = locate(
-        ctx.repositories(policy, storage=request.storage, host=request.host),
-        policy.name,
-        volume,
-        archive_id,
-    )
+    repositories = ctx.repositories(policy, storage=request.storage, host=request.host)
+    require_known_volume(api, policy, volume, repositories)
+    repository, key = locate(repositories, policy.name, volume, archive_id)
     with (
         structlog.contextvars.bound_contextvars(
             policy=policy.name, volume=volume, archive=key.id, target=target

@@ -37,7 +37,7 @@ from daemon.config import load_config
 from daemon.config.json_schema import policy_file_schema_text
 from daemon.config.model import Policy, RetentionRules
 from daemon.config.values import NAME as DEFINED_NAME
-from daemon.config.values import VOLUME_NAME, shorten
+from daemon.config.values import VOLUME_NAME, outside_the_volume, shorten
 from daemon.engine.client import engine_failure
 from daemon.errors import (
     EXIT_FAILED,
@@ -77,6 +77,15 @@ def _name(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
 
 VOLUME = _name(VOLUME_NAME, "volume")
 NAME = _name(DEFINED_NAME, "name")
+
+
+def _member_pattern(text: str) -> str:
+    """The argparse type of a pattern of members (restore --path, list --files): it may not
+    point outside the volume."""
+    why = outside_the_volume(text)
+    if why is not None:
+        raise argparse.ArgumentTypeError(why)
+    return text
 
 
 EXIT_STATUS = (
@@ -153,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--files",
         nargs="*",
+        type=_member_pattern,
         metavar="PATTERN",
         help="list what one archive holds (--volume, --archive), from its manifest, without "
         "reading the archive; with PATTERNs, only what restore --path PATTERN would restore",
@@ -184,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
         "--path",
         action="append",
         default=[],
+        type=_member_pattern,
         metavar="PATTERN",
         help="restore only the members matching PATTERN (repeat; exclude-pattern syntax: "
         "'uploads/2024/', '*.conf', 'app/config.yml'); the target is not emptied",

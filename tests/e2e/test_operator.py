@@ -56,6 +56,21 @@ def bad_inputs(workspace: Workspace, source: str) -> dict[str, tuple[list[str], 
             "other_vol",
         ),
         "files without a volume": (["list", "app", "--files"], 2, "--volume"),
+        "restore of a volume the policy does not cover": (
+            ["restore", "app", "--volume", "other_vol"],
+            2,
+            "other_vol",
+        ),
+        "path outside the volume": (
+            ["restore", "app", "--volume", source, "--path", "../etc/passwd"],
+            2,
+            "'../etc/passwd' must stay inside the volume",
+        ),
+        "files outside the volume": (
+            ["list", "app", "--volume", source, "--files", "/etc"],
+            2,
+            "'/etc' must stay inside the volume",
+        ),
     }
 
 
