@@ -4,10 +4,63 @@
 #   - the helper image volkeep-helper:busybox, built locally from Debian's busybox-static
 #     (no registry needed; set VOLKEEP_SKIP_HELPER=1 to use your own helper_image)
 #   - /var/backups/volkeep and /var/lib/volkeep (mode 0700)
+#   - /etc/volkeep (mode 0700) holding config/example.yaml as volkeep.yaml (mode 0600),
+#     unless it exists: the default --config of every command and of the service
 #   - a small demo volume, volkeep_demo, that config/example.yaml backs up
+# The virtualenv is built on the system's Python (/usr/bin/python3), never on one under
+# /root or /home (pyenv, a user's build): the shipped unit's ProtectHome=yes hides those.
+# VOLKEEP_PYTHON names another interpreter; VOLKEEP_PREFIX and VOLKEEP_ETC other places.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 prefix=${VOLKEEP_PREFIX:-/opt/volkeep}
+etc=${VOLKEEP_ETC:-/etc/volkeep}
+system_python=/usr/bin/python3
+
+choose_python() {  # print the interpreter the virtualenv is built on, or say why none
+    chosen=${VOLKEEP_PYTHON:-}
+    if [ -z "$chosen" ] && ! [ -x "$system_python" ]; then
+        apt_install python3 python3-venv >&2 || true  # Debian's, where apt can bring it
+    fi
+    if [ -z "$chosen" ]; then
+        if [ -x "$system_python" ]; then
+            chosen=$system_python
+        else
+            chosen=$(command -v python3 || true)
+        fi
+    fi
+    if [ -z "$chosen" ] || ! [ -x "$chosen" ]; then
+        echo "install: no python3 found: install Debian's python3 and python3-venv" \
+            "(apt-get install python3 python3-venv), or set VOLKEEP_PYTHON" >&2
+        return 1
+    fi
+    real=$(readlink -f "$chosen")
+    case $real in
+        /root/* | /home/*)
+            echo "install: $chosen ($real) lives under /root or /home, which the service's" \
+                "ProtectHome=yes hides: install Debian's python3 (apt-get install python3" \
+                "python3-venv), or set VOLKEEP_PYTHON to a Python 3.11+ outside them" >&2
+            return 1 ;;
+    esac
+    if ! "$chosen" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "install: $chosen is older than Python 3.11, which volkeep needs: set" \
+            "VOLKEEP_PYTHON to a newer one outside /root and /home" >&2
+        return 1
+    fi
+    echo "$chosen"
+}
+
+install_config() {  # /etc/volkeep with the example, readable by root only; never replaced
+    if [ -e "$etc" ]; then
+        echo "install: $etc exists: left as it is"
+        return 0
+    fi
+    install -d -m 0700 "$etc"
+    install -m 0600 "$here/config/example.yaml" "$etc/volkeep.yaml"
+    echo "install: wrote $etc/volkeep.yaml (the example: edit it, then volkeep validate)"
+}
+
+# VOLKEEP_INSTALL_FUNCTIONS_ONLY=1: define the steps above and stop (for the tests)
+[ "${VOLKEEP_INSTALL_FUNCTIONS_ONLY:-0}" = 1 ] && return 0
 
 apt_install() {  # Debian's packages, when the host has apt and lacks them
     command -v apt-get >/dev/null || return 1
@@ -58,7 +111,8 @@ if ! docker info >/dev/null 2>&1; then
     exit 1
 fi
 
-python3 -m venv "$prefix" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$prefix"; }
+python=$(choose_python) || exit 1
+"$python" -m venv "$prefix" 2>/dev/null || { apt_install python3-venv && "$python" -m venv "$prefix"; }
 "$prefix/bin/pip" install --quiet --disable-pip-version-check "$here"
 ln -sf "$prefix/bin/volkeep" /usr/local/bin/volkeep
 
@@ -68,6 +122,7 @@ if [ "${VOLKEEP_SKIP_HELPER:-0}" != 1 ] && ! docker image inspect volkeep-helper
 fi
 
 install -d -m 0700 /var/backups/volkeep /var/lib/volkeep
+install_config
 
 if ! docker volume inspect volkeep_demo >/dev/null 2>&1; then
     docker volume create --label volkeep.demo=true volkeep_demo >/dev/null
@@ -76,4 +131,4 @@ if ! docker volume inspect volkeep_demo >/dev/null 2>&1; then
                seq 1 20000 > /data/app/numbers.txt && echo scratch > /data/cache/tmp'
 fi
 echo "volkeep $("$prefix/bin/volkeep" --version | cut -d' ' -f2) installed: try"
-echo "  volkeep --config $here/config/example.yaml run"
+echo "  volkeep validate && volkeep backup demo"

@@ -57,7 +57,12 @@ def policy_files(path: Path) -> list[Path]:
     try:
         if not path.is_dir():
             if not path.exists():
-                raise Invalid([whole_file_problem(path, "no such file or directory")])
+                message = (
+                    "no such file or directory: give --config FILE (or $VOLKEEP_CONFIG), or "
+                    "create it (`volkeep init --output FILE` drafts a policy file; install.sh "
+                    "puts the example in /etc/volkeep)"
+                )
+                raise Invalid([whole_file_problem(path, message)])
             return [path]
         files = sorted(
             child

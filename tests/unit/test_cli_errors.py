@@ -50,3 +50,17 @@ def test_status_with_a_state_dir_it_may_not_read_says_so_and_shows_the_rest(
     assert "internal error" not in result.stderr
     assert f"note: the state dir {state} cannot be read" in result.stdout
     assert "app_db" in result.stdout
+
+
+def test_a_missing_config_names_the_ways_to_give_one(tmp_path: Path) -> None:
+    missing = tmp_path / "etc-volkeep"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "--config", str(missing), "status"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"volkeep: {missing}:1:1: no such file or directory")
+    assert "--config" in line and "volkeep init --output" in line
