@@ -59,6 +59,12 @@ from daemon.terminal.render import paint, plural
 log = structlog.get_logger()
 
 
+def absolute_path(text: str) -> Path:
+    """Given a path on the command line, return it made absolute against the working
+    directory (symbolic links kept as named)."""
+    return Path(text).absolute()
+
+
 def _name(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
     """Given the rule of a kind of name, return the argparse type that checks it (a volume
     name from the command line becomes a lock file's and a storage key's name)."""
@@ -121,7 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--state-dir",
-        type=Path,
+        # absolute: the helpers' pipe is bind-mounted from it, and the engine takes no
+        # relative paths
+        type=absolute_path,
         default=Path(os.environ.get("VOLKEEP_STATE_DIR", "/var/lib/volkeep")),
         help="run history and locks (default: $VOLKEEP_STATE_DIR or /var/lib/volkeep)",
     )
@@ -469,9 +477,7 @@ def _run_command(ctx: Context, args: argparse.Namespace) -> int:
         )
         _print_files(args, entries)
     elif args.command == "list":
-        listing = list_archives(
-            ctx, args.policy, args.volume, storage=args.storage, host=args.host
-        )
+        listing = list_archives(ctx, args.policy, args.volume, storage=args.storage, host=args.host)
         _print_list(args, listing.rows)
         for failure in listing.unreadable:
             print(f"volkeep: {failure}", file=sys.stderr)

@@ -41,6 +41,20 @@ def test_backup_and_drill_stream_through_the_pipe_and_leave_none_behind(api, vol
     assert_restores_whole(api, workspace, source)
 
 
+def test_a_relative_state_dir_still_streams_through_the_pipe(api, volumes, workspace):
+    source = volumes("relative")
+    (mountpoint(api, source) / "data").write_bytes(b"kept" * 1000)
+    workspace.write_config({"app": {"volumes": [source]}})
+    command = workspace.command("--log-level", "debug", "backup", "app")
+    command[command.index("--state-dir") + 1] = "state"  # relative to the working directory
+    backup = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, cwd=workspace.root
+    )
+    assert backup.returncode == 0, backup.stderr
+    assert [line["stream"] for line in events(backup.stderr, "helper tar")] == ["pipe"]
+    assert_restores_whole(api, workspace, source)
+
+
 def test_a_state_dir_the_engine_cannot_see_streams_through_dockerd(api, volumes, workspace):
     """volkeep in a mount namespace of its own, its state dir a tmpfs there: the engine
     cannot bind the pipe, and the backup goes through the attach socket, whole."""
