@@ -26,6 +26,7 @@ class Copy:
     repository: Repository
     upload: Upload | None = None
     error: OperationError | None = None
+    complete: bool = False  # the archive file is published (the manifest may not be)
 
 
 class Copies:
@@ -64,8 +65,12 @@ class Copies:
         """Complete every live copy's archive file (synced and renamed, or the multipart
         upload completed)."""
         for copy in self.live:
-            self._attempt(copy, "cannot complete the archive", lambda copy: _upload(copy).commit())
+            self._attempt(copy, "cannot complete the archive", self._complete)
         self._require_one()
+
+    def _complete(self, copy: Copy) -> None:
+        _upload(copy).commit()
+        copy.complete = True
 
     def publish(self, manifest_chunks: Callable[[], Iterable[bytes]]) -> None:
         """Write the manifest, the commit marker, to every copy whose archive is complete."""
@@ -79,16 +84,20 @@ class Copies:
 
     def abort(self) -> None:
         for copy in self.copies:
-            if copy.upload is not None:
-                copy.upload.abort()
+            self._give_up(copy)
+
+    def _give_up(self, copy: Copy) -> None:
+        """Abort the copy's upload and drop its claim; once its archive file is published,
+        the claim stays: it tells garbage collection whose the file is."""
+        if not copy.complete:
+            copy.repository.give_up(self.key, copy.upload)
 
     def _attempt(self, copy: Copy, doing: str, step: Callable[[Copy], object]) -> None:
         try:
             step(copy)
         except OSError as error:
             copy.error = copy.repository.failure(error, doing)
-            if copy.upload is not None:
-                copy.upload.abort()
+            self._give_up(copy)
             if len(self.copies) > 1:
                 log.error("one storage failed, the others go on", error=copy.error.message)
 
