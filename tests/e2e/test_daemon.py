@@ -164,8 +164,8 @@ def test_a_volume_labelled_after_start_is_backed_up_without_a_reload(
     label = f"volkeep.test={uuid.uuid4().hex}"
     workspace.write_config({"labelled": {"match": {"label": label}, "schedule": "@every 1s"}})
     daemon = start_daemon()
-    first_run = daemon.wait_for_event("scheduled backup finished")[0]
-    assert first_run["volumes"] == 0
+    first_run = daemon.wait_for_event("scheduled backup finished with failures")[0]
+    assert "the policy selects no volume" in first_run["failed"]["*"]  # a failure, not "0 volumes"
 
     key, value = label.split("=")
     volume = volumes("labelled", labels={key: value})
