@@ -7,6 +7,8 @@
 #   - /etc/volkeep (mode 0700) holding config/example.yaml as volkeep.yaml (mode 0600),
 #     unless it exists: the default --config of every command and of the service
 #   - a small demo volume, volkeep_demo, that config/example.yaml backs up
+#   - bash and zsh completion and the man page volkeep(1), generated from this volkeep,
+#     under /usr/local/share (VOLKEEP_SHARE names another place)
 # The virtualenv is built on the system's Python (/usr/bin/python3), never on one under
 # /root or /home (pyenv, a user's build): the shipped unit's ProtectHome=yes hides those.
 # VOLKEEP_PYTHON names another interpreter; VOLKEEP_PREFIX and VOLKEEP_ETC other places.
@@ -14,6 +16,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 prefix=${VOLKEEP_PREFIX:-/opt/volkeep}
 etc=${VOLKEEP_ETC:-/etc/volkeep}
+share=${VOLKEEP_SHARE:-/usr/local/share}
 system_python=/usr/bin/python3
 
 choose_python() {  # print the interpreter the virtualenv is built on, or say why none
@@ -57,6 +60,15 @@ install_config() {  # /etc/volkeep with the example, readable by root only; neve
     install -d -m 0700 "$etc"
     install -m 0600 "$here/config/example.yaml" "$etc/volkeep.yaml"
     echo "install: wrote $etc/volkeep.yaml (the example: edit it, then volkeep validate)"
+}
+
+install_reference() {  # completions and the man page of the volkeep $1, where they are looked for
+    install -d "$share/bash-completion/completions" "$share/zsh/site-functions" \
+        "$share/man/man1"
+    "$1" completion bash > "$share/bash-completion/completions/volkeep"
+    "$1" completion zsh > "$share/zsh/site-functions/_volkeep"
+    "$1" manpage > "$share/man/man1/volkeep.1"
+    echo "install: bash and zsh completion, and man volkeep, in $share"
 }
 
 # VOLKEEP_INSTALL_FUNCTIONS_ONLY=1: define the steps above and stop (for the tests)
@@ -115,6 +127,7 @@ python=$(choose_python) || exit 1
 "$python" -m venv "$prefix" 2>/dev/null || { apt_install python3-venv && "$python" -m venv "$prefix"; }
 "$prefix/bin/pip" install --quiet --disable-pip-version-check "$here"
 ln -sf "$prefix/bin/volkeep" /usr/local/bin/volkeep
+install_reference "$prefix/bin/volkeep"
 
 if [ "${VOLKEEP_SKIP_HELPER:-0}" != 1 ] && ! docker image inspect volkeep-helper:busybox >/dev/null 2>&1; then
     /bin/busybox --list >/dev/null 2>&1 || apt_install busybox-static

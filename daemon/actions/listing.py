@@ -57,6 +57,15 @@ class ArchiveRow:
         }
 
 
+@dataclass(frozen=True)
+class Listing:
+    """The rows of `list`, newest first, and the storages that could not be read (each
+    named in its error: `list` shows the others and exits 1)."""
+
+    rows: list[ArchiveRow]
+    unreadable: list[OperationError]
+
+
 def list_archives(
     ctx: Context,
     policy: str | None = None,
@@ -64,19 +73,20 @@ def list_archives(
     *,
     storage: str | None = None,
     host: str | None = None,
-) -> list[ArchiveRow]:
+) -> Listing:
     """Return the committed archives of one policy (or all) in each of its storages (or
     only `storage`), of this host or of `host`, newest first. An archive whose manifest
     cannot be read, or whose file is missing, is a row with its problem: `list` never
-    hides an archive.
+    hides an archive. A storage that cannot be listed hides none of the others' archives:
+    it is in `unreadable` (SPEC promises 9 and 14).
 
-    Raise UsageError for an unknown policy or a storage it does not use; OperationError
-    naming the storage if one cannot be read.
+    Raise UsageError for an unknown policy or a storage it does not use.
     """
     if policy is None and storage is not None:
         raise UsageError("--storage names one of a policy's storages: give the policy too")
     names = [policy] if policy else sorted(ctx.config.policies)
     rows = []
+    unreadable: list[OperationError] = []
     for settings in (ctx.policy(name) for name in names):
         for repository in ctx.repositories(settings, storage=storage, host=host):
             try:
@@ -88,10 +98,13 @@ def list_archives(
                     if MANIFEST_SUFFIX in suffixes
                 }
             except OSError as error:
-                raise repository.failure(error, "cannot list the archives") from None
+                failure = repository.failure(error, "cannot list the archives")
+                failure.policy = settings.name
+                unreadable.append(failure)
+                continue
             rows += [_row(repository, key, suffixes) for key, suffixes in files.items()]
     rows.sort(key=lambda row: (row.manifest is not None, id_order(row.key.id)), reverse=True)
-    return rows
+    return Listing(rows, unreadable)
 
 
 def _row(repository: Repository, key: ArchiveKey, suffixes: set[str]) -> ArchiveRow:

@@ -15,12 +15,12 @@ For each volume, under its lock:
 Each storage of the policy is pruned on its own, by its own keep rules
 (`Policy.retention_for`), and only in this host's namespace (promise 10).
 
-Safety archives (the content a forced restore replaced) are not rotated:
-they hold the only copy of data no schedule backed up, so they stay until an operator
-removes them by hand (delete the manifest; the next prune or backup of that volume
-collects the archive file). They do not count for the keep rules, nor as the newest
-archive. An archive whose manifest cannot be read is kept and reported the same way:
-retention never deletes what it cannot read.
+Safety archives (the content a forced restore replaced) have a retention of their own:
+they hold the only copy of data no schedule backed up, so each is kept for the policy's
+`keep_safety_archives` (30 days by default) after it was taken, then deleted
+(`retention.safety_decision`, asked again right before each deletion). They do not count
+for the keep rules, nor as the newest archive. An archive whose manifest cannot be read
+is kept and reported: retention never deletes what it cannot read.
 
 Retention runs only after a successful backup of the volume (`prune_after_backup`, the
 last step of a backup) or on an explicit `volkeep prune`.
@@ -44,7 +44,7 @@ from daemon.repository.garbage import remove_garbage
 from daemon.repository.layout import DRILL_SUFFIX, ArchiveKey, id_order
 from daemon.repository.store import Repository
 from daemon.rules import shrink
-from daemon.rules.retention import Candidate, Decision, may_delete, select
+from daemon.rules.retention import Candidate, Decision, may_delete, safety_decision, select
 from daemon.rules.verdict import DrillRecord, archive_verdict
 
 log = structlog.get_logger()
@@ -152,21 +152,26 @@ def prune_volume(
             if not dry_run:
                 for blob in remove_garbage(repository, policy.name, volume):
                     log.warning("removed an incomplete archive file", file=blob)
-            backups, kept_aside = _read_archives(repository, policy.name, volume, storages)
+            backups, safety, kept_aside = _read_archives(repository, policy.name, volume, storages)
             guard = _shrink_guard(policy, repository, volume)
         except OSError as error:
             raise _prune_error(repository, policy.name, volume, None, error) from None
         candidates = [backup.candidate for backup in backups.values()]
         rules = policy.retention_for(repository.name)
         decisions = select(candidates, rules, policy.timezone, now, shrink=guard) + kept_aside
+        decisions += [_safety_decision(policy, archive, now) for archive in safety.values()]
         decisions.sort(key=lambda decision: id_order(decision.id), reverse=True)
-        doomed = [backups[decision.id] for decision in reversed(decisions) if not decision.keep]
+        stored = {**backups, **safety}
+        doomed = [stored[decision.id] for decision in reversed(decisions) if not decision.keep]
         kept = len(decisions) - len(doomed)
         if dry_run:
             log.info("prune planned, nothing deleted (dry run)", kept=kept, to_delete=len(doomed))
             return decisions
         for backup in doomed:
-            _delete(repository, backup, candidates, now, guard)
+            if backup.key.is_safety:
+                _delete_safety(repository, policy, backup, now)
+            else:
+                _delete(repository, backup, candidates, now, guard)
         freed = sum(backup.manifest.size for backup in doomed)
         log.info("prune finished", kept=kept, deleted=len(doomed), freed=freed)
         return decisions
@@ -209,16 +214,17 @@ def _recorded_prune(
 
 def _read_archives(
     repository: Repository, policy: str, volume: str, storages: Sequence[Repository]
-) -> tuple[dict[str, _StoredBackup], list[Decision]]:
+) -> tuple[dict[str, _StoredBackup], dict[str, _StoredBackup], list[Decision]]:
     """Given a volume, return its committed backups by id, each drill-passed if the verdict
-    that counts for it in any of `storages` (and this one) passed, and a keep decision for
-    each other committed archive (safety archives, unreadable manifests) with why.
+    that counts for it in any of `storages` (and this one) passed; its safety archives by
+    id; and a keep decision for each archive whose manifest cannot be read, with why.
 
     Raise OSError if the storage cannot be read, StorageFailure if one of `storages` cannot.
     """
     others = [storage for storage in storages if storage.name != repository.name]
     verdicts = _verdicts([repository, *others], policy, volume)
     backups = {}
+    safety = {}
     kept_aside = []
     for key in repository.archives(policy, volume):
         try:
@@ -232,15 +238,41 @@ def _read_archives(
             )
             continue
         if key.is_safety:
-            kept_aside.append(
-                Decision(key.id, True, ("safety archive, kept until removed by hand",))
-            )
+            candidate = Candidate(key.id, manifest.started, False, manifest.content)
+            safety[key.id] = _StoredBackup(key, manifest, candidate)
             continue
         verdict = archive_verdict(verdicts.get(key.id, ()), manifest.sha256)
         passed = verdict is not None and verdict.passed
         candidate = Candidate(key.id, manifest.started, passed, manifest.content)
         backups[key.id] = _StoredBackup(key, manifest, candidate)
-    return backups, kept_aside
+    return backups, safety, kept_aside
+
+
+def _safety_decision(policy: Policy, archive: _StoredBackup, now: datetime) -> Decision:
+    return safety_decision(
+        archive.key.id, archive.manifest.started, policy.keep_safety_archives, now
+    )
+
+
+def _delete_safety(
+    repository: Repository, policy: Policy, archive: _StoredBackup, now: datetime
+) -> None:
+    """Given a safety archive its retention lets go, delete it if `safety_decision` still
+    agrees. Raise OperationError naming the archive if the storage fails."""
+    key = archive.key
+    with structlog.contextvars.bound_contextvars(archive=key.id):
+        if _safety_decision(policy, archive, now).keep:
+            raise OperationError(
+                "refused to delete: the safety archive is within keep_safety_archives",
+                policy=key.policy,
+                volume=key.volume,
+                archive=key.id,
+            )
+        try:
+            repository.delete(key, archive.manifest)
+        except OSError as error:
+            raise _prune_error(repository, key.policy, key.volume, key.id, error) from None
+        log.info("safety archive deleted by retention", size=archive.manifest.size)
 
 
 def _verdicts(

@@ -1,7 +1,8 @@
 """Restore an archive into a volume.
 
-1. Find the archive (the first of the policy's storages that holds it) and read its
-   manifest; lock the source volume (no prune removes the archive meanwhile) and the target.
+1. Find the archive and lock the source volume (no prune removes the archive meanwhile)
+   and the target; read the manifest of the first storage's copy that looks intact
+   (`daemon.repository.locate`: committed, its archive file of the recorded size).
 2. Never under a running application (SPEC promise 11): containers that use the target
    and run are refused, or with --stop-containers stopped through the crash-safe journal
    and started again after the restore.
@@ -14,6 +15,14 @@
    and the mtimes of directories and symlinks, which busybox tar would drop). A target
    volkeep created, or found empty, is restored in one pass: the checks run as the archive
    streams, and a fault found late removes (or empties) the target again.
+
+   A copy found faulty (SHA-256 mismatch, cut, unsafe, not its manifest, its storage
+   failing mid-read) is named in one line and the next storage's copy is used: checked
+   whole again before a forced restore empties the target; or, when volkeep created or
+   emptied the target, restored again into the target emptied once more. The common case
+   pays nothing (the first copy is read once); a faulty copy costs what was read and
+   written of it before the fault showed, at worst its whole size, which the SHA-256
+   needs. No copy is read twice just in case: on S3 that would double every restore.
 5. Create the symlinks the Engine refuses (relative targets that climb above the volume
    root: ordinary content, SPEC §5.5) as recorded, then give their parent directories and
    the volume root their recorded owner, mode and mtime.
@@ -31,10 +40,12 @@ from dataclasses import dataclass
 import docker
 import structlog
 
-from daemon.actions.backup import BackupSource, back_up_volume, require_known_volume
+from daemon.actions.backup import BackupSource, Published, back_up_volume, require_known_volume
 from daemon.actions.context import Context
+from daemon.archive.manifest import Manifest
 from daemon.archive.select import Selection, leaves_the_target, select_members
 from daemon.archive.tarstream import Member
+from daemon.config.keys import Identities
 from daemon.config.model import Policy
 from daemon.engine.containers import ContainerInfo, containers_using, stop_order
 from daemon.engine.helpers import (
@@ -48,7 +59,7 @@ from daemon.engine.journal import containers_stopped
 from daemon.engine.leftovers import restoring_marker
 from daemon.engine.volumes import VolumeInfo, create_volume, inspect_volume, remove_volume
 from daemon.errors import EngineFailure, OperationError, UsageError
-from daemon.repository.locate import locate
+from daemon.repository.locate import COPY_FAULTS, CopySearch, Located
 from daemon.repository.verify import StoredArchive, archive_chunks, verify_archive
 from daemon.system.readahead import read_ahead
 from daemon.terminal.progress import Progress
@@ -71,11 +82,28 @@ class RestoreRequest:
 
 @dataclass(frozen=True)
 class RestoreResult:
+    """A restore done: the archive, the storage whose copy served, the target, and the
+    safety archive taken first (with --force), if any."""
+
     archive: str
     storage: str
     target: str
     created_target: bool
-    safety_archive: str | None
+    safety: Published | None
+
+    def safety_shortfall(self) -> OperationError | None:
+        """Return the error to exit with if the safety archive missed some of the policy's
+        storages (SPEC promise 9: the restore went on, since one committed copy holds the
+        previous content, but the storages that failed are named), else None."""
+        if self.safety is None or not self.safety.failures:
+            return None
+        reasons = "; ".join(failure.message for failure in self.safety.failures)
+        return OperationError(
+            f"the target's previous content is only in {safety_whereabouts(self.safety)}: "
+            f"{reasons}",
+            policy=self.safety.manifest.policy,
+            volume=self.target,
+        )
 
 
 def is_empty(api: docker.APIClient, image: str, volume: str, owner: str) -> bool:
@@ -217,27 +245,29 @@ def restore_volume(
     request: RestoreRequest,
 ) -> RestoreResult:
     """Restore the archive (`None` or "latest": the newest) of `volume` into `target` as
-    `request` says (see the module's docstring for the steps)."""
+    `request` says (see the module's docstring for the steps), from the first storage that
+    holds an intact copy of it (`CopySearch`). Raise OperationError if the restore failed;
+    if a safety archive was taken by then, the message says where it is."""
     api = ctx.docker()
     repositories = ctx.repositories(policy, storage=request.storage, host=request.host)
     require_known_volume(api, policy, volume, repositories)
-    repository, key = locate(repositories, policy.name, volume, archive_id)
+    search = CopySearch(repositories, policy.name, volume, archive_id)
+    resolved = search.archive_id
     with (
         structlog.contextvars.bound_contextvars(
-            policy=policy.name, volume=volume, archive=key.id, target=target
+            policy=policy.name, volume=volume, archive=resolved, target=target
         ),
         ctx.volume_locks([volume, target], f"restore of {policy.name}/{volume} into {target}"),
     ):
-        log.info("restore started", storage=repository.name, host=repository.host)
         identities = ctx.identities(policy)
-        manifest = repository.read_manifest(key, identities=identities)
-        archive = StoredArchive(repository, key, manifest, identities, ctx.state_dir)
+        first, manifest = search.first(lambda copy: _full_manifest(copy, identities))
+        log.info("restore started", storage=first.repository.name, host=first.repository.host)
         selected = None
         if request.paths:
             selected = select_members(manifest.entries, request.paths)
             if not selected:
                 raise UsageError(
-                    f"no member of archive {key.id} matches --path {' '.join(request.paths)} "
+                    f"no member of archive {resolved} matches --path {' '.join(request.paths)} "
                     "(see volkeep list --files)"
                 )
         existing = inspect_volume(api, target)
@@ -249,93 +279,148 @@ def restore_volume(
                 "them, or add --stop-containers to have volkeep stop them for the restore"
             )
         created = existing is None
+        restoring = _Restoring(ctx, api, policy, search, identities, target, selected)
         with ExitStack() as marked:
             if created:
                 labels = marked.enter_context(restoring_marker(ctx.state_dir, target))
                 create_volume(api, target, labels)
-            safety = _restore_into(
-                ctx, api, policy, archive, target, existing, selected, running, request
-            )
+            served = restoring.run(existing, running, request)
         log.info("restore finished", objects=manifest.entry_count, bytes=manifest.tar_size)
-        return RestoreResult(key.id, repository.name, target, created, safety)
+        return RestoreResult(resolved, served.repository.name, target, created, restoring.safety)
 
 
-def _restore_into(
-    ctx: Context,
-    api: docker.APIClient,
-    policy: Policy,
-    archive: StoredArchive,
-    target: str,
-    existing: VolumeInfo | None,
-    selected: Selection | None,
-    running: list[ContainerInfo],
-    request: RestoreRequest,
-) -> str | None:
-    """Steps 2 to 5 of a restore into the target (created if `existing` is None); return
-    the safety archive's id, if one was taken. A created target is removed again on
-    failure, one found empty is emptied again."""
-    created = existing is None
-    was_empty = created
-    safety = None
-    try:
-        with containers_stopped(
-            api, ctx.state_dir, policy.name, target, stop_order(running), policy.stop_timeout
-        ):
-            was_empty = created or is_empty(api, policy.helper_image, target, target)
-            if not was_empty:
-                if not request.force:
-                    raise OperationError(
-                        f"target volume {target!r} is not empty; use --force to replace "
-                        "its content (it is saved first as a safety archive)"
-                    )
-                assert existing is not None
-                safety = _save_and_check(ctx, api, policy, existing, archive)
-                if selected is None:
-                    if policy.exclude:  # they were never in the archive: say so
-                        log.warning(
-                            "the target's paths the policy excludes are deleted too; "
-                            "they are kept only in the safety archive",
-                            exclude=list(policy.exclude),
-                            safety_archive=safety,
+def _full_manifest(copy: Located, identities: Identities | None) -> Manifest:
+    """Given a copy, return its manifest with its entries (opened with `identities`)."""
+    return copy.repository.read_manifest(copy.key, identities=identities)
+
+
+@dataclass
+class _Restoring:
+    """Steps 2 to 5 of one restore into `target`, from the copies `search` finds."""
+
+    ctx: Context
+    api: docker.APIClient
+    policy: Policy
+    search: CopySearch
+    identities: Identities | None
+    target: str
+    selected: Selection | None
+    safety: Published | None = None
+
+    def run(
+        self, existing: VolumeInfo | None, running: list[ContainerInfo], request: RestoreRequest
+    ) -> Located:
+        """Restore into the target (created if `existing` is None) and return the copy that
+        served. A created target is removed again on failure, one found empty is emptied
+        again; one whose content was saved as a safety archive keeps what the restore
+        wrote, and the error names the safety archive."""
+        api, policy, target = self.api, self.policy, self.target
+        created = existing is None
+        was_empty = created
+        try:
+            with containers_stopped(
+                api,
+                self.ctx.state_dir,
+                policy.name,
+                target,
+                stop_order(running),
+                policy.stop_timeout,
+            ):
+                was_empty = created or is_empty(api, policy.helper_image, target, target)
+                if not was_empty:
+                    if not request.force:
+                        raise OperationError(
+                            f"target volume {target!r} is not empty; use --force to replace "
+                            "its content (it is saved first as a safety archive)"
                         )
+                    assert existing is not None
+                    self._save_and_check(existing)
+                    if self.selected is None:
+                        if policy.exclude:  # they were never in the archive: say so
+                            log.warning(
+                                "the target's paths the policy excludes are deleted too; "
+                                "they are kept only in the safety archive",
+                                exclude=list(policy.exclude),
+                                safety_archive=self.safety and self.safety.manifest.id,
+                            )
+                        empty_volume(api, policy.helper_image, target)
+                served, _ = self.search.first(self._extract)
+        except BaseException as error:
+            if created:
+                remove_volume(api, target)
+            elif was_empty:
+                with contextlib.suppress(OperationError, docker.errors.DockerException):
                     empty_volume(api, policy.helper_image, target)
-            extract_into(api, archive, policy.helper_image, target, target, selected)
-    except BaseException:
-        if created:
-            remove_volume(api, target)
-        elif was_empty:
-            with contextlib.suppress(OperationError, docker.errors.DockerException):
-                empty_volume(api, policy.helper_image, target)
-        raise
-    return safety
+            self._say_where_the_safety_archive_is(error)
+            raise
+        return served
+
+    def _stored(self, copy: Located) -> StoredArchive:
+        manifest = _full_manifest(copy, self.identities)
+        return StoredArchive(
+            copy.repository, copy.key, manifest, self.identities, self.ctx.state_dir
+        )
+
+    def _extract(self, copy: Located) -> None:
+        """Extract the copy into the target. If the copy turns out faulty, empty the target
+        again (not for --path: the next copy writes the same members over) before the
+        fault passes it over."""
+        try:
+            extract_into(
+                self.api,
+                self._stored(copy),
+                self.policy.helper_image,
+                self.target,
+                self.target,
+                self.selected,
+            )
+        except COPY_FAULTS:
+            if self.selected is None:
+                empty_volume(self.api, self.policy.helper_image, self.target)
+            raise
+
+    def _save_and_check(self, existing: VolumeInfo) -> None:
+        """Save the target's content as a safety archive in every storage of the policy
+        while the first intact copy of the archive is checked whole (the next copies after
+        it, if it is not). Raise OperationError if either fails (nothing of the target is
+        changed yet)."""
+        ctx, policy = self.ctx, self.policy
+        source = BackupSource(
+            policy.name,
+            existing,
+            policy.helper_image,
+            policy.compression,
+            ctx.compression_threads(),
+            kind="safety",
+            recipients=tuple(ctx.recipients(policy)),
+        )
+        with ThreadPoolExecutor(1, thread_name_prefix="volkeep-check") as pool:
+            checking = pool.submit(
+                self.search.first, lambda copy: verify_archive(self._stored(copy))
+            )
+            self.safety = back_up_volume(
+                self.api, ctx.repositories(policy), source, spool_dir=ctx.state_dir
+            )
+            log.info(
+                "saved the target's content as a safety archive",
+                safety_archive=self.safety.manifest.id,
+                storages=[repository.name for repository in self.safety.repositories],
+            )
+            checking.result()
+
+    def _say_where_the_safety_archive_is(self, error: BaseException) -> None:
+        """A restore that fails or is interrupted after the safety archive was taken
+        leaves it: say where it is, in the error's message and in the log."""
+        if self.safety is None:
+            return
+        where = safety_whereabouts(self.safety)
+        log.warning("the target's previous content is kept in the safety archive", where=where)
+        if isinstance(error, OperationError):
+            error.message += f"; the target's previous content is kept in {where}"
 
 
-def _save_and_check(
-    ctx: Context,
-    api: docker.APIClient,
-    policy: Policy,
-    existing: VolumeInfo,
-    archive: StoredArchive,
-) -> str:
-    """Save the target's content as a safety archive in every storage of the policy while
-    the archive to restore is checked whole; return the safety archive's id. Raise
-    OperationError if either fails (nothing of the target is changed yet)."""
-    source = BackupSource(
-        policy.name,
-        existing,
-        policy.helper_image,
-        policy.compression,
-        ctx.compression_threads(),
-        kind="safety",
-        recipients=tuple(ctx.recipients(policy)),
-    )
-    with ThreadPoolExecutor(1, thread_name_prefix="volkeep-check") as pool:
-        checking = pool.submit(verify_archive, archive)
-        saved = back_up_volume(api, ctx.repositories(policy), source, spool_dir=ctx.state_dir)
-        checking.result()
-    log.info(
-        "saved the target's content as a safety archive",
-        safety_archive=saved.manifest.id,
-        storages=[repository.name for repository in saved.repositories],
-    )
-    return saved.manifest.id
+def safety_whereabouts(safety: Published) -> str:
+    """Given a safety archive, return where it is: "safety archive ID in storage 'a', 'b'"."""
+    storages = ", ".join(repr(repository.name) for repository in safety.repositories)
+    label = "storage" if len(safety.repositories) == 1 else "storages"
+    return f"safety archive {safety.manifest.id} in {label} {storages}"

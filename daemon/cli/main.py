@@ -33,6 +33,7 @@ from daemon.actions.status import collect_status, describe_status
 from daemon.actions.validate import validate
 from daemon.archive.tarstream import Member
 from daemon.cli.log import configure_logging
+from daemon.cli.reference import SHELLS, completion_script, manual_page
 from daemon.config import load_config
 from daemon.config.json_schema import policy_file_schema_text
 from daemon.config.model import Policy, RetentionRules
@@ -94,6 +95,8 @@ def _member_pattern(text: str) -> str:
     return text
 
 
+POLICY_HELP = "the policy's name, as the config defines it"
+JSON_HELP = "print JSON instead of a table"
 EXIT_STATUS = (
     "exit status: 0 success; 1 the operation failed (a backup, restore or drill that did "
     "not succeed, a drill that found a difference, a storage that failed); 2 bad usage or "
@@ -157,15 +160,15 @@ def _parser() -> argparse.ArgumentParser:
     backup = commands.add_parser(
         "backup", help="back up a policy's volumes now, into each of its storages"
     )
-    backup.add_argument("policy")
+    backup.add_argument("policy", help=POLICY_HELP)
     backup.add_argument(
         "--volume", type=VOLUME, action="append", default=[], help="only this volume (repeat)"
     )
 
     listing = commands.add_parser("list", help="list archives, newest first")
-    listing.add_argument("policy", nargs="?")
-    listing.add_argument("--volume", type=VOLUME)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("policy", nargs="?", help="only this policy's archives (default: all)")
+    listing.add_argument("--volume", type=VOLUME, help="only this volume's archives")
+    listing.add_argument("--json", action="store_true", help=JSON_HELP)
     _storage_and_host(listing, "list (default: every storage of the policy)")
     listing.add_argument(
         "--files",
@@ -178,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--archive", default="latest", help="with --files: archive id, or latest")
 
     restore = commands.add_parser("restore", help="restore an archive into a volume")
-    restore.add_argument("policy")
+    restore.add_argument("policy", help=POLICY_HELP)
     restore.add_argument(
         "--volume", type=VOLUME, required=True, help="the volume the archive was taken of"
     )
@@ -210,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     _storage_and_host(restore, "read (default: the first of the policy's that holds it)")
 
     prune = commands.add_parser("prune", help="apply retention now: keep or delete, and why")
-    prune.add_argument("policy")
+    prune.add_argument("policy", help=POLICY_HELP)
     prune.add_argument(
         "--volume", type=VOLUME, action="append", default=[], help="only this volume (repeat)"
     )
@@ -240,7 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     drill = commands.add_parser(
         "drill", help="restore archives into a scratch volume and compare them with their manifest"
     )
-    drill.add_argument("policy")
+    drill.add_argument("policy", help=POLICY_HELP)
     drill.add_argument(
         "--volume", type=VOLUME, action="append", default=[], help="only this volume (repeat)"
     )
@@ -270,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="per volume: last backup, last drill, next runs; and the daemon"
     )
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help=JSON_HELP)
 
     commands.add_parser(
         "schema",
@@ -291,6 +294,20 @@ def _parser() -> argparse.ArgumentParser:
         "--output", type=Path, metavar="FILE", help="write it to FILE (default: print it)"
     )
     init.add_argument("--force", action="store_true", help="replace --output if it exists")
+
+    completion = commands.add_parser(
+        "completion",
+        help="print the shell completion script of volkeep (install.sh installs it)",
+        description="Print the completion script of bash or zsh: commands, options, their "
+        "choices and file names. For bash: volkeep completion bash > "
+        "/usr/local/share/bash-completion/completions/volkeep",
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell to complete in")
+    commands.add_parser(
+        "manpage",
+        help="print the manual page volkeep(1) in roff (install.sh installs it)",
+        description="Print the manual page: volkeep manpage | man -l -",
+    )
     return parser
 
 
@@ -431,6 +448,12 @@ def _print_backup(published: Published) -> None:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "schema":
         print(policy_file_schema_text(), end="")
+        return EXIT_OK
+    if args.command == "completion":
+        print(completion_script(_parser(), args.shell), end="")
+        return EXIT_OK
+    if args.command == "manpage":
+        print(manual_page(_parser()), end="")
         return EXIT_OK
     if args.command == "init":
         draft = run_init(args.output, force=args.force)

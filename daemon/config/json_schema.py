@@ -71,6 +71,7 @@ from daemon.config.values import (
     BUCKET_NAME,
     IMAGE_REFERENCE,
     NAME,
+    STORAGE_CLASSES,
     VOLUME_NAME,
     absolute_path,
     bucket_name,
@@ -80,6 +81,7 @@ from daemon.config.values import (
     image_reference,
     key_prefix,
     label_selector,
+    storage_class,
     timezone,
     volume_name,
 )
@@ -143,6 +145,7 @@ LEAVES: dict[Converter[Any], JsonSchema] = {
     image_reference: text(anchored(IMAGE_REFERENCE)),
     bucket_name: {**text(anchored(BUCKET_NAME)), "not": text(r"\.\.")},
     key_prefix: {"type": "string"},
+    storage_class: {"type": "string", "enum": list(STORAGE_CLASSES)},
     endpoint_url: text(r"^https?://(?![^/]*@)[\s\S]"),  # no user:password@ before the host
     age_recipient: SOME_TEXT,
     listen_address: {

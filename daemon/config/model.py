@@ -181,6 +181,9 @@ class PolicyStorage:
     retention: RetentionRules | None = None
 
 
+SAFETY_ARCHIVES_KEPT = timedelta(days=30)
+
+
 @dataclass(frozen=True)
 class Policy:
     name: str
@@ -195,6 +198,8 @@ class Policy:
     stop_timeout: float = 30.0
     helper_image: str = "busybox:1.36"
     retention: RetentionRules = field(default_factory=RetentionRules)
+    # how long the safety archive a forced restore takes is kept (docs/retention.md)
+    keep_safety_archives: timedelta = SAFETY_ARCHIVES_KEPT
     drill: DrillConfig | None = None
     hooks: Hooks = field(default_factory=Hooks)
     volume_hooks: Mapping[str, Hooks] = field(default_factory=dict, hash=False)

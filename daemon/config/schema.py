@@ -72,6 +72,7 @@ from daemon.config.values import (
     schedule,
     seconds,
     secret_in_policy,
+    storage_class,
     storage_reference,
     timezone,
     volume_name,
@@ -429,7 +430,7 @@ STORAGE_FIELDS: dict[str, dict[str, Converter[Any]]] = {
         "credentials_file": absolute_path,
         "profile": non_empty_string,
         "ca_bundle": absolute_path,
-        "storage_class": non_empty_string,
+        "storage_class": storage_class,
         **dict.fromkeys(
             CREDENTIAL_KEYS,
             secret_in_policy("credentials_file (or the AWS_* environment variables)"),
@@ -471,7 +472,12 @@ STORAGE_HELP = {
             "Certificates (PEM) to trust for the endpoint, instead of the system's.",
             "/etc/ssl/private-ca.pem",
         ),
-        "storage_class": Help("Storage class of the objects written.", "STANDARD_IA"),
+        "storage_class": Help(
+            "S3 storage class of the archive files; manifests and drill records stay "
+            "STANDARD. GLACIER and DEEP_ARCHIVE are refused: they need a restore request "
+            "before each read.",
+            "STANDARD_IA",
+        ),
     },
 }
 
@@ -490,6 +496,7 @@ def policy_fields(storage_names: Collection[str]) -> dict[str, Converter[Any]]:
         "stop_timeout": seconds(allow_zero=True),
         "helper_image": image_reference,
         "retention": RETENTION,
+        "keep_safety_archives": duration(),
         "drill": DRILL,
         "hooks": HOOKS,
         "volume_hooks": volume_hooks,
@@ -550,6 +557,11 @@ POLICY_HELP = {
         "Which archives to keep after each backup: an archive is kept if any rule keeps it; "
         "with no rule, every archive is kept.",
         {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6},
+    ),
+    "keep_safety_archives": Help(
+        "How long the safety archive a forced restore takes of the target's content is kept "
+        f"in each storage before prune deletes it (default 30d): {DURATION_FORMS}.",
+        "90d",
     ),
     "drill": Help(
         "Restore drills: an archive restored into a scratch volume and compared with its "

@@ -16,6 +16,7 @@ import yaml
 from daemon.config.model import COMPOSE_PROJECT_LABEL, Schedule, VolumeSelector
 from daemon.config.nodes import (
     Converter,
+    choice,
     integer,
     invalid,
     is_scalar,
@@ -211,6 +212,36 @@ def key_prefix(node: yaml.Node, path: str) -> str:
     if any(part in ("", ".", "..") for part in text.split("/")) and text:
         raise invalid(node, path, f"invalid prefix {text!r}: no empty, '.' or '..' segments")
     return f"{text}/" if text else ""
+
+
+# The S3 storage classes an archive body may go to: each is read at once, like STANDARD
+# (INTELLIGENT_TIERING too, unless the bucket opts in to its archive tiers: docs/storages.md).
+STORAGE_CLASSES = (
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "REDUCED_REDUNDANCY",
+    "EXPRESS_ONEZONE",
+)
+# Classes whose objects need a restore request, hours long, before each read.
+ARCHIVAL_STORAGE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+
+
+def storage_class(node: yaml.Node, path: str) -> str:
+    """Given an S3 storage class, return it. Raise Invalid for an unknown one, and for one
+    whose objects cannot be read without a restore request first (restores and drills
+    could not read the archives)."""
+    text = string(node, path)
+    if text in ARCHIVAL_STORAGE_CLASSES:
+        raise invalid(
+            node,
+            path,
+            f"storage class {text!r} needs a restore request, hours long, before each read: "
+            "restores and drills could not read the archives; use GLACIER_IR or STANDARD_IA",
+        )
+    return choice(STORAGE_CLASSES, "storage class")(node, path)
 
 
 def endpoint_url(node: yaml.Node, path: str) -> str:

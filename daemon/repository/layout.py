@@ -14,6 +14,7 @@ archive is written, its id is claimed by a `…-<id>.claim.json` beside it
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -78,6 +79,13 @@ class ArchiveKey:
 
     def blob(self, suffix: str) -> str:
         return self.directory + self.file_name(suffix)
+
+
+def newest_backup(keys: Iterable[ArchiveKey]) -> ArchiveKey | None:
+    """Given committed archives of a volume, return what "latest" means (SPEC §2): the
+    newest backup (no safety archive) not dated in the future; None if there is none."""
+    present = (key for key in keys if not key.is_safety and not key.in_the_future())
+    return max(present, default=None)
 
 
 def volume_directory(namespace: str, policy: str, volume: str) -> str:

@@ -34,6 +34,7 @@ from daemon.repository.layout import (
     DRILL_SUFFIX,
     MANIFEST_SUFFIX,
     ArchiveKey,
+    newest_backup,
     split_name,
     volume_directory,
 )
@@ -117,12 +118,12 @@ class Repository:
         """
         if archive_id in (None, "latest"):
             keys = self.backups(policy, volume)
-            present = [key for key in keys if not key.in_the_future()]
-            if not present:
+            newest = newest_backup(keys)
+            if newest is None:
                 why = "every archive is dated in the future (a clock ahead?): name one with "
                 message = why + "--archive ID" if keys else f"no archive in storage {self.name!r}"
                 raise OperationError(message, policy=policy, volume=volume)
-            return present[0]
+            return newest
         for key in self.files(policy, volume):
             if key.id == archive_id:
                 return key

@@ -157,6 +157,20 @@ def may_delete(
     return known and archive_id not in protected_reasons(candidates, now, shrink=shrink)
 
 
+def safety_decision(
+    archive_id: str, created: datetime, keep_for: timedelta, now: datetime
+) -> Decision:
+    """Given a safety archive (the content a forced restore replaced), when it was taken,
+    how long the policy keeps safety archives and the current time, return whether to keep
+    it: for `keep_for` after it was taken, measured from `now` (no later backup replaces
+    it), then it goes. Safety archives are no candidates of `select` and never count for
+    the keep rules; every path that deletes one asks this first."""
+    if created + keep_for > now:
+        until = (created + keep_for).strftime("%Y-%m-%d %H:%M UTC")
+        return Decision(archive_id, True, (f"safety archive, kept until {until}",))
+    return Decision(archive_id, False, ())
+
+
 def _newest_first(candidates: Sequence[Candidate]) -> list[Candidate]:
     """Given archives, return them newest first (ties broken by id, for a stable answer)."""
     return sorted(candidates, key=lambda candidate: (candidate.created, candidate.id), reverse=True)

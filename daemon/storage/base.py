@@ -89,6 +89,10 @@ class BlobStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def size(self, key: str) -> int:
+        """Return the blob's size in bytes, without reading it. Raise BlobMissing."""
+        ...
+
     def modified(self, key: str) -> datetime:
         """Return when the blob was last written (UTC). Raise BlobMissing."""
         ...

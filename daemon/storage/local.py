@@ -130,6 +130,9 @@ class LocalStore:
     def modified(self, key: str) -> datetime:
         return datetime.fromtimestamp(self._stat(key).st_mtime, UTC)
 
+    def size(self, key: str) -> int:
+        return self._stat(key).st_size
+
     def _stat(self, key: str) -> os.stat_result:
         try:
             return self._path(key).stat()

@@ -6,7 +6,12 @@ buffers allocated once per upload and reused (the writer waits for one to come b
 each is sent as it is, with no copy: an upload holds 24 MiB with 8 MiB parts (parts grow
 every thousand so that 10,000 are never needed, 48 MiB past 8 GB). A blob under one part
 is one plain PUT at commit. Every failure becomes a StoreUnavailable whose message is one
-sentence naming the storage (never a secret, never a repr).
+sentence naming the storage (never a secret, never a repr), a client that cannot be set up
+(a profile missing from the credentials file, say) too: it is that storage's failure.
+
+The configured `storage_class` goes to streamed blobs only (`create`: archive bodies).
+Small blobs (`put`: manifests, drill records, host markers) stay STANDARD: they are read
+by every list, restore, drill and prune, and must never need a restore request first.
 
 Checksums are computed only where an operation requires one (`when_required`), not the
 CRC32 botocore adds by default to every part, PUT and GET: a pass over the bytes each,
@@ -151,6 +156,18 @@ class S3Store:
     def put(
         self, key: str, data: bytes | bytearray | Iterable[bytes], *, exclusive: bool = False
     ) -> None:
+        self.write_object(key, data, exclusive=exclusive)
+
+    def write_object(
+        self,
+        key: str,
+        data: bytes | bytearray | Iterable[bytes],
+        *,
+        exclusive: bool = False,
+        classed: bool = False,
+    ) -> None:
+        """Write a blob in one PUT; with `classed`, in the configured storage class (an
+        archive body too small for a multipart upload)."""
         body = data if isinstance(data, bytes | bytearray) else b"".join(data)
         request: PutObjectRequestTypeDef = {
             "Bucket": self.config.bucket,
@@ -159,7 +176,7 @@ class S3Store:
         }
         if exclusive:
             request["IfNoneMatch"] = "*"
-        if self.config.storage_class:
+        if classed and self.config.storage_class:
             request["StorageClass"] = cast("StorageClassType", self.config.storage_class)
         try:
             self.client().put_object(**request)
@@ -212,6 +229,9 @@ class S3Store:
         except (BotoCoreError, HTTPError, OSError) as error:
             raise self.failure(error, f"looking for {key!r}") from error
         return True
+
+    def size(self, key: str) -> int:
+        return self._head(key)["ContentLength"]
 
     def modified(self, key: str) -> datetime:
         return self._head(key)["LastModified"]
@@ -314,7 +334,6 @@ class S3Store:
             core.set_config_variable("profile", config.profile or "default")
         elif config.profile:
             core.set_config_variable("profile", config.profile)
-        session = boto3.Session(botocore_session=core)
         settings = Config(
             region_name=config.region,
             connect_timeout=CONNECT_TIMEOUT,
@@ -326,7 +345,8 @@ class S3Store:
             response_checksum_validation="when_required",
         )
         try:
-            return session.client(
+            # a profile missing from the credentials file is found here, by the session
+            return boto3.Session(botocore_session=core).client(
                 "s3",
                 endpoint_url=config.endpoint,
                 verify=str(config.ca_bundle) if config.ca_bundle else None,
@@ -485,7 +505,7 @@ class S3Upload:
         self._finished = True
         try:
             if self._upload_id is None:
-                self._store.put(self._key, self._filled_part())
+                self._store.write_object(self._key, self._filled_part(), classed=True)
                 return
             if self._filled:
                 self._send_part()

@@ -97,6 +97,20 @@ def test_missing_blob_is_blob_missing_and_not_there(store: BlobStore) -> None:
     assert not store.exists("host/app/data/nothing")
 
 
+def test_size_is_the_stored_length_without_reading_and_a_missing_blob_has_none(
+    store: BlobStore,
+) -> None:
+    store.put("host/app/data/a.manifest.json", b'{"id": 1}')
+    upload = store.create("host/app/data/a.tar.zst")
+    upload.write(b"x" * (PART_SIZE + 123))
+    upload.commit()
+
+    assert store.size("host/app/data/a.manifest.json") == 9
+    assert store.size("host/app/data/a.tar.zst") == PART_SIZE + 123
+    with pytest.raises(BlobMissing):
+        store.size("host/app/data/nothing")
+
+
 def test_streamed_upload_is_invisible_until_commit(store: BlobStore) -> None:
     upload = store.create("host/app/data/a.tar.zst")
     upload.write(b"x" * (PART_SIZE + 123))  # on S3, one part is already uploaded

@@ -502,3 +502,38 @@ def test_any_value_at_any_key_gives_a_config_or_problems_never_a_crash(
         load_config(tmp_path / "a.yaml")
     except ConfigError as error:
         assert all(problem.line >= 1 and problem.column >= 1 for problem in error.problems)
+
+
+S3_STORAGE = """\
+version: 1
+storage:
+  offsite:
+    type: s3
+    bucket: volkeep-backups
+    storage_class: {storage_class}
+policies:
+  app:
+    volumes: [db]
+    storage: offsite
+"""
+
+
+@pytest.mark.parametrize("storage_class", ["GLACIER", "DEEP_ARCHIVE"])
+def test_a_storage_class_that_needs_a_restore_request_before_a_read_is_refused(
+    tmp_path: Path, storage_class: str
+) -> None:
+    path = write(tmp_path, {"s3.yaml": S3_STORAGE.format(storage_class=storage_class)})
+
+    (problem,) = problems_of(path)
+
+    assert (problem.line, problem.key) == (6, "storage.offsite.storage_class")
+    assert "restore request" in problem.message and storage_class in problem.message
+
+
+def test_an_unknown_storage_class_is_refused_and_a_readable_one_loads(tmp_path: Path) -> None:
+    typo = write(tmp_path, {"s3.yaml": S3_STORAGE.format(storage_class="STANDARD-IA")})
+    (problem,) = problems_of(typo)
+    assert "STANDARD_IA" in problem.message  # did you mean
+
+    good = write(tmp_path, {"s3.yaml": S3_STORAGE.format(storage_class="GLACIER_IR")})
+    assert load_config(good).storages["offsite"].storage_class == "GLACIER_IR"

@@ -62,3 +62,20 @@ def test_install_writes_the_example_config_for_root_only_and_never_replaces_one(
     again = _step("install_config", VOLKEEP_ETC=str(etc))
     assert again.returncode == 0, again.stderr
     assert config.read_text() == "# the operator's own\n"
+
+
+def test_install_puts_the_completions_and_the_man_page_where_shells_and_man_look(
+    tmp_path: Path,
+) -> None:
+    volkeep = tmp_path / "volkeep"
+    volkeep.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m daemon "$@"\n')
+    volkeep.chmod(0o755)
+    share = tmp_path / "share"
+
+    result = _step(f'install_reference "{volkeep}"', VOLKEEP_SHARE=str(share))
+
+    assert result.returncode == 0, result.stderr
+    bash = share / "bash-completion" / "completions" / "volkeep"
+    assert "-F _shtab_volkeep volkeep" in bash.read_text()
+    assert (share / "zsh" / "site-functions" / "_volkeep").read_text().startswith("#compdef")
+    assert (share / "man" / "man1" / "volkeep.1").read_text().startswith('.TH VOLKEEP "1"')

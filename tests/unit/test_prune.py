@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -123,18 +124,44 @@ def test_dry_run_deletes_nothing_and_leaves_garbage_alone(storage):
     assert orphan.name in before and all(name in before for key in keys for name in pair(key))
 
 
-def test_safety_archives_stay_and_take_no_place_of_a_backup(storage):
+def test_safety_archives_stay_for_their_window_and_take_no_place_of_a_backup(storage):
     older, newer = plant(storage, "2026-01-01T03:00"), plant(storage, "2026-01-02T03:00")
     safety = plant(storage, "2026-01-03T12:00", kind="safety")
 
     decisions = prune_volume(policy(keep_last=1), storage, VOLUME, dry_run=False, now=NOW)
 
     assert decisions == [
-        Decision(safety.id, True, ("safety archive, kept until removed by hand",)),
+        Decision(safety.id, True, ("safety archive, kept until 2026-02-02 12:00 UTC",)),
         Decision(newer.id, True, ("last 1", "newest archive")),
         Decision(older.id, False, ()),
     ]
     assert files(storage) == sorted(pair(safety) + pair(newer))
+
+
+def test_a_safety_archive_past_keep_safety_archives_is_deleted_and_counts_for_nothing(storage):
+    expired = plant(storage, "2025-12-31T12:00", kind="safety")  # 31.5 days before NOW
+    within = plant(storage, "2026-01-20T12:00", kind="safety")
+    backup = plant(storage, "2026-01-02T03:00")
+
+    decisions = prune_volume(policy(keep_last=1), storage, VOLUME, dry_run=False, now=NOW)
+
+    assert decisions == [
+        Decision(within.id, True, ("safety archive, kept until 2026-02-19 12:00 UTC",)),
+        Decision(backup.id, True, ("last 1", "newest archive")),
+        Decision(expired.id, False, ()),
+    ]
+    assert files(storage) == sorted(pair(within) + pair(backup))
+
+
+def test_keep_safety_archives_sets_the_window(storage):
+    safety = plant(storage, "2026-01-25T00:00", kind="safety")
+    week = replace(policy(keep_last=1), keep_safety_archives=timedelta(days=7))
+
+    planned = prune_volume(week, storage, VOLUME, dry_run=True, now=NOW - timedelta(hours=1))
+    kept = Decision(safety.id, True, ("safety archive, kept until 2026-02-01 00:00 UTC",))
+    assert planned == [kept]
+    pruned = prune_volume(week, storage, VOLUME, dry_run=False, now=NOW)
+    assert pruned == [Decision(safety.id, False, ())] and files(storage) == []
 
 
 def test_the_newest_drill_passed_archive_outlives_keep_last(storage):
