@@ -73,6 +73,11 @@ class S3StorageConfig:
     profile: str | None = None
     ca_bundle: Path | None = None
     storage_class: str | None = None
+    # How long volkeep waits for the endpoint, and how often it tries each request: a dead
+    # or frozen endpoint fails a backup after about read_timeout x max_attempts.
+    connect_timeout: float = 3.0  # seconds to open a connection
+    read_timeout: float = 60.0  # seconds without a byte answered (or taken, while sending)
+    max_attempts: int = 5  # tries of each request, the first included
     type: Literal["s3"] = "s3"
 
 

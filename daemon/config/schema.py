@@ -430,6 +430,9 @@ STORAGE_FIELDS: dict[str, dict[str, Converter[Any]]] = {
         "credentials_file": absolute_path,
         "profile": non_empty_string,
         "ca_bundle": absolute_path,
+        "connect_timeout": seconds(),
+        "read_timeout": seconds(),
+        "max_attempts": integer(minimum=1),
         "storage_class": storage_class,
         **dict.fromkeys(
             CREDENTIAL_KEYS,
@@ -471,6 +474,21 @@ STORAGE_HELP = {
         "ca_bundle": Help(
             "Certificates (PEM) to trust for the endpoint, instead of the system's.",
             "/etc/ssl/private-ca.pem",
+        ),
+        "connect_timeout": Help(
+            f"How long to wait for a connection to the endpoint (default 3s): {DURATION_FORMS}.",
+            "5s",
+        ),
+        "read_timeout": Help(
+            "How long the endpoint may leave a request without an answer, or a part being "
+            f"sent without taking a byte, before the attempt fails (default 60s): "
+            f"{DURATION_FORMS}.",
+            "30s",
+        ),
+        "max_attempts": Help(
+            "How many times each request is tried, the first included (default 5): a frozen "
+            "endpoint fails a backup after about read_timeout x max_attempts.",
+            3,
         ),
         "storage_class": Help(
             "S3 storage class of the archive files; manifests and drill records stay "

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, cast
 
 import boto3
 import botocore.session
+import structlog
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -53,9 +54,12 @@ from botocore.exceptions import (
     SSLError,
 )
 from urllib3.exceptions import HTTPError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from daemon.config.model import S3StorageConfig
 from daemon.storage.base import BlobExists, BlobMissing, Incomplete, StoreUnavailable
+
+log = structlog.get_logger()
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
@@ -74,8 +78,6 @@ PARTS_PER_SIZE = 1_000  # every thousand parts, the part size grows by PART_SIZE
 MAX_PARTS = 10_000  # S3's limit
 UPLOADING_THREADS = 2
 PART_BUFFERS = UPLOADING_THREADS + 1  # the one being filled while the others are sent
-CONNECT_TIMEOUT = 3.0  # five attempts and their backoff stay within ~30 s for a dead host
-READ_TIMEOUT = 60.0
 
 CREDENTIAL_CODES = frozenset(
     {
@@ -114,8 +116,9 @@ def _http_status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def _network_reason(error: BaseException) -> str:
-    """Given a connection error, return its cause in a few words ("connection refused")."""
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """Given an error, yield it and its causes, nearest first: those it was raised from or
+    during, and those botocore and urllib3 wrap (an `error` keyword, an argument)."""
     seen: set[int] = set()
     pending: list[BaseException | None] = [error]
     while pending:
@@ -123,13 +126,25 @@ def _network_reason(error: BaseException) -> str:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, OSError) and current.strerror:
-            return current.strerror[:1].lower() + current.strerror[1:]
+        yield current
         kwargs = getattr(current, "kwargs", {})
         inner = kwargs.get("error") if isinstance(kwargs, dict) else None
         pending += [inner if isinstance(inner, BaseException) else None]
         pending += [current.__cause__, current.__context__]
+        pending += [argument for argument in current.args if isinstance(argument, BaseException)]
+
+
+def _network_reason(error: BaseException) -> str:
+    """Given a connection error, return its cause in a few words ("connection refused")."""
+    for cause in _causes(error):
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
     return "no connection"
+
+
+def _caused_by_timeout(error: BaseException) -> bool:
+    """Given an error, say whether a socket timeout is among its causes."""
+    return any(isinstance(cause, TimeoutError | Urllib3Timeout) for cause in _causes(error))
 
 
 class S3Store:
@@ -312,9 +327,11 @@ class S3Store:
             request["StorageClass"] = cast("StorageClassType", self.config.storage_class)
         return self.client().create_multipart_upload(**request)["UploadId"]
 
-    def client(self, *, attempts: int = 5) -> S3Client:
-        """Return the client (built on first use, so that a store is cheap to make and a
-        bad profile is an error of the operation, not of loading the config)."""
+    def client(self, *, attempts: int | None = None) -> S3Client:
+        """Return the client that tries each request `attempts` times (default: the
+        storage's max_attempts); built on first use, so that a store is cheap to make and a
+        bad profile is an error of the operation, not of loading the config."""
+        attempts = attempts or self.config.max_attempts
         with self._lock:
             if attempts not in self._clients:
                 self._clients[attempts] = self._build_client(attempts)
@@ -336,8 +353,8 @@ class S3Store:
             core.set_config_variable("profile", config.profile)
         settings = Config(
             region_name=config.region,
-            connect_timeout=CONNECT_TIMEOUT,
-            read_timeout=READ_TIMEOUT,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
             retries={"mode": "standard", "total_max_attempts": attempts},
             s3={"addressing_style": "path"} if config.path_style else None,
             max_pool_connections=UPLOADING_THREADS + 2,
@@ -346,12 +363,15 @@ class S3Store:
         )
         try:
             # a profile missing from the credentials file is found here, by the session
-            return boto3.Session(botocore_session=core).client(
+            client = boto3.Session(botocore_session=core).client(
                 "s3",
                 endpoint_url=config.endpoint,
                 verify=str(config.ca_bundle) if config.ca_bundle else None,
                 config=settings,
             )
+            retrying = partial(self._say_retrying, attempts)
+            client.meta.events.register_first("needs-retry.s3", retrying)
+            return client
         except (BotoCoreError, ValueError) as error:
             raise self.failure(error, "connecting") from error
 
@@ -359,6 +379,37 @@ class S3Store:
         return _unavailable(
             f"storage {self.name!r}: bucket {self.config.bucket!r} does not exist at {self._where}"
         )
+
+    def _timeout(self, error: BaseException) -> str | None:
+        """Given an error of boto3, return which timeout ran out, as a phrase naming the
+        endpoint and the setting ("http://s3:8333: no answer for 30 s (read_timeout)"); None
+        if none did. A part's send that times out is "connection closed" to botocore: the
+        timeout is found among the causes."""
+        if isinstance(error, ConnectTimeoutError):
+            seconds, setting = self.config.connect_timeout, "connect_timeout"
+            return f"{self._where}: no connection within {seconds:g} s ({setting})"
+        if isinstance(error, ReadTimeoutError) or _caused_by_timeout(error):
+            seconds, setting = self.config.read_timeout, "read_timeout"
+            return f"{self._where}: no answer for {seconds:g} s ({setting})"
+        return None
+
+    def _say_retrying(
+        self,
+        tries: int,
+        *,
+        attempts: int,
+        caught_exception: BaseException | None = None,
+        **_: object,
+    ) -> None:
+        """botocore's needs-retry hook, after each attempt (`attempts` so far) of a request
+        tried up to `tries` times: log an attempt that timed out as it happens (botocore
+        tries again in silence). Decide nothing: return None."""
+        timeout = self._timeout(caught_exception) if caught_exception is not None else None
+        if timeout is not None:
+            then = f"attempt {attempts + 1} of {tries} follows" if attempts < tries else "gave up"
+            log.warning(
+                "the S3 endpoint does not answer", storage=self.name, problem=f"{timeout}; {then}"
+            )
 
     def failure(self, error: BaseException, doing: str) -> StoreUnavailable:
         """Given an error of boto3 while `doing` something, return the StoreUnavailable that
@@ -387,12 +438,10 @@ class S3Store:
             return _unavailable(
                 f"{storage}: TLS with {self._where} failed: {_network_reason(error)}"
             )
+        if (timeout := self._timeout(error)) is not None:
+            return _unavailable(f"{storage}: {timeout} while {doing}")
         if isinstance(error, EndpointConnectionError | ConnectTimeoutError):
             return _unavailable(f"{storage}: cannot reach {self._where}: {_network_reason(error)}")
-        if isinstance(error, ReadTimeoutError):
-            return _unavailable(
-                f"{storage}: {self._where} did not answer within {READ_TIMEOUT:.0f} s while {doing}"
-            )
         if isinstance(error, ConnectionClosedError | ResponseStreamingError | HTTPError):
             return _unavailable(f"{storage}: the connection to {self._where} broke while {doing}")
         if isinstance(error, NoCredentialsError | PartialCredentialsError):

@@ -289,3 +289,41 @@ def test_storage_faults_and_bad_input_are_one_clear_line(api, volumes, workspace
     offsite_policy(workspace, s3_bucket, source)
     unknown = workspace.run("list", "app", "--storage", "elsewhere")
     assert unknown.returncode == 2 and "elsewhere" in last_line(unknown.stderr)
+
+
+def test_a_frozen_endpoint_fails_its_copy_naming_the_timeout_and_the_local_copy_lands(
+    api, volumes, workspace, s3_bucket
+):
+    source = volumes("frozen")
+    for number in range(3):  # random: more than three parts; at zstd -19, still brief
+        (mountpoint(api, source) / f"blob{number}").write_bytes(os.urandom(10 << 20))
+    offsite = {**s3_bucket.storage(), "read_timeout": "3s", "max_attempts": 2}
+    workspace.write_config(
+        {
+            "app": {
+                "volumes": [source],
+                "storage": ["local", "offsite"],
+                "compression": {"algorithm": "zstd", "level": 19},  # slow: caught mid-upload
+            }
+        },
+        storages={"offsite": offsite},
+    )
+    backup = _backup_in_flight(workspace, s3_bucket)
+    weed = s3_bucket.server.process
+    assert weed is not None
+    weed.send_signal(signal.SIGSTOP)  # it answers nothing, but its sockets still accept
+    try:
+        _, stderr = backup.communicate(timeout=150)
+    finally:
+        weed.send_signal(signal.SIGCONT)
+
+    assert backup.returncode == 1
+    line = last_line(stderr)
+    assert "'offsite'" in line and "no answer for 3 s (read_timeout)" in line, line
+    assert "Traceback" not in stderr
+    # said while it was slow: each attempt that timed out, before the next one
+    logged = [json.loads(entry) for entry in stderr.splitlines() if entry.startswith("{")]
+    retried = [entry for entry in logged if entry["event"] == "the S3 endpoint does not answer"]
+    assert retried and all(entry["storage"] == "offsite" for entry in retried)
+    assert "no answer for 3 s (read_timeout); attempt 2 of 2 follows" in retried[0]["problem"]
+    assert [entry["storage"] for entry in listed(workspace)] == ["local"]
