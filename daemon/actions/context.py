@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import docker
@@ -21,6 +22,7 @@ from daemon.config.keys import (
     parse_recipient,
 )
 from daemon.config.model import Config, Policy
+from daemon.config.triggers import splay_offset
 from daemon.engine.client import connect
 from daemon.engine.journal import journals, restart_pending
 from daemon.engine.leftovers import (
@@ -124,6 +126,12 @@ class Context:
     def host(self) -> str:
         """The name this host writes its archives under (SPEC §4)."""
         return self.config.daemon.host or socket.gethostname()
+
+    @property
+    def splay(self) -> timedelta:
+        """This host's offset on every cron schedule: a fixed point of `daemon.splay`'s
+        window, chosen by the host name (`splay_offset`)."""
+        return splay_offset(self.host, self.config.daemon.splay)
 
     def repositories(
         self, policy: Policy, *, storage: str | None = None, host: str | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import docker
 import requests
@@ -234,11 +234,12 @@ def collect_status(ctx: Context, now: datetime) -> Status:
             for name in names
         ]
         drill_schedule = policy.drill.schedule if policy.drill else None
+        timing = (policy, planned, anchors, now, ctx.splay)  # what both next runs depend on
         policies.append(
             PolicyStatus(
                 policy.name,
-                _upcoming(f"backup:{policy.name}", policy.schedule, policy, planned, anchors, now),
-                _upcoming(f"drill:{policy.name}", drill_schedule, policy, planned, anchors, now),
+                _upcoming(f"backup:{policy.name}", policy.schedule, *timing),
+                _upcoming(f"drill:{policy.name}", drill_schedule, *timing),
                 volumes,
             )
         )
@@ -252,19 +253,22 @@ def _upcoming(
     planned: dict[str, datetime | None] | None,
     anchors: dict[str, datetime],
     now: datetime,
+    splay: timedelta,
 ) -> Upcoming | None:
     """Given a job's schedule (None: not scheduled), return its next run: as the running
-    daemon planned it (`planned`), or as the daemon's next start would plan it."""
+    daemon planned it (`planned`), or as the daemon's next start would plan it (with this
+    host's `splay` offset)."""
     if schedule is None:
         return None
     if planned is not None and job in planned:
         return Upcoming(schedule.text, planned[job])
     anchor = anchors.get(job)
     if anchor is None:
-        return Upcoming(schedule.text, next_run(schedule, policy.timezone, now))
-    first = first_run(schedule, policy.timezone, anchor, now)
+        return Upcoming(schedule.text, next_run(schedule, policy.timezone, now, splay=splay))
+    first = first_run(schedule, policy.timezone, anchor, now, splay=splay)
     if first == now:
-        return Upcoming(schedule.text, next_run(schedule, policy.timezone, anchor), overdue=True)
+        due = next_run(schedule, policy.timezone, anchor, splay=splay)
+        return Upcoming(schedule.text, due, overdue=True)
     return Upcoming(schedule.text, first)
 
 

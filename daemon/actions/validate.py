@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from daemon.actions.backup import LIVE_DATABASE_ADVICE, unguarded_databases
 from daemon.actions.context import Context
@@ -15,12 +15,13 @@ from daemon.errors import ConfigError, DockerUnavailable
 from daemon.terminal.render import plural
 
 
-def _next(schedule: Schedule | None, policy: Policy, now: datetime) -> str:
+def _next(schedule: Schedule | None, policy: Policy, now: datetime, splay: timedelta) -> str:
     if schedule is None:
         return "not scheduled"
-    moment = next_run(schedule, policy.timezone, now)
+    moment = next_run(schedule, policy.timezone, now, splay=splay)
     when = moment.strftime("%Y-%m-%d %H:%M:%S %Z") if moment else "never"
-    return f"{schedule.text!r}, next {when}"
+    shifted = f" + splay {splay}" if splay and schedule.cron is not None else ""
+    return f"{schedule.text!r}{shifted}, next {when}"
 
 
 def validate(ctx: Context) -> str:
@@ -64,7 +65,7 @@ def validate(ctx: Context) -> str:
                     f"{LIVE_DATABASE_ADVICE}"
                     for container in unguarded_databases(policy, name, users)
                 ]
-        lines.append(f"  backup: {_next(policy.schedule, policy, now)}")
+        lines.append(f"  backup: {_next(policy.schedule, policy, now, ctx.splay)}")
         if policy.drill is not None:
-            lines.append(f"  drill: {_next(policy.drill.schedule, policy, now)}")
+            lines.append(f"  drill: {_next(policy.drill.schedule, policy, now, ctx.splay)}")
     return "\n".join(lines)

@@ -245,6 +245,7 @@ class DaemonSettings:
     max_parallel: int = 1
     shutdown_timeout: timedelta = timedelta(minutes=10)
     host: str | None = None  # the name this host writes under (None: its hostname)
+    splay: timedelta = timedelta(0)  # the window of this host's offset on cron schedules
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 

@@ -329,6 +329,7 @@ DAEMON = record(
         "max_parallel": integer(minimum=1),
         "shutdown_timeout": duration(allow_zero=True),
         "host": host_name,
+        "splay": duration(allow_zero=True),
         "metrics": metrics_settings,
     },
     into=DaemonSettings,
@@ -341,6 +342,12 @@ DAEMON_HELP = {
     "host": Help(
         "The name this host writes its archives under in a storage (default: its host name).",
         "web-1",
+    ),
+    "splay": Help(
+        "Delay every cron schedule of this host by a fixed offset within this window, the "
+        "same at every start (derived from the host name), so that many hosts with the same "
+        f"schedule do not reach the storage at once (default 0: on time): {DURATION_FORMS}.",
+        "30m",
     ),
     "metrics": Help(
         "Prometheus metrics and a read-only status page: served on `listen`, written to "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
@@ -41,21 +41,23 @@ class JobSpec:
     policy: str
     schedule: Schedule
     timezone: str
+    splay: timedelta  # this host's offset on a cron schedule (`Context.splay`)
 
     @property
     def id(self) -> str:
         return f"{self.kind}:{self.policy}"
 
 
-def job_specs(config: Config) -> dict[str, JobSpec]:
-    """Given a config, return the jobs it asks for by id: one per policy with a backup
-    schedule, one per policy with a drill schedule."""
+def job_specs(config: Config, splay: timedelta) -> dict[str, JobSpec]:
+    """Given a config and this host's splay offset, return the jobs it asks for by id: one
+    per policy with a backup schedule, one per policy with a drill schedule."""
     specs = []
     for policy in config.policies.values():
         if policy.schedule is not None:
-            specs.append(JobSpec("backup", policy.name, policy.schedule, policy.timezone))
+            specs.append(JobSpec("backup", policy.name, policy.schedule, policy.timezone, splay))
         if policy.drill is not None and policy.drill.schedule is not None:
-            specs.append(JobSpec("drill", policy.name, policy.drill.schedule, policy.timezone))
+            drill = policy.drill.schedule
+            specs.append(JobSpec("drill", policy.name, drill, policy.timezone, splay))
     return {spec.id: spec for spec in specs}
 
 
@@ -90,10 +92,11 @@ class JobTable:
         self.specs: dict[str, JobSpec] = {}
         scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
 
-    def replace(self, config: Config) -> Changes:
-        """Make the scheduler's jobs those `config` asks for; jobs whose schedule did not
-        change keep their next run. Raise whatever stopped it, the old table in place."""
-        wanted = job_specs(config)
+    def replace(self, config: Config, splay: timedelta) -> Changes:
+        """Make the scheduler's jobs those `config` asks for, with this host's `splay`
+        offset; jobs whose schedule did not change keep their next run. Raise whatever
+        stopped it, the old table in place."""
+        wanted = job_specs(config, splay)
         now = datetime.now(UTC)
         anchors = self._history.schedule_anchors()  # read only: nothing changes before the swap
         plans = [
@@ -118,9 +121,10 @@ class JobTable:
         return changes
 
     def _plan(self, spec: JobSpec, anchor: datetime, now: datetime) -> Planned:
-        first = first_run(spec.schedule, spec.timezone, anchor, now)
-        missed = next_run(spec.schedule, spec.timezone, anchor) if first == now else None
-        trigger = trigger_for(spec.schedule, spec.timezone, start=anchor)
+        schedule, zone, splay = spec.schedule, spec.timezone, spec.splay
+        first = first_run(schedule, zone, anchor, now, splay=splay)
+        missed = next_run(schedule, zone, anchor, splay=splay) if first == now else None
+        trigger = trigger_for(schedule, zone, splay=splay, start=anchor)
         return Planned(spec, trigger, anchor, first, missed)
 
     def _remember_first_scheduled(self, job_id: str, now: datetime) -> None:

@@ -117,7 +117,7 @@ class Daemon:
             _forward_apscheduler_logs()
             with self._observed(ctx) as read_again:
                 self.scheduler.start()
-                self.jobs.replace(self.config)
+                self.jobs.replace(self.config, ctx.splay)
                 self.status.publish()  # this daemon's pid and next runs, in daemon.json
                 read_again()  # so that the status page shows them
                 self.scheduler.add_job(
@@ -209,7 +209,7 @@ class Daemon:
         problems: tuple[str, ...] = ()
         try:
             self.config = load_config(self._config_path)  # the jobs it adds run with it
-            changes = self.jobs.replace(self.config)
+            changes = self.jobs.replace(self.config, Context(self.config, self._state_dir).splay)
         except ConfigError as error:
             problems = tuple(str(problem) for problem in error.problems)
             for problem in problems:

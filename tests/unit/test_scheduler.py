@@ -32,6 +32,7 @@ from daemon.service.systemd import Watchdog, notify, watchdog_interval
 from daemon.state.history import History, read_heartbeat
 
 NOW = datetime(2026, 11, 28, 4, 0, tzinfo=UTC)
+NO_SPLAY = timedelta(0)
 
 
 def test_a_config_asks_for_one_job_per_backup_schedule_and_per_drill_schedule(
@@ -55,7 +56,7 @@ policies:
     storage: local
 """
     )
-    specs = job_specs(load_config(config_file))
+    specs = job_specs(load_config(config_file), NO_SPLAY)
     assert sorted(specs) == ["backup:app", "drill:app"]
     assert specs["backup:app"].schedule.text == "0 3 * * *"
     assert specs["backup:app"].timezone == "Europe/Paris"
@@ -82,22 +83,23 @@ policies:
 def test_first_run_catches_up_once_on_missed_runs_and_otherwise_keeps_the_schedule(
     schedule: str, anchor: datetime, expected: datetime
 ) -> None:
-    assert first_run(parse_schedule(schedule), "UTC", anchor, NOW) == expected
+    assert first_run(parse_schedule(schedule), "UTC", anchor, NOW, splay=NO_SPLAY) == expected
 
 
 def test_cron_runs_in_the_policy_time_zone() -> None:
     paris = ZoneInfo("Europe/Paris")
     anchor = datetime(2026, 11, 28, 3, 0, 5, tzinfo=paris)  # today's 03:00 Paris run
     now = datetime(2026, 11, 28, 3, 30, tzinfo=UTC)  # 04:30 in Paris
-    assert first_run(parse_schedule("0 3 * * *"), "Europe/Paris", anchor, now) == datetime(
-        2026, 11, 29, 3, 0, tzinfo=paris
-    )
+    assert first_run(
+        parse_schedule("0 3 * * *"), "Europe/Paris", anchor, now, splay=NO_SPLAY
+    ) == datetime(2026, 11, 29, 3, 0, tzinfo=paris)
 
 
 def test_next_run_is_strictly_after_the_given_time() -> None:
     at_three = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
-    assert next_run(parse_schedule("0 3 * * *"), "UTC", at_three) == at_three + timedelta(days=1)
-    assert next_run(parse_schedule("@every 2s"), "UTC", at_three) == at_three + timedelta(seconds=2)
+    daily, often = parse_schedule("0 3 * * *"), parse_schedule("@every 2s")
+    assert next_run(daily, "UTC", at_three, splay=NO_SPLAY) == at_three + timedelta(days=1)
+    assert next_run(often, "UTC", at_three, splay=NO_SPLAY) == at_three + timedelta(seconds=2)
 
 
 def write_policies(path: Path, schedules: dict[str, str]) -> Path:
@@ -121,7 +123,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     config_file = write_policies(tmp_path / "volkeep.yaml", {"a": "@every 1h", "b": "@every 2h"})
     daemon = Daemon(load_config(config_file), config_file, tmp_path / "state")
     daemon.scheduler.start(paused=True)
-    daemon.jobs.replace(daemon.config)
+    daemon.jobs.replace(daemon.config, NO_SPLAY)
     yield daemon
     daemon.scheduler.shutdown(wait=False)
 
