@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.base import BaseTrigger
@@ -14,6 +15,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from daemon.config import cron_trigger
 from daemon.config.model import Schedule
+
+GAP_RUNS = 64  # the runs of a cron schedule `longest_gap` looks at
 
 
 def splay_offset(host: str, window: timedelta) -> timedelta:
@@ -88,6 +91,26 @@ def next_run(
     # a cron trigger may return the very time it is given; one microsecond later it may not
     fire_time: datetime | None = trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
     return fire_time
+
+
+def longest_gap(schedule: Schedule, timezone: str, after: datetime) -> timedelta | None:
+    """Given a schedule, return the longest time between two of its consecutive runs: an
+    interval's length; for a cron schedule, the longest gap among its next `GAP_RUNS` runs
+    after `after` (3 days for `0 3 * * 1-5`: Friday to Monday). Return None if it runs fewer
+    than twice more. A splay moves every run alike: the gaps are the same with or without."""
+    if schedule.interval is not None:
+        return schedule.interval
+    trigger = trigger_for(schedule, timezone, splay=timedelta(0))
+    runs: list[datetime] = []
+    moment = after
+    while len(runs) < GAP_RUNS:
+        fire_time: datetime | None = trigger.get_next_fire_time(None, moment)
+        if fire_time is None:
+            break
+        runs.append(fire_time)
+        moment = fire_time + timedelta(microseconds=1)
+    gaps = [later - earlier for earlier, later in pairwise(runs)]
+    return max(gaps, default=None)
 
 
 def first_run(

@@ -1,4 +1,5 @@
-"""Prometheus metrics (SPEC §3b; the names are fixed there), labelled by policy, volume and,
+"""Prometheus metrics (SPEC §3b; the names are fixed there), labelled by host (the name this
+host writes its archives under, so that a fleet's series never collide), policy, volume and,
 where it applies, storage.
 
 The gauges are read from the latest overview (`daemon.observe.overview`: the storages and the run
@@ -29,28 +30,31 @@ from daemon.events import ConfigReload, Event, OperationFailed, OperationFinishe
 from daemon.observe.overview import Overview
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400)
-TIMED_KINDS = ("backup", "drill")  # the `operation` values of the timestamp gauges
+TIMED_KINDS = ("backup", "drill", "prune")  # the `operation` values of the timestamp gauges
 
 
 class Metrics:
-    """The daemon's metrics: a subscriber of the event stream, given each new overview."""
+    """The daemon's metrics: a subscriber of the event stream, given each new overview.
+    Every series carries the label `host`: the name this host writes under, as the daemon
+    started with it."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str) -> None:
         # a `_created` series beside each counter is noise to an operator
         disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.host = host
         self.registry = CollectorRegistry()
         self._overview: Overview | None = None
         self._lock = threading.Lock()
         self._operations = Counter(
             "volkeep_operations_total",
             "Operations this daemon ran, by outcome (success or failure).",
-            ["policy", "volume", "operation", "outcome"],
+            ["host", "policy", "volume", "operation", "outcome"],
             registry=self.registry,
         )
         self._durations = Histogram(
             "volkeep_operation_duration_seconds",
             "How long the operations this daemon ran took.",
-            ["policy", "volume", "operation"],
+            ["host", "policy", "volume", "operation"],
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
@@ -58,17 +62,20 @@ class Metrics:
             "volkeep_config_reload_failed",
             "1 if the last config reload (SIGHUP) failed and the daemon runs the config it had "
             "before, 0 otherwise.",
+            ["host"],
             registry=self.registry,
         )
+        self._reload_failed.labels(host).set(0)
         self.registry.register(_Gauges(self))
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, OperationFinished | OperationFailed):
             outcome = "success" if isinstance(event, OperationFinished) else "failure"
-            self._operations.labels(event.policy, event.volume, event.kind, outcome).inc()
-            self._durations.labels(event.policy, event.volume, event.kind).observe(event.seconds)
+            labels = (self.host, event.policy, event.volume, event.kind)
+            self._operations.labels(*labels, outcome).inc()
+            self._durations.labels(*labels).observe(event.seconds)
         elif isinstance(event, ConfigReload):
-            self._reload_failed.set(1 if event.failed else 0)
+            self._reload_failed.labels(self.host).set(1 if event.failed else 0)
 
     def update(self, overview: Overview) -> None:
         with self._lock:
@@ -97,12 +104,21 @@ class _Gauges(Collector):
 
     def collect(self) -> Iterable[Metric]:
         overview = self._metrics.overview
-        return [] if overview is None else list(gauges(overview))
+        return [] if overview is None else list(gauges(overview, self._metrics.host))
 
 
-def gauges(overview: Overview) -> Iterator[GaugeMetricFamily]:
-    """Given an overview, return the SPEC §3b gauges it gives."""
-    volume_labels = ["policy", "volume"]
+def gauges(overview: Overview, host: str) -> Iterator[GaugeMetricFamily]:
+    """Given an overview and the host's name, return the SPEC §3b gauges it gives, and the
+    schedule's intervals that tell when a volume's backup or drill is overdue."""
+    interval = GaugeMetricFamily(
+        "volkeep_schedule_interval_seconds",
+        "The longest time between two scheduled runs of the policy's backups or drills (an "
+        "interval's length; a cron schedule's longest gap among its next runs).",
+        labels=["host", "policy", "operation"],
+    )
+    for (kind, policy), gap in sorted(overview.intervals.items()):
+        interval.add_metric([host, policy, kind], gap.total_seconds())
+    volume_labels = ["host", "policy", "volume"]
     success = GaugeMetricFamily(
         "volkeep_last_success_timestamp_seconds",
         "When the last successful operation of the volume ended (Unix time).",
@@ -138,7 +154,7 @@ def gauges(overview: Overview) -> Iterator[GaugeMetricFamily]:
         labels=storage_labels,
     )
     for volume in overview.volumes:
-        labels = [volume.policy, volume.name]
+        labels = [host, volume.policy, volume.name]
         for kind in TIMED_KINDS:
             outcomes = volume.outcomes[kind]
             if outcomes.last_success is not None:
@@ -156,4 +172,4 @@ def gauges(overview: Overview) -> Iterator[GaugeMetricFamily]:
             if newest is not None:
                 newest_bytes.add_metric([*labels, storage], newest.size)
                 newest_time.add_metric([*labels, storage], newest.started.timestamp())
-    yield from (success, failure, passed, restore, archives, newest_bytes, newest_time)
+    yield from (success, failure, passed, restore, archives, newest_bytes, newest_time, interval)

@@ -3,8 +3,9 @@ metrics and the status page show.
 
 It is `volkeep status` (`collect_status`: the last backup, the newest archive in each
 storage, the last drill verdict) plus what a chart and a gauge need besides: how many
-archives each storage holds, when each kind of operation last succeeded and failed, and
-the size and measured restore time of the last archives. Read from the storage, which
+archives each storage holds, when each kind of operation (backup, drill, prune) last
+succeeded and failed, the size and measured restore time of the last archives, and how
+long each scheduled job may go between two runs. Read from the storage, which
 every host sees, and the history, it is right from the daemon's start, not only after its
 next run.
 """
@@ -12,10 +13,11 @@ next run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from daemon.actions.context import Context
 from daemon.actions.status import Status, VolumeStatus, collect_status
+from daemon.config.triggers import longest_gap
 from daemon.errors import OperationError
 from daemon.repository.store import Repository
 from daemon.rules.verdict import DrillRecord
@@ -39,7 +41,7 @@ class VolumeOverview:
     policy: str
     status: VolumeStatus
     archives: dict[str, int]  # by storage, in the policy's order: how many backups it holds
-    outcomes: dict[str, Outcomes]  # by kind (backup, drill)
+    outcomes: dict[str, Outcomes]  # by kind (backup, drill, prune)
     points: tuple[ArchivePoint, ...] = ()  # the last archives of the first storage, oldest first
 
     @property
@@ -52,6 +54,8 @@ class Overview:
     taken: datetime
     status: Status
     volumes: list[VolumeOverview] = field(default_factory=list)
+    # by (kind, policy) of each scheduled job: the longest time between two of its runs
+    intervals: dict[tuple[str, str], timedelta] = field(default_factory=dict)
 
 
 def take_overview(ctx: Context, now: datetime) -> Overview:
@@ -73,9 +77,24 @@ def take_overview(ctx: Context, now: datetime) -> Overview:
                 "drill": _drill_outcomes(
                     history.get(("drill", policy.name, volume.name)), volume, points
                 ),
+                "prune": history.get(("prune", policy.name, volume.name)) or Outcomes(),
             }
             volumes.append(VolumeOverview(policy.name, volume, archives, outcomes, points))
-    return Overview(now, status, volumes)
+    return Overview(now, status, volumes, _intervals(ctx, now))
+
+
+def _intervals(ctx: Context, now: datetime) -> dict[tuple[str, str], timedelta]:
+    """Return, by (kind, policy) of each scheduled job, the longest time between two of its
+    runs from `now` on (`longest_gap`); a schedule that runs fewer than twice more is left
+    out."""
+    intervals = {}
+    for policy in ctx.config.policies.values():
+        drill = policy.drill.schedule if policy.drill else None
+        for kind, schedule in (("backup", policy.schedule), ("drill", drill)):
+            gap = None if schedule is None else longest_gap(schedule, policy.timezone, now)
+            if gap is not None:
+                intervals[kind, policy.name] = gap
+    return intervals
 
 
 def _counts(repositories: list[Repository], policy: str, volume: str) -> dict[str, int]:

@@ -169,7 +169,7 @@ class Daemon:
             stack.callback(notifications.close)
             stack.callback(events.subscribe(notifications))
             if settings.listen is not None or settings.textfile is not None:
-                metrics = Metrics()
+                metrics = Metrics(ctx.host)
                 observer = Observer(
                     lambda: self.config, self._state_dir, metrics, settings.textfile
                 )

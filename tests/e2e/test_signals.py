@@ -145,13 +145,13 @@ def test_metrics_after_a_scheduled_backup_and_drill_hold_the_spec_values_even_af
     textfile.parent.mkdir()
     metrics = {"listen": "127.0.0.1:0", "textfile": str(textfile)}
     policy = {"volumes": [volume], "schedule": "@every 1h", "drill": {"schedule": "@every 2s"}}
-    workspace.write_config({"app": policy}, daemon={"metrics": metrics})
+    workspace.write_config({"app": policy}, daemon={"metrics": metrics, "host": "web-1"})
     record_last_run(workspace, "backup:app", timedelta(hours=2))
 
     daemon = daemons()
     url = served(daemon)
     daemon.wait_for_event("scheduled drill finished", volumes=1)
-    ours = {"policy": "app", "volume": volume}
+    ours = {"host": "web-1", "policy": "app", "volume": volume}
     passed = ("volkeep_drill_passed", labels(**ours))
     found = wait_until(lambda: (now := scrape(url)).get(passed) == 1 and now, "the drill's metrics")
     assert {name for name, _ in found} >= SPEC_GAUGES
@@ -161,11 +161,19 @@ def test_metrics_after_a_scheduled_backup_and_drill_hold_the_spec_values_even_af
     assert found[backups] == 1
     count = ("volkeep_operation_duration_seconds_count", labels(**ours, operation="backup"))
     assert found[count] == 1
+    # what the alert rules need: the schedule's interval, the prune after the backup
+    hourly = labels(host="web-1", policy="app", operation="backup")
+    assert found["volkeep_schedule_interval_seconds", hourly] == 3600
+    ended = "volkeep_last_success_timestamp_seconds"
+    pruned, backed_up = labels(**ours, operation="prune"), labels(**ours, operation="backup")
+    assert abs(found[ended, pruned] - found[ended, backed_up]) < 60  # the backup's own prune
+    assert {dict(pairs)["host"] for _, pairs in found} == {"web-1"}
     assert daemon.stop() == 0
 
     # the storage and the history say the same after a restart, before any run
     workspace.write_config(
-        {"app": {**policy, "drill": {"schedule": "@every 1h"}}}, daemon={"metrics": metrics}
+        {"app": {**policy, "drill": {"schedule": "@every 1h"}}},
+        daemon={"metrics": metrics, "host": "web-1"},
     )
     restarted = daemons()
     url = served(restarted)
@@ -334,7 +342,7 @@ def test_a_failed_config_reload_shows_in_status_the_page_and_a_metric_until_one_
     workspace.write_config({"app": {"volumes": [volume]}}, daemon={"metrics": metrics})
     daemon = daemons()
     url = served(daemon)
-    failed = ("volkeep_config_reload_failed", frozenset())
+    failed = ("volkeep_config_reload_failed", labels(host=socket.gethostname()))
     assert wait_until(lambda: scrape(url).get(failed) == 0, "the metric at start")
 
     good = workspace.config.read_text()

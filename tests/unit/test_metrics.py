@@ -13,7 +13,7 @@ from daemon.actions.context import Context
 from daemon.archive.manifest import Manifest
 from daemon.config import load_config
 from daemon.errors import OperationError
-from daemon.events import OperationFailed, OperationFinished
+from daemon.events import ConfigReload, OperationFailed, OperationFinished
 from daemon.observe.metrics import Metrics
 from daemon.observe.overview import take_overview
 from daemon.observe.web.page import render_page
@@ -38,6 +38,8 @@ policies:
   app:
     volumes: [app_db, app_files]
     storage: [local, offsite]
+    schedule: "0 3 * * 1-5"
+    drill: {{schedule: "@every 6h"}}
 """
     )
     return Context(load_config(config), tmp_path / "state")
@@ -109,11 +111,11 @@ def test_the_gauges_say_what_the_storages_and_the_history_hold_without_a_run(ctx
     with pytest.raises(OperationError), ctx.history.operation("backup", "app", "app_files"):
         raise OperationError("no such volume")
 
-    metrics = Metrics()
+    metrics = Metrics("testhost")
     metrics.update(take_overview(ctx, NOW))
     found = samples(metrics)
 
-    db = {"policy": "app", "volume": "app_db"}
+    db = {"host": "testhost", "policy": "app", "volume": "app_db"}
     assert found["volkeep_archives", labels(**db, storage="local")] == 2
     assert found["volkeep_archives", labels(**db, storage="offsite")] == 1
     assert found["volkeep_newest_archive_bytes", labels(**db, storage="local")] == 1200
@@ -138,7 +140,7 @@ def test_the_gauges_say_what_the_storages_and_the_history_hold_without_a_run(ctx
         found[failure, labels(**db, operation="drill")] == (NOW - timedelta(minutes=30)).timestamp()
     )
 
-    files = {"policy": "app", "volume": "app_files"}
+    files = {"host": "testhost", "policy": "app", "volume": "app_files"}
     assert found["volkeep_archives", labels(**files, storage="local")] == 0
     assert (failure, labels(**files, operation="backup")) in found
     assert (success, labels(**files, operation="backup")) not in found
@@ -148,20 +150,25 @@ def test_a_passed_drill_gives_its_restore_time(ctx: Context) -> None:
     [local, _] = ctx.repositories(ctx.policy("app"))
     key = plant(local, "app_db", NOW - timedelta(hours=1), 1000)
     drill(local, key, passed=True, finished=NOW - timedelta(minutes=5))
-    metrics = Metrics()
+    metrics = Metrics("testhost")
     metrics.update(take_overview(ctx, NOW))
     found = samples(metrics)
-    assert found["volkeep_drill_passed", labels(policy="app", volume="app_db")] == 1
-    assert found["volkeep_restore_seconds", labels(policy="app", volume="app_db")] == 7.5
+    assert (
+        found["volkeep_drill_passed", labels(host="testhost", policy="app", volume="app_db")] == 1
+    )
+    assert (
+        found["volkeep_restore_seconds", labels(host="testhost", policy="app", volume="app_db")]
+        == 7.5
+    )
 
 
 def test_operations_are_counted_and_timed_by_outcome_from_the_event_stream() -> None:
-    metrics = Metrics()
+    metrics = Metrics("testhost")
     metrics(OperationFinished(1, "backup", "app", "app_db", seconds=42.0, archive="a", bytes=9))
     metrics(OperationFinished(2, "backup", "app", "app_db", seconds=3.0))
     metrics(OperationFailed(3, "drill", "app", "app_db", seconds=2.0, error="engine down"))
     found = samples(metrics)
-    db = {"policy": "app", "volume": "app_db"}
+    db = {"host": "testhost", "policy": "app", "volume": "app_db"}
     assert (
         found["volkeep_operations_total", labels(**db, operation="backup", outcome="success")] == 2
     )
@@ -180,10 +187,50 @@ def test_operations_are_counted_and_timed_by_outcome_from_the_event_stream() -> 
     assert not any(name.endswith("_created") for name, _ in found)
 
 
+def test_every_series_carries_the_name_this_host_writes_under(ctx: Context) -> None:
+    [local, _] = ctx.repositories(ctx.policy("app"))
+    key = plant(local, "app_db", NOW - timedelta(hours=1), 1000)
+    drill(local, key, passed=True, finished=NOW - timedelta(minutes=5))
+    metrics = Metrics(ctx.host)
+    metrics.update(take_overview(ctx, NOW))
+    metrics(OperationFinished(1, "backup", "app", "app_db", seconds=42.0))
+    metrics(ConfigReload(()))
+    found = samples(metrics)
+    assert len({name for name, _ in found}) >= 12
+    assert {dict(pairs).get("host") for _, pairs in found} == {"testhost"}
+
+
+def test_the_schedule_intervals_say_how_long_a_job_may_go_between_runs(ctx: Context) -> None:
+    metrics = Metrics(ctx.host)
+    metrics.update(take_overview(ctx, NOW))
+    found = samples(metrics)
+    interval = "volkeep_schedule_interval_seconds"
+    # "0 3 * * 1-5": Friday 03:00 to Monday 03:00
+    backup = labels(host="testhost", policy="app", operation="backup")
+    assert found[interval, backup] == timedelta(days=3).total_seconds()
+    drills = labels(host="testhost", policy="app", operation="drill")
+    assert found[interval, drills] == timedelta(hours=6).total_seconds()
+
+
+def test_the_last_prune_of_a_volume_is_a_timestamp_gauge(ctx: Context) -> None:
+    with ctx.history.operation("prune", "app", "app_db"):
+        pass
+    with pytest.raises(OperationError), ctx.history.operation("prune", "app", "app_files"):
+        raise OperationError("the storage refused the deletion")
+    metrics = Metrics(ctx.host)
+    metrics.update(take_overview(ctx, NOW))
+    found = samples(metrics)
+    db = labels(host="testhost", policy="app", volume="app_db", operation="prune")
+    files = labels(host="testhost", policy="app", volume="app_files", operation="prune")
+    assert ("volkeep_last_success_timestamp_seconds", db) in found
+    assert ("volkeep_last_failure_timestamp_seconds", files) in found
+    assert ("volkeep_last_success_timestamp_seconds", files) not in found
+
+
 def test_the_textfile_is_the_exposition_written_atomically(ctx: Context, tmp_path: Path) -> None:
     [local, _] = ctx.repositories(ctx.policy("app"))
     plant(local, "app_db", NOW - timedelta(hours=1), 1000)
-    metrics = Metrics()
+    metrics = Metrics("testhost")
     metrics.update(take_overview(ctx, NOW))
     textfile = tmp_path / "node-exporter" / "volkeep.prom"
     textfile.parent.mkdir()

@@ -22,7 +22,9 @@ TOKEN = "s3cret-t0ken"
 
 
 def serve(token: str | None = None) -> Iterator[StatusServer]:
-    running = StatusServer("127.0.0.1", 0, Metrics(), "testhost", lambda: "idle", token=token)
+    running = StatusServer(
+        "127.0.0.1", 0, Metrics("testhost"), "testhost", lambda: "idle", token=token
+    )
     running.start()
     yield running
     running.stop()
