@@ -28,6 +28,7 @@ from daemon.actions.init import run_init
 from daemon.actions.listing import ArchiveRow, archive_files, drill_summary, list_archives
 from daemon.actions.prune import run_prune
 from daemon.actions.restore import RestoreRequest, restore_volume, safety_whereabouts
+from daemon.actions.restore_host import restore_file_to, restore_to_directory
 from daemon.actions.shrink import Accepted, run_accept_shrink
 from daemon.actions.status import collect_status, describe_status
 from daemon.actions.validate import validate
@@ -209,6 +210,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="restore only the members matching PATTERN (repeat; exclude-pattern syntax: "
         "'uploads/2024/', '*.conf', 'app/config.yml'); the target is not emptied",
+    )
+    on_the_host = restore.add_mutually_exclusive_group()
+    on_the_host.add_argument(
+        "--to-dir",
+        type=Path,
+        metavar="DIR",
+        help="restore into a directory on this host instead of a volume, without Docker "
+        "(created if missing; one that holds anything needs --force, and then what is in "
+        "the archive's way is replaced)",
+    )
+    on_the_host.add_argument(
+        "--stdout",
+        action="store_true",
+        help="write the content of the one regular file --path names (its path as `list "
+        "--files` shows it) to standard output, and nothing else",
     )
     _storage_and_host(restore, "read (default: the first of the policy's that holds it)")
 
@@ -506,6 +522,8 @@ def _run_command(ctx: Context, args: argparse.Namespace) -> int:
             print(f"volkeep: {failure}", file=sys.stderr)
         if listing.unreadable:
             return EXIT_FAILED
+    elif args.command == "restore" and (args.to_dir is not None or args.stdout):
+        _restore_on_the_host(ctx, args)
     elif args.command == "restore":
         policy = ctx.policy(args.policy)
         request = RestoreRequest(
@@ -572,6 +590,32 @@ def _export(ctx: Context, args: argparse.Namespace) -> None:
         raise UsageError("refusing to write a tar to a terminal: give -o FILE, or a pipe")
     stdout = Output("standard output", sys.stdout.buffer)
     export_archive(ctx, policy, args.volume, args.archive, stdout, **where)
+    stdout.flush()
+
+
+def _restore_on_the_host(ctx: Context, args: argparse.Namespace) -> None:
+    """restore --to-dir DIR, or --path P --stdout: onto the host, without the engine."""
+    if args.target is not None or args.stop_containers:
+        raise UsageError(
+            "--to-dir and --stdout restore onto this host: no --to, no --stop-containers"
+        )
+    policy = ctx.policy(args.policy)
+    where = {"storage": args.storage, "host": args.host}
+    if args.to_dir is not None:
+        if args.path:
+            raise UsageError("--to-dir restores the whole archive: no --path")
+        done = restore_to_directory(
+            ctx, policy, args.volume, args.archive, args.to_dir, force=args.force, **where
+        )
+        print(
+            f"restored {args.volume} archive {done.archive} from {done.storage} into "
+            f"{args.to_dir} ({plural(done.objects, 'object')})"
+        )
+        return
+    if len(args.path) != 1 or args.force:
+        raise UsageError("--stdout writes one file: give exactly one --path, and no --force")
+    stdout = Output("standard output", sys.stdout.buffer)
+    restore_file_to(ctx, policy, args.volume, args.archive, args.path[0], stdout, **where)
     stdout.flush()
 
 
