@@ -25,6 +25,7 @@ from typing import Any
 import docker
 
 from daemon.cli.main import main
+from daemon.engine import tarflavour
 from daemon.storage import local, s3
 
 ENVIRONMENT = "VOLKEEP_TEST_KILL_POINT"
@@ -129,6 +130,8 @@ POINTS: dict[str, Callable[[], None]] = {
     ),
     "half of the archive written": kill_mid_archive,
     "multipart upload begun": lambda: kill_at(s3.S3Store, "begin_multipart", after=True),
+    # a backup takes its start time, the archive's id, right after its helper's tar is known
+    "helper's tar known": lambda: kill_at(tarflavour, "parse_flavour", after=True),
     "archive complete, not yet synced": lambda: kill_at(
         local._LocalUpload, "commit", after=False, where=_upload_of(".tar.")
     ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,6 +193,28 @@ def test_two_backups_of_one_volume_that_share_no_lock_keep_each_others_partial_f
     ledger.claim({volume: ledger.tree(volume)})
     listed = check_the_promises(ledger, [])
     assert len({archive.id for archive in listed}) == 2
+
+
+def test_two_backups_of_one_volume_in_the_same_second_get_two_ids_and_both_restore(
+    things: Things, volkeep: Volkeep, ledger: Ledger, tmp_path: Path
+):
+    volume = things.volume("data")
+    (mountpoint(things.api, volume) / "data.bin").write_bytes(os.urandom(12 << 20))
+    policy = {"app": {"volumes": [volume]}}
+    volkeep.workspace.write_config(policy)
+    second = other_volkeep(tmp_path / "second", volkeep, policy, storages=same_storage(volkeep))
+    second.env[LOCK_DIRECTORY] = str(tmp_path / "second" / "locks")
+    both = [run.start("backup", "app", pause_at="helper's tar known") for run in (volkeep, second)]
+    for backup in both:
+        backup.wait_until_paused()
+    time.sleep(1 - time.time() % 1 + 0.05)  # early in a second: both take the same start time
+    for backup in both:
+        backup.signal(signal.SIGCONT)
+
+    assert [backup.wait().returncode for backup in both] == [0, 0]
+    ledger.claim({volume: ledger.tree(volume)})
+    ids = sorted(archive.id for archive in check_the_promises(ledger, []))
+    assert len(ids) == 2 and ids[1] == f"{ids[0]}-2"
 
 
 @pytest.mark.parametrize("storage", ["local", "s3"])
