@@ -254,6 +254,16 @@ class Repository:
         self.require_own()
         self.store.delete(key.blob(CLAIM_SUFFIX))
 
+    def give_up(self, key: ArchiveKey, upload: Upload | None) -> None:
+        """Abort a new archive's upload, if begun, then remove the claim of its id if this
+        process holds it. Never raise: what cannot be removed now is garbage, removed once
+        this process is gone."""
+        if upload is not None:
+            upload.abort()
+        with contextlib.suppress(OSError):
+            if self.claim_owner(key) == this_process():
+                self.release(key)
+
     def begin(self, key: ArchiveKey, suffix: str) -> Upload:
         """Begin the upload of a new archive's file, under this process's claim of its id
         (made now if it could not be made when the id was chosen). Raise OSError
