@@ -17,6 +17,8 @@ from typing import Any
 import docker
 import pytest
 
+from daemon.config import parse_schedule
+from daemon.config.triggers import next_run, splay_offset
 from daemon.state.history import History
 from tests.e2e.conftest import ROOT, Workspace, mountpoint
 from tests.support.daemon_process import DaemonProcess, NotifySocket, wait_until
@@ -381,6 +383,30 @@ def test_status_shows_last_backup_drill_verdict_and_next_runs_with_and_without_t
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith("daemon: not running")
     assert volume in text.stdout and "passed" in text.stdout
+
+
+def test_a_daemon_with_a_splay_plans_its_cron_runs_at_its_offset_and_status_says_so(
+    volumes, workspace, start_daemon
+):
+    volume = volumes("splayed")
+    policy = {"volumes": [volume], "schedule": "0 3 * * *", "drill": {"schedule": "@every 1d"}}
+    workspace.write_config({"app": policy}, daemon={"host": "web-1", "splay": "1h"})
+    before = datetime.now(UTC)
+    daemon = start_daemon()
+    daemon.wait_for_event("daemon started")
+
+    offset = splay_offset("web-1", timedelta(hours=1))
+    due = next_run(parse_schedule("0 3 * * *"), "UTC", before, splay=offset)
+    assert due is not None and (due - offset).strftime("%H:%M:%S") == "03:00:00"
+    [scheduled] = daemon.events("job scheduled", job="backup:app")
+    assert datetime.fromisoformat(scheduled["next_run"]) == due
+    [planned] = status(workspace)["policies"]
+    assert datetime.fromisoformat(planned["backup"]["next_run"]) == due
+    # an interval is not moved: one day after the daemon first scheduled it
+    [interval] = daemon.events("job scheduled", job="drill:app")
+    counts_from = datetime.fromisoformat(interval["counts_from"])
+    assert datetime.fromisoformat(interval["next_run"]) == counts_from + timedelta(days=1)
+    assert daemon.stop() == 0
 
 
 def test_max_parallel_1_never_runs_two_backups_at_once(api, volumes, workspace, start_daemon):
