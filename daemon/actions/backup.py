@@ -1,4 +1,8 @@
-"""Back up volumes: helper tar → parse and digest → compress → hash → publish → manifest → prune."""
+"""Back up volumes: helper tar → parse and digest → compress → hash → publish → manifest → prune.
+
+Two layouts (the policy's `format`): one archive file per backup (`tar`: the tar, zstd,
+age), or deduplicated (`dedup`: a recipe and chunks in packs, `daemon.actions.chunked`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import requests
 import structlog
 
 from daemon import events
+from daemon.actions.chunked import RECIPE_SUFFIX, ChunkedArchive
 from daemon.actions.context import Context
 from daemon.actions.failures import volume_failure
 from daemon.actions.prune import prune_after_backup
@@ -22,9 +27,10 @@ from daemon.archive.digest import HashingWriter
 from daemon.archive.encryption import SUFFIX as AGE_SUFFIX
 from daemon.archive.encryption import encrypting_writer
 from daemon.archive.exclude import MemberFilter
-from daemon.archive.manifest import Manifest, ManifestWriter
+from daemon.archive.manifest import DEDUPLICATED, SINGLE, Manifest, ManifestWriter
+from daemon.archive.sealing import LEVEL as SECTION_LEVEL
 from daemon.archive.tarstream import TarFormatError, TarScanner
-from daemon.config.keys import Recipient, recipient_strings
+from daemon.config.keys import Identities, Recipient, recipient_strings
 from daemon.config.model import Compression, Policy, VolumeSelector
 from daemon.engine.client import engine_failure
 from daemon.engine.containers import (
@@ -63,6 +69,14 @@ class BackupSource:
     exclude: tuple[str, ...] = ()
     kind: str = "backup"
     recipients: tuple[Recipient, ...] = ()  # age public keys; none: not encrypted
+    layout: str = SINGLE  # DEDUPLICATED: a recipe and chunks (`archive_layout`)
+    identities: Identities | None = None  # to open a deduplicated repository's records
+
+
+def archive_layout(policy: Policy) -> str:
+    """Given a policy, return the layout its backups write: deduplicated for `format:
+    dedup`, else one archive file (docs/format-dedup.md, "Choosing the format")."""
+    return DEDUPLICATED if policy.format == "dedup" else SINGLE
 
 
 def _expected_size(repositories: list[Repository], source: BackupSource) -> int | None:
@@ -101,7 +115,15 @@ def back_up_volume(
     """
     flavour = detect_flavour(api, source.image)
     started = datetime.now(UTC)
-    suffix = SUFFIXES[source.compression.algorithm] + (AGE_SUFFIX if source.recipients else "")
+    deduplicated = source.layout == DEDUPLICATED
+    if deduplicated and source.recipients and source.identities is None:
+        raise OperationError(
+            "format: dedup with encryption needs encryption.age.identity_file: a backup "
+            "opens the repository's chunk key and index, which are sealed to the recipients",
+            policy=source.policy,
+        )
+    body = RECIPE_SUFFIX if deduplicated else SUFFIXES[source.compression.algorithm]
+    suffix = body + (AGE_SUFFIX if source.recipients else "")
     key = allocate_key(
         repositories,
         source.policy,
@@ -123,14 +145,23 @@ def back_up_volume(
         )
         copies = Copies(repositories, key, suffix)
         sealing = None
+        chunked = None
+        emit: Callable[[bytes | bytearray | memoryview], object]
         try:
-            # the codec chain: tar → zstd → age → SHA-256 of the stored bytes → each copy
-            stored = HashingWriter(copies)
-            if source.recipients:
-                sealing = encrypting_writer(stored, source.recipients)
-            packer = compressor(source.compression, sealing or stored, source.threads)
+            if deduplicated:
+                chunked = ChunkedArchive(
+                    copies, source.policy, source.recipients, source.identities, spool_dir
+                )
+                stored, emit = chunked.stored, chunked.write
+            else:
+                # the codec chain: tar → zstd → age → SHA-256 of the stored bytes → each copy
+                stored = HashingWriter(copies)
+                if source.recipients:
+                    sealing = encrypting_writer(stored, source.recipients)
+                packer = compressor(source.compression, sealing or stored, source.threads)
+                emit = packer.write
             selection = MemberFilter(source.exclude)
-            scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.add)
+            scanner = TarScanner(emit=emit, include=selection.include, done=entries.add)
             progress = Progress(f"backing up {source.volume.name}")
             if progress.enabled:  # on a terminal: the previous archive's size, or a du
                 progress.total = _expected_size(repositories, source) or volume_usage(
@@ -147,7 +178,10 @@ def back_up_volume(
             progress.finish()
             scanner.close()
             entries.finish()
-            packer.finish()
+            if chunked is not None:
+                chunked.finish()  # packs, then the index
+            else:
+                packer.finish()
             if sealing is not None:
                 sealing.finish()
             copies.commit()
@@ -163,6 +197,8 @@ def back_up_volume(
         finally:
             if sealing is not None:
                 sealing.close()
+            if chunked is not None:
+                chunked.close()
         for path, why in selection.skipped:
             log.warning("left out of the archive", path=path, why=why)
         manifest = Manifest(
@@ -178,8 +214,8 @@ def back_up_volume(
             archive_file=key.file_name(suffix),
             size=stored.size,
             sha256=stored.hexdigest(),
-            compression=source.compression.algorithm,
-            compression_level=source.compression.level,
+            compression="zstd" if deduplicated else source.compression.algorithm,
+            compression_level=SECTION_LEVEL if deduplicated else source.compression.level,
             encryption="age" if source.recipients else None,
             recipients=recipient_strings(source.recipients),
             tar_flavour=flavour.name,
@@ -187,6 +223,9 @@ def back_up_volume(
             exclude=list(source.exclude),
             entry_count=entries.count,
             hardlinks=entries.hardlinks,
+            layout=source.layout,
+            tar_sha256=chunked.tar_sha256 if chunked is not None else None,
+            chunk_counts=chunked.counts() if chunked is not None else None,
         )
         copies.publish(lambda: entries.chunks(manifest))
         _warn_of_the_future(copies.published, key)
@@ -195,6 +234,7 @@ def back_up_volume(
             storages=[repository.name for repository in copies.published],
             size=stored.size,
             tar_size=scanner.offset,
+            added=chunked.added_bytes if chunked is not None else stored.size,
             objects=entries.count,
             entries_bytes=entries.spool_bytes,
             excluded=selection.excluded,
@@ -305,6 +345,7 @@ def back_up_one(
     rules (and the shrink guard)."""
     api = ctx.docker()
     volume = require_volume(api, name, policy.name)
+    layout = archive_layout(policy)
     source = BackupSource(
         policy.name,
         volume,
@@ -313,6 +354,8 @@ def back_up_one(
         ctx.compression_threads(),
         policy.exclude,
         recipients=tuple(ctx.recipients(policy)),
+        layout=layout,
+        identities=ctx.identities(policy) if layout == DEDUPLICATED else None,
     )
     previous = newest_backup(repositories, policy.name, name)  # read before any stop
     hooks = policy.hooks_for(name)

@@ -18,6 +18,10 @@ an unnamed file in the state dir, gone with the process), and streamed from it w
 manifest is published; readers stream them from the stored manifest. No step holds them
 all (SPEC §5.7).
 
+Format 3 is format 2 for a deduplicated archive (docs/format-dedup.md): `archive` names
+its recipe and says `"layout": "deduplicated"`, `tar` adds the tar's SHA-256, and `chunks`
+counts what the backup stored. Format 2 stays what a one-file archive writes.
+
 Format 1 manifests (one JSON document: entries one per line, or `sealed_entries`, age of
 zstd of JSON lines, for an encrypted archive) stay readable.
 """
@@ -48,16 +52,30 @@ from daemon.config.keys import EncryptionError, Recipient
 from daemon.rules.shrink import Content
 
 FORMAT_VERSION = 2
+DEDUPLICATED_FORMAT = 3
 LEGACY_FORMAT = 1
+SINGLE = "single"  # layouts: one archive file (formats 1 and 2)
+DEDUPLICATED = "deduplicated"  # a recipe and chunks in packs (format 3)
 ENTRIES_MARKER = b',\n "entries": ['  # format 1: the entries come last, one per line
 SPOOL_MEMORY = 1 << 20  # entries sections up to this stay in memory; larger ones spill
 READ_SIZE = 64 << 10
 MAX_SUMMARY = 1 << 20
-_FORMAT_2 = re.compile(rb'\{\s*"format"\s*:\s*2\s*[,}]')
+_FORMAT_2 = re.compile(rb'\{\s*"format"\s*:\s*[23]\s*[,}]')  # summary, then entries
 
 
 class ManifestError(ValueError):
     """A manifest that cannot be read or lacks a required field."""
+
+
+@dataclass(frozen=True)
+class ChunkCounts:
+    """What a deduplicated backup stored: its chunks, how many were new, in how many new
+    packs, and the stored bytes it added to each storage (new packs and the index)."""
+
+    chunks: int
+    new_chunks: int
+    new_packs: int
+    added_bytes: int
 
 
 class EntriesSealed(ManifestError):
@@ -95,6 +113,9 @@ class Manifest:
     tool_version: str = __version__
     entry_count: int = 0
     hardlinks: int | None = None  # hard-link entries; None: not recorded (format 1)
+    layout: str = SINGLE  # DEDUPLICATED: `archive_file` is the recipe (format 3)
+    tar_sha256: str | None = None  # the tar's SHA-256 (format 3)
+    chunk_counts: ChunkCounts | None = None  # format 3
     entries: Iterable[Member] = field(default=(), compare=False, repr=False)
 
     @property
@@ -114,8 +135,8 @@ class Manifest:
 
     def document(self, entries: dict[str, Any]) -> dict[str, Any]:
         """Return the JSON summary, with `entries` describing the entries section."""
-        return {
-            "format": FORMAT_VERSION,
+        document: dict[str, Any] = {
+            "format": DEDUPLICATED_FORMAT if self.layout == DEDUPLICATED else FORMAT_VERSION,
             "tool": {"name": "volkeep", "version": self.tool_version},
             "id": self.id,
             "kind": self.kind,
@@ -141,6 +162,17 @@ class Manifest:
             "exclude": self.exclude,
             "entries": entries,
         }
+        if self.layout == DEDUPLICATED:
+            document["archive"]["layout"] = DEDUPLICATED
+            document["tar"]["sha256"] = self.tar_sha256
+            counts = self.chunk_counts or ChunkCounts(0, 0, 0, 0)
+            document["chunks"] = {
+                "count": counts.chunks,
+                "new": counts.new_chunks,
+                "new_packs": counts.new_packs,
+                "added_bytes": counts.added_bytes,
+            }
+        return document
 
     @classmethod
     def read(cls, source: Readable) -> Manifest:
@@ -162,7 +194,7 @@ def read_entries(source: Readable, decrypt: Decrypt | None = None) -> Iterator[M
     with _translated():
         opened = _open(source)
         summary = _summary(opened)
-        if opened.document["format"] == FORMAT_VERSION:
+        if opened.document["format"] in (FORMAT_VERSION, DEDUPLICATED_FORMAT):
             yield from _section_entries(source, opened, summary, decrypt)
         elif opened.whole is not None:
             yield from (Member.from_json(entry) for entry in opened.whole)
@@ -314,7 +346,7 @@ def _open_legacy(source: Readable, buffer: bytearray) -> _Opened:
 def _summary(opened: _Opened) -> Manifest:
     document = opened.document
     version = document.get("format")
-    if version == FORMAT_VERSION:
+    if version in (FORMAT_VERSION, DEDUPLICATED_FORMAT):
         entries = document["entries"]
         count, hardlinks = entries["count"], entries["hardlinks"]
     elif version == LEGACY_FORMAT:
@@ -325,6 +357,15 @@ def _summary(opened: _Opened) -> Manifest:
         raise ManifestError(f"unknown manifest format {version!r}")
     archive = document["archive"]
     volume = document["volume"]
+    layout, tar_sha256, counts = SINGLE, None, None
+    if version == DEDUPLICATED_FORMAT:
+        layout, tar_sha256 = archive["layout"], document["tar"]["sha256"]
+        if layout != DEDUPLICATED:
+            raise ManifestError(f"unknown archive layout {layout!r}")
+        chunks = document["chunks"]
+        counts = ChunkCounts(
+            chunks["count"], chunks["new"], chunks["new_packs"], chunks["added_bytes"]
+        )
     return Manifest(
         id=document["id"],
         kind=document["kind"],
@@ -348,6 +389,9 @@ def _summary(opened: _Opened) -> Manifest:
         tool_version=document["tool"]["version"],
         entry_count=count,
         hardlinks=hardlinks,
+        layout=layout,
+        tar_sha256=tar_sha256,
+        chunk_counts=counts,
     )
 
 

@@ -208,6 +208,10 @@ class ChunkReader:
         self._encrypted_to = encrypted_to
         self._packs: dict[str, Pack] = {}
 
+    def holds(self, pack: str) -> bool:
+        """Say whether the pack is among those kept opened (a read-ahead skips them)."""
+        return pack in self._packs
+
     def __call__(self, chunk_id: str) -> bytes:
         """Return the chunk's plain bytes. Raise PackFormatError if no index lists it, or
         its pack or bytes are damaged."""

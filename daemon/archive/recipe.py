@@ -213,17 +213,35 @@ def _step(line: str) -> Step | None:
 
 def rebuild_tar(steps: Iterator[Step], chunk: Callable[[str], bytes], sink: Sink) -> int:
     """Given a recipe's steps and what returns a chunk's plain bytes by its id, write the
-    tar into `sink`; return its size. Raise RecipeError if a chunk is not of its recorded
-    length, or the tar's size or SHA-256 is not the one the recipe ends with (what `sink`
+    tar into `sink`; return its size. Raise RecipeError as `tar_pieces` does (what `sink`
     received is then not the archive)."""
+    size = 0
+    for piece in tar_pieces(steps, chunk):
+        sink.write(piece)
+        size += len(piece)
+    return size
+
+
+def tar_pieces(
+    steps: Iterator[Step], chunk: Callable[[str], bytes], piece_size: int = 0
+) -> Iterator[bytes]:
+    """Given a recipe's steps and what returns a chunk's plain bytes by its id, yield the
+    tar, in pieces of at least `piece_size` bytes (the last one excepted). Raise
+    RecipeError if a chunk is not of its recorded length, or, after the last piece, if the
+    tar's size or SHA-256 is not the one the recipe ends with (what was yielded is then not
+    the archive)."""
     sha256 = hashlib.sha256()
     size = 0
+    pending: list[bytes] = []
+    pending_size = 0
     for step in steps:
         if isinstance(step, EndStep):
             next(steps, None)  # the reader checks that nothing follows the end line
+            if pending:
+                yield b"".join(pending)
             if (size, sha256.hexdigest()) != (step.size, step.sha256):
                 raise RecipeError("the rebuilt tar's size or SHA-256 is not the recipe's")
-            return size
+            return
         if isinstance(step, ChunkStep):
             data = chunk(step.chunk_id)
             if len(data) != step.length:
@@ -237,5 +255,10 @@ def rebuild_tar(steps: Iterator[Step], chunk: Callable[[str], bytes], sink: Sink
         for data in pieces:
             sha256.update(data)
             size += len(data)
-            sink.write(data)
+            pending.append(data)
+            pending_size += len(data)
+            if pending_size >= piece_size:
+                yield b"".join(pending) if len(pending) > 1 else pending[0]
+                pending.clear()
+                pending_size = 0
     raise RecipeError("the recipe is cut short: no end line")

@@ -210,6 +210,7 @@ class Policy:
     volume_hooks: Mapping[str, Hooks] = field(default_factory=dict, hash=False)
     encryption: AgeEncryption | None = None
     notify: NotifySettings = field(default_factory=NotifySettings)
+    format: str = "tar"  # "dedup": deduplicated archives (docs/format-dedup.md)
 
     @property
     def storage_names(self) -> tuple[str, ...]:

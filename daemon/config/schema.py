@@ -527,6 +527,7 @@ def policy_fields(storage_names: Collection[str]) -> dict[str, Converter[Any]]:
         "volume_hooks": volume_hooks,
         "encryption": ENCRYPTION,
         "notify": NOTIFY,
+        "format": choice(("tar", "dedup"), "archive format"),
     }
 
 
@@ -608,6 +609,12 @@ POLICY_HELP = {
     "notify": Help(
         "Notifications of failed backups and drills, and recoveries.",
         {"urls": ["ntfy://ntfy.example/backups"]},
+    ),
+    "format": Help(
+        "How backups are stored: tar (default: each backup one compressed tar file) or "
+        "dedup (content stored once per storage, each backup adding only what changed; "
+        "with encryption it needs identity_file). Earlier archives stay readable either way.",
+        "dedup",
     ),
 }
 

@@ -61,6 +61,14 @@ class Copies:
             self._attempt(copy, "cannot write the archive", lambda copy: _upload(copy).write(data))
         self._require_one()
 
+    def each(self, doing: str, action: Callable[[Repository], object]) -> None:
+        """Run `action` on every live copy's repository (`doing` says what, for its error):
+        a copy whose action raises OSError is dropped with its error, the others go on.
+        Raise OperationError if no copy is left."""
+        for copy in self.live:
+            self._attempt(copy, doing, lambda copy: action(copy.repository))
+        self._require_one()
+
     def commit(self) -> None:
         """Complete every live copy's archive file (synced and renamed, or the multipart
         upload completed)."""

@@ -16,20 +16,34 @@ from pathlib import Path
 
 import zstandard
 
+from daemon.archive.chunkconfig import ChunkConfigError
 from daemon.archive.compare import Comparison, compare_trees
 from daemon.archive.compression import Readable, decompressing_reader
 from daemon.archive.digest import HashingReader
 from daemon.archive.encryption import NoIdentityMatches, decrypting_reader
-from daemon.archive.manifest import Manifest
+from daemon.archive.manifest import DEDUPLICATED, Manifest
+from daemon.archive.packs import PackFormatError
+from daemon.archive.recipe import RecipeError
 from daemon.archive.safety import PathGuard, UnsafeMember
 from daemon.archive.tarstream import Emit, Include, Member, TarFormatError, TarScanner
 from daemon.config.keys import EncryptionError, Identities
 from daemon.errors import ArchiveFault, HostileArchive, KeyMissing
+from daemon.repository.chunks import ChunkStore, recipe_tar
 from daemon.repository.layout import ArchiveKey
 from daemon.repository.store import Repository, archive_error, key_missing
 from daemon.system.readahead import read_ahead
 
 READ_SIZE = 1 << 20
+# What damaged stored bytes raise as they are read back.
+DAMAGE = (
+    zstandard.ZstdError,
+    zlib.error,
+    EOFError,
+    RecipeError,
+    PackFormatError,
+    ChunkConfigError,
+    UnicodeDecodeError,
+)
 
 
 class MembersDiffer(ArchiveFault):
@@ -54,7 +68,8 @@ class StoredArchive:
     key: ArchiveKey
     manifest: Manifest
     identities: Identities | None = None
-    spool_dir: Path | None = None  # where a comparison that must sort spills (the state dir)
+    # the state dir: where a comparison that must sort spills, and the chunk index cache
+    spool_dir: Path | None = None
 
 
 def _stream(
@@ -63,6 +78,7 @@ def _stream(
     manifest: Manifest,
     identities: Identities | None,
     scanner: TarScanner,
+    spool_dir: Path | None = None,
 ) -> Iterator[None]:
     """Feed the archive's tar stream to the scanner, yielding after each piece; check the
     stored bytes against the manifest at the end. Errors name the archive; the storage
@@ -70,16 +86,14 @@ def _stream(
     try:
         with closing(repository.open_archive(key, manifest)) as stored:
             hashing = HashingReader(stored)
-            reader = decompressing_reader(
-                manifest.compression, _opened(key, manifest, identities, hashing)
-            )
+            pieces = _tar_pieces(repository, key, manifest, identities, hashing, spool_dir)
             try:
                 # Reading, hashing and decompressing run a few pieces ahead, in a thread,
                 # while this one parses and digests.
-                for piece in read_ahead(iter(partial(reader.read, READ_SIZE), b""), 4):
+                for piece in read_ahead(pieces, 4):
                     scanner.feed(piece)
                     yield
-            except (zstandard.ZstdError, zlib.error, EOFError, TarFormatError, EncryptionError):
+            except (*DAMAGE, TarFormatError, EncryptionError):
                 _hash_the_rest(hashing)  # a damaged archive is not a truncated one
                 raise
             if not scanner.ended:
@@ -91,6 +105,9 @@ def _stream(
     except (zstandard.ZstdError, zlib.error, EOFError) as error:
         _check_digest(key, manifest, hashing)
         raise archive_error(key, f"corrupt archive: cannot decompress ({error})") from None
+    except (RecipeError, PackFormatError, ChunkConfigError, UnicodeDecodeError) as error:
+        _check_digest(key, manifest, hashing)
+        raise archive_error(key, f"corrupt archive: {error}") from None
     except TarFormatError as error:
         _check_digest(key, manifest, hashing)
         raise archive_error(key, f"corrupt archive: {error}") from None
@@ -105,6 +122,30 @@ def _stream(
         scanner.close()
     except TarFormatError as error:
         raise archive_error(key, f"truncated archive: {error}") from None
+
+
+def _tar_pieces(
+    repository: Repository,
+    key: ArchiveKey,
+    manifest: Manifest,
+    identities: Identities | None,
+    stored: HashingReader,
+    state_dir: Path | None,
+) -> Iterator[bytes]:
+    """Given an archive's stored bytes being read, return its tar stream in pieces: the
+    archive file decrypted and decompressed, or, for a deduplicated archive, the tar its
+    recipe rebuilds from the chunks (`recipe_tar`). Raise OperationError if it is
+    encrypted and there is no identity."""
+    if manifest.layout != DEDUPLICATED:
+        reader = decompressing_reader(
+            manifest.compression, _opened(key, manifest, identities, stored)
+        )
+        return iter(partial(reader.read, READ_SIZE), b"")
+    if manifest.encryption is not None and identities is None:
+        raise key_missing(key, manifest.recipients)
+    chunks = ChunkStore(repository, key.policy, key.namespace)
+    opening = identities if manifest.encryption is not None else None
+    return recipe_tar(chunks, stored, opening, manifest.recipients, state_dir)
 
 
 def _opened(
@@ -169,7 +210,7 @@ def _checked(
     # Contents are not digested here: the SHA-256 of the stored bytes vouches for them.
     scanner = TarScanner(emit=emit, include=admit, digests=False)
     try:
-        yield from _stream(repository, key, manifest, identities, scanner)
+        yield from _stream(repository, key, manifest, identities, scanner, archive.spool_dir)
         differs = differs or next(expected, None) is not None
     finally:
         close = getattr(entries, "close", None)
@@ -196,7 +237,12 @@ class _ArchiveMembers:
         members: list[Member] = []
         scanner = TarScanner(done=members.append)
         stream = _stream(
-            archive.repository, archive.key, archive.manifest, archive.identities, scanner
+            archive.repository,
+            archive.key,
+            archive.manifest,
+            archive.identities,
+            scanner,
+            archive.spool_dir,
         )
         for _ in stream:
             yield from members

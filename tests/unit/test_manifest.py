@@ -153,8 +153,8 @@ def test_damaged_entries_are_refused(damage: object, message: str) -> None:
 def test_garbage_is_an_unreadable_manifest() -> None:
     with pytest.raises(ManifestError, match="not valid JSON"):
         Manifest.from_json(b"{ not json")
-    with pytest.raises(ManifestError, match="unknown manifest format 3"):
-        Manifest.from_json(b'{"format": 3}')
+    with pytest.raises(ManifestError, match="unknown manifest format 4"):
+        Manifest.from_json(b'{"format": 4}')
 
 
 class Key:

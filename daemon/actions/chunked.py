@@ -1,0 +1,169 @@
+"""The deduplicated codec chain of a backup (docs/format-dedup.md): the helper's tar (as the
+exclude filter passes it) → `RecipeBuilder` (each regular file's content cut into chunks)
+→ new chunks compressed into packs, stored in every live copy → the recipe, zstd then age,
+streamed as the archive file of each copy (`Copies`).
+
+The order of writes is the format's: packs as they fill, then the index of this backup's
+new chunks, then (the caller) the recipe's upload completed and the manifest, last.
+
+Every copy has its own chunk repository. They share one config record (the first storage,
+in the policy's order, that has one gives it to the others; a new one is drawn if none
+has): the recipe names chunks by id, and one recipe goes to every copy. A chunk is new
+unless every live copy's index lists it; a new chunk's pack goes to every copy (one that
+had the chunk already then holds it twice: harmless, either serves).
+
+Which chunks a storage holds is read through the index cache in the state dir, brought up
+to date from the storage's index files first; this backup's new chunks reach that cache
+only once the index that lists them is stored.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from daemon.archive.chunkconfig import ChunkConfig
+from daemon.archive.digest import HashingWriter
+from daemon.archive.manifest import ChunkCounts
+from daemon.archive.packs import ChunkWriter, SealedPack
+from daemon.archive.recipe import RecipeBuilder
+from daemon.archive.sealing import LEVEL, SectionWriter
+from daemon.config.keys import Identities, Recipient, recipient_strings
+from daemon.repository.chunks import ChunkStore, DamagedChunks
+from daemon.repository.copies import Copies
+from daemon.repository.store import Repository
+from daemon.state.chunkindex import ChunkIndex, Location, Pending
+
+RECIPE_SUFFIX = ".recipe.zst"
+RECIPE_LEVEL = LEVEL  # the recipe is a sealed section: zstd at the sections' level
+
+
+class ChunkedArchive:
+    """One backup's deduplicated chain into `copies` (begun: the recipe's uploads)."""
+
+    def __init__(
+        self,
+        copies: Copies,
+        policy: str,
+        recipients: tuple[Recipient, ...],
+        identities: Identities | None,
+        state_dir: Path | None,
+    ) -> None:
+        """Open every live copy's chunk repository (its config, created if missing) and
+        bring its index cache up to date. A copy that cannot is dropped with its error.
+        Raise OperationError if none is left."""
+        self._copies = copies
+        self._recipients = recipients
+        self._identities = identities
+        self._encrypted_to = recipient_strings(recipients)
+        self._resources = ExitStack()
+        if state_dir is None:  # no state dir: a cache that lives as long as the backup
+            state_dir = Path(self._resources.enter_context(tempfile.TemporaryDirectory()))
+        self._stores: dict[str, ChunkStore] = {}
+        self._caches: dict[str, ChunkIndex] = {}
+        try:
+            self.config = self._open(copies, policy, state_dir)
+            self._pending = Pending()
+            self._resources.callback(self._pending.close)
+            self._writer = ChunkWriter(
+                self.config, recipients, self, self._store_pack, spool_dir=state_dir
+            )
+            self._resources.callback(self._writer.close)
+            self.stored = HashingWriter(copies)
+            self._recipe = SectionWriter(self.stored, recipients)
+            self._resources.callback(self._recipe.close)
+            self._builder = RecipeBuilder(self.config.chunker, self._writer.add, self._recipe)
+        except BaseException:
+            self._resources.close()
+            raise
+        self.added_bytes = 0
+
+    def _open(self, copies: Copies, policy: str, state_dir: Path) -> ChunkConfig:
+        configs: dict[str, ChunkConfig | None] = {}
+
+        def read(repository: Repository) -> None:
+            store = self._stores[repository.name] = ChunkStore(repository, policy)
+            configs[repository.name] = store.read_config(self._identities, self._encrypted_to)
+
+        copies.each("cannot read the chunk repository", read)
+        chosen = next((config for config in configs.values() if config), None)
+        chosen = chosen or ChunkConfig.new()
+
+        def share(repository: Repository) -> None:
+            store = self._stores[repository.name]
+            held = configs[repository.name] or store.create_config(
+                chosen, self._recipients, self._identities
+            )
+            if held != chosen:
+                raise DamagedChunks(
+                    f"its chunk repository {store.directory} has another config than the "
+                    "policy's first storage: it cannot take the same chunks"
+                )
+            cache = self._caches[repository.name] = ChunkIndex(store.cache_path(state_dir))
+            self._resources.callback(cache.close)
+            store.sync(cache, self._identities, self._encrypted_to)
+
+        copies.each("cannot open the chunk repository", share)
+        return chosen
+
+    # KnownChunks, for the ChunkWriter: a chunk is known if this backup stored it already,
+    # or every live copy holds it.
+
+    def __contains__(self, chunk_id: object) -> bool:
+        if chunk_id in self._pending:
+            return True
+        live = self._copies.published
+        return all(chunk_id in self._caches[repository.name] for repository in live)
+
+    def add(self, chunk_id: str) -> None:
+        self._pending.add(chunk_id)
+
+    def _store_pack(self, pack: SealedPack) -> None:
+        name = pack.name
+        self._copies.each(
+            "cannot store a pack", lambda repository: self._stores[repository.name].put_pack(pack)
+        )
+        self._pending.place(
+            Location(entry.chunk_id, name, entry.offset, entry.stored_length, entry.plain_length)
+            for entry in pack.entries
+        )
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Take the next piece of the tar stream. Raise TarFormatError if it is not one."""
+        self._builder.feed(data)
+
+    def finish(self) -> None:
+        """The tar has ended: store the last pack, then the index of this backup's new
+        chunks in every live copy (and record them in its cache), and end the recipe.
+        Raise TarFormatError if the tar stopped before its end; OperationError if no copy
+        is left."""
+        self._builder.finish()
+        self._writer.finish()
+        self._recipe.finish()
+        index = self._writer.index
+        self.added_bytes = self._writer.stored_bytes
+        if not self._writer.new_chunks:
+            return
+        self.added_bytes += index.size
+
+        def store_index(repository: Repository) -> None:
+            self._stores[repository.name].put_index(index.sha256, index.stored())
+            self._caches[repository.name].load(index.sha256, self._pending.placed())
+
+        self._copies.each("cannot store the index", store_index)
+
+    @property
+    def tar_sha256(self) -> str:
+        return self._builder.hexdigest()
+
+    @property
+    def tar_size(self) -> int:
+        return self._builder.size
+
+    def counts(self) -> ChunkCounts:
+        writer = self._writer
+        return ChunkCounts(writer.chunks, writer.new_chunks, writer.packs, self.added_bytes)
+
+    def close(self) -> None:
+        self._resources.close()

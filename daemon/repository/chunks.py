@@ -1,0 +1,273 @@
+"""A storage's chunk repository: the config record, packs and index files of one host's
+policy, under `<host>/<policy>/_chunks/` (docs/format-dedup.md, "Where it lives").
+
+Writes are conditional creates under content names (a pack or index written twice is the
+same bytes), the config record once. Nothing here is ever rewritten in place.
+
+The chunk index is read through a cache in the state dir (`daemon.state.chunkindex`),
+brought up to date from the storage's index files (`sync`): the index files are the truth.
+Reading an archive back (`ChunkReads`) fetches its packs a few ahead of the tar being
+rebuilt, in threads, and checks every chunk against its id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import tempfile
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, closing
+from pathlib import Path
+
+from daemon.archive.chunkconfig import (
+    CONFIG_KEY,
+    ChunkConfig,
+    ChunkConfigError,
+    open_config,
+    seal_config,
+)
+from daemon.archive.packs import (
+    ChunkReader,
+    IndexEntry,
+    PackFormatError,
+    SealedPack,
+    index_key,
+    pack_key,
+    read_index,
+)
+from daemon.archive.recipe import ChunkStep, Step, read_recipe, tar_pieces
+from daemon.archive.sealing import Readable, opener, section_reader
+from daemon.config.keys import EncryptionError, Identities, Recipient, recipient_strings
+from daemon.repository.store import Repository
+from daemon.state.chunkindex import ChunkIndex, Location
+from daemon.storage.base import BlobExists, BlobMissing
+
+DIRECTORY = "_chunks"  # no volume name starts with "_": never a volume's directory
+PACKS_AHEAD = 4  # packs fetched ahead of the tar being rebuilt (8 MiB each)
+STEPS_AHEAD = 4096  # recipe steps looked at ahead for the packs they need
+FETCHING_THREADS = 4
+READ_SIZE = 1 << 20  # the tar rebuilt is yielded in pieces of about this size
+
+
+class DamagedChunks(OSError):
+    """The storage's chunk repository cannot be used: a record in it is damaged, of an
+    unknown version, or cannot be opened with the identities given. It fails like the
+    storage failing: that storage alone."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(errno.EIO, why)
+
+
+def chunks_directory(namespace: str, policy: str) -> str:
+    """Given a host's namespace and a policy, return the chunk repository's directory."""
+    return f"{namespace}/{policy}/{DIRECTORY}/" if namespace else f"{policy}/{DIRECTORY}/"
+
+
+class ChunkStore:
+    """The chunk repository of one host's policy in one storage."""
+
+    def __init__(self, repository: Repository, policy: str, namespace: str | None = None) -> None:
+        self.repository = repository
+        self.policy = policy
+        self.namespace = repository.host if namespace is None else namespace
+        self.directory = chunks_directory(self.namespace, policy)
+
+    def read_config(
+        self, identities: Identities | None, encrypted_to: Sequence[str] = ()
+    ) -> ChunkConfig | None:
+        """Return the repository's config, or None if it has none yet. Raise OSError
+        (DamagedChunks if the record cannot be read or opened)."""
+        try:
+            stored = self.repository.store.get(self.directory + CONFIG_KEY)
+        except BlobMissing:
+            return None
+        try:
+            return open_config(stored, identities, encrypted_to)
+        except (ChunkConfigError, EncryptionError) as error:
+            raise DamagedChunks(f"chunk repository {self.directory}: {error}") from None
+
+    def create_config(
+        self, config: ChunkConfig, recipients: Sequence[Recipient], identities: Identities | None
+    ) -> ChunkConfig:
+        """Write the config record with a conditional create; return the config the
+        storage holds then: `config`, or the one another process wrote first. Raise
+        OSError."""
+        self.repository.require_own()
+        try:
+            self.repository.store.put(
+                self.directory + CONFIG_KEY, seal_config(config, recipients), exclusive=True
+            )
+            return config
+        except BlobExists:
+            held = self.read_config(identities, recipient_strings(recipients))
+            if held is None:
+                raise DamagedChunks(f"chunk repository {self.directory}: config vanished") from None
+            return held
+
+    def put_pack(self, pack: SealedPack) -> None:
+        """Store a pack under its name. Raise OSError."""
+        self._put_once(pack_key(pack.name), pack.data)
+
+    def put_index(self, name: str, stored: Iterable[bytes]) -> None:
+        """Store an index file under its name. Raise OSError."""
+        self._put_once(index_key(name), stored)
+
+    def _put_once(self, key: str, data: bytes | Iterable[bytes]) -> None:
+        self.repository.require_own()
+        with contextlib.suppress(BlobExists):  # named by its content: the same bytes are there
+            self.repository.store.put(self.directory + key, data, exclusive=True)
+
+    def index_names(self) -> set[str]:
+        """Return the names of the repository's index files. Raise OSError."""
+        top = self.directory + "index/"
+        return {key[len(top) :] for key in self.repository.store.list(top)}
+
+    def index_locations(
+        self, name: str, identities: Identities | None, encrypted_to: Sequence[str]
+    ) -> Iterator[Location]:
+        """Yield the entries of one index file. Raise OSError (DamagedChunks if it is
+        damaged or cannot be opened)."""
+        decrypt = opener(identities, encrypted_to) if identities is not None else None
+        try:
+            with closing(self.repository.store.open(self.directory + index_key(name))) as stored:
+                for entry in read_index(name, stored, decrypt):
+                    yield Location(*_fields(entry))
+        except (PackFormatError, EncryptionError) as error:
+            raise DamagedChunks(f"chunk repository {self.directory}: {error}") from None
+
+    def get_pack(self, name: str) -> bytes:
+        """Return a pack's stored bytes. Raise PackFormatError if it is not there (the
+        archive's fault: an index lists it), OSError if the storage fails."""
+        try:
+            return self.repository.store.get(self.directory + pack_key(name))
+        except BlobMissing:
+            raise PackFormatError(f"pack {name} is missing") from None
+
+    def sync(
+        self, cache: ChunkIndex, identities: Identities | None, encrypted_to: Sequence[str]
+    ) -> None:
+        """Bring the cache up to date with the storage's index files: load those it lacks;
+        start again if one it holds is gone (garbage collection freed packs). Raise
+        OSError."""
+        names = self.index_names()
+        loaded = cache.loaded()
+        if loaded - names:
+            cache.clear()
+            loaded = set()
+        for name in sorted(names - loaded):
+            cache.load(name, self.index_locations(name, identities, encrypted_to))
+
+    def cache_path(self, state_dir: Path) -> Path:
+        """Given the state dir, return the file of this repository's index cache: one per
+        storage (its name and where it points), host and policy."""
+        where = "\0".join(
+            (self.repository.name, self.repository.describe(), self.namespace, self.policy)
+        )
+        return state_dir / "chunks" / f"{hashlib.sha256(where.encode()).hexdigest()[:32]}.sqlite"
+
+
+def _fields(entry: IndexEntry) -> tuple[str, str, int, int, int]:
+    return entry.chunk_id, entry.pack, entry.offset, entry.stored_length, entry.plain_length
+
+
+class ChunkReads:
+    """The chunks of one archive being rebuilt, read from a storage's packs: `ahead` passes
+    the recipe's steps on while it starts fetching, in threads, the packs of the steps to
+    come (at most PACKS_AHEAD at once); calling it returns a chunk's plain bytes, checked
+    against its id (`ChunkReader`). Memory: the packs fetched ahead and those kept opened,
+    8 MiB each."""
+
+    def __init__(
+        self,
+        chunks: ChunkStore,
+        config: ChunkConfig,
+        cache: ChunkIndex,
+        identities: Identities | None,
+        encrypted_to: Sequence[str],
+    ) -> None:
+        self._chunks = chunks
+        self._cache = cache
+        self._pool = ThreadPoolExecutor(FETCHING_THREADS, thread_name_prefix="volkeep-packs")
+        self._fetching: dict[str, Future[bytes]] = {}
+        self._reader = ChunkReader(config, self._locate, self._load, identities, encrypted_to)
+
+    def _locate(self, chunk_id: str) -> IndexEntry | None:
+        where = self._cache.locate(chunk_id)
+        return IndexEntry(*where) if where is not None else None
+
+    def _load(self, pack: str) -> bytes:
+        fetching = self._fetching.pop(pack, None)
+        if fetching is not None:
+            return fetching.result()
+        return self._chunks.get_pack(pack)
+
+    def __call__(self, chunk_id: str) -> bytes:
+        """Return the chunk's plain bytes. Raise PackFormatError if no index lists it or it
+        is damaged, OSError if the storage fails."""
+        return self._reader(chunk_id)
+
+    def ahead(self, steps: Iterable[Step]) -> Iterator[Step]:
+        """Yield the steps, each once the packs of up to STEPS_AHEAD steps after it are
+        being fetched (no more than PACKS_AHEAD at once)."""
+        window: deque[Step] = deque()
+        for step in steps:
+            while window and (
+                len(window) >= STEPS_AHEAD
+                or (len(self._fetching) >= PACKS_AHEAD and self._pack_of(step))
+            ):
+                yield window.popleft()
+            if pack := self._pack_of(step):
+                self._fetching[pack] = self._pool.submit(self._chunks.get_pack, pack)
+            window.append(step)
+        yield from window
+
+    def _pack_of(self, step: Step) -> str | None:
+        """Return the pack a step needs fetched, or None if it needs none fetched now."""
+        if not isinstance(step, ChunkStep):
+            return None
+        where = self._cache.locate(step.chunk_id)
+        if where is None or where.pack in self._fetching or self._reader.holds(where.pack):
+            return None
+        return where.pack
+
+    def close(self) -> None:
+        for fetching in self._fetching.values():
+            fetching.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._fetching.clear()
+
+
+def recipe_tar(
+    chunks: ChunkStore,
+    recipe: Readable,
+    identities: Identities | None,
+    encrypted_to: Sequence[str],
+    state_dir: Path | None,
+) -> Iterator[bytes]:
+    """Given an archive's chunk repository and its recipe's stored bytes being read (sealed,
+    when `identities` are given, to `encrypted_to`), yield its tar in pieces of about READ_SIZE; the
+    chunk index is read through the cache in `state_dir` (None: a temporary one).
+
+    Raise RecipeError, PackFormatError or ChunkConfigError if the recipe, a pack or the
+    config is damaged or missing (the tar's size and SHA-256 are checked after the last
+    piece), EncryptionError if the identities cannot open them, OSError if the storage
+    fails."""
+    config = chunks.read_config(identities, encrypted_to)
+    if config is None:
+        raise ChunkConfigError(f"chunk repository {chunks.directory} has no config")
+    decrypt = opener(identities, encrypted_to) if identities is not None else None
+    with ExitStack() as resources:
+        if state_dir is None:
+            state_dir = Path(resources.enter_context(tempfile.TemporaryDirectory()))
+        cache = ChunkIndex(chunks.cache_path(state_dir))
+        resources.callback(cache.close)
+        chunks.sync(cache, identities, encrypted_to)
+        reads = ChunkReads(chunks, config, cache, identities, encrypted_to)
+        resources.callback(reads.close)
+        plain = resources.enter_context(section_reader(recipe, decrypt))
+        lines = io.TextIOWrapper(plain, encoding="ascii")  # type: ignore[type-var]
+        yield from tar_pieces(reads.ahead(read_recipe(iter(lines))), reads, READ_SIZE)

@@ -1,0 +1,130 @@
+"""Where each chunk of a chunk repository lies, kept on disk (docs/format-dedup.md, "The
+chunk index cache").
+
+The storage's index files are the truth; this is a cache of them, one SQLite file per
+(storage, host, policy) in the state dir: losing it loses nothing, it is rebuilt from the
+index files. It records which index files it was filled from, so that the repository can
+load the new ones and, when one it holds is gone from the storage, start again. Memory
+stays flat whatever the number of chunks: every lookup is a query.
+
+A backup's own new chunks go into a private temporary table first (`Pending`), and reach
+the shared cache only once the index file that lists them is stored: a crash before that
+leaves the cache saying nothing of chunks that no index lists.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import NamedTuple
+
+BUSY_TIMEOUT = 60.0  # seconds another process may hold the cache's write lock
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    id BLOB PRIMARY KEY, pack BLOB NOT NULL, offset INTEGER NOT NULL,
+    stored INTEGER NOT NULL, plain INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS indexes (name TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
+
+
+class Location(NamedTuple):
+    """Where a chunk lies: its pack, its offset and stored length in the pack's plain
+    bytes, and its plain length (hex ids, as the format writes them)."""
+
+    chunk_id: str
+    pack: str
+    offset: int
+    stored_length: int
+    plain_length: int
+
+
+def _row(location: Location) -> tuple[bytes, bytes, int, int, int]:
+    chunk_id, pack, offset, stored, plain = location
+    return bytes.fromhex(chunk_id), bytes.fromhex(pack), offset, stored, plain
+
+
+class ChunkIndex:
+    """The cache of one chunk repository's index files, in the SQLite file `path`."""
+
+    def __init__(self, path: Path) -> None:
+        """Open (or create) the cache. Raise sqlite3.Error if the file cannot be used."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # a cache: a lost commit is reloaded
+        self._db.executescript(_SCHEMA)
+
+    def loaded(self) -> set[str]:
+        """Return the names of the index files the cache holds (one per backup)."""
+        return {name for (name,) in self._db.execute("SELECT name FROM indexes")}
+
+    def load(self, name: str, locations: Iterable[Location]) -> None:
+        """Record an index file and its chunks, in one transaction (all or nothing)."""
+        with self._db:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", map(_row, locations)
+            )
+            self._db.execute("INSERT OR IGNORE INTO indexes VALUES (?)", (name,))
+
+    def clear(self) -> None:
+        """Forget everything (an index file the cache holds is gone from the storage)."""
+        with self._db:
+            self._db.execute("DELETE FROM chunks")
+            self._db.execute("DELETE FROM indexes")
+
+    def __contains__(self, chunk_id: object) -> bool:
+        assert isinstance(chunk_id, str)
+        query = "SELECT 1 FROM chunks WHERE id = ?"
+        return self._db.execute(query, (bytes.fromhex(chunk_id),)).fetchone() is not None
+
+    def locate(self, chunk_id: str) -> Location | None:
+        """Return where the chunk lies, or None if no loaded index lists it."""
+        found = self._db.execute(
+            "SELECT pack, offset, stored, plain FROM chunks WHERE id = ?",
+            (bytes.fromhex(chunk_id),),
+        ).fetchone()
+        if found is None:
+            return None
+        pack, offset, stored, plain = found
+        return Location(chunk_id, pack.hex(), offset, stored, plain)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Pending:
+    """The chunks one backup has stored so far: their ids as they are taken (`add`), their
+    locations once their pack is sealed (`place`). A private temporary database: gone with
+    the backup, whatever ends it."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False)  # a temporary file
+        self._db.executescript(
+            "CREATE TABLE taken (id BLOB PRIMARY KEY) WITHOUT ROWID;"
+            "CREATE TABLE placed (id BLOB, pack BLOB, offset INTEGER, stored INTEGER, "
+            "plain INTEGER);"
+        )
+
+    def __contains__(self, chunk_id: object) -> bool:
+        assert isinstance(chunk_id, str)
+        query = "SELECT 1 FROM taken WHERE id = ?"
+        return self._db.execute(query, (bytes.fromhex(chunk_id),)).fetchone() is not None
+
+    def add(self, chunk_id: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO taken VALUES (?)", (bytes.fromhex(chunk_id),))
+
+    def place(self, locations: Iterable[Location]) -> None:
+        self._db.executemany("INSERT INTO placed VALUES (?, ?, ?, ?, ?)", map(_row, locations))
+
+    def placed(self) -> Iterator[Location]:
+        """Yield the locations of the chunks stored so far."""
+        query = "SELECT id, pack, offset, stored, plain FROM placed"
+        with closing(self._db.execute(query)) as rows:
+            for chunk_id, pack, offset, stored, plain in rows:
+                yield Location(chunk_id.hex(), pack.hex(), offset, stored, plain)
+
+    def close(self) -> None:
+        self._db.close()
