@@ -434,11 +434,8 @@ def test_mistakes_in_several_files_are_all_reported(tmp_path: Path) -> None:
 
 def test_a_missing_path_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
     (problem,) = problems_of(tmp_path / "absent.yaml")
-    assert (problem.file, problem.line, problem.message) == (
-        str(tmp_path / "absent.yaml"),
-        1,
-        "no such file or directory",
-    )
+    assert (problem.file, problem.line) == (str(tmp_path / "absent.yaml"), 1)
+    assert problem.message.startswith("no such file or directory: give --config FILE")
 
 
 def test_a_directory_without_policy_files_is_a_problem(tmp_path: Path) -> None:
