@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import docker
 import structlog
 
+from daemon import __version__
 from daemon.config.keys import (
     EncryptionError,
     Identities,
@@ -31,11 +33,13 @@ from daemon.engine.leftovers import (
     start_removing_leftovers,
 )
 from daemon.errors import DockerUnavailable, OperationError, UsageError
+from daemon.repository.hosts import HostRecord, PolicyRecord
 from daemon.repository.store import Repository
 from daemon.state.history import History
 from daemon.state.locks import volume_lock
 from daemon.storage import BlobStore, open_store
 from daemon.system.cpus import available_cpus
+from daemon.system.machine import machine_id
 
 log = structlog.get_logger()
 
@@ -150,7 +154,33 @@ class Context:
                 )
             names = (storage,)
         view = host or self.host
-        return [Repository(self.store(name), view, own=view == self.host) for name in names]
+        if view != self.host:
+            return [Repository(self.store(name), view, own=False) for name in names]
+        return [
+            Repository(self.store(name), view, own=True, marker=partial(self.host_record, name))
+            for name in names
+        ]
+
+    def host_record(self, storage: str) -> HostRecord:
+        """Given one of the config's storages, return the record this host claims its
+        namespace there with: its machine, and the policies that use that storage, with
+        their named volumes, schedules and whose archives their drills cover. Raise OSError
+        if the machine id cannot be found or kept (`machine_id`)."""
+        policies = {
+            policy.name: PolicyRecord(
+                volumes=policy.selector.names,
+                schedule=policy.schedule.text if policy.schedule else None,
+                drill_schedule=(
+                    policy.drill.schedule.text if policy.drill and policy.drill.schedule else None
+                ),
+                timezone=policy.timezone,
+                encrypted=policy.encryption is not None,
+                drill_hosts=policy.drill.hosts if policy.drill else (),
+            )
+            for policy in self.config.policies.values()
+            if storage in policy.storage_names
+        }
+        return HostRecord(self.host, machine_id(self.state_dir), __version__, policies)
 
     def recipients(self, policy: Policy) -> list[Recipient]:
         """Return the age recipients the policy's archives are encrypted to (none: the policy

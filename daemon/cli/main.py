@@ -24,20 +24,32 @@ from daemon.actions.backup import Published, run_backup
 from daemon.actions.context import Context
 from daemon.actions.drill import run_drill
 from daemon.actions.export import Output, export_archive, output_file
+from daemon.actions.fleet import (
+    DEFAULT_GRACE,
+    elsewhere,
+    fleet_storages,
+    survey_fleet,
+    with_hint,
+)
+from daemon.actions.hostname import adopt_host, rename_host
 from daemon.actions.init import run_init
 from daemon.actions.listing import ArchiveRow, archive_files, drill_summary, list_archives
 from daemon.actions.prune import run_prune
+from daemon.actions.recovery import READERS, recovery_config
 from daemon.actions.restore import RestoreRequest, restore_volume, safety_whereabouts
 from daemon.actions.restore_host import restore_file_to, restore_to_directory
 from daemon.actions.shrink import Accepted, run_accept_shrink
 from daemon.actions.status import collect_status, describe_status
 from daemon.actions.validate import validate
 from daemon.archive.tarstream import Member
+from daemon.cli.fleet import describe_fleet, describe_hosts
 from daemon.cli.log import configure_logging
 from daemon.cli.reference import SHELLS, completion_script, manual_page
 from daemon.config import load_config
 from daemon.config.json_schema import policy_file_schema_text
-from daemon.config.model import Policy, RetentionRules
+from daemon.config.model import Config, Policy, RetentionRules
+from daemon.config.schedule import parse_duration
+from daemon.config.url import storage_from_url
 from daemon.config.values import NAME as DEFINED_NAME
 from daemon.config.values import VOLUME_NAME, outside_the_volume, shorten
 from daemon.engine.client import engine_failure
@@ -46,6 +58,7 @@ from daemon.errors import (
     EXIT_OK,
     EXIT_USAGE,
     ConfigError,
+    OperationError,
     UsageError,
     VolkeepError,
 )
@@ -136,6 +149,27 @@ def _parser() -> argparse.ArgumentParser:
         type=absolute_path,
         default=Path(os.environ.get("VOLKEEP_STATE_DIR", "/var/lib/volkeep")),
         help="run history and locks (default: $VOLKEEP_STATE_DIR or /var/lib/volkeep)",
+    )
+    parser.add_argument(
+        "--storage-url",
+        metavar="URL",
+        default=os.environ.get("VOLKEEP_STORAGE_URL"),
+        help="read this storage instead of a config, on a machine without one (disaster "
+        "recovery): s3://BUCKET/PREFIX?endpoint=URL&path_style=1&credentials_file=PATH, or "
+        "a directory; for hosts, fleet status, list, restore, export and drill (default: "
+        "$VOLKEEP_STORAGE_URL)",
+    )
+    parser.add_argument(
+        "--identity-file",
+        type=absolute_path,
+        metavar="PATH",
+        help="with --storage-url: the age identity file that opens encrypted archives",
+    )
+    parser.add_argument(
+        "--helper-image",
+        metavar="IMAGE",
+        help="with --storage-url: the helper image to restore and drill with (default: "
+        "busybox:1.36; it is never pulled)",
     )
     parser.add_argument(
         "--log-format",
@@ -248,7 +282,7 @@ def _parser() -> argparse.ArgumentParser:
         "the newest shrink accepts every earlier one. The acceptance is recorded in each "
         "storage, beside the volume's archives, for every prune there to see.",
     )
-    accept_shrink.add_argument("policy")
+    accept_shrink.add_argument("policy", help=POLICY_HELP)
     accept_shrink.add_argument(
         "--volume", type=VOLUME, required=True, help="the volume whose shrink is meant"
     )
@@ -276,7 +310,7 @@ def _parser() -> argparse.ArgumentParser:
         "status is 1: what a pipe received is not the archive; -o FILE is written only "
         "once the whole tar is proved.",
     )
-    export.add_argument("policy")
+    export.add_argument("policy", help=POLICY_HELP)
     export.add_argument(
         "--volume", type=VOLUME, required=True, help="the volume the archive was taken of"
     )
@@ -285,6 +319,56 @@ def _parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, metavar="FILE", help="write FILE (default: standard output)"
     )
     _storage_and_host(export, "read (default: the first of the policy's that holds it)")
+
+    hosts = commands.add_parser(
+        "hosts",
+        help="the hosts a storage holds: their policies, volumes, newest archive and drill",
+    )
+    hosts.add_argument("--storage", type=NAME, help="only this storage (default: every one)")
+    hosts.add_argument("--json", action="store_true", help=JSON_HELP)
+
+    fleet = commands.add_parser("fleet", help="the fleet of hosts that share a storage")
+    fleet_commands = fleet.add_subparsers(
+        dest="fleet_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    fleet_status = fleet_commands.add_parser(
+        "status",
+        help="every host's volumes: newest archive and drill, overdue or failed (exit 1 if any)",
+        description="Read only the storages: per host and volume, the newest archive and "
+        "the newest drill verdict with their ages, and whether a backup or a drill is overdue "
+        "against the schedules the host publishes in its marker. Exit 1 if anything is "
+        "overdue or failed, or a storage cannot be read: a monitoring check.",
+    )
+    fleet_status.add_argument("--storage", type=NAME, help="only this storage (default: every one)")
+    fleet_status.add_argument(
+        "--grace",
+        type=_duration,
+        default=DEFAULT_GRACE,
+        metavar="DURATION",
+        help="how long after a scheduled run its archive or verdict may be missing before it "
+        "is overdue; more than a backup takes, and the splay (default: 1h)",
+    )
+    fleet_status.add_argument("--json", action="store_true", help=JSON_HELP)
+
+    adopt = commands.add_parser(
+        "adopt-host",
+        help="claim this host's name for this machine (after a rebuild changed its machine id)",
+        description="A host name is claimed in each storage by the machine that first wrote "
+        "under it; another machine is refused. After a rebuild or a replacement, run this on "
+        "the new machine to claim the name for it (the old machine must be gone).",
+    )
+    adopt.add_argument("--storage", type=NAME, help="only this storage (default: every one)")
+
+    rename = commands.add_parser(
+        "rename-host",
+        help="move this machine's host name OLD to NEW; OLD's archives stay readable",
+        description="Claim NEW for this machine and mark OLD renamed (no volkeep writes under "
+        "it again). OLD's archives stay where they are, readable with --host OLD. Then set "
+        "daemon.host: NEW and restart the daemon.",
+    )
+    rename.add_argument("old", type=NAME, help="the name this machine writes under now")
+    rename.add_argument("new", type=NAME, help="the name to write under from now on")
+    rename.add_argument("--storage", type=NAME, help="only this storage (default: every one)")
 
     status = commands.add_parser(
         "status", help="per volume: last backup, last drill, next runs; and the daemon"
@@ -325,6 +409,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the manual page: volkeep manpage | man -l -",
     )
     return parser
+
+
+def _duration(text: str) -> timedelta:
+    """The argparse type of a duration ("30m", "2h")."""
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _storage_and_host(command: argparse.ArgumentParser, storage_help: str) -> None:
@@ -478,7 +570,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             print(f"wrote {args.output}: {draft.summary()}")
         return EXIT_OK
-    config = load_config(args.config)
+    config = _config(args)
     check_state_dir(args.state_dir, write=args.command in WRITERS)
     ctx = Context(config, args.state_dir)
     ctx.recover()
@@ -493,6 +585,28 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise
     ctx.wait_for_cleanup()
     return status
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """Return the config the command runs with: the policy files, or (with --storage-url)
+    one storage and a reading policy for each policy it holds. Raise UsageError if a
+    command needs what a storage URL cannot give."""
+    if args.storage_url is None:
+        if args.identity_file is not None or args.helper_image is not None:
+            raise UsageError("--identity-file and --helper-image go with --storage-url")
+        return load_config(args.config)
+    if args.command not in READERS:
+        raise UsageError(
+            f"{args.command} needs a config: --storage-url serves "
+            "hosts, fleet status, list, restore, export and drill"
+        )
+    if args.command == "restore" and args.force:
+        raise UsageError(
+            "restore --force keeps a safety archive of the target in the config's storages: "
+            "with --storage-url, restore into a new or empty volume (--to NAME)"
+        )
+    storage = storage_from_url(args.storage_url)
+    return recovery_config(storage, args.identity_file, args.helper_image)
 
 
 def _run_command(ctx: Context, args: argparse.Namespace) -> int:
@@ -522,6 +636,9 @@ def _run_command(ctx: Context, args: argparse.Namespace) -> int:
             print(f"volkeep: {failure}", file=sys.stderr)
         if listing.unreadable:
             return EXIT_FAILED
+        hint = None if listing.rows else _elsewhere(ctx, args.policy, args.volume, args.host)
+        if hint is not None:
+            print(f"volkeep: {hint}", file=sys.stderr)
     elif args.command == "restore" and (args.to_dir is not None or args.stdout):
         _restore_on_the_host(ctx, args)
     elif args.command == "restore":
@@ -537,6 +654,9 @@ def _run_command(ctx: Context, args: argparse.Namespace) -> int:
             result = restore_volume(
                 ctx, policy, args.volume, args.archive, args.target or args.volume, request
             )
+        except (OperationError, UsageError) as error:
+            hint = _elsewhere(ctx, policy.name, args.volume, args.host)
+            raise error if hint is None else with_hint(error, hint) from None
         except (docker.errors.DockerException, requests.RequestException) as error:
             failure = engine_failure(error)
             failure.policy, failure.volume = policy.name, args.volume
@@ -571,11 +691,43 @@ def _run_command(ctx: Context, args: argparse.Namespace) -> int:
         )
     elif args.command == "export":
         _export(ctx, args)
+    elif args.command == "hosts":
+        now = datetime.now(UTC)
+        fleet = survey_fleet(ctx, fleet_storages(ctx, args.storage), now)
+        print(json.dumps(fleet.to_json(now, DEFAULT_GRACE), indent=1) if args.json else
+              describe_hosts(fleet, now))  # fmt: skip
+        for failure in fleet.unreadable:
+            print(f"volkeep: {failure}", file=sys.stderr)
+        return EXIT_FAILED if fleet.unreadable else EXIT_OK
+    elif args.command == "fleet":
+        now = datetime.now(UTC)
+        fleet = survey_fleet(ctx, fleet_storages(ctx, args.storage), now, args.grace)
+        print(json.dumps(fleet.to_json(now, args.grace), indent=1) if args.json else
+              describe_fleet(fleet, now))  # fmt: skip
+        for failure in fleet.unreadable:
+            print(f"volkeep: {failure}", file=sys.stderr)
+        return EXIT_OK if fleet.healthy else EXIT_FAILED
+    elif args.command == "adopt-host":
+        for claimed in adopt_host(ctx, fleet_storages(ctx, args.storage)):
+            print(claimed.describe())
+    elif args.command == "rename-host":
+        for claimed in rename_host(ctx, fleet_storages(ctx, args.storage), args.old, args.new):
+            print(claimed.describe())
+        print(f"now set daemon.host: {args.new} (the archives of {args.old} stay readable with "
+              f"--host {args.old})")  # fmt: skip
     elif args.command == "status":
         now = datetime.now(UTC)
         status = collect_status(ctx, now)
         print(json.dumps(status.to_json(), indent=1) if args.json else describe_status(status, now))
     return EXIT_OK
+
+
+def _elsewhere(
+    ctx: Context, policy: str | None, volume: str | None, host: str | None
+) -> str | None:
+    """The hint of a list or restore that found nothing: the hosts that hold archives of
+    the policy (or volume), if any; None without a policy to look for."""
+    return None if policy is None else elsewhere(ctx, policy, volume, host)
 
 
 def _export(ctx: Context, args: argparse.Namespace) -> None:

@@ -63,6 +63,7 @@ from daemon.config.schema import (
     age_encryption,
     age_recipient,
     compression,
+    drilled_host,
     policy_fields,
     run_hook,
     volume_hooks,
@@ -142,6 +143,7 @@ LEAVES: dict[Converter[Any], JsonSchema] = {
     exclude_pattern: {**SOME_TEXT, "not": text(rf"^/|(?:^|/)\.\.(?:/|{END})")},
     label_selector: text(r"^[^=]*[^=\s]"),  # a key that is not blank, then "=value" or not
     host_name: NAMES,
+    drilled_host: {"anyOf": [NAMES, {"const": "*"}]},
     image_reference: text(anchored(IMAGE_REFERENCE)),
     bucket_name: {**text(anchored(BUCKET_NAME)), "not": text(r"\.\.")},
     key_prefix: {"type": "string"},

@@ -125,6 +125,9 @@ class DrillConfig:
     archive: DrillChoice = "latest"
     max_per_run: int = 1
     storage: str | None = None  # which of the policy's storages to drill (None: the first)
+    # whose archives the scheduled drills cover, in turn ("*": every host in the storage);
+    # empty: this host's own
+    hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -229,12 +229,22 @@ RETENTION_HELP = {
     "keep_yearly": Help("Keep one archive per year, for the N most recent years.", 1),
     "keep_within": Help(f"Keep every archive newer than this: {DURATION_FORMS}.", "10d"),
 }
+
+
+def drilled_host(node: yaml.Node, path: str) -> str:
+    """Given an entry of `drill.hosts`, return it: a host name, or "*" (every host)."""
+    if isinstance(node, yaml.ScalarNode) and node.value == "*":
+        return "*"
+    return host_name(node, path)
+
+
 DRILL = record(
     {
         "schedule": schedule,
         "archive": choice(DRILL_CHOICES, "drill archive choice"),
         "max_per_run": integer(minimum=1),
         "storage": non_empty_string,
+        "hosts": list_of(drilled_host, non_empty=True, unique=True),
     },
     into=DrillConfig,
 )
@@ -251,6 +261,12 @@ DRILL_HELP = {
     "max_per_run": Help("How many archives of each volume one drill checks.", 1),
     "storage": Help(
         "Which of the policy's storages to drill from (default: the first it lists).", "local"
+    ),
+    "hosts": Help(
+        "Drill other hosts' archives of this policy in that storage instead of this host's: "
+        "each scheduled drill takes the least recently drilled volume of these hosts (name "
+        "this host too to include it; '*': every host the storage holds).",
+        ["web-1", "web-2"],
     ),
 }
 

@@ -12,7 +12,9 @@ A storage is a blob store (`daemon.storage`); a `Repository` knows what its blob
 - Deletion removes the manifest first (uncommitting), then the archive and its record.
 - Hosts. A repository opened for another host (`--host`) reads that host's archives and
   may record a drill beside them; it never allocates, deletes or collects garbage
-  (promise 10).
+  (promise 10). This host's own claims its namespace with its marker before the first
+  write (`require_own`, `daemon.repository.hosts`): a name another machine claims is
+  refused before anything is written.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from daemon.archive.encryption import NoIdentityMatches
@@ -29,6 +31,7 @@ from daemon.archive.sealing import opener
 from daemon.archive.tarstream import Member
 from daemon.config.keys import Identities
 from daemon.errors import ArchiveFault, KeyMissing, OperationError, StorageFailure
+from daemon.repository.hosts import HostRecord, claim_namespace
 from daemon.repository.layout import (
     CLAIM_SUFFIX,
     DRILL_SUFFIX,
@@ -46,12 +49,22 @@ CLAIM_FORMAT = 1
 
 
 class Repository:
-    """The archives one host keeps in one storage (`own`: this host's, writable)."""
+    """The archives one host keeps in one storage (`own`: this host's, writable; `marker`:
+    makes the record that claims its namespace before the first write, None: no claim)."""
 
-    def __init__(self, store: BlobStore, host: str, *, own: bool) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        host: str,
+        *,
+        own: bool,
+        marker: Callable[[], HostRecord] | None = None,
+    ) -> None:
         self.store = store
         self.host = host
         self.own = own
+        self.marker = marker
+        self._claimed = False
 
     @property
     def name(self) -> str:
@@ -221,8 +234,14 @@ class Repository:
     # Writing (this host's own namespace only)
 
     def require_own(self) -> None:
+        """Before a write or prune in this host's namespace: raise OperationError if the
+        namespace is another host's, NamespaceClaimed if its marker is another machine's
+        (claiming it first if it is free: `claim_namespace`), OSError if the store fails."""
         if not self.own:
             raise OperationError(f"the archives of host {self.host!r} are read-only here")
+        if self.marker is not None and not self._claimed:
+            claim_namespace(self.store, self.marker())
+            self._claimed = True
 
     def claim(self, key: ArchiveKey) -> bool:
         """Claim a new archive's id for this process with a conditional create of its claim;

@@ -25,7 +25,7 @@ import structlog
 from daemon import events
 from daemon.actions.backup import policy_volumes, run_backup
 from daemon.actions.context import Context
-from daemon.actions.drill import drillable_volumes, drilled_repository, run_drill
+from daemon.actions.fleetdrill import run_scheduled_drill, scheduled_targets
 from daemon.config.model import Config
 from daemon.errors import VolkeepError
 from daemon.events import RunFinished, RunStarted
@@ -72,17 +72,18 @@ def _back_up(ctx: Context, policy: str, volume: str) -> None:
     run_backup(ctx, policy, [volume], report=lambda published: None)
 
 
-def _drill(ctx: Context, policy: str, volume: str) -> None:
-    run_drill(ctx, policy, [volume], None)
+def _drill(ctx: Context, policy: str, target: str) -> None:
+    run_scheduled_drill(ctx, policy, target)
 
 
 def _volumes(ctx: Context, kind: str, policy: str) -> list[str]:
-    """Given a job, return the volumes it works on now. Raise OperationError if there is
-    none, or the engine or the storage cannot say."""
+    """Given a job, return the volumes it works on now (a drill of other hosts' archives:
+    `host/volume`). Raise OperationError if there is none, or the engine or the storage
+    cannot say."""
     settings = ctx.policy(policy)
     if kind == "backup":
         return policy_volumes(ctx.docker(), settings, [])
-    return drillable_volumes(drilled_repository(ctx, settings), policy)
+    return scheduled_targets(ctx, settings)
 
 
 OPERATIONS: dict[str, Callable[[Context, str, str], None]] = {"backup": _back_up, "drill": _drill}

@@ -34,6 +34,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from daemon import events
 from daemon.actions.context import Context
 from daemon.actions.garbage import remove_incomplete_archives
+from daemon.actions.hostname import publish_host_records
 from daemon.config import load_config
 from daemon.config.model import Config, MetricsSettings
 from daemon.engine.client import connect
@@ -111,6 +112,7 @@ class Daemon:
             ctx.docker()
             ctx.wait_for_cleanup()  # at start-up, before any scheduled run
             remove_incomplete_archives(ctx)
+            publish_host_records(ctx)  # its schedules, for `fleet status`
             History(self._state_dir).trim()  # each operation trims its own volume after this
             engine = connect(timeout=KILL_TIMEOUT_SECONDS)  # to abort: never wait long
             self._install_signal_handlers()
