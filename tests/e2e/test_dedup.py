@@ -14,7 +14,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import docker
@@ -29,6 +28,7 @@ from tests.support.tree import build_fidelity_tree, differences, snapshot
 pytestmark = pytest.mark.e2e
 SCRIPT = ROOT / "scripts" / "volkeep-rebuild-tar.sh"
 MiB = 1 << 20
+FILES = (".drill.json", ".manifest.json", ".recipe.zst")  # a drilled deduplicated archive
 
 
 def fill(root: Path, seed: bytes) -> None:
@@ -151,3 +151,135 @@ def test_a_second_backup_stores_only_what_changed_and_every_archive_restores_exp
     files = workspace.run("list", "app", "--volume", volume, "--files", "--archive", second)
     assert files.returncode == 0, files.stderr
     assert "data/new.txt" in files.stdout and "data/pages.db" in files.stdout
+
+
+def test_an_encrypted_deduplicated_repository_holds_no_path_and_no_content_in_clear(
+    api: docker.APIClient, volumes, workspace: Workspace, tmp_path: Path
+) -> None:
+    volume = volumes("secret")
+    root = mountpoint(api, volume)
+    name, marker = "name-marker-5f1c.txt", b"content-marker-9d27e"
+    (root / name).write_bytes(marker * 1000)
+    (root / "random.bin").write_bytes(hashlib.shake_256(b"secret").digest(MiB))
+    identity = x25519.Identity.generate()
+    key_file = tmp_path / "age.key"
+    key_file.write_text(f"{identity}\n")
+    key_file.chmod(0o600)
+    age = {"age": {"recipients": [str(identity.to_public())], "identity_file": str(key_file)}}
+    workspace.write_config({"app": {"volumes": [volume], "format": "dedup", "encryption": age}})
+    archive_id = backup(workspace)
+
+    stored = [path for path in workspace.storage.rglob("*") if path.is_file()]
+    assert any("/_chunks/packs/" in str(path) for path in stored)
+    for path in stored:
+        data = path.read_bytes()
+        assert marker not in data and name.encode() not in data, path
+        if "/_chunks/" in str(path) or ".recipe." in path.name:
+            assert data.startswith(b"age-encryption.org/v1\n"), path
+    assert differences(snapshot(root), restored(api, workspace, volume, archive_id)) == []
+
+
+def test_two_storages_each_get_their_own_packs_and_each_restores(
+    api: docker.APIClient, volumes, workspace: Workspace, s3_bucket: S3Bucket
+) -> None:
+    volume = volumes("both")
+    root = mountpoint(api, volume)
+    fill(root, b"both")
+    workspace.write_config(
+        {"app": {"volumes": [volume], "format": "dedup", "storage": ["local", "offsite"]}},
+        storages={"offsite": s3_bucket.storage("prod/")},
+    )
+    archive_id = backup(workspace)
+
+    client = s3_bucket.server.client()
+    listed = client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket.name)
+    remote = {item["Key"] for page in listed for item in page.get("Contents", [])}
+    remote_packs = {key.rsplit("/", 1)[1] for key in remote if "/_chunks/packs/" in key}
+    local_packs = {path.name for path in (chunks_dir(workspace) / "packs").rglob("*/*")}
+    assert remote_packs and remote_packs == local_packs
+    for storage in ("local", "offsite"):
+        target = f"{volume}_{storage}"
+        try:
+            result = workspace.run(
+                "restore", "app", "--volume", volume, "--storage", storage, "--to", target
+            )
+            assert result.returncode == 0, result.stderr
+            assert differences(snapshot(root), snapshot(mountpoint(api, target))) == []
+        finally:
+            api.remove_volume(target, force=True)
+    assert archive_id in workspace.run("list", "app", "--storage", "offsite").stdout
+
+
+def listed(workspace: Workspace) -> list[dict[str, object]]:
+    result = workspace.run("list", "app", "--json")
+    assert result.returncode == 0, result.stderr
+    rows: list[dict[str, object]] = json.loads(result.stdout)
+    return rows
+
+
+def killed(workspace: Workspace, point: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run volkeep with the fault suite's kill point `point` (tests/faults/killpoints.py)."""
+    command = workspace.command(*args)
+    command[command.index("daemon")] = "tests.faults.killpoints"
+    environment = dict(os.environ, VOLKEEP_TEST_KILL_POINT=point)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=environment
+    )
+
+
+@pytest.mark.parametrize(
+    "point", ["first pack stored, no index yet", "index stored, manifest not written"]
+)
+def test_a_backup_killed_midway_lists_nothing_and_the_next_one_restores(
+    api: docker.APIClient, volumes, workspace: Workspace, point: str
+) -> None:
+    volume = volumes("killed")
+    root = mountpoint(api, volume)
+    fill(root, b"killed")
+    workspace.write_config({"app": {"volumes": [volume], "format": "dedup"}})
+    first = backup(workspace)
+    change_a_little(root)
+    (root / "data" / "more.bin").write_bytes(hashlib.shake_256(b"more").digest(9 * MiB))
+
+    result = killed(workspace, point, "backup", "app")
+    assert result.returncode == -9, result.stderr
+    assert [row["id"] for row in listed(workspace)] == [first]
+
+    second = backup(workspace)
+    assert differences(snapshot(root), restored(api, workspace, volume, second)) == []
+
+
+def test_older_one_file_archives_of_the_volume_still_list_restore_drill_and_prune(
+    api: docker.APIClient, volumes, workspace: Workspace
+) -> None:
+    volume = volumes("mixed")
+    root = mountpoint(api, volume)
+    fill(root, b"mixed")
+    keep = {"keep_last": 3}
+    workspace.write_config({"app": {"volumes": [volume], "retention": keep}})
+    single = backup(workspace)
+    single_tree = snapshot(root)
+    assert (workspace.archive_dir("app", volume) / f"{volume}-{single}.tar.zst").exists()
+    workspace.write_config({"app": {"volumes": [volume], "retention": keep, "format": "dedup"}})
+    change_a_little(root)
+    deduplicated = [backup(workspace), backup(workspace)]
+
+    assert sorted(row["id"] for row in listed(workspace)) == sorted([single, *deduplicated])
+    assert differences(single_tree, restored(api, workspace, volume, single)) == []
+    drill = workspace.run("drill", "app", "--volume", volume, "--archive", single)
+    assert drill.returncode == 0, drill.stderr
+
+    packs = stored_bytes(chunks_dir(workspace))
+    workspace.write_config(
+        {"app": {"volumes": [volume], "retention": {"keep_last": 1}, "format": "dedup"}}
+    )
+    newest = deduplicated[-1]
+    # retention keeps the newest drill-passed archive: the newest, once drilled
+    drill = workspace.run("drill", "app", "--volume", volume, "--archive", newest)
+    assert drill.returncode == 0, drill.stderr
+    pruned = workspace.run("prune", "app")
+    assert pruned.returncode == 0, pruned.stderr
+    left = sorted(path.name for path in workspace.archive_dir("app", volume).iterdir())
+    assert left == [f"{volume}-{newest}{suffix}" for suffix in FILES]
+    assert stored_bytes(chunks_dir(workspace)) == packs  # packs wait for garbage collection
+    assert differences(snapshot(root), restored(api, workspace, volume, newest)) == []

@@ -116,6 +116,11 @@ def _named(suffix: str) -> Callable[..., bool]:
     return lambda temporary, final, **kwargs: suffix in Path(final).name
 
 
+def _under(directory: str) -> Callable[..., bool]:
+    """The calls of `publish(temporary, final)` whose final file lies under `directory`."""
+    return lambda temporary, final, **kwargs: directory in Path(final).as_posix()
+
+
 def _upload_of(suffix: str) -> Callable[..., bool]:
     return lambda upload: suffix in upload._final.name
 
@@ -137,6 +142,12 @@ POINTS: dict[str, Callable[[], None]] = {
     ),
     "archive file published, manifest not written": lambda: kill_at(
         local, "publish", after=True, where=_named(".tar.")
+    ),
+    "first pack stored, no index yet": lambda: kill_at(
+        local, "publish", after=True, where=_under("_chunks/packs/")
+    ),
+    "index stored, manifest not written": lambda: kill_at(
+        local, "publish", after=True, where=_under("_chunks/index/")
     ),
     "manifest written, retention not yet run": lambda: kill_at(
         local, "publish", after=True, where=_named(".manifest.json")
