@@ -12,6 +12,7 @@ owner's `list` and `status`, and `fleet status`, read it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from daemon.actions.context import Context
@@ -38,11 +39,16 @@ def scheduled_targets(ctx: Context, policy: Policy) -> list[str]:
     return [next_target(repository, policy.name, hosts)]
 
 
-def run_scheduled_drill(ctx: Context, policy: str, target: str) -> None:
-    """Drill one target that `scheduled_targets` returned. Raise OperationError if the
-    drill failed or could not run."""
+def run_scheduled_drill(
+    ctx: Context,
+    policy: str,
+    target: str,
+    report: Callable[[DrillRecord], None] | None = None,
+) -> None:
+    """Drill one target that `scheduled_targets` returned, giving each verdict to `report`.
+    Raise OperationError if the drill failed or could not run."""
     host, _, volume = target.rpartition("/")
-    run_drill(ctx, policy, [volume], None, host=host or None)
+    run_drill(ctx, policy, [volume], None, host=host or None, report=report)
 
 
 def next_target(repository: Repository, policy: str, hosts: tuple[str, ...]) -> str:

@@ -31,6 +31,7 @@ from daemon.actions.fleet import (
     survey_fleet,
     with_hint,
 )
+from daemon.actions.fleetdrill import run_scheduled_drill, scheduled_targets
 from daemon.actions.hostname import adopt_host, rename_host
 from daemon.actions.init import run_init
 from daemon.actions.listing import ArchiveRow, archive_files, drill_summary, list_archives
@@ -679,6 +680,9 @@ def _run_command(ctx: Context, args: argparse.Namespace) -> int:
     elif args.command == "accept-shrink":
         for accepted in run_accept_shrink(ctx, args.policy, args.volume, args.storage):
             _print_accepted(args.policy, args.volume, accepted)
+    elif args.command == "drill" and _as_scheduled(ctx.policy(args.policy), args):
+        for target in scheduled_targets(ctx, ctx.policy(args.policy)):
+            run_scheduled_drill(ctx, args.policy, target, report=_print_drill)
     elif args.command == "drill":
         run_drill(
             ctx,
@@ -720,6 +724,13 @@ def _run_command(ctx: Context, args: argparse.Namespace) -> int:
         status = collect_status(ctx, now)
         print(json.dumps(status.to_json(), indent=1) if args.json else describe_status(status, now))
     return EXIT_OK
+
+
+def _as_scheduled(policy: Policy, args: argparse.Namespace) -> bool:
+    """Whether `drill POLICY` drills what the policy's schedule would: other hosts' archives
+    in turn (drill.hosts), unless the command names what to drill."""
+    named = args.volume or args.archive or args.storage or args.host
+    return policy.drill is not None and bool(policy.drill.hosts) and not named
 
 
 def _elsewhere(
