@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import docker
 import structlog
 
-from daemon.actions.backup import BackupSource, Published, back_up_volume
+from daemon.actions.backup import BackupSource, Published, back_up_volume, require_known_volume
 from daemon.actions.context import Context
 from daemon.archive.manifest import Manifest
 from daemon.archive.select import Selection, leaves_the_target, select_members
@@ -249,12 +249,9 @@ def restore_volume(
     holds an intact copy of it (`CopySearch`). Raise OperationError if the restore failed;
     if a safety archive was taken by then, the message says where it is."""
     api = ctx.docker()
-    search = CopySearch(
-        ctx.repositories(policy, storage=request.storage, host=request.host),
-        policy.name,
-        volume,
-        archive_id,
-    )
+    repositories = ctx.repositories(policy, storage=request.storage, host=request.host)
+    require_known_volume(api, policy, volume, repositories)
+    search = CopySearch(repositories, policy.name, volume, archive_id)
     resolved = search.archive_id
     with (
         structlog.contextvars.bound_contextvars(

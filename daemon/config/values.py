@@ -129,11 +129,20 @@ def absolute_path(node: yaml.Node, path: str) -> Path:
     return Path(text)
 
 
+def outside_the_volume(pattern: str) -> str | None:
+    """Given a pattern relative to the volume's root (an exclude, a restore --path), return
+    why it points outside the volume, or None."""
+    if pattern.startswith("/") or ".." in PurePosixPath(pattern).parts:
+        return f"{pattern!r} must stay inside the volume: no leading '/', no '..'"
+    return None
+
+
 def exclude_pattern(node: yaml.Node, path: str) -> str:
     """Given a node holding a pattern relative to the volume's root, return the pattern."""
     text = non_empty_string(node, path)
-    if text.startswith("/") or ".." in PurePosixPath(text).parts:
-        raise invalid(node, path, f"{text!r} must stay inside the volume: no leading '/', no '..'")
+    why = outside_the_volume(text)
+    if why is not None:
+        raise invalid(node, path, why)
     return text
 
 
