@@ -10,6 +10,7 @@ from daemon.actions.preflight import preflight
 from daemon.config.model import Policy, Schedule
 from daemon.config.triggers import next_run
 from daemon.engine.containers import containers_to_stop, containers_using
+from daemon.engine.swarm import plan_scaling
 from daemon.engine.volumes import select_volumes
 from daemon.errors import ConfigError, DockerUnavailable
 from daemon.terminal.render import plural
@@ -55,10 +56,19 @@ def validate(ctx: Context) -> str:
                 lines.append(f"  missing volumes: {', '.join(missing)}")
             for name in names:
                 users = containers_using(api, name)
-                stopping = containers_to_stop(users, policy.stop_containers)
+                stopping, scalings = plan_scaling(
+                    api, containers_to_stop(users, policy.stop_containers)
+                )
                 if stopping:
                     listed = ", ".join(container.name for container in stopping)
                     lines.append(f"  stops during the backup of {name}: {listed}")
+                lines += [
+                    f"  warning: the backup of {name} is refused: {scaling.refusal}"
+                    if scaling.refusal
+                    else f"  scales Swarm service {scaling.name} "
+                    f"({plural(scaling.replicas, 'replica')}) to 0 during the backup of {name}"
+                    for scaling in scalings
+                ]
                 lines += [
                     f"  warning: {name} is used by the running database container "
                     f"{container.name} ({container.image}) and would be backed up live: "

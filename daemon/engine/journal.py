@@ -7,6 +7,10 @@ start a few times over a few seconds (a container whose network or dependency is
 yet). The journal is removed once all of them run again; a container that still cannot be
 started stays in it.
 
+The containers of a Swarm service are not stopped but their service scaled to 0 replicas
+(daemon.engine.swarm): the journal lists the service with the count to scale it back to,
+before it is scaled down, and starting again means scaling it back.
+
 A journal is written, read and removed only under its volume's lock (daemon.state.locks), so a
 journal whose lock is free is abandoned, whoever wrote it: a volkeep that died, or an
 operation that ended with a container it could not start. `restart_pending` starts those
@@ -21,6 +25,7 @@ that volume while it is there. The operator checks those containers and removes 
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import os
 import sqlite3
@@ -44,6 +49,14 @@ from daemon.engine.containers import (
     stop_container,
     stop_waves,
 )
+from daemon.engine.swarm import (
+    Scaling,
+    plan_scaling,
+    refuse_unscalable,
+    scale,
+    scale_back,
+    wait_until_stopped,
+)
 from daemon.errors import OperationError
 from daemon.state.history import Downtime, History
 from daemon.state.locks import volume_lock
@@ -66,13 +79,37 @@ class StoppedContainer:
 
 
 @dataclass(frozen=True)
+class ScaledService:
+    """A Swarm service scaled to 0 replicas for a backup, and the count to scale it back to."""
+
+    id: str
+    name: str
+    replicas: int
+    since: datetime  # when it was scaled down, or at the latest when the journal listed it
+
+
+@dataclass(frozen=True)
 class Journal:
-    """The containers stopped for one volume's backup, in the order to start them."""
+    """The containers stopped (and Swarm services scaled to 0) for one volume's backup, in
+    the order to start them: containers first, then services."""
 
     policy: str
     volume: str
     owner: str  # the process that stopped them (daemon.system.owner)
     containers: tuple[StoppedContainer, ...]
+    services: tuple[ScaledService, ...] = ()
+
+    def merged(self, earlier: Journal) -> Journal:
+        """Return this journal with what `earlier` lists and this one does not, last."""
+        containers = {c.id for c in self.containers}
+        services = {s.id for s in self.services}
+        return Journal(
+            self.policy,
+            self.volume,
+            self.owner,
+            self.containers + tuple(c for c in earlier.containers if c.id not in containers),
+            self.services + tuple(s for s in earlier.services if s.id not in services),
+        )
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -84,6 +121,15 @@ class Journal:
                 "containers": [
                     {"id": c.id, "name": c.name, "since": c.since.isoformat()}
                     for c in self.containers
+                ],
+                "services": [
+                    {
+                        "id": s.id,
+                        "name": s.name,
+                        "replicas": s.replicas,
+                        "since": s.since.isoformat(),
+                    }
+                    for s in self.services
                 ],
             },
             indent=1,
@@ -98,7 +144,13 @@ class Journal:
                 StoppedContainer(c["id"], c["name"], datetime.fromisoformat(c["since"]))
                 for c in raw["containers"]
             )
-            return cls(raw["policy"], raw["volume"], raw["owner"], containers)
+            services = tuple(  # journals written before Swarm services have none
+                ScaledService(
+                    s["id"], s["name"], int(s["replicas"]), datetime.fromisoformat(s["since"])
+                )
+                for s in raw.get("services", [])
+            )
+            return cls(raw["policy"], raw["volume"], raw["owner"], containers, services)
         except (KeyError, TypeError, ValueError) as error:  # ValueError: bad JSON or time
             raise ValueError(f"unreadable stop journal: {error!r}") from None
 
@@ -136,9 +188,7 @@ def write_journal(state_dir: Path, journal: Journal) -> Journal:
             volume=journal.volume,
         )
     if earlier is not None:
-        listed = {container.id for container in journal.containers}
-        kept = tuple(c for c in earlier.containers if c.id not in listed)
-        journal = Journal(journal.policy, journal.volume, journal.owner, journal.containers + kept)
+        journal = journal.merged(earlier)
     _write(path, journal)
     return journal
 
@@ -206,33 +256,42 @@ def unreadable_journals(state_dir: Path, volume: str) -> list[Path]:
 def start_again(
     api: docker.APIClient, state_dir: Path, journal: Journal, stopped: dict[str, datetime]
 ) -> list[str]:
-    """Start the journal's containers in its order (each tried again after each of
-    START_RETRY_DELAYS), then record the downtime of each in the run history (`stopped`: the
-    measured stop times). Remove the journal if all of them run again, else leave in it only
-    those that do not; return their names. Hold the volume's lock."""
-    failed: list[StoppedContainer] = []
-    downtimes = []
-    for container in journal.containers:
-        with structlog.contextvars.bound_contextvars(container=container.name):
-            try:
-                outcome = _start_with_retries(api, container.id)
-            except (docker.errors.APIError, requests.RequestException) as error:
-                log.error("cannot start the container again", error=engine_failure(error).message)
-                failed.append(container)
-                continue
-            if outcome == "missing":
-                log.warning("the container was removed while stopped; nothing to start")
-            elif outcome == "started":
-                since = stopped.get(container.id, container.since)
-                downtime = Downtime(
-                    journal.policy, journal.volume, container.name, since, datetime.now(UTC)
-                )
-                downtimes.append(downtime)
-                log.info("container started again", downtime_seconds=round(downtime.seconds, 2))
+    """Start the journal's containers in its order, then scale its Swarm services back (each
+    tried again after each of START_RETRY_DELAYS), then record the downtime of each in the
+    run history (`stopped`: the measured stop times, by id). Remove the journal if all of
+    them run again, else leave in it only those that do not; return their names. Hold the
+    volume's lock."""
+    downtimes: list[Downtime] = []
+    containers = tuple(
+        container
+        for container in journal.containers
+        if not _brought_back(
+            functools.partial(start_container, api, container.id),
+            CONTAINER_WORDS,
+            journal,
+            container.name,
+            stopped.get(container.id, container.since),
+            downtimes,
+        )
+    )
+    services = tuple(
+        service
+        for service in journal.services
+        if not _brought_back(
+            functools.partial(scale_back, api, service.id, service.replicas),
+            SERVICE_WORDS,
+            journal,
+            service.name,
+            stopped.get(service.id, service.since),
+            downtimes,
+        )
+    )
     path = journal_path(state_dir, journal.volume)
     try:
-        if failed:
-            _write(path, Journal(journal.policy, journal.volume, journal.owner, tuple(failed)))
+        if containers or services:
+            _write(
+                path, Journal(journal.policy, journal.volume, journal.owner, containers, services)
+            )
         else:
             path.unlink(missing_ok=True)
     except OSError as error:  # the journal as it was still lists them all: harmless
@@ -243,23 +302,68 @@ def start_again(
             history.record_downtime(downtime)
     except (OSError, sqlite3.Error) as error:
         log.error("cannot record the downtime in the run history", error=str(error))
-    return [container.name for container in failed]
+    return [container.name for container in containers] + [
+        f"Swarm service {service.name}" for service in services
+    ]
 
 
-def _start_with_retries(api: docker.APIClient, container_id: str) -> StartOutcome:
-    """Start the container, trying again after each of START_RETRY_DELAYS while the engine
-    refuses. Raise the engine's last error."""
-    for delay in START_RETRY_DELAYS:
-        try:
-            return start_container(api, container_id)
-        except (docker.errors.APIError, requests.RequestException) as error:
-            log.warning(
-                "cannot start the container again yet",
-                error=engine_failure(error).message,
-                retry_in_seconds=delay,
-            )
-            time.sleep(delay)
-    return start_container(api, container_id)
+@dataclass(frozen=True)
+class _Words:
+    """How the log tells of bringing one thing of a stop journal back."""
+
+    key: str  # the log key that names it
+    cannot: str
+    retrying: str
+    missing: str
+    done: str
+
+
+CONTAINER_WORDS = _Words(
+    "container",
+    "cannot start the container again",
+    "cannot start the container again yet",
+    "the container was removed while stopped; nothing to start",
+    "container started again",
+)
+SERVICE_WORDS = _Words(
+    "service",
+    "cannot scale the Swarm service back",
+    "cannot scale the Swarm service back yet",
+    "the Swarm service was removed while scaled to 0; nothing to scale back",
+    "Swarm service scaled back",
+)
+
+
+def _brought_back(
+    bring_back: Callable[[], StartOutcome],
+    words: _Words,
+    journal: Journal,
+    name: str,
+    since: datetime,
+    downtimes: list[Downtime],
+) -> bool:
+    """Start a container or scale a service back (`bring_back`), trying again after each of
+    START_RETRY_DELAYS while the engine refuses; log the outcome and add its downtime to
+    `downtimes`. Return whether it no longer needs volkeep (it runs, or is gone)."""
+    with structlog.contextvars.bound_contextvars(**{words.key: name}):
+        for delay in (*START_RETRY_DELAYS, None):
+            try:
+                outcome = bring_back()
+                break
+            except (docker.errors.APIError, requests.RequestException) as error:
+                message = engine_failure(error).message
+                if delay is None:
+                    log.error(words.cannot, error=message)
+                    return False
+                log.warning(words.retrying, error=message, retry_in_seconds=delay)
+                time.sleep(delay)
+        if outcome == "missing":
+            log.warning(words.missing)
+        elif outcome == "started":
+            downtime = Downtime(journal.policy, journal.volume, name, since, datetime.now(UTC))
+            downtimes.append(downtime)
+            log.info(words.done, downtime_seconds=round(downtime.seconds, 2))
+    return True
 
 
 @contextmanager
@@ -273,18 +377,29 @@ def containers_stopped(
 ) -> Iterator[Callable[[], None]]:
     """Given containers in stop order, journal them, stop them for the block and yield the
     function that starts them again (later calls do nothing). They are started again on
-    every way out of the block, whatever ended it.
+    every way out of the block, whatever ended it. The containers of a Swarm service are
+    not stopped: their service is scaled to 0 replicas, and back (daemon.engine.swarm).
 
-    Raise OperationError if a container cannot be stopped (the others are started again
-    first) or, once the block succeeded, if one could not be started again.
+    Raise OperationError, stopping nothing, if volkeep cannot scale such a service here;
+    if a container cannot be stopped or a service scaled down (the others are started
+    again first); once the block succeeded, if one could not be started again.
     """
     if not containers:
         yield lambda: None
         return
-    now = datetime.now(UTC)
-    listed = tuple(StoppedContainer(c.id, c.name, now) for c in reversed(containers))
     try:
-        journal = write_journal(state_dir, Journal(policy, volume, this_process(), listed))
+        plain, scalings = plan_scaling(api, containers)
+    except (docker.errors.APIError, requests.RequestException) as error:
+        raise OperationError(
+            f"cannot inspect the Swarm services of the containers: "
+            f"{engine_failure(error).message}; nothing was stopped"
+        ) from None
+    refuse_unscalable(scalings, volume)
+    now = datetime.now(UTC)
+    listed = tuple(StoppedContainer(c.id, c.name, now) for c in reversed(plain))
+    scaled = tuple(ScaledService(s.id, s.name, s.replicas, now) for s in scalings if s.replicas)
+    try:
+        journal = write_journal(state_dir, Journal(policy, volume, this_process(), listed, scaled))
     except OSError as error:
         raise OperationError(
             f"cannot write the stop journal in {state_dir}: {error.strerror or error}; "
@@ -301,12 +416,40 @@ def containers_stopped(
             done = True
 
     try:
-        _stop_all(api, containers, timeout, stopped)
+        _scale_to_zero(api, scalings, stopped)
+        _stop_all(api, plain, timeout, stopped)
         yield start_them_again
     finally:
         start_them_again()
     if failed:
         raise OperationError(f"could not start again: {', '.join(failed)} (see the log)")
+
+
+def _scale_to_zero(
+    api: docker.APIClient, scalings: Sequence[Scaling], stopped: dict[str, datetime]
+) -> None:
+    """Scale the Swarm services to 0 replicas, then wait until their containers on this
+    engine have stopped; record in `stopped` when each was scaled down.
+
+    Raise OperationError naming the service that could not be scaled down or stopped.
+    """
+    for scaling in scalings:
+        with structlog.contextvars.bound_contextvars(service=scaling.name):
+            began = time.monotonic()
+            stopped[scaling.id] = datetime.now(UTC)  # downtime includes its shutdown
+            try:
+                scale(api, scaling.id, 0)
+                wait_until_stopped(api, scaling)
+            except (docker.errors.APIError, requests.RequestException) as error:
+                raise OperationError(
+                    f"cannot scale Swarm service {scaling.name} to 0: "
+                    f"{engine_failure(error).message}"
+                ) from None
+            log.info(
+                "Swarm service scaled to 0",
+                replicas=scaling.replicas,
+                seconds=round(time.monotonic() - began, 2),
+            )
 
 
 def _stop_all(
@@ -387,7 +530,10 @@ def restart_pending(api: docker.APIClient, state_dir: Path) -> None:
 
 def _restart_abandoned(api: docker.APIClient, state_dir: Path, journal: Journal) -> None:
     with structlog.contextvars.bound_contextvars(policy=journal.policy, volume=journal.volume):
-        names = ", ".join(c.name for c in journal.containers)
+        names = ", ".join(
+            [c.name for c in journal.containers]
+            + [f"Swarm service {s.name}" for s in journal.services]
+        )
         if owner_is_gone(journal.owner):
             log.warning("a volkeep process died with containers stopped", containers=names)
         else:
