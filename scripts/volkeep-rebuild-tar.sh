@@ -36,8 +36,13 @@ in_clear() {
 }
 
 # 1. The recipe, one step per line: R base64 | Z count | C chunk-id length | T size sha256
+# (version 2 adds M lines, which mark where members end and add no bytes, and may end
+# with "T size -" when its tar's SHA-256 was not computed)
 in_clear "$recipe" > "$work/recipe"
-[ "$(head -n 1 "$work/recipe")" = "volkeep-recipe 1" ] || fail "$recipe: not a volkeep recipe of version 1"
+case "$(head -n 1 "$work/recipe")" in
+"volkeep-recipe 1" | "volkeep-recipe 2") ;;
+*) fail "$recipe: not a volkeep recipe of version 1 or 2" ;;
+esac
 
 # 2. Every index, one line per chunk: chunk-id pack offset stored-length plain-length
 : > "$work/all-index"
@@ -124,7 +129,7 @@ while read -r kind a b; do
         size=$a sum=$b
         break
         ;;
-    volkeep-recipe) ;;
+    M | volkeep-recipe) ;;
     *) fail "damaged recipe line starting with '$kind'" ;;
     esac
 done < "$work/recipe"
@@ -133,5 +138,7 @@ exec 5>&- 4<&-
 # 5. The tar is the archive only if it has the recipe's size and SHA-256.
 [ -n "$size" ] || fail "$recipe: cut short (no end line)"
 [ "$(wc -c < "$output.part")" -eq "$size" ] || fail "the rebuilt tar is not of the recipe's size"
-[ "$(sha256sum < "$output.part" | cut -d ' ' -f 1)" = "$sum" ] || fail "the rebuilt tar's SHA-256 is not the recipe's"
+if [ "$sum" != - ]; then  # "-": the recipe records none (members taken from an earlier one)
+    [ "$(sha256sum < "$output.part" | cut -d ' ' -f 1)" = "$sum" ] || fail "the rebuilt tar's SHA-256 is not the recipe's"
+fi
 mv "$output.part" "$output"

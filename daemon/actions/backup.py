@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import docker
@@ -22,6 +22,7 @@ from daemon.actions.context import Context
 from daemon.actions.failures import volume_failure
 from daemon.actions.prune import prune_after_backup
 from daemon.actions.shrink import newest_backup, notice_shrink
+from daemon.actions.unchanged import VolumeReading, read_volume
 from daemon.archive.compression import SUFFIXES, compressor
 from daemon.archive.digest import HashingWriter
 from daemon.archive.encryption import SUFFIX as AGE_SUFFIX
@@ -31,7 +32,7 @@ from daemon.archive.manifest import DEDUPLICATED, SINGLE, Manifest, ManifestWrit
 from daemon.archive.sealing import LEVEL as SECTION_LEVEL
 from daemon.archive.tarstream import TarFormatError, TarScanner
 from daemon.config.keys import Identities, Recipient, recipient_strings
-from daemon.config.model import Compression, Policy, VolumeSelector
+from daemon.config.model import FULL_READ_EVERY, Compression, Policy, VolumeSelector
 from daemon.engine.client import engine_failure
 from daemon.engine.containers import (
     ContainerInfo,
@@ -71,6 +72,7 @@ class BackupSource:
     recipients: tuple[Recipient, ...] = ()  # age public keys; none: not encrypted
     layout: str = SINGLE  # DEDUPLICATED: a recipe and chunks (`archive_layout`)
     identities: Identities | None = None  # to open a deduplicated repository's records
+    full_read_every: timedelta = FULL_READ_EVERY  # deduplicated: read every file this often
 
 
 def archive_layout(policy: Policy) -> str:
@@ -146,12 +148,27 @@ def back_up_volume(
         copies = Copies(repositories, key, suffix)
         sealing = None
         chunked = None
+        reading = None
+        files = None
         emit: Callable[[bytes | bytearray | memoryview], object]
         try:
             if deduplicated:
-                chunked = ChunkedArchive(
-                    copies, source.policy, source.recipients, source.identities, spool_dir
+                reading = VolumeReading(
+                    api,
+                    source.image,
+                    flavour,
+                    source.volume.name,
+                    lambda marks: ChunkedArchive(
+                        copies,
+                        source.policy,
+                        source.recipients,
+                        source.identities,
+                        spool_dir,
+                        marks,
+                    ),
+                    spool_dir,
                 )
+                chunked = reading.chunked
                 stored, emit = chunked.stored, chunked.write
             else:
                 # the codec chain: tar → zstd → age → SHA-256 of the stored bytes → each copy
@@ -167,16 +184,30 @@ def back_up_volume(
                 progress.total = _expected_size(repositories, source) or volume_usage(
                     api, source.image, source.volume.name
                 )
-            # inline: the stream's generator ends (and its helper goes) as an error leaves
-            for chunk in volume_tar(
-                api, source.image, flavour, source.volume.name, state_dir=spool_dir
-            ):
-                scanner.feed(chunk)
-                progress.advance(len(chunk))
+            if reading is not None:
+                files = read_volume(
+                    reading,
+                    repositories,
+                    source.policy,
+                    source.identities,
+                    source.exclude,
+                    source.full_read_every,
+                    lambda include, done: TarScanner(emit=emit, include=include, done=done),
+                    entries,
+                    selection,
+                    progress,
+                )
+            else:
+                # inline: the stream's generator ends (and its helper goes) as an error leaves
+                for chunk in volume_tar(
+                    api, source.image, flavour, source.volume.name, state_dir=spool_dir
+                ):
+                    scanner.feed(chunk)
+                    progress.advance(len(chunk))
+                scanner.close()
             if on_stream_end is not None:
                 on_stream_end()
             progress.finish()
-            scanner.close()
             entries.finish()
             if chunked is not None:
                 chunked.finish()  # packs, then the index
@@ -197,6 +228,8 @@ def back_up_volume(
         finally:
             if sealing is not None:
                 sealing.close()
+            if reading is not None:
+                reading.close()
             if chunked is not None:
                 chunked.close()
         for path, why in selection.skipped:
@@ -219,13 +252,14 @@ def back_up_volume(
             encryption="age" if source.recipients else None,
             recipients=recipient_strings(source.recipients),
             tar_flavour=flavour.name,
-            tar_size=scanner.offset,
+            tar_size=chunked.tar_size if chunked is not None else scanner.offset,
             exclude=list(source.exclude),
             entry_count=entries.count,
             hardlinks=entries.hardlinks,
             layout=source.layout,
             tar_sha256=chunked.tar_sha256 if chunked is not None else None,
             chunk_counts=chunked.counts() if chunked is not None else None,
+            files=files,
         )
         copies.publish(lambda: entries.chunks(manifest))
         _warn_of_the_future(copies.published, key)
@@ -233,8 +267,10 @@ def back_up_volume(
             "backup published",
             storages=[repository.name for repository in copies.published],
             size=stored.size,
-            tar_size=scanner.offset,
+            tar_size=manifest.tar_size,
             added=chunked.added_bytes if chunked is not None else stored.size,
+            read=files.read_bytes if files is not None else manifest.tar_size,
+            reused=files.reused if files is not None else 0,
             objects=entries.count,
             entries_bytes=entries.spool_bytes,
             excluded=selection.excluded,
@@ -356,6 +392,7 @@ def back_up_one(
         recipients=tuple(ctx.recipients(policy)),
         layout=layout,
         identities=ctx.identities(policy) if layout == DEDUPLICATED else None,
+        full_read_every=policy.full_read_every,
     )
     previous = newest_backup(repositories, policy.name, name)  # read before any stop
     hooks = policy.hooks_for(name)

@@ -27,7 +27,7 @@ from daemon.archive.chunkconfig import ChunkConfig
 from daemon.archive.digest import HashingWriter
 from daemon.archive.manifest import ChunkCounts
 from daemon.archive.packs import ChunkWriter, SealedPack
-from daemon.archive.recipe import RecipeBuilder
+from daemon.archive.recipe import Marks, RecipeBuilder, Step
 from daemon.archive.sealing import LEVEL, SectionWriter
 from daemon.config.keys import Identities, Recipient, recipient_strings
 from daemon.repository.chunks import ChunkStore, DamagedChunks
@@ -49,10 +49,12 @@ class ChunkedArchive:
         recipients: tuple[Recipient, ...],
         identities: Identities | None,
         state_dir: Path | None,
+        marks: Marks | None = None,
     ) -> None:
         """Open every live copy's chunk repository (its config, created if missing) and
         bring its index cache up to date. A copy that cannot is dropped with its error.
-        Raise OperationError if none is left."""
+        With `marks`, the recipe is of version 2 (members marked, `reuse` allowed). Raise
+        OperationError if none is left."""
         self._copies = copies
         self._recipients = recipients
         self._identities = identities
@@ -73,7 +75,9 @@ class ChunkedArchive:
             self.stored = HashingWriter(copies)
             self._recipe = SectionWriter(self.stored, recipients)
             self._resources.callback(self._recipe.close)
-            self._builder = RecipeBuilder(self.config.chunker, self._writer.add, self._recipe)
+            self._builder = RecipeBuilder(
+                self.config.chunker, self._writer.add, self._recipe, marks
+            )
         except BaseException:
             self._resources.close()
             raise
@@ -133,6 +137,11 @@ class ChunkedArchive:
         """Take the next piece of the tar stream. Raise TarFormatError if it is not one."""
         self._builder.feed(data)
 
+    def reuse(self, steps: list[Step]) -> None:
+        """Take a member whole from the previous archive's recipe (its chunks are known:
+        the caller checked them with `in`)."""
+        self._builder.reuse(steps)
+
     def finish(self) -> None:
         """The tar has ended: store the last pack, then the index of this backup's new
         chunks in every live copy (and record them in its cache), and end the recipe.
@@ -154,7 +163,7 @@ class ChunkedArchive:
         self._copies.each("cannot store the index", store_index)
 
     @property
-    def tar_sha256(self) -> str:
+    def tar_sha256(self) -> str | None:
         return self._builder.hexdigest()
 
     @property

@@ -78,6 +78,42 @@ class ChunkCounts:
     added_bytes: int
 
 
+@dataclass(frozen=True)
+class FileListing:
+    """How a deduplicated backup read the volume (docs/format-dedup.md, "Skipping unchanged
+    files"): when the helper listed it, when the full read happened that its unchanged
+    members go back to, the helper image, and how many members it read or took from the
+    previous archive."""
+
+    listed: datetime
+    full_read: datetime
+    helper_image: str
+    read: int
+    reused: int
+    read_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "listed": self.listed.isoformat(),
+            "full_read": self.full_read.isoformat(),
+            "helper_image": self.helper_image,
+            "read": self.read,
+            "reused": self.reused,
+            "read_bytes": self.read_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> FileListing:
+        return cls(
+            datetime.fromisoformat(document["listed"]),
+            datetime.fromisoformat(document["full_read"]),
+            document["helper_image"],
+            document["read"],
+            document["reused"],
+            document["read_bytes"],
+        )
+
+
 class EntriesSealed(ManifestError):
     """The entries are encrypted and no identity was given to open them."""
 
@@ -116,6 +152,7 @@ class Manifest:
     layout: str = SINGLE  # DEDUPLICATED: `archive_file` is the recipe (format 3)
     tar_sha256: str | None = None  # the tar's SHA-256 (format 3)
     chunk_counts: ChunkCounts | None = None  # format 3
+    files: FileListing | None = None  # format 3, when the helper listed the volume
     entries: Iterable[Member] = field(default=(), compare=False, repr=False)
 
     @property
@@ -172,6 +209,8 @@ class Manifest:
                 "new_packs": counts.new_packs,
                 "added_bytes": counts.added_bytes,
             }
+            if self.files is not None:
+                document["files"] = self.files.to_json()
         return document
 
     @classmethod
@@ -357,8 +396,10 @@ def _summary(opened: _Opened) -> Manifest:
         raise ManifestError(f"unknown manifest format {version!r}")
     archive = document["archive"]
     volume = document["volume"]
-    layout, tar_sha256, counts = SINGLE, None, None
+    layout, tar_sha256, counts, files = SINGLE, None, None, None
     if version == DEDUPLICATED_FORMAT:
+        if "files" in document:
+            files = FileListing.from_json(document["files"])
         layout, tar_sha256 = archive["layout"], document["tar"]["sha256"]
         if layout != DEDUPLICATED:
             raise ManifestError(f"unknown archive layout {layout!r}")
@@ -392,6 +433,7 @@ def _summary(opened: _Opened) -> Manifest:
         layout=layout,
         tar_sha256=tar_sha256,
         chunk_counts=counts,
+        files=files,
     )
 
 

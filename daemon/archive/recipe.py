@@ -7,11 +7,19 @@ everything else (headers, GNU and PAX extended headers, padding, the end-of-arch
 and whatever follows them) is kept in the recipe itself. The recipe is text, one step per
 line, so that a short shell script with stock tools can follow it:
 
-    volkeep-recipe 1
+    volkeep-recipe 2                  (or 1: no M lines, and a T line with a digest)
     R <base64 of up to 512 bytes>     raw bytes
     Z <count>                         that many zero bytes
     C <chunk id> <length>             a chunk, of that many plain bytes
-    T <size> <sha256>                 the end: the tar's size and SHA-256
+    M <inode> <ctime>                 (2) the end of a member: the steps since the last M
+                                      line are one member whole; its inode and ctime as
+                                      the helper listed them, or "-" if not listed
+    T <size> <sha256>                 the end: the tar's size and SHA-256 ("-" in version
+                                      2 when members were taken from an earlier recipe)
+
+A version 2 recipe marks where each member ends, so that the next backup can take an
+unchanged member's steps (its header blocks and chunk list) instead of reading the file
+again (`reuse`). Its tar's SHA-256 is then unknown: computing it would need every byte.
 
 Memory: a header, up to RAW_FLUSH raw bytes and the chunker's window.
 """
@@ -24,12 +32,13 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, repeat
-from typing import Protocol
+from typing import Any, Protocol
 
 from daemon.archive.chunking import ChunkerParameters, FileChunker
 from daemon.archive.tarstream import BLOCK, Member, TarScanner
 
 HEADER = "volkeep-recipe 1\n"
+MARKED_HEADER = "volkeep-recipe 2\n"  # with M lines; a T line's digest may be "-"
 RAW_LINE = 512  # raw bytes per R line (a tar block: 684 base64 characters)
 RAW_FLUSH = 64 << 10  # raw bytes kept before they are written out
 _ZERO_LINE = bytes(RAW_LINE)
@@ -37,7 +46,8 @@ ZEROS_WRITTEN = 1 << 20  # zero bytes given to the sink at once
 _LINES = {
     "Z": re.compile(r"Z ([1-9][0-9]*)"),
     "C": re.compile(r"C ([0-9a-f]{64}) ([0-9]+)"),
-    "T": re.compile(r"T ([0-9]+) ([0-9a-f]{64})"),
+    "T": re.compile(r"T ([0-9]+) ([0-9a-f]{64}|-)"),
+    "M": re.compile(r"M ([0-9]+|-) ([0-9]+|-)"),
 }
 
 
@@ -50,18 +60,44 @@ class Sink(Protocol):
     def write(self, data: bytes, /) -> object: ...
 
 
+@dataclass(frozen=True)
+class MemberMark:
+    """The end of a member (an M line): its inode and ctime as listed, or None."""
+
+    inode: int | None
+    ctime: int | None
+
+    def line(self) -> str:
+        return f"M {_or_dash(self.inode)} {_or_dash(self.ctime)}\n"
+
+
+def _or_dash(number: int | None) -> str:
+    return "-" if number is None else str(number)
+
+
+Marks = Callable[[Member], MemberMark]
+
+
 class RecipeBuilder:
     """Takes a tar stream by `feed`; writes its recipe into `out` and gives each chunk of
-    file content to `store`, which stores it and returns its id."""
+    file content to `store`, which stores it and returns its id. With `marks`, writes a
+    version 2 recipe: each member ends with the M line `marks` returns for it, and members
+    of an earlier version 2 recipe may be taken whole (`reuse`)."""
 
     def __init__(
-        self, parameters: ChunkerParameters, store: Callable[[memoryview], str], out: Sink
+        self,
+        parameters: ChunkerParameters,
+        store: Callable[[memoryview], str],
+        out: Sink,
+        marks: Marks | None = None,
     ) -> None:
         self._parameters = parameters
         self._store = store
         self._out = out
-        self._scanner = TarScanner(include=self._on_member, digests=False)
-        self._sha256 = hashlib.sha256()
+        self._marks = marks
+        self._scanner = TarScanner(include=self._on_member, done=self._on_member_end, digests=False)
+        self._ended: Member | None = None  # a member whose last byte was just fed
+        self._sha256: Any = hashlib.sha256()  # None once members were reused
         self.size = 0
         self._starting = 0  # the content size of the member whose header just ended
         self._content_due = 0
@@ -69,22 +105,58 @@ class RecipeBuilder:
         self._raw = bytearray()
         self._raw_start = 0  # the stream offset of the first byte in _raw
         self._zeros = 0  # zero bytes not yet written as a Z line
-        self._lines: list[str] = [HEADER]
+        self._lines: list[str] = [HEADER if marks is None else MARKED_HEADER]
 
     def _on_member(self, member: Member) -> bool:
         self._starting = member.size if member.type == "file" else 0
         return True
 
+    def _on_member_end(self, member: Member) -> None:
+        if self._marks is not None:
+            self._ended = member
+
+    def _mark_end(self) -> None:
+        """Write the M line of the member whose last byte was just taken, if one was."""
+        if self._ended is not None and self._marks is not None:
+            self._flush_raw()
+            self._write_zeros()
+            self._lines.append(self._marks(self._ended).line())
+            self._ended = None
+
+    def reuse(self, steps: Iterable[Step]) -> None:
+        """Append a member taken whole from an earlier version 2 recipe: its steps, its M
+        line last. Only between members; the tar's SHA-256 is unknown from then on."""
+        assert self._marks is not None and not self._content_due
+        self._flush_raw()
+        self._write_zeros()
+        self._sha256 = None
+        for step in steps:
+            if isinstance(step, bytes):
+                self._lines.append(f"R {base64.b64encode(step).decode()}\n")
+                self.size += len(step)
+            elif isinstance(step, int):
+                self._lines.append(f"Z {step}\n")
+                self.size += step
+            elif isinstance(step, ChunkStep):
+                self._lines.append(f"C {step.chunk_id} {step.length}\n")
+                self.size += step.length
+            elif isinstance(step, MemberMark):
+                self._lines.append(step.line())
+            if len(self._lines) >= 1024:
+                self._write_lines()
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Take the next piece of the tar stream. Raise TarFormatError if it is not one."""
         view = memoryview(data).cast("B")
-        self._sha256.update(view)
+        if self._sha256 is not None:
+            self._sha256.update(view)
         while view:
             if self._content_due:
                 piece = view[: self._content_due]
                 self._scanner.feed(piece)
                 self.size += len(piece)
                 self._content(piece)
+                self._mark_end()
             else:
                 # Up to the end of the current block only: a header that ends in this piece
                 # is then known before any of its member's content is fed.
@@ -96,6 +168,8 @@ class RecipeBuilder:
                 self.size += len(piece)
                 if self._starting:
                     self._begin_content()
+                elif self._ended is not None:
+                    self._mark_end()
                 elif len(self._raw) >= RAW_FLUSH:
                     self._flush_raw()
             view = view[len(piece) :]
@@ -149,15 +223,16 @@ class RecipeBuilder:
     def finish(self) -> None:
         """The tar stream has ended: write the rest of the recipe and its end line. Raise
         TarFormatError if the stream stopped before its end marker."""
-        self._scanner.close()
+        if self._scanner.offset or self._sha256 is not None:  # not all taken by `reuse`
+            self._scanner.close()
         self._flush_raw()
         self._write_zeros()
-        self._lines.append(f"T {self.size} {self.hexdigest()}\n")
+        self._lines.append(f"T {self.size} {self.hexdigest() or '-'}\n")
         self._write_lines()
 
-    def hexdigest(self) -> str:
-        """The SHA-256 of the tar stream fed so far."""
-        return self._sha256.hexdigest()
+    def hexdigest(self) -> str | None:
+        """The SHA-256 of the tar so far, or None once members were reused."""
+        return self._sha256.hexdigest() if self._sha256 is not None else None
 
 
 @dataclass(frozen=True)
@@ -169,20 +244,26 @@ class ChunkStep:
 @dataclass(frozen=True)
 class EndStep:
     size: int
-    sha256: str
+    sha256: str | None  # None: not recorded (version 2, members reused)
 
 
-Step = bytes | int | ChunkStep | EndStep  # raw bytes, a count of zero bytes, a chunk, the end
+# raw bytes, a count of zero bytes, a chunk, a member's end, the end
+Step = bytes | int | ChunkStep | MemberMark | EndStep
 
 
 def read_recipe(lines: Iterator[str]) -> Iterator[Step]:
     """Given a recipe's lines in clear, yield its steps; the end step comes last. Raise
     RecipeError if a line is damaged, the version unknown, or the end line missing."""
-    if next(lines, None) != HEADER:
-        raise RecipeError("not a volkeep recipe of version 1")
+    first = next(lines, None)
+    if first not in (HEADER, MARKED_HEADER):
+        raise RecipeError("not a volkeep recipe of version 1 or 2")
+    marked = first == MARKED_HEADER
     for number, line in enumerate(lines, start=2):
         step = _step(line.rstrip("\n"))
-        if step is None:
+        if step is None or (
+            not marked
+            and (isinstance(step, MemberMark) or (isinstance(step, EndStep) and not step.sha256))
+        ):
             raise RecipeError(f"line {number}: damaged recipe line {line[:80]!r}")
         yield step
         if isinstance(step, EndStep):
@@ -208,7 +289,20 @@ def _step(line: str) -> Step | None:
         return int(match[1])
     if line[0] == "C":
         return ChunkStep(match[1], int(match[2]))
-    return EndStep(int(match[1]), match[2])
+    if line[0] == "M":
+        return MemberMark(*(None if field == "-" else int(field) for field in match.groups()))
+    return EndStep(int(match[1]), None if match[2] == "-" else match[2])
+
+
+def recipe_members(steps: Iterator[Step]) -> Iterator[list[Step]]:
+    """Given a version 2 recipe's steps, yield each member's steps (its M line last), then
+    what follows the last member (the end-of-archive blocks), its end step last."""
+    member: list[Step] = []
+    for step in steps:
+        member.append(step)
+        if isinstance(step, MemberMark | EndStep):
+            yield member
+            member = []
 
 
 def rebuild_tar(steps: Iterator[Step], chunk: Callable[[str], bytes], sink: Sink) -> int:
@@ -239,9 +333,11 @@ def tar_pieces(
             next(steps, None)  # the reader checks that nothing follows the end line
             if pending:
                 yield b"".join(pending)
-            if (size, sha256.hexdigest()) != (step.size, step.sha256):
+            if size != step.size or step.sha256 not in (None, sha256.hexdigest()):
                 raise RecipeError("the rebuilt tar's size or SHA-256 is not the recipe's")
             return
+        if isinstance(step, MemberMark):
+            continue
         if isinstance(step, ChunkStep):
             data = chunk(step.chunk_id)
             if len(data) != step.length:

@@ -25,6 +25,8 @@ NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
     "shrink",
 )
 
+FULL_READ_EVERY = timedelta(days=7)  # a policy's full_read_every by default (format: dedup)
+
 
 @dataclass(frozen=True)
 class Source:
@@ -214,6 +216,8 @@ class Policy:
     encryption: AgeEncryption | None = None
     notify: NotifySettings = field(default_factory=NotifySettings)
     format: str = "tar"  # "dedup": deduplicated archives (docs/format-dedup.md)
+    # dedup: read every file (not only those whose metadata changed) at least this often
+    full_read_every: timedelta = FULL_READ_EVERY
 
     @property
     def storage_names(self) -> tuple[str, ...]:

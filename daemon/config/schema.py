@@ -544,6 +544,7 @@ def policy_fields(storage_names: Collection[str]) -> dict[str, Converter[Any]]:
         "encryption": ENCRYPTION,
         "notify": NOTIFY,
         "format": choice(("tar", "dedup"), "archive format"),
+        "full_read_every": duration(allow_zero=True),
     }
 
 
@@ -631,6 +632,12 @@ POLICY_HELP = {
         "dedup (content stored once per storage, each backup adding only what changed; "
         "with encryption it needs identity_file). Earlier archives stay readable either way.",
         "dedup",
+    ),
+    "full_read_every": Help(
+        "With format: dedup, how often a backup reads every file (default 7d); in between, "
+        "files whose size, mtime, ctime and inode did not change are taken from the "
+        "previous archive. 0: every backup reads every file.",
+        "7d",
     ),
 }
 

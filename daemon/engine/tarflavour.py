@@ -16,7 +16,7 @@ which restores everything the stream carries, whatever tar made it):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,21 +99,24 @@ def volume_tar(
     owner: str | None = None,
     *,
     state_dir: Path | None = None,
+    command: Callable[[str], list[str]] | None = None,
 ) -> Iterator[memoryview]:
     """Given a volume, yield the tar stream of its content as a helper's tar writes it
     (read-only mount), through a pipe in `state_dir` where the engine can reach it, else
-    through the attach socket.
+    through the attach socket. `command`, given where to write ("-": stdout), returns
+    another argv to run than the flavour's tar of the whole volume.
 
     Raise OperationError if the tar fails.
     """
+    command = command or (lambda output: flavour.create_command(output=output))
     if state_dir is not None and pipe.usable(api):
         try:
             with pipe.Pipe(state_dir) as through:
-                yield from _helper_tar(api, image, flavour, volume, owner, through)
+                yield from _helper_tar(api, image, flavour, volume, owner, through, command)
             return
         except pipe.PipeUnavailable as why:  # raised before the first piece
             pipe.refuse(api, str(why))
-    yield from _helper_tar(api, image, flavour, volume, owner, None)
+    yield from _helper_tar(api, image, flavour, volume, owner, None, command)
 
 
 def _helper_tar(
@@ -123,11 +126,12 @@ def _helper_tar(
     volume: str,
     owner: str | None,
     through: pipe.Pipe | None,
+    command: Callable[[str], list[str]],
 ) -> Iterator[memoryview]:
     log.debug("helper tar", volume=volume, stream="pipe" if through else "attach")
-    command = flavour.create_command(output=pipe.PIPE_TARGET if through else "-")
+    argv = command(pipe.PIPE_TARGET if through else "-")
     mounts = [Mount(volume, SOURCE)]
-    with helper_container(api, image, command, mounts, owner=owner, pipe=through) as helper:
+    with helper_container(api, image, argv, mounts, owner=owner, pipe=through) as helper:
         output = HelperOutput(api, helper, through)
         try:
             yield from output.chunks()

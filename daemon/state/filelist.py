@@ -1,0 +1,136 @@
+"""A backup's view of the volume's files and of its previous archive's members, on disk
+(docs/format-dedup.md, "Skipping unchanged files"): the helper's listing in tar order, and
+the previous archive's members by path, in one temporary SQLite file in the state dir.
+Memory stays flat however many files the volume holds; the file goes with the backup.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+_SCHEMA = """
+CREATE TABLE listed (
+    seq INTEGER PRIMARY KEY, path TEXT NOT NULL, inode INTEGER NOT NULL,
+    links INTEGER NOT NULL, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
+    ctime INTEGER NOT NULL, mode INTEGER NOT NULL, uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL, reuse INTEGER
+);
+CREATE INDEX listed_path ON listed (path);
+CREATE TABLE previous (
+    position INTEGER PRIMARY KEY, path TEXT NOT NULL, member TEXT NOT NULL,
+    inode INTEGER, ctime INTEGER, held INTEGER NOT NULL
+);
+CREATE INDEX previous_path ON previous (path);
+"""
+
+
+class ListedRow(NamedTuple):
+    path: str
+    inode: int
+    links: int
+    size: int
+    mtime: int
+    ctime: int
+    mode: int
+    uid: int
+    gid: int
+
+
+class PreviousRow(NamedTuple):
+    """A member of the previous archive: its position in its tar, its manifest entry (JSON),
+    the inode and ctime its recipe's M line records, and whether every chunk of it is held
+    by every storage the backup writes to."""
+
+    position: int
+    path: str
+    member: str
+    inode: int | None
+    ctime: int | None
+    held: bool
+
+
+class FileList:
+    """The listing and the previous archive's members of one backup."""
+
+    def __init__(self, spool_dir: Path | None) -> None:
+        """Create the file in `spool_dir` (None: the system's temporary directory); it is
+        unlinked at once on POSIX systems where the connection keeps it open. Raise
+        sqlite3.Error."""
+        handle, name = tempfile.mkstemp(prefix="volkeep-files-", suffix=".sqlite", dir=spool_dir)
+        os.close(handle)
+        self._path = Path(name)
+        self._db = sqlite3.connect(name)
+        self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
+
+    def add_listed(self, row: ListedRow) -> None:
+        self._db.execute(
+            "INSERT INTO listed (path, inode, links, size, mtime, ctime, mode, uid, gid) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+
+    def clear_listed(self) -> None:
+        """Forget the listing (a full read lists again)."""
+        self._db.execute("DELETE FROM listed")
+
+    def listed(self, path: str) -> ListedRow | None:
+        """Return the listing of `path` (its first, if listed twice), or None."""
+        found = self._db.execute(
+            "SELECT path, inode, links, size, mtime, ctime, mode, uid, gid FROM listed "
+            "WHERE path = ? ORDER BY seq LIMIT 1",
+            (path,),
+        ).fetchone()
+        return ListedRow(*found) if found else None
+
+    def add_previous(self, row: PreviousRow) -> None:
+        self._db.execute("INSERT INTO previous VALUES (?, ?, ?, ?, ?, ?)", row)
+
+    def pairs(self) -> Iterator[tuple[int, ListedRow, PreviousRow | None]]:
+        """Yield each listed object in tar order with its sequence number and the previous
+        archive's member of that path, if it had one."""
+        rows = self._db.execute(
+            "SELECT l.seq, l.path, l.inode, l.links, l.size, l.mtime, l.ctime, l.mode, l.uid, "
+            "l.gid, p.position, p.path, p.member, p.inode, p.ctime, p.held FROM listed l "
+            "LEFT JOIN previous p ON p.path = l.path ORDER BY l.seq"
+        )
+        for row in rows:
+            previous = _previous(row[10:16])
+            yield row[0], ListedRow(*row[1:10]), previous
+
+    def reuse(self, seq: int, position: int) -> None:
+        """Take the object at `seq` from the previous archive's member at `position`."""
+        self._db.execute("UPDATE listed SET reuse = ? WHERE seq = ?", (position, seq))
+
+    def read_linked_groups_whole(self) -> None:
+        """Read again every name of a hard-linked file one of whose names is read: tar stores
+        the content under the first name it meets and the others as links to it."""
+        self._db.execute(
+            "UPDATE listed SET reuse = NULL WHERE links > 1 AND mode & 61440 != 16384 AND "
+            "inode IN (SELECT inode FROM listed WHERE links > 1 AND reuse IS NULL)"
+        )
+
+    def plan(self) -> Iterator[tuple[str, PreviousRow | None]]:
+        """Yield each listed object in tar order: its path, and the previous member it is
+        taken from (None: it is read)."""
+        rows = self._db.execute(
+            "SELECT l.path, p.position, p.path, p.member, p.inode, p.ctime, p.held "
+            "FROM listed l LEFT JOIN previous p ON p.position = l.reuse ORDER BY l.seq"
+        )
+        for row in rows:
+            yield row[0], _previous(row[1:7])
+
+    def close(self) -> None:
+        self._db.close()
+        self._path.unlink(missing_ok=True)
+
+
+def _previous(row: tuple[Any, ...]) -> PreviousRow | None:
+    position, path, member, inode, ctime, held = row
+    return (
+        None if position is None else PreviousRow(position, path, member, inode, ctime, bool(held))
+    )
