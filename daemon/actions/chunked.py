@@ -4,7 +4,9 @@ exclude filter passes it) → `RecipeBuilder` (each regular file's content cut i
 streamed as the archive file of each copy (`Copies`).
 
 The order of writes is the format's: packs as they fill, then the index of this backup's
-new chunks, then (the caller) the recipe's upload completed and the manifest, last.
+new chunks, then (the caller) the recipe's upload completed and the manifest, last. Just
+before, the backup reads the condemned packs again (`_check_reuse`): garbage collection's
+side of the race (`daemon.repository.chunkgarbage`).
 
 Every copy has its own chunk repository. They share one config record (the first storage,
 in the policy's order, that has one gives it to the others; a new one is drawn if none
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import tempfile
 from contextlib import ExitStack
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from daemon.archive.chunkconfig import ChunkConfig
@@ -30,6 +34,7 @@ from daemon.archive.packs import ChunkWriter, SealedPack
 from daemon.archive.recipe import Marks, RecipeBuilder, Step
 from daemon.archive.sealing import LEVEL, SectionWriter
 from daemon.config.keys import Identities, Recipient, recipient_strings
+from daemon.repository.chunkgarbage import broken_reuse
 from daemon.repository.chunks import ChunkStore, DamagedChunks
 from daemon.repository.copies import Copies
 from daemon.repository.store import Repository
@@ -64,12 +69,18 @@ class ChunkedArchive:
             state_dir = Path(self._resources.enter_context(tempfile.TemporaryDirectory()))
         self._stores: dict[str, ChunkStore] = {}
         self._caches: dict[str, ChunkIndex] = {}
+        self._synced = datetime.now(UTC)  # the condemned packs are read after this
         try:
             self.config = self._open(copies, policy, state_dir)
             self._pending = Pending()
             self._resources.callback(self._pending.close)
             self._writer = ChunkWriter(
-                self.config, recipients, self, self._store_pack, spool_dir=state_dir
+                self.config,
+                recipients,
+                self,
+                self._store_pack,
+                spool_dir=state_dir,
+                fresh=self._fresh,
             )
             self._resources.callback(self._writer.close)
             self.stored = HashingWriter(copies)
@@ -112,16 +123,30 @@ class ChunkedArchive:
         return chosen
 
     # KnownChunks, for the ChunkWriter: a chunk is known if this backup stored it already,
-    # or every live copy holds it.
+    # or every live copy holds it in a pack garbage collection has not condemned; the packs
+    # it is reused from are remembered, for the check before the commit.
 
     def __contains__(self, chunk_id: object) -> bool:
+        assert isinstance(chunk_id, str)
         if chunk_id in self._pending:
             return True
-        live = self._copies.published
-        return all(chunk_id in self._caches[repository.name] for repository in live)
+        packs = {}
+        for repository in self._copies.published:
+            pack = self._caches[repository.name].usable(chunk_id)
+            if pack is None:
+                return False
+            packs[repository.name] = pack
+        for storage, pack in packs.items():
+            self._pending.rely(storage, pack)
+        return True
 
     def add(self, chunk_id: str) -> None:
         self._pending.add(chunk_id)
+
+    def _fresh(self, pack: str) -> bool:
+        """Say whether no live copy holds a condemned pack of that name."""
+        live = self._copies.published
+        return not any(self._caches[repository.name].is_condemned(pack) for repository in live)
 
     def _store_pack(self, pack: SealedPack) -> None:
         name = pack.name
@@ -144,7 +169,8 @@ class ChunkedArchive:
 
     def finish(self) -> None:
         """The tar has ended: store the last pack, then the index of this backup's new
-        chunks in every live copy (and record them in its cache), and end the recipe.
+        chunks in every live copy (and record them in its cache), and end the recipe; then
+        drop the copies where a pack it relies on was condemned meanwhile (`_check_reuse`).
         Raise TarFormatError if the tar stopped before its end; OperationError if no copy
         is left."""
         self._builder.finish()
@@ -153,6 +179,7 @@ class ChunkedArchive:
         index = self._writer.index
         self.added_bytes = self._writer.stored_bytes
         if not self._writer.new_chunks:
+            self._check_reuse()
             return
         self.added_bytes += index.size
 
@@ -161,6 +188,26 @@ class ChunkedArchive:
             self._caches[repository.name].load(index.sha256, self._pending.placed())
 
         self._copies.each("cannot store the index", store_index)
+        self._check_reuse()
+
+    def _check_reuse(self) -> None:
+        """Before the commit: drop each copy in which garbage collection condemned (or
+        deleted) a pack this backup relies on too long ago for the manifest to be seen by
+        the collection that deletes it (`broken_reuse`). Raise OperationError if no copy is
+        left."""
+
+        now = datetime.now(UTC)
+
+        def check(repository: Repository) -> None:
+            relied = partial(self._pending.packs, repository.name)
+            pack = broken_reuse(self._stores[repository.name], relied, self._synced, now)
+            if pack is not None:
+                raise DamagedChunks(
+                    f"garbage collection condemned pack {pack}, which this backup relies on, "
+                    "while the backup ran: back up again"
+                )
+
+        self._copies.each("cannot commit the deduplicated archive", check)
 
     @property
     def tar_sha256(self) -> str | None:

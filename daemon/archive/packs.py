@@ -30,10 +30,12 @@ from daemon.config.keys import Identities, Recipient
 FOOTER_MAGIC = b"volkeep-pack 1 "
 FOOTER_SIZE = 32  # the magic, 16 decimal digits (the trailer's length), a newline
 INDEX_HEADER = b"volkeep-index 1\n"
+CONDEMNED_HEADER = b"volkeep-condemned 1\n"
 PACKS_KEPT = 4  # packs a ChunkReader keeps opened
 MAX_TRAILER = 64 << 20  # what a hostile footer may make a reader decompress
 _TRAILER_LINE = re.compile(r"([0-9a-f]{64}) ([0-9]+) ([0-9]+) ([0-9]+)")
 _INDEX_LINE = re.compile(r"([0-9a-f]{64}) ([0-9a-f]{64}) ([0-9]+) ([0-9]+) ([0-9]+)")
+_CONDEMNED_LINE = re.compile(r"([0-9a-f]{64}) ([0-9]+)")
 
 
 class PackFormatError(ValueError):
@@ -47,6 +49,10 @@ def pack_key(name: str) -> str:
 
 def index_key(name: str) -> str:
     return f"index/{name}"
+
+
+def condemned_key(name: str) -> str:
+    return f"condemned/{name}"
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,15 @@ class PackBuilder:
     def add(self, chunk_id: str, stored: bytes, plain_length: int) -> None:
         self._entries.append(PackEntry(chunk_id, len(self._body), len(stored), plain_length))
         self._body += stored
+
+    def halves(self) -> tuple[PackBuilder, PackBuilder]:
+        """Return two builders: of the first half of the chunks, and of the rest."""
+        middle = max(1, len(self._entries) // 2)
+        parts = (PackBuilder(), PackBuilder())
+        for number, entry in enumerate(self._entries):
+            frame = bytes(self._body[entry.offset : entry.offset + entry.stored_length])
+            parts[number >= middle].add(entry.chunk_id, frame, entry.plain_length)
+        return parts
 
     def seal(self, recipients: Sequence[Recipient]) -> SealedPack:
         """Return the pack: the chunks, the trailer (zstd of one line per chunk: id, offset,
@@ -252,8 +267,13 @@ class ChunkWriter:
         known: KnownChunks,
         on_pack: Callable[[SealedPack], object],
         spool_dir: Path | None = None,
+        fresh: Callable[[str], bool] = lambda name: True,
     ) -> None:
+        """`fresh` says whether a pack may be stored under a name: not if garbage
+        collection condemned a pack of that name (the same chunks, in the same order, in
+        clear); that pack is stored as two instead."""
         self._config = config
+        self._fresh = fresh
         self._recipients = recipients
         self._known = known
         self._on_pack = on_pack
@@ -287,8 +307,15 @@ class ChunkWriter:
         self.index.finish()
 
     def _flush(self) -> None:
-        sealed = self._pack.seal(self._recipients)
-        self._pack = PackBuilder()
+        builder, self._pack = self._pack, PackBuilder()
+        sealed = builder.seal(self._recipients)
+        if self._fresh(sealed.name) or len(builder) < 2:
+            self._hand_over(sealed)
+        else:
+            for half in builder.halves():
+                self._hand_over(half.seal(self._recipients))
+
+    def _hand_over(self, sealed: SealedPack) -> None:
         self._on_pack(sealed)
         self.packs += 1
         self.stored_bytes += len(sealed.data)
@@ -330,3 +357,28 @@ def _index_entry(line: str) -> IndexEntry:
     if match is None:
         raise PackFormatError(f"damaged index line {line[:80]!r}")
     return IndexEntry(match[1], match[2], int(match[3]), int(match[4]), int(match[5]))
+
+
+def condemned_record(condemned: dict[str, int]) -> tuple[str, bytes]:
+    """Given packs garbage collection condemned (name: since when, in Unix seconds), return
+    the record that says so: its name (the SHA-256 of its bytes) and its bytes, ASCII lines
+    in pack order after the header, each "<pack> <since>" and a newline."""
+    lines = "".join(f"{pack} {since}\n" for pack, since in sorted(condemned.items()))
+    data = CONDEMNED_HEADER + lines.encode()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def read_condemned(name: str, data: bytes) -> dict[str, int]:
+    """Given a condemned record's name and bytes, return its packs (name: since when).
+    Raise PackFormatError if it is damaged or of another version."""
+    if hashlib.sha256(data).hexdigest() != name:
+        raise PackFormatError(f"condemned record {name}: its SHA-256 is not its name (damaged)")
+    if not data.startswith(CONDEMNED_HEADER):
+        raise PackFormatError(f"condemned record {name}: not of version 1")
+    condemned = {}
+    for line in data[len(CONDEMNED_HEADER) :].decode("ascii", "replace").splitlines():
+        match = _CONDEMNED_LINE.fullmatch(line)
+        if match is None:
+            raise PackFormatError(f"condemned record {name}: damaged line {line[:80]!r}")
+        condemned[match[1]] = int(match[2])
+    return condemned

@@ -21,6 +21,7 @@ import structlog
 
 from daemon import __version__
 from daemon.actions.backup import Published, run_backup
+from daemon.actions.collect import run_collect
 from daemon.actions.context import Context
 from daemon.actions.drill import run_drill
 from daemon.actions.export import Output, export_archive, output_file
@@ -63,6 +64,7 @@ from daemon.errors import (
     UsageError,
     VolkeepError,
 )
+from daemon.repository.chunkgarbage import Collection
 from daemon.repository.store import Repository
 from daemon.rules import shrink
 from daemon.rules.retention import Decision, format_duration
@@ -517,6 +519,16 @@ def _print_prune(
         )
 
 
+def _print_collection(dry_run: bool, repository: Repository, collection: Collection) -> None:
+    """Print what garbage collection did (or would do) in one storage's chunk repository."""
+    verb = "would free" if dry_run else "freed"
+    print(
+        f"chunks in {repository.name}: {verb} {collection.freed_packs} packs "
+        f"({collection.freed_bytes} bytes); {collection.condemned} condemned, freed once "
+        "unused for the margin"
+    )
+
+
 def _print_accepted(policy: str, volume: str, accepted: Accepted) -> None:
     """Print what accept-shrink did in one storage."""
     address = f"{policy}/{volume} in {accepted.storage}"
@@ -677,6 +689,8 @@ def _run_command(ctx: Context, args: argparse.Namespace) -> int:
     elif args.command == "prune":
         report = functools.partial(_print_prune, ctx.policy(args.policy), args.dry_run)
         run_prune(ctx, args.policy, args.volume, args.dry_run, args.storage, report=report)
+        collected = functools.partial(_print_collection, args.dry_run)
+        run_collect(ctx, args.policy, args.dry_run, args.storage, report=collected)
     elif args.command == "accept-shrink":
         for accepted in run_accept_shrink(ctx, args.policy, args.volume, args.storage):
             _print_accepted(args.policy, args.volume, accepted)

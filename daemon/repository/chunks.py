@@ -2,7 +2,9 @@
 policy, under `<host>/<policy>/_chunks/` (docs/format-dedup.md, "Where it lives").
 
 Writes are conditional creates under content names (a pack or index written twice is the
-same bytes), the config record once. Nothing here is ever rewritten in place.
+same bytes), the config record once. Nothing here is ever rewritten in place. Only garbage
+collection deletes (`daemon.repository.chunkgarbage`): packs it condemned a margin before,
+index files whose surviving entries it wrote anew first, and its own condemned records.
 
 The chunk index is read through a cache in the state dir (`daemon.state.chunkindex`),
 brought up to date from the storage's index files (`sync`): the index files are the truth.
@@ -35,8 +37,11 @@ from daemon.archive.packs import (
     IndexEntry,
     PackFormatError,
     SealedPack,
+    condemned_key,
+    condemned_record,
     index_key,
     pack_key,
+    read_condemned,
     read_index,
 )
 from daemon.archive.recipe import ChunkStep, Step, read_recipe, tar_pieces
@@ -123,8 +128,46 @@ class ChunkStore:
 
     def index_names(self) -> set[str]:
         """Return the names of the repository's index files. Raise OSError."""
-        top = self.directory + "index/"
+        return self._names("index/")
+
+    def pack_names(self) -> set[str]:
+        """Return the names of the repository's packs. Raise OSError."""
+        return {key.rsplit("/", 1)[-1] for key in self._names("packs/")}
+
+    def _names(self, folder: str) -> set[str]:
+        top = self.directory + folder
         return {key[len(top) :] for key in self.repository.store.list(top)}
+
+    def condemned(self) -> tuple[dict[str, int], set[str]]:
+        """Return the packs garbage collection condemned (name: since when, in Unix seconds;
+        the earliest if several records name a pack) and the names of the records that say
+        so. Raise OSError (DamagedChunks if a record is damaged)."""
+        condemned: dict[str, int] = {}
+        names = self._names("condemned/")
+        for name in names:
+            try:
+                stored = self.repository.store.get(self.directory + condemned_key(name))
+            except BlobMissing:
+                continue  # replaced by a newer record as we listed
+            try:
+                record = read_condemned(name, stored)
+            except PackFormatError as error:
+                raise DamagedChunks(f"chunk repository {self.directory}: {error}") from None
+            for pack, since in record.items():
+                condemned[pack] = min(since, condemned.get(pack, since))
+        return condemned, names
+
+    def put_condemned(self, condemned: dict[str, int]) -> str:
+        """Store a condemned record of these packs; return its name. Raise OSError."""
+        name, data = condemned_record(condemned)
+        self._put_once(condemned_key(name), data)
+        return name
+
+    def delete(self, key: str) -> None:
+        """Delete a pack, index file or condemned record (its key under the repository's
+        directory: `pack_key`, `index_key`, `condemned_key`). Raise OSError."""
+        self.repository.require_own()
+        self.repository.store.delete(self.directory + key)
 
     def index_locations(
         self, name: str, identities: Identities | None, encrypted_to: Sequence[str]
@@ -150,9 +193,10 @@ class ChunkStore:
     def sync(
         self, cache: ChunkIndex, identities: Identities | None, encrypted_to: Sequence[str]
     ) -> None:
-        """Bring the cache up to date with the storage's index files: load those it lacks;
-        start again if one it holds is gone (garbage collection freed packs). Raise
-        OSError."""
+        """Bring the cache up to date with the storage's index files (load those it lacks;
+        start again if one it holds is gone: garbage collection freed packs) and its
+        condemned packs. Raise OSError."""
+        cache.condemn(self.condemned()[0])
         names = self.index_names()
         loaded = cache.loaded()
         if loaded - names:

@@ -24,6 +24,7 @@ import structlog
 
 from daemon import events
 from daemon.actions.backup import policy_volumes, run_backup
+from daemon.actions.collect import collect_after_backups
 from daemon.actions.context import Context
 from daemon.actions.fleetdrill import run_scheduled_drill, scheduled_targets
 from daemon.config.model import Config
@@ -131,6 +132,8 @@ class Runner:
                         failures[volume] = str(error)
                     finally:
                         self._limit.release()
+                if kind == "backup" and not self._stopping.is_set():
+                    collect_after_backups(ctx, policy)  # no volume lock: nothing waits for it
             except VolkeepError as error:
                 failures["*"] = str(error)
             except Exception as error:  # a bug must not take the scheduler down

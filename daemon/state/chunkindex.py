@@ -7,9 +7,13 @@ index files. It records which index files it was filled from, so that the reposi
 load the new ones and, when one it holds is gone from the storage, start again. Memory
 stays flat whatever the number of chunks: every lookup is a query.
 
+It also holds the packs garbage collection has condemned (`condemned`, replaced whole at
+each sync): their chunks are still read, but a backup does not reuse them (`usable`).
+
 A backup's own new chunks go into a private temporary table first (`Pending`), and reach
 the shared cache only once the index file that lists them is stored: a crash before that
-leaves the cache saying nothing of chunks that no index lists.
+leaves the cache saying nothing of chunks that no index lists. `Pending` also keeps the
+packs of the chunks a backup reuses, for its check before it commits.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     stored INTEGER NOT NULL, plain INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS indexes (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS condemned (pack BLOB PRIMARY KEY, since INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -75,10 +80,28 @@ class ChunkIndex:
             self._db.execute("DELETE FROM chunks")
             self._db.execute("DELETE FROM indexes")
 
-    def __contains__(self, chunk_id: object) -> bool:
-        assert isinstance(chunk_id, str)
-        query = "SELECT 1 FROM chunks WHERE id = ?"
-        return self._db.execute(query, (bytes.fromhex(chunk_id),)).fetchone() is not None
+    def condemn(self, condemned: dict[str, int]) -> None:
+        """Replace the condemned packs with `condemned` (pack name: since when, in Unix
+        seconds), in one transaction."""
+        with self._db:
+            self._db.execute("DELETE FROM condemned")
+            self._db.executemany(
+                "INSERT INTO condemned VALUES (?, ?)",
+                ((bytes.fromhex(pack), since) for pack, since in condemned.items()),
+            )
+
+    def is_condemned(self, pack: str) -> bool:
+        query = "SELECT 1 FROM condemned WHERE pack = ?"
+        return self._db.execute(query, (bytes.fromhex(pack),)).fetchone() is not None
+
+    def usable(self, chunk_id: str) -> str | None:
+        """Return the pack a backup may reuse the chunk from: the one a loaded index lists
+        it in, unless garbage collection condemned it; None if there is none."""
+        found = self._db.execute(
+            "SELECT pack FROM chunks WHERE id = ? AND pack NOT IN (SELECT pack FROM condemned)",
+            (bytes.fromhex(chunk_id),),
+        ).fetchone()
+        return None if found is None else bytes(found[0]).hex()
 
     def locate(self, chunk_id: str) -> Location | None:
         """Return where the chunk lies, or None if no loaded index lists it."""
@@ -97,8 +120,9 @@ class ChunkIndex:
 
 class Pending:
     """The chunks one backup has stored so far: their ids as they are taken (`add`), their
-    locations once their pack is sealed (`place`). A private temporary database: gone with
-    the backup, whatever ends it."""
+    locations once their pack is sealed (`place`); and the packs, by storage, of the chunks
+    it reuses (`rely`). A private temporary database: gone with the backup, whatever ends
+    it."""
 
     def __init__(self) -> None:
         self._db = sqlite3.connect("", check_same_thread=False)  # a temporary file
@@ -106,7 +130,10 @@ class Pending:
             "CREATE TABLE taken (id BLOB PRIMARY KEY) WITHOUT ROWID;"
             "CREATE TABLE placed (id BLOB, pack BLOB, offset INTEGER, stored INTEGER, "
             "plain INTEGER);"
+            "CREATE TABLE relied (storage TEXT, pack BLOB, PRIMARY KEY (storage, pack)) "
+            "WITHOUT ROWID;"
         )
+        self._last_relied: dict[str, str] = {}
 
     def __contains__(self, chunk_id: object) -> bool:
         assert isinstance(chunk_id, str)
@@ -118,6 +145,22 @@ class Pending:
 
     def place(self, locations: Iterable[Location]) -> None:
         self._db.executemany("INSERT INTO placed VALUES (?, ?, ?, ?, ?)", map(_row, locations))
+
+    def rely(self, storage: str, pack: str) -> None:
+        """Record that a chunk this backup reuses lies in `pack` of `storage`."""
+        if self._last_relied.get(storage) != pack:  # a file's chunks mostly share a pack
+            self._last_relied[storage] = pack
+            self._db.execute(
+                "INSERT OR IGNORE INTO relied VALUES (?, ?)", (storage, bytes.fromhex(pack))
+            )
+
+    def packs(self, storage: str) -> Iterator[str]:
+        """Yield the packs of `storage` this backup relies on: those of the chunks it
+        reuses there, and those it stored."""
+        query = "SELECT pack FROM relied WHERE storage = ? UNION SELECT DISTINCT pack FROM placed"
+        with closing(self._db.execute(query, (storage,))) as rows:
+            for (pack,) in rows:
+                yield bytes(pack).hex()
 
     def placed(self) -> Iterator[Location]:
         """Yield the locations of the chunks stored so far."""

@@ -114,6 +114,26 @@ def volume_lock(
         os.close(descriptor)
 
 
+@contextmanager
+def collection_lock(policy: str) -> Iterator[bool]:
+    """Hold the host-wide lock of the policy's garbage collection for the block if no other
+    process holds it, and yield True; else yield False at once (a collection never waits:
+    the next one does the work). Raise OperationError naming the lock directory if it is
+    unusable."""
+    path = lock_directory() / f"_collection.{policy}.lock"  # no volume name starts with "_"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.close(descriptor)  # kept: one file per policy, and removing it would race a taker
+
+
 def _still_named(descriptor: int, path: Path) -> bool:
     """Say whether the locked file is still the one `path` names."""
     try:

@@ -161,6 +161,12 @@ POINTS: dict[str, Callable[[], None]] = {
     "second manifest deleted": lambda: kill_at(
         local.LocalStore, "delete", after=True, nth=2, where=_deleting(".manifest.json")
     ),
+    "garbage collection: new index stored": lambda: kill_at(
+        local, "publish", after=True, where=_under("_chunks/index/")
+    ),
+    "garbage collection: first pack deleted": lambda: kill_at(
+        local.LocalStore, "delete", after=True, where=lambda store, key: "/packs/" in key
+    ),
     "volume created": lambda: kill_at(docker.APIClient, "create_volume", after=True),
     "half of the archive extracted": kill_mid_upload,
     "extracted, not yet compared": lambda: kill_at(docker.APIClient, "put_archive", after=True),

@@ -34,18 +34,18 @@ def test_the_cache_loads_new_index_files_and_starts_again_when_one_is_gone(
     cache = ChunkIndex(chunks.cache_path(tmp_path / "state"))
     first_index, (first,) = stored_backup(chunks, hashlib.shake_256(b"1").digest(50_000))
     chunks.sync(cache, None, ())
-    assert first in cache and cache.loaded() == {first_index}
+    assert cache.locate(first) and cache.loaded() == {first_index}
     where = cache.locate(first)
     assert where is not None and chunks.get_pack(where.pack)
 
     second_index, (second,) = stored_backup(chunks, hashlib.shake_256(b"2").digest(50_000))
     chunks.sync(cache, None, ())
-    assert first in cache and second in cache
+    assert cache.locate(first) and cache.locate(second)
 
     # garbage collection removed the first backup's index: the cache forgets its chunks
     (tmp_path / "repo" / chunks.directory / index_key(first_index)).unlink()
     chunks.sync(cache, None, ())
-    assert first not in cache and second in cache and cache.loaded() == {second_index}
+    assert not cache.locate(first) and cache.locate(second) and cache.loaded() == {second_index}
 
 
 def test_a_backup_s_pending_chunks_are_not_in_the_cache_until_loaded(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_a_backup_s_pending_chunks_are_not_in_the_cache_until_loaded(tmp_path: P
     chunk, pack = "ab" * 32, "cd" * 32
     pending.add(chunk)
     pending.place([Location(chunk, pack, 0, 10, 20)])
-    assert chunk in pending and chunk not in cache
+    assert chunk in pending and cache.locate(chunk) is None
     cache.load("ef" * 32, pending.placed())
     assert cache.locate(chunk) == Location(chunk, pack, 0, 10, 20)
 

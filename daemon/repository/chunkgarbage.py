@@ -1,0 +1,305 @@
+"""Garbage collection of a policy's chunk repository: the packs no committed archive uses
+(SPEC promise 15; docs/format-dedup.md, "Garbage collection"). The rules, in this one place:
+
+- Where: this host's chunk repository of the policy in one storage
+  (`<host>/<policy>/_chunks/`); what is live is read from this host's committed manifests
+  of the policy there. Another host's namespace is never listed.
+- Mark: every chunk the recipe of a committed deduplicated archive names, streamed into a
+  temporary SQLite file (never a set in memory). A committed archive whose recipe cannot
+  be read stops the collection: what cannot be read is never taken for garbage.
+- Dead: a pack none of whose chunks (as the index files list them) is marked; a pack no
+  index lists (a crashed backup's) is dead too; a condemned pack whose marked chunks are
+  all in packs that are not condemned (stored again since) is dead still.
+- Condemn: a dead pack whose blob is older than the margin (`pack_margin`, 24 hours) is
+  named in a condemned record with the time of this collection. Backups read the records
+  and never reuse a condemned pack's chunks (they store them again), so nothing written
+  from then on depends on it.
+- Delete: a pack dead at this collection and condemned at least the margin before it
+  began. First each index file that lists it is replaced (a new index of its surviving
+  entries, then the old one deleted), then the pack, then the records: one new record of
+  the packs still condemned, then the old records. Never a rewrite in place.
+- Revive: a condemned pack that is live again (a backup that read the records before the
+  pack was condemned reused one of its chunks) leaves the records.
+- A backup relies on the packs of the chunks it reuses from the moment it reads the
+  records; before it commits it reads them again and fails if one of those packs was
+  condemned more than half the margin ago, or, after a backup that long, is gone
+  (`broken_reuse`): its manifest would come too late for the collection that deletes it.
+
+Why no crash, concurrent backup or lagging listing breaks it is argued in
+docs/format-dedup.md, "Garbage collection".
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import structlog
+import zstandard
+
+from daemon.archive.encryption import NoIdentityMatches
+from daemon.archive.manifest import DEDUPLICATED
+from daemon.archive.packs import (
+    INDEX_HEADER,
+    PackFormatError,
+    condemned_key,
+    index_key,
+    pack_key,
+)
+from daemon.archive.recipe import ChunkStep, RecipeError, read_recipe
+from daemon.archive.sealing import opener, section_reader
+from daemon.archive.spool import SpooledSection
+from daemon.config.keys import EncryptionError, Identities, Recipient
+from daemon.errors import OperationError
+from daemon.repository.chunks import ChunkStore
+from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey
+from daemon.repository.store import archive_error
+from daemon.storage.base import BlobMissing
+
+log = structlog.get_logger()
+
+MARGIN = timedelta(hours=24)  # kopia's: longer than any backup, any listing's lag
+MARGIN_VARIABLE = "VOLKEEP_GC_MARGIN"  # seconds: for tests only (docs/format-dedup.md)
+
+
+def pack_margin() -> timedelta:
+    """Return the margin: how long a pack must have been written, and condemned, before it
+    is deleted (MARGIN, or $VOLKEEP_GC_MARGIN seconds, for tests)."""
+    seconds = os.environ.get(MARGIN_VARIABLE)
+    return MARGIN if not seconds else timedelta(seconds=float(seconds))
+
+
+def broken_reuse(
+    chunks: ChunkStore, relied: Callable[[], Iterable[str]], synced: datetime, now: datetime
+) -> str | None:
+    """Given a backup's chunk repository, the packs it relies on there (asked for at each
+    call: the chunks it reuses, the packs it stored), when it read the condemned packs and
+    now, return a pack it must not commit an archive with, or None: one condemned more
+    than half the margin ago (the collection that deletes it might not see the manifest
+    yet), or, if the backup read the condemned packs more than half the margin ago, one
+    that is gone (a collection condemned and deleted it since). Raise OSError."""
+    limit = (now - pack_margin() / 2).timestamp()
+    condemned = chunks.condemned()[0]
+    for pack in relied():
+        if condemned.get(pack, limit + 1) <= limit:
+            return pack
+    if synced.timestamp() > limit:
+        return None
+    present = chunks.pack_names()  # a long backup's check: one listing
+    return next((pack for pack in relied() if pack not in present), None)
+
+
+@dataclass
+class Collection:
+    """What one collection did (or, dry, would do) in one storage."""
+
+    freed_packs: int = 0  # packs deleted
+    freed_bytes: int = 0  # their stored bytes
+    condemned: int = 0  # packs condemned after it, to be deleted once the margin has passed
+    newly_condemned: int = 0
+    revived: int = 0
+    indexes: int = 0  # index files replaced by one of their surviving entries
+
+
+_SCHEMA = """
+CREATE TABLE marked (id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE entries (idx TEXT, id BLOB, pack BLOB, offset INTEGER, stored INTEGER,
+                      plain INTEGER);
+CREATE TABLE packs (name BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE doomed (name BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE condemned (name BLOB PRIMARY KEY) WITHOUT ROWID;
+"""
+# A pack is live if it holds a marked chunk, unless it is condemned and that chunk is in a
+# pack that is not (a backup that came after the condemnation stored the chunk again).
+_LIVE = """
+SELECT DISTINCT e.pack FROM entries e JOIN marked m ON e.id = m.id
+WHERE e.pack NOT IN (SELECT name FROM condemned) OR NOT EXISTS (
+    SELECT 1 FROM entries other WHERE other.id = e.id
+    AND other.pack IN (SELECT name FROM packs)
+    AND other.pack NOT IN (SELECT name FROM condemned))
+"""
+
+
+def collect(
+    chunks: ChunkStore,
+    identities: Identities | None,
+    recipients: Sequence[Recipient],
+    *,
+    dry_run: bool,
+    now: datetime | None = None,
+    spool_dir: Path | None = None,
+) -> Collection:
+    """Given this host's chunk repository of a policy in one storage, the identities that
+    open its records and archives (None: not encrypted) and the recipients it is sealed
+    to, collect its garbage (see the module's rules); with `dry_run`, change nothing and
+    say what would be done. Return what was (or would be) done.
+
+    Raise OperationError naming the archive if a committed archive's manifest or recipe
+    cannot be read (nothing is deleted then), or if the policy encrypts and there are no
+    identities; OSError if the storage fails (what was done before stays done: each step
+    leaves the repository whole)."""
+    repository = chunks.repository
+    if not repository.own:
+        raise OperationError(f"the archives of host {repository.host!r} are read-only here")
+    if recipients and identities is None:
+        raise OperationError(
+            "garbage collection of an encrypted policy's deduplicated archives needs "
+            "encryption.age.identity_file: it reads their recipes and index files",
+            policy=chunks.policy,
+        )
+    started = now or datetime.now(UTC)
+    condemned, records = chunks.condemned()
+    with closing(sqlite3.connect("")) as db:  # a temporary file: memory stays flat
+        db.executescript(_SCHEMA)
+        encrypted_to = [str(recipient) for recipient in recipients]
+        dead, existing = _dead_packs(db, chunks, condemned, identities, encrypted_to)
+        result = Collection(revived=len(condemned.keys() & (existing - dead)))
+        deadline = (started - pack_margin()).timestamp()
+        doomed = sorted(pack for pack in dead if condemned.get(pack, deadline + 1) <= deadline)
+        kept = {pack: since for pack, since in condemned.items() if pack in dead}
+        for pack in sorted(dead - kept.keys()):
+            if _blob_time(chunks, pack).timestamp() < deadline:
+                kept[pack] = int(started.timestamp())
+                result.newly_condemned += 1
+        store = repository.store
+        for pack in doomed:
+            del kept[pack]
+            result.freed_bytes += store.size(chunks.directory + pack_key(pack))
+        result.freed_packs, result.condemned = len(doomed), len(kept)
+        db.executemany("INSERT INTO doomed VALUES (?)", ((bytes.fromhex(p),) for p in doomed))
+        query = "SELECT DISTINCT idx FROM entries WHERE pack IN (SELECT name FROM doomed)"
+        replaced = [name for (name,) in db.execute(query)]
+        result.indexes = len(replaced)
+        if dry_run:
+            return result
+        repository.require_own()
+        for name in replaced:  # first: a crash leaves no index naming a deleted pack
+            _replace_index(db, chunks, name, recipients, spool_dir)
+        for pack in doomed:
+            chunks.delete(pack_key(pack))
+        if kept != condemned or len(records) > 1:  # the new record first, then the old
+            new = chunks.put_condemned(kept) if kept else None
+            for name in sorted(records - {new}):
+                chunks.delete(condemned_key(name))
+    return result
+
+
+def _blob_time(chunks: ChunkStore, pack: str) -> datetime:
+    return chunks.repository.store.modified(chunks.directory + pack_key(pack))
+
+
+def _dead_packs(
+    db: sqlite3.Connection,
+    chunks: ChunkStore,
+    condemned: Iterable[str],
+    identities: Identities | None,
+    encrypted_to: Sequence[str],
+) -> tuple[set[str], set[str]]:
+    """Fill the temporary database: every index file's entries, the packs listed, the
+    condemned packs, the chunks marked; return the dead packs and every pack listed.
+    Raise as `collect`."""
+    for name in sorted(chunks.index_names()):
+        rows = (
+            (name, bytes.fromhex(where.chunk_id), bytes.fromhex(where.pack), *where[2:])
+            for where in chunks.index_locations(name, identities, encrypted_to)
+        )
+        db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)", rows)
+    db.execute("CREATE INDEX entries_by_id ON entries (id)")
+    packs = ((bytes.fromhex(pack),) for pack in chunks.pack_names())
+    db.executemany("INSERT INTO packs VALUES (?)", packs)
+    db.executemany("INSERT INTO condemned VALUES (?)", ((bytes.fromhex(p),) for p in condemned))
+    for ids in _marks(chunks, identities):
+        marked = ((bytes.fromhex(chunk_id),) for chunk_id in ids)
+        db.executemany("INSERT OR IGNORE INTO marked VALUES (?)", marked)
+    query = f"SELECT name FROM packs WHERE name NOT IN ({_LIVE})"
+    dead = {bytes(name).hex() for (name,) in db.execute(query)}
+    return dead, {bytes(name).hex() for (name,) in db.execute("SELECT name FROM packs")}
+
+
+def _replace_index(
+    db: sqlite3.Connection,
+    chunks: ChunkStore,
+    name: str,
+    recipients: Sequence[Recipient],
+    spool_dir: Path | None,
+) -> None:
+    """Store a new index file of the entries of index `name` whose packs survive (if any),
+    then delete `name`. Raise OSError."""
+    query = (
+        "SELECT id, pack, offset, stored, plain FROM entries WHERE idx = ? "
+        "AND pack NOT IN (SELECT name FROM doomed) ORDER BY rowid"
+    )
+    with closing(SpooledSection(recipients, spool_dir)) as section:
+        section.write(INDEX_HEADER)
+        surviving = 0
+        with closing(db.execute(query, (name,))) as rows:
+            for chunk_id, pack, offset, stored, plain in rows:
+                line = f"{bytes(chunk_id).hex()} {bytes(pack).hex()} {offset} {stored} {plain}\n"
+                section.write(line.encode())
+                surviving += 1
+        section.finish()
+        if surviving:
+            chunks.put_index(section.sha256, section.stored())
+    chunks.delete(index_key(name))
+
+
+def _marks(chunks: ChunkStore, identities: Identities | None) -> Iterator[Iterator[str]]:
+    """Yield, for each committed deduplicated archive of this host's policy in the storage,
+    the ids of the chunks its recipe names (streamed). Raise OperationError naming an
+    archive whose manifest or recipe cannot be read (one deleted meanwhile is passed
+    over), OSError if the storage fails."""
+    repository = chunks.repository
+    for volume in repository.volumes(chunks.policy):
+        for key in repository.archives(chunks.policy, volume):
+            if key.namespace == chunks.namespace:
+                yield _recipe_chunks(chunks, key, identities)
+
+
+def _recipe_chunks(
+    chunks: ChunkStore, key: ArchiveKey, identities: Identities | None
+) -> Iterator[str]:
+    repository = chunks.repository
+    try:
+        manifest = repository.read_manifest(key, entries=False)
+        if manifest.layout != DEDUPLICATED:
+            return
+        if manifest.encryption is not None and identities is None:
+            raise archive_error(
+                key,
+                "garbage collection reads the recipes of an encrypted policy: it needs "
+                "encryption.age.identity_file",
+            )
+        decrypt = None
+        if manifest.encryption is not None and identities is not None:
+            decrypt = opener(identities, manifest.recipients)
+        with (
+            closing(repository.open_archive(key, manifest)) as stored,
+            section_reader(stored, decrypt) as plain,
+        ):
+            lines = io.TextIOWrapper(plain, encoding="ascii")  # type: ignore[type-var]
+            for step in read_recipe(iter(lines)):
+                if isinstance(step, ChunkStep):
+                    yield step.chunk_id
+    except (OperationError, BlobMissing) as error:
+        if not repository.store.exists(key.blob(MANIFEST_SUFFIX)):
+            return  # deleted by a prune as we read it: it references nothing any more
+        if isinstance(error, OperationError):
+            raise
+        raise archive_error(key, "recipe missing: garbage collection stopped") from None
+    except (
+        RecipeError,
+        PackFormatError,
+        zstandard.ZstdError,
+        UnicodeDecodeError,
+        EncryptionError,
+        NoIdentityMatches,
+    ) as error:
+        raise archive_error(
+            key, f"cannot read the recipe ({error}): garbage collection stopped"
+        ) from None
