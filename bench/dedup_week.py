@@ -37,6 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.run import fill_mixed, mountpoint, restic_version, timed
+from tests.support import manifests
 
 VOLUME = "vkbench_dedup_week"
 PAGE = 4096
@@ -149,7 +150,19 @@ def main() -> int:
                 added = directory_bytes(storage) - before
                 rows.append((label, name, seconds, rss, added))
                 print(f"  {label:16} {name:24} {seconds:7.2f} s {rss / 1024:6.0f} MiB  "
-                      f"+{added / 1e6:8.2f} MB", flush=True)  # fmt: skip
+                      f"+{added / 1e6:8.2f} MB{files_read(storage)}", flush=True)  # fmt: skip
+
+        def files_read(storage: Path) -> str:
+            """What the newest deduplicated archive read through the helper (manifest
+            `files`), or nothing for other storages."""
+            newest = max(storage.rglob("*.manifest.json"), default=None, key=lambda p: p.name)
+            if newest is None or storage != storages["dedup"]:
+                return ""
+            files = manifests.summary(newest).get("files") or {}
+            return (
+                f"  (read {files.get('read', '?')} objects, "
+                f"{files.get('read_bytes', 0) / 1e6:.1f} MB; took {files.get('reused', 0)})"
+            )
 
         round_of("first backup")
         round_of("repeat, unchanged")
