@@ -37,7 +37,6 @@ from daemon.repository.layout import (
     DRILL_SUFFIX,
     MANIFEST_SUFFIX,
     ArchiveKey,
-    newest_backup,
     split_name,
     volume_directory,
 )
@@ -121,34 +120,6 @@ class Repository:
     def backups(self, policy: str, volume: str) -> list[ArchiveKey]:
         """Return the volume's committed backups (no safety archives), newest first."""
         return [key for key in self.archives(policy, volume) if not key.is_safety]
-
-    def find(self, policy: str, volume: str, archive_id: str | None) -> ArchiveKey:
-        """Given an archive id (None or "latest": the newest backup), return its key.
-
-        Safety archives are found only by their id. An archive file whose manifest is gone
-        is found too, so that reading it says "manifest missing". Raise OperationError if
-        there is none.
-        """
-        if archive_id in (None, "latest"):
-            keys = self.backups(policy, volume)
-            newest = newest_backup(keys)
-            if newest is None:
-                why = "every archive is dated in the future (a clock ahead?): name one with "
-                message = why + "--archive ID" if keys else f"no archive in storage {self.name!r}"
-                raise OperationError(message, policy=policy, volume=volume)
-            return newest
-        for key in self.files(policy, volume):
-            if key.id == archive_id:
-                return key
-        raise OperationError(
-            f"no such archive in storage {self.name!r} (see volkeep list)",
-            policy=policy,
-            volume=volume,
-            archive=archive_id,
-        )
-
-    def holds(self, policy: str, volume: str, archive_id: str) -> bool:
-        return any(key.id == archive_id for key in self.archives(policy, volume))
 
     def read_manifest(
         self, key: ArchiveKey, *, entries: bool = True, identities: Identities | None = None

@@ -13,6 +13,7 @@ from daemon.errors import OperationError
 from daemon.repository.garbage import remove_garbage
 from daemon.repository.ids import allocate_key
 from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey
+from daemon.repository.locate import locate
 from daemon.repository.store import Repository
 from daemon.storage.local import LocalStore
 
@@ -82,7 +83,7 @@ def test_a_safety_archive_is_never_latest_even_with_a_counter(store):
     second = commit(repository, "20261102T030000Z", safety=True)
 
     assert second.id == "20261102T030000Z-2-safety" and second.is_safety
-    assert repository.find("app", "db", "latest") == backup
+    assert locate([repository], "app", "db", "latest")[1] == backup
 
 
 def test_the_manifest_is_a_conditional_create(store):
@@ -107,8 +108,8 @@ def test_latest_passes_over_archives_from_the_future(store):
     future = commit(repository, (now + timedelta(days=1)).strftime("%Y%m%dT%H%M%SZ"))
 
     assert future.in_the_future() and not present.in_the_future()
-    assert repository.find("app", "db", "latest") == present
-    assert repository.find("app", "db", future.id) == future
+    assert locate([repository], "app", "db", "latest")[1] == present
+    assert locate([repository], "app", "db", future.id)[1] == future
 
 
 def test_ids_order_by_time_then_by_their_counter_as_a_number(store):
@@ -126,7 +127,7 @@ def test_ids_order_by_time_then_by_their_counter_as_a_number(store):
         "20261101T030000Z",
         "20261031T235959Z",
     ]
-    assert repository.find("app", "db", "latest").id == "20261101T030000Z-11"
+    assert locate([repository], "app", "db", "latest")[1].id == "20261101T030000Z-11"
     assert ArchiveKey("app", "db", "20261101T030000Z-2-safety") < ArchiveKey(
         "app", "db", "20261101T030000Z-10"
     )

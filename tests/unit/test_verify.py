@@ -17,6 +17,7 @@ from daemon.archive.tarstream import Member, TarScanner
 from daemon.config.model import Compression
 from daemon.errors import OperationError
 from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey
+from daemon.repository.locate import locate
 from daemon.repository.store import Repository
 from daemon.repository.verify import StoredArchive, verify_archive
 from daemon.storage.local import LocalStore
@@ -81,7 +82,7 @@ def verdict(root: Path, damage: int | None = None, keep: int | None = None) -> s
     """Check a copy of the archive with one byte flipped at `damage` or cut after `keep`
     bytes; return the error message, or "intact"."""
     storage = Repository(LocalStore("local", root), "testhost", own=True)
-    key = storage.find(KEY.policy, KEY.volume, KEY.id)
+    _, key = locate([storage], KEY.policy, KEY.volume, KEY.id)
     manifest = storage.read_manifest(key)
     path = root / KEY.policy / KEY.volume / manifest.archive_file
     original = path.read_bytes()
