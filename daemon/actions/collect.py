@@ -41,7 +41,7 @@ def run_collect(
     repositories = ctx.repositories(policy, storage=storage)
     done: dict[str, Collection] = {}
     failures: list[OperationError] = []
-    with collection_lock(policy.name) as held:
+    with collection_lock(ctx.host, policy.name) as held:
         if not held:
             log.info("garbage collection skipped: another process collects this policy now")
             return done

@@ -115,12 +115,14 @@ def volume_lock(
 
 
 @contextmanager
-def collection_lock(policy: str) -> Iterator[bool]:
-    """Hold the host-wide lock of the policy's garbage collection for the block if no other
-    process holds it, and yield True; else yield False at once (a collection never waits:
-    the next one does the work). Raise OperationError naming the lock directory if it is
-    unusable."""
-    path = lock_directory() / f"_collection.{policy}.lock"  # no volume name starts with "_"
+def collection_lock(host: str, policy: str) -> Iterator[bool]:
+    """Hold the host-wide lock of the garbage collection of a policy in the namespace of
+    `host` (the name volkeep writes under: two on one machine may share the lock
+    directory) for the block if no other process holds it, and yield True; else yield False
+    at once (a collection never waits: the next one does the work). Raise OperationError
+    naming the lock directory if it is unusable."""
+    # no volume name starts with "_"; host and policy names hold no "/" nor ":"
+    path = lock_directory() / f"_collection:{host}:{policy}.lock"
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
