@@ -1,6 +1,6 @@
 """Deduplicated backups against one-file archives and restic: one command, side by side.
 
-    python3 bench/dedup_week.py [--days 2] [--scale 1.0] [--image volkeep-helper:busybox]
+    python3 bench/dedup_week.py [--days 2] [--scale 1.0] [--keep 2] [--image IMAGE]
 
 Builds a fresh mixed volume (small files half random, half text, logs, a random blob and a
 database-like file of 4 KiB pages; about 90 MB at --scale 1), then, in the same run and
@@ -15,7 +15,10 @@ interleaved:
   followed by the three backups.
 
 Prints seconds and peak RSS of each backup, and the bytes each day added to each storage
-(everything under the storage's directory, manifests and indexes included). Uses the
+(everything under the storage's directory, manifests and indexes included); then what
+each storage holds once only the last `--keep` backups are kept: volkeep's prune and
+garbage collection (the 24-hour margin set to 0 for the bench, prune run twice: condemn,
+then free) against `restic forget --prune`. Uses the
 timing launcher of bench/run.py (peak RSS of the command itself).
 """
 
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import docker
 import yaml
@@ -91,6 +95,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--days", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--keep", type=int, default=2, help="backups kept at the end")
     parser.add_argument("--image", default="volkeep-helper:busybox")
     options = parser.parse_args()
     api = docker.APIClient()
@@ -105,26 +110,22 @@ def main() -> int:
         print(f"volume: {size / 1e6:.1f} MB, {sum(1 for _ in root.rglob('*'))} objects", flush=True)
         storages = {name: work / name for name in ("tar", "dedup")}
         config = work / "volkeep.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "version": 1,
-                    "storage": {
-                        name: {"type": "local", "path": str(path)}
-                        for name, path in storages.items()
-                    },
-                    "policies": {
-                        name: {
-                            "volumes": [VOLUME],
-                            "storage": name,
-                            "helper_image": options.image,
-                            "format": name,
-                        }
-                        for name in storages
-                    },
+        document: dict[str, Any] = {
+            "version": 1,
+            "storage": {
+                name: {"type": "local", "path": str(path)} for name, path in storages.items()
+            },
+            "policies": {
+                name: {
+                    "volumes": [VOLUME],
+                    "storage": name,
+                    "helper_image": options.image,
+                    "format": name,
                 }
-            )
-        )
+                for name in storages
+            },
+        }
+        config.write_text(yaml.safe_dump(document))
         restic_repo = work / "restic"
         environment = dict(os.environ, RESTIC_PASSWORD=RESTIC_PASSWORD)
         restic = ["restic", "--repo", str(restic_repo), "--cache-dir", str(work / "restic-cache")]
@@ -170,6 +171,25 @@ def main() -> int:
             one_percent_day(root, day)
             round_of(f"1 % day {day}")
         print("\ntotal stored after the run:")
+        for name, (_, _, storage) in commands.items():
+            print(f"  {name:24} {directory_bytes(storage) / 1e6:8.2f} MB")
+        # Retention, then garbage collection: each keeps the last --keep backups. volkeep's
+        # margin (24 h) is set to 0 here, and prune run twice (condemn, then free), to show
+        # what a repository comes to a margin after its prune.
+        for policy in document["policies"].values():
+            policy["retention"] = {"keep_last": options.keep}
+        config.write_text(yaml.safe_dump(document))
+        collecting = dict(environment, VOLKEEP_GC_MARGIN="0")
+        for policy in storages:
+            for _ in range(2):
+                subprocess.run(
+                    [*volkeep("dedup")[:-2], "prune", policy],
+                    env=collecting, check=True, capture_output=True,
+                )  # fmt: skip
+        forget = [*restic, "forget", "--keep-last", str(options.keep), "--prune"]
+        subprocess.run(forget, env=environment, check=True, capture_output=True)
+        print(f"\nstored after keeping the last {options.keep} (volkeep prune and garbage "
+              "collection, restic forget --prune):")  # fmt: skip
         for name, (_, _, storage) in commands.items():
             print(f"  {name:24} {directory_bytes(storage) / 1e6:8.2f} MB")
         first = {name: seconds for label, name, seconds, _, _ in rows if label == "first backup"}
