@@ -167,11 +167,14 @@ def prune_volume(
         if dry_run:
             log.info("prune planned, nothing deleted (dry run)", kept=kept, to_delete=len(doomed))
             return decisions
-        for backup in doomed:
-            if backup.key.is_safety:
-                _delete_safety(repository, policy, backup, now)
+        for archive in doomed:
+            if archive.key.is_safety:
+                refused = _safety_decision(policy, archive, now).keep
+                why = "the safety archive is within keep_safety_archives"
             else:
-                _delete(repository, backup, candidates, now, guard)
+                refused = not may_delete(archive.key.id, candidates, now, shrink=guard)
+                why = "a safety rule protects this archive"
+            _delete(repository, archive, refused=why if refused else None)
         freed = sum(backup.manifest.size for backup in doomed)
         log.info("prune finished", kept=kept, deleted=len(doomed), freed=freed)
         return decisions
@@ -254,27 +257,6 @@ def _safety_decision(policy: Policy, archive: _StoredBackup, now: datetime) -> D
     )
 
 
-def _delete_safety(
-    repository: Repository, policy: Policy, archive: _StoredBackup, now: datetime
-) -> None:
-    """Given a safety archive its retention lets go, delete it if `safety_decision` still
-    agrees. Raise OperationError naming the archive if the storage fails."""
-    key = archive.key
-    with structlog.contextvars.bound_contextvars(archive=key.id):
-        if _safety_decision(policy, archive, now).keep:
-            raise OperationError(
-                "refused to delete: the safety archive is within keep_safety_archives",
-                policy=key.policy,
-                volume=key.volume,
-                archive=key.id,
-            )
-        try:
-            repository.delete(key, archive.manifest)
-        except OSError as error:
-            raise _prune_error(repository, key.policy, key.volume, key.id, error) from None
-        log.info("safety archive deleted by retention", size=archive.manifest.size)
-
-
 def _verdicts(
     storages: Sequence[Repository], policy: str, volume: str
 ) -> dict[str, list[DrillRecord]]:
@@ -297,32 +279,28 @@ def _verdicts(
     return found
 
 
-def _delete(
-    repository: Repository,
-    backup: _StoredBackup,
-    candidates: list[Candidate],
-    now: datetime,
-    guard: shrink.Guard,
-) -> None:
-    """Given a backup retention let go, delete it if the safety predicate agrees (under
-    the volume's shrink guard).
+def _delete(repository: Repository, archive: _StoredBackup, *, refused: str | None) -> None:
+    """Given an archive retention let go and, if the one safety predicate of its kind
+    (`may_delete` for backups, `safety_decision` for safety archives) asked again right
+    before the deletion refuses it, why: delete it, manifest first.
 
-    Raise OperationError naming the archive if the predicate refuses or the storage fails.
+    Raise OperationError naming the archive if it is refused or the storage fails.
     """
-    key = backup.key
+    key = archive.key
     with structlog.contextvars.bound_contextvars(archive=key.id):
-        if not may_delete(key.id, candidates, now, shrink=guard):
+        if refused is not None:
             raise OperationError(
-                "refused to delete: a safety rule protects this archive",
+                f"refused to delete: {refused}",
                 policy=key.policy,
                 volume=key.volume,
                 archive=key.id,
             )
         try:
-            repository.delete(key, backup.manifest)
+            repository.delete(key, archive.manifest)
         except OSError as error:
             raise _prune_error(repository, key.policy, key.volume, key.id, error) from None
-        log.info("archive deleted by retention", size=backup.manifest.size)
+        kind = "safety archive" if key.is_safety else "archive"
+        log.info(f"{kind} deleted by retention", size=archive.manifest.size)
 
 
 def _prune_error(
