@@ -76,13 +76,14 @@ def fresh(name: str) -> str:
     return f"vkt_{uuid.uuid4().hex[:8]}_{name}"
 
 
-def volume_with_files(private: docker.APIClient, name: str) -> str:
-    """A new volume of the private engine with more than half a kill point's worth of data
-    (tests.faults.killpoints.HALF) and a few small files."""
+def volume_with_files(private: docker.APIClient, name: str, size: int = 48 << 20) -> str:
+    """A new volume of the private engine with a few small files and more random data than
+    the engine and volkeep buffer: the helper's tar still runs when the archive has its
+    first half of a kill point's worth (tests.faults.killpoints.HALF)."""
     volume = fresh(name)
     private.create_volume(volume)
     root = mountpoint(private, volume)
-    (root / "big.bin").write_bytes(os.urandom(12 << 20))
+    (root / "big.bin").write_bytes(os.urandom(size))
     (root / "notes").mkdir()
     (root / "notes" / "today.txt").write_text("the service writes here\n")
     return volume
@@ -270,7 +271,7 @@ def test_the_swarm_stack_runs_volkeep_on_the_node_and_backs_up_its_volumes(
 ):
     private = swarm.api()
     private.load_image(b"".join(api.get_image(volkeep_image)))
-    volume = volume_with_files(private, "stacked")
+    volume = volume_with_files(private, "stacked", size=1 << 20)
     identity = x25519.Identity.generate()
     files = tmp_path / "deploy"
     files.mkdir()
@@ -279,6 +280,7 @@ def test_the_swarm_stack_runs_volkeep_on_the_node_and_backs_up_its_volumes(
     policy = {
         "volumes": [volume],
         "schedule": "@every 5s",
+        "drill": {"schedule": "@every 5s"},  # needs the identity: the age-identity secret
         "helper_image": "volkeep-helper:busybox",
         "encryption": {
             "age": {
@@ -327,14 +329,24 @@ def test_the_swarm_stack_runs_volkeep_on_the_node_and_backs_up_its_volumes(
     try:
         subprocess.run(deploy, env=environment, check=True, capture_output=True, text=True)
 
-        def listed_in_both() -> list[dict[str, object]]:
+        seen: list[set[tuple[str, str]]] = []
+
+        def drilled_and_in_both() -> bool:
+            """Say whether archives of the volume are in both storages, and the node drilled
+            one (from the first storage, the drill's default)."""
             listing = run(workspace, swarm, "list", "app", "--json")
             archives = json.loads(listing.stdout) if listing.returncode == 0 else []
-            return archives if {a["storage"] for a in archives} == {"local", "offsite"} else []
+            seen.append({(a["storage"], a["drill"]["verdict"]) for a in archives})
+            storages = {storage for storage, _ in seen[-1]}
+            return storages == {"local", "offsite"} and ("local", "passed") in seen[-1]
 
-        wait_until(listed_in_both, "the node's first archive in both storages", timeout=120)
-        task = private.containers(filters={"label": f"{STACK_LABEL}={stack}"})
-        assert len(task) == 1  # one task: the node's
+        with contextlib.suppress(AssertionError):
+            wait_until(drilled_and_in_both, "an archive drilled", timeout=120)
+        tasks = private.containers(filters={"label": f"{STACK_LABEL}={stack}"})
+        assert len(tasks) == 1  # one task: the node's
+        said = private.logs(tasks[0]["Id"], tail=30).decode(errors="replace")
+        assert drilled_and_in_both(), f"{seen[-1]}\nthe task's log:\n{said}"
+        assert "identity file is readable by others" not in said  # the secret's mode
         target = f"{volume}_restored"
         restore = run(workspace, swarm, "restore", "app", "--volume", volume, "--to", target)
         assert restore.returncode == 0, restore.stderr
