@@ -165,6 +165,7 @@ def back_up_volume(
                         source.identities,
                         spool_dir,
                         marks,
+                        source.threads,
                     ),
                     spool_dir,
                 )

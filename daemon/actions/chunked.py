@@ -3,9 +3,10 @@ exclude filter passes it) → `RecipeBuilder` (each regular file's content cut i
 → new chunks compressed into packs, stored in every live copy → the recipe, zstd then age,
 streamed as the archive file of each copy (`Copies`).
 
-The order of writes is the format's: packs as they fill, then the index of this backup's
-new chunks, then (the caller) the recipe's upload completed and the manifest, last. Just
-before, the backup reads the condemned packs again (`_check_reuse`): garbage collection's
+The order of writes is the format's: packs as they fill (each stored in the background
+while the next one fills; chunk ids and compression run in worker threads: `ChunkWriter`),
+then the index of this backup's new chunks, then (the caller) the recipe's upload completed
+and the manifest, last. Just before, the backup reads the condemned packs again (`_check_reuse`): garbage collection's
 side of the race (`daemon.repository.chunkgarbage`).
 
 Every copy has its own chunk repository. They share one config record (the first storage,
@@ -22,6 +23,7 @@ only once the index that lists them is stored.
 from __future__ import annotations
 
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from functools import partial
@@ -39,6 +41,7 @@ from daemon.repository.chunks import ChunkStore, DamagedChunks
 from daemon.repository.copies import Copies
 from daemon.repository.store import Repository
 from daemon.state.chunkindex import ChunkIndex, Location, Pending
+from daemon.system.memory import return_large_buffers
 
 RECIPE_SUFFIX = ".recipe.zst"
 RECIPE_LEVEL = LEVEL  # the recipe is a sealed section: zstd at the sections' level
@@ -55,11 +58,13 @@ class ChunkedArchive:
         identities: Identities | None,
         state_dir: Path | None,
         marks: Marks | None = None,
+        threads: int = 1,
     ) -> None:
         """Open every live copy's chunk repository (its config, created if missing) and
         bring its index cache up to date. A copy that cannot is dropped with its error.
-        With `marks`, the recipe is of version 2 (members marked, `reuse` allowed). Raise
-        OperationError if none is left."""
+        With `marks`, the recipe is of version 2 (members marked, `reuse` allowed). Chunk
+        ids and compression run in `threads` worker threads. Raise OperationError if none
+        is left."""
         self._copies = copies
         self._recipients = recipients
         self._identities = identities
@@ -70,6 +75,10 @@ class ChunkedArchive:
         self._stores: dict[str, ChunkStore] = {}
         self._caches: dict[str, ChunkIndex] = {}
         self._synced = datetime.now(UTC)  # the condemned packs are read after this
+        return_large_buffers()  # buffers go between threads: keep the peak RSS flat
+        self._storing: tuple[SealedPack, dict[str, Future[None]]] | None = None
+        self._storer = ThreadPoolExecutor(thread_name_prefix="volkeep-store")
+        self._resources.callback(self._storer.shutdown, wait=True, cancel_futures=True)
         try:
             self.config = self._open(copies, policy, state_dir)
             self._pending = Pending()
@@ -81,13 +90,14 @@ class ChunkedArchive:
                 self._store_pack,
                 spool_dir=state_dir,
                 fresh=self._fresh,
+                threads=threads,
             )
             self._resources.callback(self._writer.close)
             self.stored = HashingWriter(copies)
             self._recipe = SectionWriter(self.stored, recipients)
             self._resources.callback(self._recipe.close)
             self._builder = RecipeBuilder(
-                self.config.chunker, self._writer.add, self._recipe, marks
+                self.config.chunker, self._writer.take, self._recipe, marks
             )
         except BaseException:
             self._resources.close()
@@ -149,12 +159,32 @@ class ChunkedArchive:
         return not any(self._caches[repository.name].is_condemned(pack) for repository in live)
 
     def _store_pack(self, pack: SealedPack) -> None:
-        name = pack.name
+        """Once the previous pack is stored, start storing this one in every live copy, in
+        the background: the next pack fills meanwhile."""
+        self._wait_for_pack()
+        self._storing = (
+            pack,
+            {
+                repository.name: self._storer.submit(self._stores[repository.name].put_pack, pack)
+                for repository in self._copies.published
+            },
+        )
+
+    def _wait_for_pack(self) -> None:
+        """Wait until the pack being stored is, and record its chunks' locations; drop a
+        copy that failed to store it (here, on the backup's thread, as any copy's failure).
+        Raise OperationError if no copy is left."""
+        if self._storing is None:
+            return
+        pack, storing = self._storing
+        self._storing = None
         self._copies.each(
-            "cannot store a pack", lambda repository: self._stores[repository.name].put_pack(pack)
+            "cannot store a pack", lambda repository: storing[repository.name].result()
         )
         self._pending.place(
-            Location(entry.chunk_id, name, entry.offset, entry.stored_length, entry.plain_length)
+            Location(
+                entry.chunk_id, pack.name, entry.offset, entry.stored_length, entry.plain_length
+            )
             for entry in pack.entries
         )
 
@@ -175,6 +205,7 @@ class ChunkedArchive:
         is left."""
         self._builder.finish()
         self._writer.finish()
+        self._wait_for_pack()
         self._recipe.finish()
         index = self._writer.index
         self.added_bytes = self._writer.stored_bytes

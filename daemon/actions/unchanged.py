@@ -26,7 +26,6 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -177,7 +176,19 @@ class VolumeReading:
             is_dir = listed.kind == "dir"
             if (is_dir or listed.links == 1) and is_excluded(exclude, path, is_dir):
                 return
-            self.files.add_listed(ListedRow(path, *astuple(listed)[1:]))
+            self.files.add_listed(
+                ListedRow(
+                    path,
+                    listed.inode,
+                    listed.links,
+                    listed.size,
+                    listed.mtime,
+                    listed.ctime,
+                    listed.mode,
+                    listed.uid,
+                    listed.gid,
+                )
+            )
 
         return ListingParser(take)
 
