@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from daemon.actions.context import Context
@@ -15,7 +15,7 @@ from daemon.errors import OperationError, UsageError
 from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey, id_order
 from daemon.repository.locate import locate
 from daemon.repository.store import Repository
-from daemon.rules.verdict import DrillRecord
+from daemon.rules.verdict import DrillRecord, archive_verdict
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,31 @@ def list_archives(
                 unreadable.append(failure)
                 continue
             rows += [_row(repository, key, suffixes) for key, suffixes in files.items()]
+    rows = _with_archive_verdicts(rows)
     rows.sort(key=lambda row: (row.manifest is not None, id_order(row.key.id)), reverse=True)
     return Listing(rows, unreadable)
+
+
+def _with_archive_verdicts(rows: list[ArchiveRow]) -> list[ArchiveRow]:
+    """Given the rows of every storage listed, return them each with the verdict that
+    counts for its copy (`archive_verdict`): a verdict belongs to the archive, whichever
+    storage's copy was drilled."""
+    records: dict[tuple[str, str, str], list[DrillRecord]] = {}
+    for row in rows:
+        if row.drill is not None:
+            records.setdefault(_archive(row), []).append(row.drill)
+    return [
+        row
+        if row.manifest is None
+        else replace(
+            row, drill=archive_verdict(records.get(_archive(row), ()), row.manifest.sha256)
+        )
+        for row in rows
+    ]
+
+
+def _archive(row: ArchiveRow) -> tuple[str, str, str]:
+    return row.key.policy, row.key.volume, row.key.id
 
 
 def _row(repository: Repository, key: ArchiveKey, suffixes: set[str]) -> ArchiveRow:

@@ -412,6 +412,8 @@ def test_a_verdict_protects_the_archive_in_every_storage_that_holds_it(api, volu
     listed = json.loads(workspace.run("list", "app", "--json").stdout)
     held = {(entry["storage"], entry["id"]) for entry in listed}
     assert held == {("local", proven), ("local", newer), ("second", proven), ("second", newer)}
+    verdicts = {(entry["storage"], entry["id"]): entry["drill"]["verdict"] for entry in listed}
+    assert verdicts[("second", proven)] == verdicts[("local", proven)] == "passed"
     prune = workspace.run("prune", "app", "--dry-run")
     assert prune.returncode == 0, prune.stderr
     assert prune.stdout.count("newest drill-passed archive") == 2
