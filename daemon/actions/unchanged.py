@@ -26,6 +26,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -215,14 +216,36 @@ class VolumeReading:
         self.read_bytes += len(piece)
         progress.advance(len(piece))
 
-    def list_only(self, exclude: tuple[str, ...]) -> bool:
-        """List the volume (a first helper); return whether every object was listed."""
-        parser = self._listing(exclude)
-        for piece in self._stream(lambda output: listing_command(output, [])):
-            if parser.feed(piece):
-                raise ListingError("bytes after the listing")
-        parser.close()
-        return parser.complete
+    def list_only(self, exclude: tuple[str, ...]) -> Callable[[], bool]:
+        """Start listing the volume (a first helper) in a thread, into a spool: the
+        helper's start and walk overlap with reading the previous archive. Return what
+        waits for the listing, records it and says whether every object was listed (it
+        must be called, to end the thread, whatever happens meanwhile)."""
+        where = str(self.spool_dir) if self.spool_dir else None
+        spool = tempfile.SpooledTemporaryFile(1 << 20, dir=where)  # noqa: SIM115
+
+        def run() -> None:
+            for piece in self._stream(lambda output: listing_command(output, [])):
+                spool.write(piece)
+
+        worker = ThreadPoolExecutor(1, thread_name_prefix="volkeep-listing")
+        listing = worker.submit(run)
+        worker.shutdown(wait=False)
+
+        def recorded() -> bool:
+            try:
+                listing.result()
+                spool.seek(0)
+                parser = self._listing(exclude)
+                while piece := spool.read(1 << 20):
+                    if parser.feed(piece):
+                        raise ListingError("bytes after the listing")
+                parser.close()
+                return parser.complete
+            finally:
+                spool.close()
+
+        return recorded
 
     def plan(self, previous: PreviousArchive) -> list[str] | None:
         """Compare the listing with the previous archive; return the paths to read, in
@@ -451,10 +474,14 @@ def read_volume(
             resources.callback(previous.close)
         why = full_read_reason(manifest, reading.flavour, image_id, every, listed)
         if why is None and previous is not None:
-            if not reading.list_only(exclude):
+            listed_all = reading.list_only(exclude)
+            try:
+                previous.load(reading.files, reading.chunked)
+            finally:
+                complete = listed_all()
+            if not complete:
                 why = "an object could not be listed (removed meanwhile?)"
             else:
-                previous.load(reading.files, reading.chunked)
                 paths = reading.plan(previous)
                 if paths is None:
                     why = "too many changed files to name"
