@@ -34,7 +34,7 @@ from pathlib import Path
 from daemon.archive.chunkconfig import ChunkConfig
 from daemon.archive.chunking import ChunkerParameters, FileChunker
 from daemon.archive.packs import ChunkWriter, SealedPack
-from daemon.archive.recipe import ChunkId, RecipeBuilder
+from daemon.archive.recipe import RecipeBuilder
 from daemon.archive.spool import SpooledSection
 
 PIECE = 1 << 20
@@ -100,7 +100,7 @@ def pieces(path: Path) -> Callable[[], bytes]:
     return lambda: file.read(PIECE)
 
 
-def per_file(tar: Path, config: ChunkConfig, store: Callable[[memoryview], ChunkId]) -> bytes:
+def per_file(tar: Path, config: ChunkConfig, store: Callable[[memoryview], str]) -> bytes:
     """Feed the tar through a RecipeBuilder; return its recipe after zstd."""
     with SpooledSection() as recipe:
         builder = RecipeBuilder(config.chunker, store, recipe)
@@ -175,17 +175,13 @@ def report(day1: Path, day2: Path, day3: Path, size: int, files: int) -> None:
     print("wall time, and per CPU-second of this process: the machine may be shared):")
     lengths: list[int] = []
 
-    def no_id(chunk: memoryview) -> ChunkId:
+    def no_id(chunk: memoryview) -> str:
         lengths.append(len(chunk))
-        return lambda: "0" * 64
-
-    def chunk_id(chunk: memoryview) -> ChunkId:
-        chunk_id = config.chunk_id(chunk)
-        return lambda: chunk_id
+        return "0" * 64
 
     seconds = timed(lambda: per_file(day1, config, no_id))
     print(f"  scan + per-file FastCDC chunking   {rates(mb, seconds)}")
-    seconds = timed(lambda: per_file(day1, config, chunk_id))
+    seconds = timed(lambda: per_file(day1, config, config.chunk_id))
     print(f"  + keyed BLAKE3 chunk ids           {rates(mb, seconds)}")
     packed = [0]
 
@@ -194,7 +190,7 @@ def report(day1: Path, day2: Path, day3: Path, size: int, files: int) -> None:
 
     writer = ChunkWriter(config, [], set(), count)
     recipe: list[bytes] = []
-    seconds = timed(lambda: recipe.append(per_file(day1, config, writer.take)))
+    seconds = timed(lambda: recipe.append(per_file(day1, config, writer.add)))
     writer.finish()
     writer.close()
     print(f"  + zstd -3 of every chunk, packs    {rates(mb, seconds)}")
@@ -212,11 +208,10 @@ def report(day1: Path, day2: Path, day3: Path, size: int, files: int) -> None:
     for previous, tar in pairs:
         known: set[str] = set()
         base = ChunkWriter(config, [], known, lambda pack: None)
-        per_file(previous, config, base.take)
-        base.finish()  # every chunk of the previous day judged: known
+        per_file(previous, config, base.add)
         day = ChunkWriter(config, [], known, count)
         packed[0] = 0
-        per_file(tar, config, day.take)
+        per_file(tar, config, day.add)
         day.finish()
         ratios.append((day.new_plain_bytes / tar.stat().st_size, packed[0]))
     line = f"{ratios[0][0]:9.1%} {ratios[1][0]:11.1%}"

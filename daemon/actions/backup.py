@@ -165,7 +165,6 @@ def back_up_volume(
                         source.identities,
                         spool_dir,
                         marks,
-                        source.threads,
                     ),
                     spool_dir,
                 )

@@ -4,10 +4,10 @@ exclude filter passes it) → `RecipeBuilder` (each regular file's content cut i
 streamed as the archive file of each copy (`Copies`).
 
 The order of writes is the format's: packs as they fill (each stored in the background
-while the next one fills; chunk ids and compression run in worker threads: `ChunkWriter`),
-then the index of this backup's new chunks, then (the caller) the recipe's upload completed
-and the manifest, last. Just before, the backup reads the condemned packs again (`_check_reuse`): garbage collection's
-side of the race (`daemon.repository.chunkgarbage`).
+while the next one fills), then the index of this backup's new chunks, then (the caller)
+the recipe's upload completed and the manifest, last. Just before, the backup reads the
+condemned packs again (`_check_reuse`): garbage collection's side of the race
+(`daemon.repository.chunkgarbage`).
 
 Every copy has its own chunk repository. They share one config record (the first storage,
 in the policy's order, that has one gives it to the others; a new one is drawn if none
@@ -41,7 +41,6 @@ from daemon.repository.chunks import ChunkStore, DamagedChunks
 from daemon.repository.copies import Copies
 from daemon.repository.store import Repository
 from daemon.state.chunkindex import ChunkIndex, Location, Pending
-from daemon.system.memory import return_large_buffers
 
 RECIPE_SUFFIX = ".recipe.zst"
 RECIPE_LEVEL = LEVEL  # the recipe is a sealed section: zstd at the sections' level
@@ -58,13 +57,11 @@ class ChunkedArchive:
         identities: Identities | None,
         state_dir: Path | None,
         marks: Marks | None = None,
-        threads: int = 1,
     ) -> None:
         """Open every live copy's chunk repository (its config, created if missing) and
         bring its index cache up to date. A copy that cannot is dropped with its error.
-        With `marks`, the recipe is of version 2 (members marked, `reuse` allowed). Chunk
-        ids and compression run in `threads` worker threads. Raise OperationError if none
-        is left."""
+        With `marks`, the recipe is of version 2 (members marked, `reuse` allowed). Raise
+        OperationError if none is left."""
         self._copies = copies
         self._recipients = recipients
         self._identities = identities
@@ -75,7 +72,6 @@ class ChunkedArchive:
         self._stores: dict[str, ChunkStore] = {}
         self._caches: dict[str, ChunkIndex] = {}
         self._synced = datetime.now(UTC)  # the condemned packs are read after this
-        return_large_buffers()  # buffers go between threads: keep the peak RSS flat
         self._storing: tuple[SealedPack, dict[str, Future[None]]] | None = None
         self._storer = ThreadPoolExecutor(thread_name_prefix="volkeep-store")
         self._resources.callback(self._storer.shutdown, wait=True, cancel_futures=True)
@@ -90,14 +86,13 @@ class ChunkedArchive:
                 self._store_pack,
                 spool_dir=state_dir,
                 fresh=self._fresh,
-                threads=threads,
             )
             self._resources.callback(self._writer.close)
             self.stored = HashingWriter(copies)
             self._recipe = SectionWriter(self.stored, recipients)
             self._resources.callback(self._recipe.close)
             self._builder = RecipeBuilder(
-                self.config.chunker, self._writer.take, self._recipe, marks
+                self.config.chunker, self._writer.add, self._recipe, marks
             )
         except BaseException:
             self._resources.close()

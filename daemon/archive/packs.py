@@ -13,12 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -37,9 +33,6 @@ INDEX_HEADER = b"volkeep-index 1\n"
 CONDEMNED_HEADER = b"volkeep-condemned 1\n"
 PACKS_KEPT = 4  # packs a ChunkReader keeps opened
 MAX_TRAILER = 64 << 20  # what a hostile footer may make a reader decompress
-BATCH_BYTES = 1 << 20  # plain bytes of chunks hashed (then compressed) by one job
-BATCH_CHUNKS = 256
-IN_FLIGHT_BYTES = 4 << 20  # plain bytes taken and not yet packed, at most (and a batch)
 _TRAILER_LINE = re.compile(r"([0-9a-f]{64}) ([0-9]+) ([0-9]+) ([0-9]+)")
 _INDEX_LINE = re.compile(r"([0-9a-f]{64}) ([0-9a-f]{64}) ([0-9]+) ([0-9]+) ([0-9]+)")
 _CONDEMNED_LINE = re.compile(r"([0-9a-f]{64}) ([0-9]+)")
@@ -262,30 +255,10 @@ class KnownChunks(Protocol):
     def add(self, chunk_id: str, /) -> None: ...
 
 
-class _Batch:
-    """Chunks taken in a row: hashed by one job, the new ones then compressed by another
-    (one job per chunk would cost more in handing over than a small chunk's work)."""
-
-    __slots__ = ("chunks", "compressing", "hashing", "new", "size")
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.hashing: Future[list[str]] | None = None
-        self.compressing: Future[list[bytes]] | None = None
-        self.new: list[tuple[str, int]] = []  # the new chunks' ids and plain lengths
-
-
 class ChunkWriter:
     """Stores chunks: each is named by its id; a known one is not stored again; a new one
     is compressed into the current pack. A full pack is sealed and given to `on_pack`
-    (which stores it, or raises), then its chunks are written to the index section.
-
-    Ids and compression run in `threads` worker threads (BLAKE3 and zstd release the
-    GIL), a batch of chunks per job; everything else happens on the caller's thread,
-    in the order chunks were taken: whether a chunk is known, the packs and their order,
-    which are therefore the same whatever the number of threads. Memory: at most about
-    IN_FLIGHT_BYTES of chunks taken and not yet packed, besides the pack that fills."""
+    (which stores it, or raises), then its chunks are written to the index section."""
 
     def __init__(
         self,
@@ -295,7 +268,6 @@ class ChunkWriter:
         on_pack: Callable[[SealedPack], object],
         spool_dir: Path | None = None,
         fresh: Callable[[str], bool] = lambda name: True,
-        threads: int = 1,
     ) -> None:
         """`fresh` says whether a pack may be stored under a name: not if garbage
         collection condemned a pack of that name (the same chunks, in the same order, in
@@ -305,114 +277,31 @@ class ChunkWriter:
         self._recipients = recipients
         self._known = known
         self._on_pack = on_pack
-        self._compressors = threading.local()  # a ZstdCompressor is for one thread at once
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="volkeep-chunks")
-        self._filling = _Batch()
-        self._hashing: deque[_Batch] = deque()  # ids being computed, in the order taken
-        self._compressing: deque[_Batch] = deque()  # new chunks being compressed, in order
-        self._in_flight = 0  # plain bytes taken and not yet packed (or found known)
+        self._compressor = zstandard.ZstdCompressor(level=config.chunk_level, write_checksum=True)
         self._pack = PackBuilder()
         self.index = SpooledSection(recipients, spool_dir)
         self.index.write(INDEX_HEADER)
         self.chunks = self.new_chunks = self.packs = 0
         self.plain_bytes = self.new_plain_bytes = self.stored_bytes = 0
 
-    def take(self, data: bytes | bytearray | memoryview) -> Callable[[], str]:
-        """Take one chunk (copied), to be stored if it is new; return what gives its id
-        (waiting for it if need be)."""
-        batch = self._filling
-        number = len(batch.chunks)
-        batch.chunks.append(bytes(data))
-        batch.size += len(data)
-        self._in_flight += len(data)
-        if batch.size >= BATCH_BYTES or len(batch.chunks) >= BATCH_CHUNKS:
-            self._submit()
-        return partial(self._id_of, batch, number)
-
     def add(self, data: bytes | bytearray | memoryview) -> str:
         """Store one chunk (if it is new); return its id."""
-        return self.take(data)()
-
-    def _id_of(self, batch: _Batch, number: int) -> str:
-        if batch is self._filling:
-            self._submit()
-        assert batch.hashing is not None
-        return batch.hashing.result()[number]
-
-    def _submit(self) -> None:
-        """Hand the batch being filled to the workers; move the pipeline on, waiting for
-        the oldest batches while too much is in flight."""
-        batch, self._filling = self._filling, _Batch()
-        batch.hashing = self._pool.submit(self._hash_all, batch.chunks)
-        self._hashing.append(batch)
-        self._advance(until=IN_FLIGHT_BYTES)
-
-    def _hash_all(self, chunks: list[bytes]) -> list[str]:
-        return [self._config.chunk_id(chunk) for chunk in chunks]
-
-    def _compress_all(self, chunks: list[bytes]) -> list[bytes]:
-        compressor = getattr(self._compressors, "zstd", None)
-        if compressor is None:
-            compressor = self._compressors.zstd = zstandard.ZstdCompressor(
-                level=self._config.chunk_level, write_checksum=True
-            )
-        return [compressor.compress(chunk) for chunk in chunks]
-
-    def _advance(self, until: int) -> None:
-        """Judge the hashed batches and pack the compressed ones, in order: those done,
-        and the oldest ones (waiting for them) until at most `until` bytes are in flight."""
-        while True:
-            if self._compressing and (
-                self._compressing[0].compressing.done()  # type: ignore[union-attr]
-                or (self._in_flight > until and not self._hashing_done())
-            ):
-                self._pack_batch(self._compressing.popleft())
-            elif self._hashing and (self._hashing_done() or self._in_flight > until):
-                self._judge(self._hashing.popleft())
-            else:
-                return
-
-    def _hashing_done(self) -> bool:
-        return bool(self._hashing) and self._hashing[0].hashing.done()  # type: ignore[union-attr]
-
-    def _judge(self, batch: _Batch) -> None:
-        """Say which of a hashed batch's chunks are new (in order: a chunk twice in a
-        backup is new the first time only), and have those compressed."""
-        assert batch.hashing is not None
-        new_chunks = []
-        for chunk_id, chunk in zip(batch.hashing.result(), batch.chunks, strict=True):
-            self.chunks += 1
-            self.plain_bytes += len(chunk)
-            if chunk_id in self._known:
-                self._in_flight -= len(chunk)
-                continue
-            self._known.add(chunk_id)
-            self.new_chunks += 1
-            self.new_plain_bytes += len(chunk)
-            batch.new.append((chunk_id, len(chunk)))
-            new_chunks.append(chunk)
-        batch.chunks = []
-        if new_chunks:
-            batch.compressing = self._pool.submit(self._compress_all, new_chunks)
-            self._compressing.append(batch)
-
-    def _pack_batch(self, batch: _Batch) -> None:
-        assert batch.compressing is not None
-        for (chunk_id, plain_length), stored in zip(
-            batch.new, batch.compressing.result(), strict=True
-        ):
-            self._in_flight -= plain_length
-            self._pack.add(chunk_id, stored, plain_length)
-            if self._pack.size >= self._config.pack_size:
-                self._flush()
-        batch.compressing, batch.new = None, []  # the batch lives on in the recipe's lines
+        chunk_id = self._config.chunk_id(data)
+        self.chunks += 1
+        self.plain_bytes += len(data)
+        if chunk_id in self._known:
+            return chunk_id
+        self._known.add(chunk_id)
+        self.new_chunks += 1
+        self.new_plain_bytes += len(data)
+        self._pack.add(chunk_id, self._compressor.compress(data), len(data))
+        if self._pack.size >= self._config.pack_size:
+            self._flush()
+        return chunk_id
 
     def finish(self) -> None:
-        """Store every chunk taken; seal and hand over the last pack, then end the index
-        section (to be stored once every pack is)."""
-        if self._filling.chunks:
-            self._submit()
-        self._advance(until=-1)
+        """Seal and hand over the last pack, then end the index section (to be stored once
+        every pack is)."""
         if len(self._pack):
             self._flush()
         self.index.finish()
@@ -439,7 +328,6 @@ class ChunkWriter:
         )
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
         self.index.close()
 
 

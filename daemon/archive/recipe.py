@@ -21,8 +21,7 @@ A version 2 recipe marks where each member ends, so that the next backup can tak
 unchanged member's steps (its header blocks and chunk list) instead of reading the file
 again (`reuse`). Its tar's SHA-256 is then unknown: computing it would need every byte.
 
-Memory: a header, up to RAW_FLUSH raw bytes, up to LINES_KEPT lines (some 700 KB) and the
-chunker's window.
+Memory: a header, up to RAW_FLUSH raw bytes and the chunker's window.
 """
 
 from __future__ import annotations
@@ -41,8 +40,7 @@ from daemon.archive.tarstream import BLOCK, Member, TarScanner
 HEADER = "volkeep-recipe 1\n"
 MARKED_HEADER = "volkeep-recipe 2\n"  # with M lines; a T line's digest may be "-"
 RAW_LINE = 512  # raw bytes per R line (a tar block: 684 base64 characters)
-RAW_FLUSH = 64 << 10  # raw bytes kept before they become lines
-LINES_KEPT = 1024  # lines kept before they are written out (a chunk's id is due then)
+RAW_FLUSH = 64 << 10  # raw bytes kept before they are written out
 _ZERO_LINE = bytes(RAW_LINE)
 ZEROS_WRITTEN = 1 << 20  # zero bytes given to the sink at once
 _LINES = {
@@ -80,20 +78,16 @@ def _or_dash(number: int | None) -> str:
 Marks = Callable[[Member], MemberMark]
 
 
-ChunkId = Callable[[], str]  # a chunk's id, once known (computed in another thread)
-
-
 class RecipeBuilder:
     """Takes a tar stream by `feed`; writes its recipe into `out` and gives each chunk of
-    file content to `store`, which stores it and returns what gives its id (asked only
-    when the chunk's line is written out: up to LINES_KEPT lines later). With `marks`, writes a
+    file content to `store`, which stores it and returns its id. With `marks`, writes a
     version 2 recipe: each member ends with the M line `marks` returns for it, and members
     of an earlier version 2 recipe may be taken whole (`reuse`)."""
 
     def __init__(
         self,
         parameters: ChunkerParameters,
-        store: Callable[[memoryview], ChunkId],
+        store: Callable[[memoryview], str],
         out: Sink,
         marks: Marks | None = None,
     ) -> None:
@@ -111,8 +105,7 @@ class RecipeBuilder:
         self._raw = bytearray()
         self._raw_start = 0  # the stream offset of the first byte in _raw
         self._zeros = 0  # zero bytes not yet written as a Z line
-        # lines not yet written out; a chunk's as its id to come and its length
-        self._lines: list[str | tuple[ChunkId, int]] = [HEADER if marks is None else MARKED_HEADER]
+        self._lines: list[str] = [HEADER if marks is None else MARKED_HEADER]
 
     def _on_member(self, member: Member) -> bool:
         self._starting = member.size if member.type == "file" else 0
@@ -149,7 +142,7 @@ class RecipeBuilder:
                 self.size += step.length
             elif isinstance(step, MemberMark):
                 self._lines.append(step.line())
-            if len(self._lines) >= LINES_KEPT:
+            if len(self._lines) >= 1024:
                 self._write_lines()
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -196,8 +189,8 @@ class RecipeBuilder:
 
     def _add_chunk(self, chunk: memoryview) -> None:
         self._write_zeros()
-        self._lines.append((self._store(chunk), len(chunk)))
-        if len(self._lines) >= LINES_KEPT:
+        self._lines.append(f"C {self._store(chunk)} {len(chunk)}\n")
+        if len(self._lines) >= 1024:
             self._write_lines()
 
     def _flush_raw(self) -> None:
@@ -216,8 +209,7 @@ class RecipeBuilder:
             else:
                 self._write_zeros()
                 self._lines.append(f"R {base64.b64encode(piece).decode()}\n")
-        if len(self._lines) >= LINES_KEPT:
-            self._write_lines()
+        self._write_lines()
 
     def _write_zeros(self) -> None:
         if self._zeros:
@@ -225,12 +217,7 @@ class RecipeBuilder:
             self._zeros = 0
 
     def _write_lines(self) -> None:
-        self._out.write(
-            "".join(
-                line if isinstance(line, str) else f"C {line[0]()} {line[1]}\n"
-                for line in self._lines
-            ).encode()
-        )
+        self._out.write("".join(self._lines).encode())
         self._lines.clear()
 
     def finish(self) -> None:

@@ -41,7 +41,7 @@ def store_tar(
 
     writer = ChunkWriter(config, recipients, set() if known is None else known, store_pack)
     with writer.index, SpooledSection(recipients) as section:
-        builder = RecipeBuilder(config.chunker, writer.take, section)
+        builder = RecipeBuilder(config.chunker, writer.add, section)
         stream = io.BytesIO(tar)
         while piece := stream.read(piece_size):
             builder.feed(piece)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,7 @@ from daemon.archive.chunkconfig import (
 )
 from daemon.archive.chunking import ChunkerParameters
 from daemon.archive.packs import (
-    BATCH_BYTES,
     FOOTER_SIZE,
-    IN_FLIGHT_BYTES,
     ChunkReader,
     ChunkWriter,
     IndexEntry,
@@ -52,20 +49,6 @@ def write_chunks(
     ids = [writer.add(chunk) for chunk in chunks]
     writer.finish()
     return packs, writer, ids
-
-
-def some_chunks(count: int) -> list[bytes]:
-    """Chunks of 1-120 KB, half random and half compressible, every fifth one again."""
-    chunks: list[bytes] = []
-    for number in range(count):
-        size = 1_000 + number * 7_919 % 120_000
-        if number % 5 == 4:
-            chunks.append(chunks[number // 2])
-        elif number % 2:
-            chunks.append(os.urandom(size))
-        else:
-            chunks.append(hashlib.shake_256(b"%d" % number).hexdigest(size // 2).encode())
-    return chunks
 
 
 def index_of(writer: ChunkWriter, decrypt=None) -> list[IndexEntry]:
@@ -190,38 +173,3 @@ def test_a_damaged_pack_or_index_is_refused():
         reader(ids[0])
     with pytest.raises(PackFormatError, match="in no index"):
         reader("0" * 64)
-
-
-def test_packs_and_index_are_the_same_whatever_the_number_of_threads():
-    config = ChunkConfig.new()
-    chunks = some_chunks(600)
-    written = []
-    for threads in (1, 4):
-        packs: list[SealedPack] = []
-        writer = ChunkWriter(config, [], set(), packs.append, threads=threads)
-        ids = [writer.take(chunk) for chunk in chunks]
-        writer.finish()
-        written.append(([pack.name for pack in packs], index_of(writer), [i() for i in ids]))
-        writer.close()
-    assert written[0] == written[1]
-    assert len(written[0][0]) > 2  # several packs, in the same order
-    assert written[0][2] == [config.chunk_id(chunk) for chunk in chunks]
-
-
-def test_chunks_taken_wait_in_memory_within_a_bound():
-    """A writer whose workers are slower than the tar keeps at most about IN_FLIGHT_BYTES
-    of chunks (and a pack) however many are taken."""
-    config = ChunkConfig(ChunkConfig.new().key, pack_size=1 << 20)
-    chunk = os.urandom(100_000)
-    writer = ChunkWriter(config, [], set(), lambda pack: None, threads=2)
-    tracemalloc.start()
-    try:
-        for number in range(1_000):  # 100 MB of new chunks
-            writer.take(chunk[number % 1000 :] + number.to_bytes(4))
-        writer.finish()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-        writer.close()
-    assert writer.new_chunks == 1_000
-    assert peak < 2 * (IN_FLIGHT_BYTES + BATCH_BYTES) + 4 * config.pack_size

@@ -74,7 +74,7 @@ class Repository:
                 self.located[entry.chunk_id] = (pack.name, number)
 
         writer = ChunkWriter(self.config, [], self.known, keep)
-        builder = RecipeBuilder(self.config.chunker, writer.take, recipe)
+        builder = RecipeBuilder(self.config.chunker, writer.add, recipe)
         for start in range(0, len(tar), piece):
             builder.feed(tar[start : start + piece])
         builder.finish()
@@ -224,7 +224,7 @@ def test_a_marked_recipe_splits_into_its_members_and_reusing_them_rebuilds_the_t
         seen.append(member.path)
         return MemberMark(len(seen), 1000 + len(seen))
 
-    builder = RecipeBuilder(repository.config.chunker, writer.take, marked, mark)
+    builder = RecipeBuilder(repository.config.chunker, writer.add, marked, mark)
     for start in range(0, len(tar), piece):
         builder.feed(tar[start : start + piece])
     builder.finish()
@@ -235,7 +235,7 @@ def test_a_marked_recipe_splits_into_its_members_and_reusing_them_rebuilds_the_t
 
     # a recipe made of those members, taken whole, is the same tar; its SHA-256 unknown
     reused = io.BytesIO()
-    again = RecipeBuilder(repository.config.chunker, writer.take, reused, mark)
+    again = RecipeBuilder(repository.config.chunker, writer.add, reused, mark)
     for steps in members[:-1]:
         again.reuse(steps)
     again.reuse(members[-1][:-1])
