@@ -3,11 +3,10 @@ exclude filter passes it) → `RecipeBuilder` (each regular file's content cut i
 → new chunks compressed into packs, stored in every live copy → the recipe, zstd then age,
 streamed as the archive file of each copy (`Copies`).
 
-The order of writes is the format's: packs as they fill (each stored in the background
-while the next one fills), then the index of this backup's new chunks, then (the caller)
-the recipe's upload completed and the manifest, last. Just before, the backup reads the
-condemned packs again (`_check_reuse`): garbage collection's side of the race
-(`daemon.repository.chunkgarbage`).
+The order of writes is the format's: packs as they fill, then the index of this backup's
+new chunks, then (the caller) the recipe's upload completed and the manifest, last. Just
+before, the backup reads the condemned packs again (`_check_reuse`): garbage collection's
+side of the race (`daemon.repository.chunkgarbage`).
 
 Every copy has its own chunk repository. They share one config record (the first storage,
 in the policy's order, that has one gives it to the others; a new one is drawn if none
@@ -23,7 +22,6 @@ only once the index that lists them is stored.
 from __future__ import annotations
 
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from functools import partial
@@ -72,9 +70,6 @@ class ChunkedArchive:
         self._stores: dict[str, ChunkStore] = {}
         self._caches: dict[str, ChunkIndex] = {}
         self._synced = datetime.now(UTC)  # the condemned packs are read after this
-        self._storing: tuple[SealedPack, dict[str, Future[None]]] | None = None
-        self._storer = ThreadPoolExecutor(thread_name_prefix="volkeep-store")
-        self._resources.callback(self._storer.shutdown, wait=True, cancel_futures=True)
         try:
             self.config = self._open(copies, policy, state_dir)
             self._pending = Pending()
@@ -154,32 +149,12 @@ class ChunkedArchive:
         return not any(self._caches[repository.name].is_condemned(pack) for repository in live)
 
     def _store_pack(self, pack: SealedPack) -> None:
-        """Once the previous pack is stored, start storing this one in every live copy, in
-        the background: the next pack fills meanwhile."""
-        self._wait_for_pack()
-        self._storing = (
-            pack,
-            {
-                repository.name: self._storer.submit(self._stores[repository.name].put_pack, pack)
-                for repository in self._copies.published
-            },
-        )
-
-    def _wait_for_pack(self) -> None:
-        """Wait until the pack being stored is, and record its chunks' locations; drop a
-        copy that failed to store it (here, on the backup's thread, as any copy's failure).
-        Raise OperationError if no copy is left."""
-        if self._storing is None:
-            return
-        pack, storing = self._storing
-        self._storing = None
+        name = pack.name
         self._copies.each(
-            "cannot store a pack", lambda repository: storing[repository.name].result()
+            "cannot store a pack", lambda repository: self._stores[repository.name].put_pack(pack)
         )
         self._pending.place(
-            Location(
-                entry.chunk_id, pack.name, entry.offset, entry.stored_length, entry.plain_length
-            )
+            Location(entry.chunk_id, name, entry.offset, entry.stored_length, entry.plain_length)
             for entry in pack.entries
         )
 
@@ -200,7 +175,6 @@ class ChunkedArchive:
         is left."""
         self._builder.finish()
         self._writer.finish()
-        self._wait_for_pack()
         self._recipe.finish()
         index = self._writer.index
         self.added_bytes = self._writer.stored_bytes
