@@ -53,7 +53,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
     SSLError,
 )
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from daemon.config.model import S3StorageConfig
@@ -143,8 +143,14 @@ def _network_reason(error: BaseException) -> str:
 
 
 def _caused_by_timeout(error: BaseException) -> bool:
-    """Given an error, say whether a socket timeout is among its causes."""
-    return any(isinstance(cause, TimeoutError | Urllib3Timeout) for cause in _causes(error))
+    """Given an error, say whether a socket timeout is among its causes. urllib3's
+    NewConnectionError (a refused or unroutable connection) derives from its timeout
+    class, but nothing timed out: it is no timeout."""
+    return any(
+        isinstance(cause, TimeoutError | Urllib3Timeout)
+        and not isinstance(cause, NewConnectionError)
+        for cause in _causes(error)
+    )
 
 
 class S3Store:
