@@ -21,7 +21,7 @@ from daemon.actions.chunked import RECIPE_SUFFIX, ChunkedArchive
 from daemon.actions.context import Context
 from daemon.actions.failures import volume_failure
 from daemon.actions.prune import prune_after_backup
-from daemon.actions.shrink import newest_backup, notice_shrink
+from daemon.actions.shrink import notice_shrink
 from daemon.actions.unchanged import VolumeReading, read_volume
 from daemon.archive.compression import SUFFIXES, compressor
 from daemon.archive.digest import HashingWriter
@@ -48,6 +48,7 @@ from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.repository.copies import Copies
 from daemon.repository.ids import allocate_key
 from daemon.repository.layout import ArchiveKey
+from daemon.repository.locate import newest_readable_backup
 from daemon.repository.store import Repository
 from daemon.terminal.progress import Progress
 
@@ -83,8 +84,8 @@ def archive_layout(policy: Policy) -> str:
 
 def _expected_size(repositories: list[Repository], source: BackupSource) -> int | None:
     """Return the tar size of the volume's last backup: the estimate progress shows."""
-    previous = newest_backup(repositories, source.policy, source.volume.name)
-    return previous.tar_size if previous is not None else None
+    previous = newest_readable_backup(repositories, source.policy, source.volume.name)
+    return previous.manifest.tar_size if previous is not None else None
 
 
 @dataclass(frozen=True)
@@ -394,7 +395,8 @@ def back_up_one(
         identities=ctx.identities(policy) if layout == DEDUPLICATED else None,
         full_read_every=policy.full_read_every,
     )
-    previous = newest_backup(repositories, policy.name, name)  # read before any stop
+    found = newest_readable_backup(repositories, policy.name, name)  # read before any stop
+    previous = found.manifest if found is not None else None
     hooks = policy.hooks_for(name)
     with after_hooks(api, hooks.after):
         run_before_hooks(api, hooks.before)

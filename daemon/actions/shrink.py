@@ -20,27 +20,10 @@ from daemon.archive.manifest import Manifest
 from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.repository.acceptances import write_acceptance
 from daemon.repository.layout import ArchiveKey
-from daemon.repository.store import Repository
 from daemon.rules import shrink
 from daemon.rules.retention import Candidate
 
 log = structlog.get_logger()
-
-
-def newest_backup(repositories: list[Repository], policy: str, volume: str) -> Manifest | None:
-    """Given a policy's storages and a volume, return the summary of the volume's newest
-    backup in the first storage that holds a readable one, or None."""
-    for repository in repositories:
-        try:
-            keys = repository.backups(policy, volume)
-        except OSError:
-            continue
-        for key in keys:
-            try:
-                return repository.read_manifest(key, entries=False)
-            except OperationError:
-                continue
-    return None
 
 
 def notice_shrink(previous: Manifest | None, manifest: Manifest) -> shrink.Shrink | None:

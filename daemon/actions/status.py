@@ -25,6 +25,7 @@ from daemon.config.triggers import first_run, next_run
 from daemon.engine.client import connect, engine_failure
 from daemon.engine.volumes import select_volumes
 from daemon.errors import DockerUnavailable, OperationError
+from daemon.repository.locate import newest_readable_backup
 from daemon.repository.store import Repository
 from daemon.rules.shrink import Shrink
 from daemon.rules.verdict import DrillRecord
@@ -292,12 +293,8 @@ def _interrupted(record: OperationRecord) -> OperationRecord:
 def _newest_backup(repository: Repository, policy: str, volume: str) -> Manifest | None:
     """Return the manifest of the volume's newest readable backup in the repository (not a
     safety archive), or None."""
-    for key in repository.backups(policy, volume):
-        try:
-            return repository.read_manifest(key, entries=False)
-        except (OSError, OperationError):
-            continue
-    return None
+    found = newest_readable_backup([repository], policy, volume)
+    return found.manifest if found is not None else None
 
 
 def _last_drill(repositories: list[Repository], policy: str, volume: str) -> DrillRecord | None:

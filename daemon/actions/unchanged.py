@@ -60,6 +60,7 @@ from daemon.engine.listing import (
 from daemon.engine.tarflavour import TarFlavour, volume_tar
 from daemon.errors import OperationError
 from daemon.repository.layout import ArchiveKey
+from daemon.repository.locate import newest_readable_backup
 from daemon.repository.store import Repository
 from daemon.state.filelist import FileList, ListedRow, PreviousRow
 from daemon.terminal.progress import Progress
@@ -428,24 +429,19 @@ def previous_archive(
     """Return the volume's newest backup (its summary) in the first storage that holds a
     readable one, and, if it is a listed deduplicated archive, it opened to take members
     from (None if its recipe cannot be read: logged)."""
-    for repository in repositories:
-        try:
-            keys = repository.backups(policy, volume)
-        except OSError:
-            continue
-        for key in keys:
-            try:
-                manifest = repository.read_manifest(key, entries=False)
-            except OperationError:
-                continue
-            if manifest.layout != DEDUPLICATED or manifest.files is None:
-                return manifest, None
-            try:
-                return manifest, PreviousArchive(repository, key, manifest, identities, spool_dir)
-            except OperationError as error:
-                log.warning("cannot read the previous archive: reading every file", why=str(error))
-                return manifest, None
-    return None, None
+    found = newest_readable_backup(repositories, policy, volume)
+    if found is None:
+        return None, None
+    manifest = found.manifest
+    if manifest.layout != DEDUPLICATED or manifest.files is None:
+        return manifest, None
+    try:
+        return manifest, PreviousArchive(
+            found.repository, found.key, manifest, identities, spool_dir
+        )
+    except OperationError as error:
+        log.warning("cannot read the previous archive: reading every file", why=str(error))
+        return manifest, None
 
 
 def read_volume(

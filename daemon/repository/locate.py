@@ -200,3 +200,24 @@ def locate(
     OperationError if there is none."""
     copy = CopySearch(repositories, policy, volume, archive_id).first_intact()
     return copy.repository, copy.key
+
+
+def newest_readable_backup(
+    repositories: Iterable[Repository], policy: str, volume: str
+) -> Located | None:
+    """Given a policy's storages in its order and a volume, return the volume's newest
+    backup (no safety archive) whose manifest reads, in the first storage that holds one,
+    with that summary; None if there is none. A storage that cannot be listed, and a
+    manifest that cannot be read, are passed over: this is an estimate's or a comparison's
+    starting point, never a restore's."""
+    for repository in repositories:
+        try:
+            keys = repository.backups(policy, volume)
+        except OSError:
+            continue
+        for key in keys:
+            try:
+                return Located(repository, key, repository.read_manifest(key, entries=False))
+            except OperationError:
+                continue
+    return None
