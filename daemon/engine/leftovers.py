@@ -35,16 +35,21 @@ log = structlog.get_logger()
 def remove_leftovers(api: docker.APIClient) -> None:
     """Remove helper containers and scratch volumes whose owning process has ended; log one
     that cannot be removed and go on (the next volkeep process tries again)."""
-    for container in api.containers(all=True, filters={"label": LABEL_ROLE}):
-        if owner_is_gone(container["Labels"].get(LABEL_OWNER, "")):
-            with _failure_logged("helper container", container=container["Id"][:12]):
-                remove_container(api, container["Id"])
-                log.warning("removed a leftover helper container", container=container["Id"][:12])
+    _remove_dead_helpers(api, {"label": LABEL_ROLE})
     for volume in api.volumes(filters={"label": LABEL_ROLE}).get("Volumes") or []:
         if owner_is_gone((volume.get("Labels") or {}).get(LABEL_OWNER, "")):
             with _failure_logged("scratch volume", scratch_volume=volume["Name"]):
                 remove_volume(api, volume["Name"])
                 log.warning("removed a leftover scratch volume", scratch_volume=volume["Name"])
+
+
+def _remove_dead_helpers(api: docker.APIClient, filters: dict[str, str]) -> None:
+    """Remove the helper containers matching `filters` whose owning process has ended."""
+    for container in api.containers(all=True, filters=filters):
+        if owner_is_gone(container["Labels"].get(LABEL_OWNER, "")):
+            with _failure_logged("helper container", container=container["Id"][:12]):
+                remove_container(api, container["Id"])
+                log.warning("removed a leftover helper container", container=container["Id"][:12])
 
 
 @contextmanager
@@ -138,6 +143,9 @@ def remove_half_restored_volume(api: docker.APIClient, state_dir: Path, volume: 
         try:
             labels = api.inspect_volume(volume).get("Labels") or {}
             if labels.get(LABEL_RESTORED_BY) == owner:
+                # the dead process's helpers may still mount it: they go first, whatever the
+                # background removal of leftovers has reached
+                _remove_dead_helpers(api, {"label": LABEL_ROLE, "volume": volume})
                 remove_volume(api, volume)
                 log.warning("removed a half-restored volume", target=volume)
         except docker.errors.NotFound:
