@@ -50,7 +50,6 @@ from daemon.archive.sealing import opener, section_reader
 from daemon.archive.tarstream import Member, TarScanner, normalize_path
 from daemon.config.keys import Identities
 from daemon.engine.listing import (
-    Listed,
     ListingError,
     ListingParser,
     kind_of,
@@ -172,25 +171,13 @@ class VolumeReading:
         return image_id
 
     def _listing(self, exclude: tuple[str, ...]) -> ListingParser:
-        def take(listed: Listed) -> None:
+        def take(listed: ListedRow) -> None:
             # a hard-linked name is MemberFilter's call (a kept link to an excluded name fails)
             path = normalize_path(listed.path)
-            is_dir = listed.kind == "dir"
+            is_dir = kind_of(listed.mode) == "dir"
             if (is_dir or listed.links == 1) and is_excluded(exclude, path, is_dir):
                 return
-            self.files.add_listed(
-                ListedRow(
-                    path,
-                    listed.inode,
-                    listed.links,
-                    listed.size,
-                    listed.mtime,
-                    listed.ctime,
-                    listed.mode,
-                    listed.uid,
-                    listed.gid,
-                )
-            )
+            self.files.add_listed(listed._replace(path=path))
 
         return ListingParser(take)
 

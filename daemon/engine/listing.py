@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from daemon.engine.tarflavour import SOURCE
+from daemon.state.filelist import ListedRow
 
 # $1: where to write (- for stdout); then the command to run once listed (none: stop).
 LISTING_SCRIPT = (
@@ -41,25 +41,6 @@ KINDS = {0o040000: "dir", 0o100000: "file", 0o120000: "symlink", 0o010000: "fifo
 
 class ListingError(ValueError):
     """The helper's listing cannot be read: damaged, or cut short."""
-
-
-@dataclass(frozen=True)
-class Listed:
-    """One object of the volume as `stat` saw it; `path` as `find` wrote it ("./a/b")."""
-
-    path: str
-    inode: int
-    links: int
-    size: int
-    mtime: int
-    ctime: int
-    mode: int  # st_mode: the type bits and the permissions
-    uid: int
-    gid: int
-
-    @property
-    def kind(self) -> str:
-        return kind_of(self.mode)
 
 
 def kind_of(mode: int) -> str:
@@ -87,7 +68,7 @@ class ListingParser:
     ended, `feed` returns the bytes that follow it (the tar, if the helper wrote one).
     `complete` is False if a batch could not be listed."""
 
-    def __init__(self, on_listed: Callable[[Listed], object]) -> None:
+    def __init__(self, on_listed: Callable[[ListedRow], object]) -> None:
         self._on_listed = on_listed
         self._buffer = bytearray()
         self._numbers: list[re.Match[bytes]] = []
@@ -147,7 +128,7 @@ class ListingParser:
         inode, links, size, mtime, ctime, mode, uid, gid = numbers.groups()
         self.count += 1
         self._on_listed(
-            Listed(
+            ListedRow(
                 name.decode("utf-8", "surrogateescape"),
                 int(inode),
                 int(links),

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.engine.listing import Listed, ListingError, ListingParser
+from daemon.engine.listing import ListingError, ListingParser, kind_of
+from daemon.state.filelist import ListedRow
 
 RECORD = b"12 1 5 1700000000 1700000001 81a4 0 0"
 
 
-def parsed(stream: bytes, piece: int) -> tuple[list[Listed], bytes, ListingParser]:
-    listed: list[Listed] = []
+def parsed(stream: bytes, piece: int) -> tuple[list[ListedRow], bytes, ListingParser]:
+    listed: list[ListedRow] = []
     parser = ListingParser(listed.append)
     rest = b""
     for start in range(0, len(stream), piece):
@@ -27,7 +28,7 @@ def test_names_with_newlines_and_fake_records_are_one_object_each(piece):
     listed, rest, parser = parsed(stream + b"skip\nend\nTAR BYTES", piece)
     assert [item.path for item in listed] == ["./a", fake.decode()]
     assert [item.inode for item in listed] == [12, 13]
-    assert listed[0].kind == "file" and listed[0].ctime == 1700000001
+    assert kind_of(listed[0].mode) == "file" and listed[0].ctime == 1700000001
     assert rest == b"TAR BYTES" and not parser.complete
 
 
