@@ -111,8 +111,7 @@ def new_machine(
     engine = PrivateEngine(tmp_path_factory.mktemp("dockerd"))
     engine.create_bridge()
     try:
-        engine.start()
-        engine.api().load_image(b"".join(api.get_image(helper_image)))
+        engine.start_holding(api, helper_image)
         yield engine
     finally:
         with contextlib.suppress(Exception):

@@ -55,9 +55,8 @@ def swarm(
     engine = PrivateEngine(tmp_path_factory.mktemp("swarm"))
     engine.create_bridge()
     try:
-        engine.start()
+        engine.start_holding(api, helper_image)
         private = engine.api()
-        private.load_image(b"".join(api.get_image(helper_image)))
         address = f"127.0.0.1:{free_port()}"
         private.init_swarm(advertise_addr=address, listen_addr=address)
         yield engine

@@ -83,6 +83,12 @@ class PrivateEngine:
             "--shutdown-timeout=2",
         ]
 
+    def start_holding(self, api: docker.APIClient, image: str) -> None:
+        """Start the engine and load `image` into it from the test's engine (there is no
+        registry to pull it from)."""
+        self.start()
+        self.api().load_image(b"".join(api.get_image(image)))
+
     def start(self) -> None:
         with open(self.root / "dockerd.log", "ab") as log:
             self.process = subprocess.Popen(
@@ -151,8 +157,7 @@ def engine(
     engine = PrivateEngine(tmp_path_factory.mktemp("dockerd"))
     engine.create_bridge()
     try:
-        engine.start()
-        engine.api().load_image(b"".join(api.get_image(helper_image)))
+        engine.start_holding(api, helper_image)
         yield engine
     finally:
         with contextlib.suppress(Exception):
