@@ -8,7 +8,9 @@ load the new ones and, when one it holds is gone from the storage, start again. 
 stays flat whatever the number of chunks: every lookup is a query.
 
 It also holds the packs garbage collection has condemned (`condemned`, replaced whole at
-each sync): their chunks are still read, but a backup does not reuse them (`usable`).
+each sync): their chunks are still read, but a backup does not reuse them (`usable`). A
+chunk may lie in several packs (a repack stored it again before condemning its old pack):
+the cache keeps every location, and reads and reuses take one in a pack not condemned.
 
 A backup's own new chunks go into a private temporary table first (`Pending`), and reach
 the shared cache only once the index file that lists them is stored: a crash before that
@@ -25,12 +27,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 BUSY_TIMEOUT = 60.0  # seconds another process may hold the cache's write lock
+VERSION = 1  # PRAGMA user_version; 0: one location per chunk (started again from nothing)
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS chunks (
-    id BLOB PRIMARY KEY, pack BLOB NOT NULL, offset INTEGER NOT NULL,
-    stored INTEGER NOT NULL, plain INTEGER NOT NULL
+DROP TABLE IF EXISTS chunks;
+DROP TABLE IF EXISTS indexes;
+CREATE TABLE chunks (
+    id BLOB NOT NULL, pack BLOB NOT NULL, offset INTEGER NOT NULL,
+    stored INTEGER NOT NULL, plain INTEGER NOT NULL, PRIMARY KEY (id, pack)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS indexes (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE indexes (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS condemned (pack BLOB PRIMARY KEY, since INTEGER NOT NULL) WITHOUT ROWID;
 """
 
@@ -60,7 +65,12 @@ class ChunkIndex:
         self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # a cache: a lost commit is reloaded
-        self._db.executescript(_SCHEMA)
+        self._db.execute("BEGIN IMMEDIATE")  # one process brings an older cache up
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != VERSION:
+            for statement in _SCHEMA.split(";"):
+                self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {VERSION}")
+        self._db.commit()
 
     def loaded(self) -> set[str]:
         """Return the names of the index files the cache holds (one per backup)."""
@@ -95,18 +105,21 @@ class ChunkIndex:
         return self._db.execute(query, (bytes.fromhex(pack),)).fetchone() is not None
 
     def usable(self, chunk_id: str) -> str | None:
-        """Return the pack a backup may reuse the chunk from: the one a loaded index lists
-        it in, unless garbage collection condemned it; None if there is none."""
+        """Return the pack a backup may reuse the chunk from: one a loaded index lists it
+        in that garbage collection has not condemned; None if there is none."""
         found = self._db.execute(
-            "SELECT pack FROM chunks WHERE id = ? AND pack NOT IN (SELECT pack FROM condemned)",
+            "SELECT pack FROM chunks WHERE id = ? AND pack NOT IN (SELECT pack FROM condemned) "
+            "LIMIT 1",
             (bytes.fromhex(chunk_id),),
         ).fetchone()
         return None if found is None else bytes(found[0]).hex()
 
     def locate(self, chunk_id: str) -> Location | None:
-        """Return where the chunk lies, or None if no loaded index lists it."""
+        """Return where the chunk lies (in a pack not condemned, if one holds it), or None
+        if no loaded index lists it."""
         found = self._db.execute(
-            "SELECT pack, offset, stored, plain FROM chunks WHERE id = ?",
+            "SELECT pack, offset, stored, plain FROM chunks WHERE id = ? "
+            "ORDER BY pack IN (SELECT pack FROM condemned) LIMIT 1",
             (bytes.fromhex(chunk_id),),
         ).fetchone()
         if found is None:

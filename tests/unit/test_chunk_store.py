@@ -5,6 +5,8 @@ files are the truth, the cache follows them."""
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from daemon.archive.chunkconfig import ChunkConfig
@@ -65,3 +67,42 @@ def test_a_pack_stored_twice_under_its_name_is_no_error(tmp_path: Path) -> None:
     chunks.put_pack(pack)
     chunks.put_pack(pack)
     assert chunks.get_pack(pack.name) == b"bytes"
+
+
+def test_a_chunk_in_two_packs_is_read_and_reused_from_the_one_not_condemned(
+    tmp_path: Path,
+) -> None:
+    """A repack stores a live chunk of a mostly-dead pack again, in a new pack, then
+    condemns the old one: whichever index the cache loaded first, and whenever the
+    condemnation is seen, readers and backups take the new pack."""
+    chunk, old, new = "ab" * 32, "01" * 32, "02" * 32
+    for order in ((old, new), (new, old)):
+        cache = ChunkIndex(tmp_path / f"{order[0]}.sqlite")
+        for number, pack in enumerate(order):
+            cache.load(f"{number:064x}", [Location(chunk, pack, 0, 10, 20)])
+        assert cache.usable(chunk) in (old, new)
+        cache.condemn({old: 1})
+        assert cache.locate(chunk) == Location(chunk, new, 0, 10, 20), order
+        assert cache.usable(chunk) == new, order
+        cache.condemn({old: 1, new: 1})
+        assert cache.usable(chunk) is None and cache.locate(chunk) is not None
+        cache.close()
+
+
+def test_a_cache_written_before_chunks_could_lie_in_two_packs_starts_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cache.sqlite"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executescript(  # the schema before: one location per chunk
+            "CREATE TABLE chunks (id BLOB PRIMARY KEY, pack BLOB NOT NULL, offset INTEGER "
+            "NOT NULL, stored INTEGER NOT NULL, plain INTEGER NOT NULL) WITHOUT ROWID;"
+            "CREATE TABLE indexes (name TEXT PRIMARY KEY) WITHOUT ROWID;"
+            "INSERT INTO indexes VALUES ('" + "ef" * 32 + "');"
+            "INSERT INTO chunks VALUES (x'" + "ab" * 32 + "', x'" + "01" * 32 + "', 0, 1, 2);"
+        )
+    cache = ChunkIndex(path)
+    assert cache.loaded() == set() and cache.locate("ab" * 32) is None
+    cache.load("ef" * 32, [Location("ab" * 32, "02" * 32, 0, 1, 2)])
+    cache.close()
+    assert ChunkIndex(path).loaded() == {"ef" * 32}  # opened again: kept
