@@ -116,7 +116,7 @@ def back_up_volume(
     if no copy could be published, leaving nothing listed behind; a copy that failed while
     others were published is in `failures`. The caller holds the volume's lock.
     """
-    flavour = detect_flavour(api, source.image)
+    flavour = detect_flavour(api, source.image, spool_dir)
     started = datetime.now(UTC)
     deduplicated = source.layout == DEDUPLICATED
     if deduplicated and source.recipients and source.identities is None:
@@ -400,7 +400,8 @@ def back_up_one(
     hooks = policy.hooks_for(name)
     with after_hooks(api, hooks.after):
         run_before_hooks(api, hooks.before)
-        detect_flavour(api, policy.helper_image)  # a missing image fails before any stop
+        # a missing image fails before any stop
+        detect_flavour(api, policy.helper_image, ctx.state_dir)
         users = containers_using(api, name)
         for container in unguarded_databases(policy, name, users):
             log.warning(

@@ -367,14 +367,14 @@ class ReadBack:
         """Given the tar flavour that wrote the archive (its manifest's), say whether it and
         the tar that reads the volume back both record extended attributes: only then can
         they be compared (busybox tar records none)."""
-        flavour = detect_flavour(self.api, self.image)
+        flavour = detect_flavour(self.api, self.image, self.state_dir)
         return keeps_xattrs(backed_up_with) and keeps_xattrs(flavour.name)
 
     def __iter__(self) -> Iterator[Member]:
         members: list[Member] = []
         scanner = TarScanner(done=members.append)
         progress = Progress(f"reading back {self.volume}", total=self.expected_size)
-        flavour = detect_flavour(self.api, self.image)
+        flavour = detect_flavour(self.api, self.image, self.state_dir)
         try:
             for chunk in volume_tar(
                 self.api, self.image, flavour, self.volume, self.owner, state_dir=self.state_dir

@@ -182,11 +182,13 @@ class VolumeReading:
         return ListingParser(take)
 
     def full(self, scanner: TarScanner, exclude: tuple[str, ...], progress: Progress) -> None:
-        """Read the whole volume: one helper lists it, then tars it (a tar of unknown
-        flavour alone: its image may have no find and stat)."""
+        """Read the whole volume: one helper lists it, then tars it. Only busybox tar's
+        backups are listed: skipping files needs busybox tar, and the listing's shell would
+        run its own tar applet for `exec tar` in an image whose sh is busybox's (and an
+        image of unknown tar may have no find and stat)."""
         parser = self._listing(exclude)
         then = self.flavour.create_command(output="-")
-        if self.flavour.name == "posix":
+        if self.flavour.name != "busybox":
             parser.ended = True
         for piece in self._stream(
             (lambda output: self.flavour.create_command(output=output))

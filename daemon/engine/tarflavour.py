@@ -15,7 +15,10 @@ which restores everything the stream carries, whatever tar made it):
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ import structlog
 from daemon.engine import pipe
 from daemon.engine.helpers import HelperOutput, Mount, helper_container, missing_image, run_helper
 from daemon.errors import EngineFailure, OperationError
+from daemon.system.files import publish
 
 SOURCE = "/src"
 log = structlog.get_logger()
@@ -77,18 +81,71 @@ def parse_flavour(version_output: str) -> TarFlavour:
 
 
 _detected: dict[str, TarFlavour] = {}
+VERSIONS_FILE = "tar-versions.json"  # in the state dir: docs/daemon.md, "The state dir"
+VERSIONS_KEPT = 16  # images remembered; the oldest goes first
+_VERSION_TEXT = 4096  # characters of `tar --version` kept per image
 
 
-def detect_flavour(api: docker.APIClient, image: str) -> TarFlavour:
-    """Run `tar --version` in the image (once per image id) and return its flavour."""
+def detect_flavour(api: docker.APIClient, image: str, state_dir: Path | None = None) -> TarFlavour:
+    """Given an image, return the flavour of its tar: what `tar --version` printed in it,
+    run once per image id (then remembered in `state_dir`, when given, for later
+    processes). Raise EngineFailure if the image is missing."""
     try:
         image_id: str = api.inspect_image(image)["Id"]
     except docker.errors.ImageNotFound:
         raise missing_image(image) from None
     if image_id not in _detected:
-        _, stdout, stderr = run_helper(api, image, ["tar", "--version"], [])
-        _detected[image_id] = parse_flavour(stdout.decode("utf-8", "replace") + stderr)
+        known = _read_versions(state_dir) if state_dir is not None else {}
+        output = known.get(image_id)
+        if output is None:
+            _, stdout, stderr = run_helper(api, image, ["tar", "--version"], [])
+            output = (stdout.decode("utf-8", "replace") + stderr)[:_VERSION_TEXT]
+            if state_dir is not None:
+                _remember_version(state_dir, known, image_id, output)
+        _detected[image_id] = parse_flavour(output)
     return _detected[image_id]
+
+
+def _read_versions(state_dir: Path) -> dict[str, str]:
+    """Given the state dir, return what `tar --version` printed in each image remembered,
+    by image id: none if the file is missing or not one this version wrote (it is then
+    written again)."""
+    try:
+        document = json.loads((state_dir / VERSIONS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict) or document.get("version") != 1:
+        return {}
+    images = document.get("images")
+    if not isinstance(images, dict):
+        return {}
+    return {
+        image_id: output
+        for image_id, output in images.items()
+        if isinstance(image_id, str) and isinstance(output, str)
+    }
+
+
+def _remember_version(state_dir: Path, known: dict[str, str], image_id: str, output: str) -> None:
+    """Add an image's `tar --version` to the state dir's file, the newest last, keeping the
+    newest VERSIONS_KEPT. A file that cannot be written is logged and left: the next
+    process runs `tar --version` again."""
+    kept = dict([*known.items()][1 - VERSIONS_KEPT :])
+    kept[image_id] = output
+    text = json.dumps({"version": 1, "images": kept}, indent=1) + "\n"
+    temporary: Path | None = None
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{VERSIONS_FILE}.", dir=state_dir)
+        temporary = Path(name)
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        publish(temporary, state_dir / VERSIONS_FILE)
+    except OSError as error:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        log.warning("cannot remember the helper image's tar", path=str(state_dir), error=str(error))
 
 
 def volume_tar(
