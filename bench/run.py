@@ -305,7 +305,9 @@ class Bench(WorkDirectory):
         """The local policy `bench` of every volume; with `s3` (a storage entry) the mixed
         volume's `s3only` and `fanout` policies; with `encryption`, its `sealed` policy."""
         storages: dict[str, object] = {"local": {"type": "local", "path": str(self.repo)}}
-        common = {"helper_image": self.image}
+        # the one-file archive (format: tar), which the ratios against the container's stream
+        # and write limits are about; bench/dedup_week.py measures the default, dedup
+        common = {"helper_image": self.image, "format": "tar"}
         policies: dict[str, object] = {
             "bench": {**common, "storage": "local", "volumes": [MIXED, MEDIUM, TINY, SMALL200K]}
         }

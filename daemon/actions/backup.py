@@ -77,9 +77,10 @@ class BackupSource:
 
 
 def archive_layout(policy: Policy) -> str:
-    """Given a policy, return the layout its backups write: deduplicated for `format:
-    dedup`, else one archive file (docs/format-dedup.md, "Choosing the format")."""
-    return DEDUPLICATED if policy.format == "dedup" else SINGLE
+    """Given a policy, return the layout its backups write: deduplicated for its archive
+    format dedup (the default), else one archive file (docs/format-dedup.md, "Choosing the
+    format")."""
+    return DEDUPLICATED if policy.archive_format() == "dedup" else SINGLE
 
 
 def _expected_size(repositories: list[Repository], source: BackupSource) -> int | None:
@@ -119,12 +120,6 @@ def back_up_volume(
     flavour = detect_flavour(api, source.image, spool_dir)
     started = datetime.now(UTC)
     deduplicated = source.layout == DEDUPLICATED
-    if deduplicated and source.recipients and source.identities is None:
-        raise OperationError(
-            "format: dedup with encryption needs encryption.age.identity_file: a backup "
-            "opens the repository's chunk key and index, which are sealed to the recipients",
-            policy=source.policy,
-        )
     body = RECIPE_SUFFIX if deduplicated else SUFFIXES[source.compression.algorithm]
     suffix = body + (AGE_SUFFIX if source.recipients else "")
     key = allocate_key(

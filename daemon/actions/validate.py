@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from daemon.actions.backup import LIVE_DATABASE_ADVICE, unguarded_databases
 from daemon.actions.context import Context
 from daemon.actions.preflight import preflight
-from daemon.config.model import Policy, Schedule
+from daemon.config.model import Policy, Schedule, can_deduplicate
 from daemon.config.triggers import next_run
 from daemon.engine.containers import containers_to_stop, containers_using
 from daemon.engine.swarm import plan_scaling
@@ -48,6 +48,11 @@ def validate(ctx: Context) -> str:
     for policy in config.policies.values():
         storages = ", ".join(policy.storage_names)
         lines.append(f"policy {policy.name} -> storage {storages} (host {ctx.host})")
+        if policy.format is None and not can_deduplicate(policy.encryption):
+            lines.append(
+                f"  note: policy {policy.name} backs up as format: tar (one file per backup), "
+                "not the default dedup: it encrypts without encryption.age.identity_file"
+            )
         if api is not None:
             names = [volume.name for volume in select_volumes(api, policy.selector)]
             missing = [name for name in policy.selector.names if name not in names]

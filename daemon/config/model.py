@@ -26,6 +26,11 @@ NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
 )
 
 FULL_READ_EVERY = timedelta(days=7)  # a policy's full_read_every by default (format: dedup)
+DEDUP_NEEDS_IDENTITY = (
+    "dedup with encryption needs encryption.age.identity_file: a backup opens the "
+    "repository's chunk key and indexes, which are sealed to the recipients (format: tar "
+    "encrypts without it)"
+)
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,8 @@ class Hooks:
 @dataclass(frozen=True)
 class AgeEncryption:
     """Archives encrypted to these age recipients (public keys, checked when loaded); the
-    identity file (private keys) is needed only to restore and drill."""
+    identity file (private keys) is needed to restore and drill, and to back up
+    deduplicated (`can_deduplicate`)."""
 
     recipients: tuple[str, ...] = ()
     recipients_file: Path | None = None
@@ -215,7 +221,8 @@ class Policy:
     volume_hooks: Mapping[str, Hooks] = field(default_factory=dict, hash=False)
     encryption: AgeEncryption | None = None
     notify: NotifySettings = field(default_factory=NotifySettings)
-    format: str = "tar"  # "dedup": deduplicated archives (docs/format-dedup.md)
+    # tar or dedup (docs/format-dedup.md); None: not said, `archive_format` decides
+    format: str | None = None
     # dedup: read every file (not only those whose metadata changed) at least this often
     full_read_every: timedelta = FULL_READ_EVERY
 
@@ -228,11 +235,26 @@ class Policy:
         own = next(entry.retention for entry in self.storages if entry.name == storage)
         return self.retention if own is None else own
 
+    def archive_format(self) -> str:
+        """Return the format the policy's backups write: its `format`, or when it does not
+        say, dedup if it can deduplicate (`can_deduplicate`), else tar."""
+        if self.format is not None:
+            return self.format
+        return "dedup" if can_deduplicate(self.encryption) else "tar"
+
     def hooks_for(self, volume: str) -> Hooks:
         """Given a volume, return the hooks around its backup: the policy's before hooks, then
         the volume's; after the backup the volume's after hooks, then the policy's."""
         own = self.volume_hooks.get(volume, Hooks())
         return Hooks(self.hooks.before + own.before, own.after + self.hooks.after)
+
+
+def can_deduplicate(encryption: AgeEncryption | None) -> bool:
+    """Given a policy's encryption, return whether its backups can be deduplicated: a
+    backup opens the repository's chunk key and indexes, which are sealed to the recipients,
+    so an encrypting policy needs identity_file (a host that must never hold the identity
+    keeps format: tar, write-only encryption)."""
+    return encryption is None or encryption.identity_file is not None
 
 
 @dataclass(frozen=True)

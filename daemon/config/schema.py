@@ -16,6 +16,7 @@ import yaml
 
 from daemon.config.keys import EncryptionError, parse_recipient
 from daemon.config.model import (
+    DEDUP_NEEDS_IDENTITY,
     AgeEncryption,
     Compression,
     CompressionAlgorithm,
@@ -33,6 +34,7 @@ from daemon.config.model import (
     S3StorageConfig,
     StorageConfig,
     VolumeSelector,
+    can_deduplicate,
 )
 
 # SECRET_SOURCE and METRICS are named here so that the JSON Schema defines each once, with
@@ -628,10 +630,11 @@ POLICY_HELP = {
         {"urls": ["ntfy://ntfy.example/backups"]},
     ),
     "format": Help(
-        "How backups are stored: tar (default: each backup one compressed tar file) or "
-        "dedup (content stored once per storage, each backup adding only what changed; "
-        "with encryption it needs identity_file). Earlier archives stay readable either way.",
-        "dedup",
+        "How backups are stored: dedup (default: content stored once per storage, each "
+        "backup adding only what changed; with encryption it needs identity_file, without "
+        "which the default is tar) or tar (each backup one compressed tar file). Earlier "
+        "archives stay readable either way.",
+        "tar",
     ),
     "full_read_every": Help(
         "With format: dedup, how often a backup reads every file (default 7d); in between, "
@@ -765,6 +768,9 @@ def parse_policy(entry: Entry, path: str, storage_names: Collection[str]) -> Pol
         drill = values.get("drill")
         if drill is not None and drill.storage is not None:
             check_drilled_storage(entry.value_node, path, drill.storage, storage)
+        if values.get("format") == "dedup" and not can_deduplicate(values.get("encryption")):
+            format_node = value_of(entry.value_node, "format")
+            raise invalid(format_node, child_path(path, "format"), DEDUP_NEEDS_IDENTITY)
         return Policy(
             name=entry.name,
             source=source_of(entry.key_node),

@@ -101,6 +101,9 @@ class Workspace:
 
     root: Path
     helper_image: str
+    # the format of the policies that do not say (None: volkeep's default); tests of the
+    # one-file archive say tar with the marker `archive_format("tar")`
+    archive_format: str | None = None
 
     @property
     def config(self) -> Path:
@@ -125,13 +128,13 @@ class Workspace:
         **top: object,
     ) -> Path:
         """Write a policy file with a local storage named "local" (and `storages`)."""
+        defaults: dict[str, object] = {"storage": "local", "helper_image": self.helper_image}
+        if self.archive_format is not None:
+            defaults["format"] = self.archive_format
         document: dict[str, object] = {
             "version": 1,
             "storage": {"local": {"type": "local", "path": str(self.storage)}, **(storages or {})},
-            "policies": {
-                name: {"storage": "local", "helper_image": self.helper_image, **policy}
-                for name, policy in policies.items()
-            },
+            "policies": {name: {**defaults, **policy} for name, policy in policies.items()},
             **top,
         }
         self.config.write_text(yaml.safe_dump(document))
@@ -153,8 +156,14 @@ class Workspace:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, helper_image: str) -> Workspace:
-    return Workspace(tmp_path, helper_image)
+def workspace(request: pytest.FixtureRequest, tmp_path: Path, helper_image: str) -> Workspace:
+    return Workspace(tmp_path, helper_image, archive_format_of(request.node))
+
+
+def archive_format_of(node: pytest.Item) -> str | None:
+    """Given a test, return the format its `archive_format` marker names (None: none)."""
+    marker = node.get_closest_marker("archive_format")
+    return str(marker.args[0]) if marker is not None else None
 
 
 # S3: one real SeaweedFS for the session (SPEC §6), a fresh bucket for each test

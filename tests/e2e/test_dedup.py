@@ -287,18 +287,3 @@ def test_older_one_file_archives_of_the_volume_still_list_restore_drill_and_prun
     assert left == [f"{volume}-{newest}{suffix}" for suffix in FILES]
     assert stored_bytes(chunks_dir(workspace)) == packs  # younger than the 24 h margin: kept
     assert differences(snapshot(root), restored(api, workspace, volume, newest)) == []
-
-
-def test_an_encrypted_dedup_backup_without_the_identity_fails_in_one_line_saying_so(
-    api: docker.APIClient, volumes, workspace: Workspace
-) -> None:
-    volume = volumes("sealed")
-    (mountpoint(api, volume) / "file").write_text("data\n")
-    public = str(x25519.Identity.generate().to_public())
-    age = {"age": {"recipients": [public]}}
-    workspace.write_config({"app": {"volumes": [volume], "format": "dedup", "encryption": age}})
-    result = workspace.run("backup", "app")
-    assert result.returncode == 1
-    assert "format: dedup with encryption needs encryption.age.identity_file" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert listed(workspace) == []

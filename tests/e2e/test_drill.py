@@ -107,7 +107,8 @@ def fidelity_archive(
     api: docker.APIClient, helper_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Stored:
     volume = f"vkt_{uuid.uuid4().hex[:8]}_drilled"
-    workspace = Workspace(tmp_path_factory.mktemp("drill_source"), helper_image)
+    # one tar file: the tests break its bytes (`Drilled.repack`)
+    workspace = Workspace(tmp_path_factory.mktemp("drill_source"), helper_image, "tar")
     api.create_volume(volume)
     try:
         build_fidelity_tree(mountpoint(api, volume))

@@ -94,6 +94,7 @@ def simple_tree(root: Path) -> None:
     os.symlink("notes.txt", root / "link")
 
 
+@pytest.mark.archive_format("tar")
 def test_export_writes_the_tar_the_stored_archive_holds_byte_for_byte(api, volumes, workspace):
     source = volumes("export")
     build_fidelity_tree(mountpoint(api, source))
@@ -118,6 +119,7 @@ def test_export_writes_the_tar_the_stored_archive_holds_byte_for_byte(api, volum
     assert os.stat(output).st_mode & 0o077 == 0  # the volume's content in clear: owner only
 
 
+@pytest.mark.archive_format("tar")
 def test_an_uncompressed_archive_exports_to_the_stored_digest(api, volumes, workspace):
     source = volumes("plain")
     simple_tree(mountpoint(api, source))
@@ -132,6 +134,7 @@ def test_an_uncompressed_archive_exports_to_the_stored_digest(api, volumes, work
     assert tar_listing(exported.stdout) == {"dir", "dir/data.bin", "notes.txt", "empty", "link"}
 
 
+@pytest.mark.archive_format("tar")
 def test_an_encrypted_archive_exports_with_the_policy_identity(api, volumes, workspace):
     source = volumes("sealed")
     simple_tree(mountpoint(api, source))
@@ -158,6 +161,7 @@ def test_an_encrypted_archive_exports_with_the_policy_identity(api, volumes, wor
     assert "dir/data.bin" in tar_listing(output.read_bytes())
 
 
+@pytest.mark.archive_format("tar")
 def test_a_corrupt_archive_exits_1_and_leaves_no_output_file(api, volumes, workspace):
     source = volumes("corrupt")
     simple_tree(mountpoint(api, source))

@@ -112,6 +112,7 @@ def test_a_policy_name_too_long_for_the_file_system_fails_validate(workspace):
     assert result.returncode == 2 and "invalid policy name" in result.stderr
 
 
+@pytest.mark.archive_format("tar")
 def test_list_shows_a_corrupt_manifest_and_a_missing_archive_file(configured):
     workspace, source = configured
     for _ in range(3):

@@ -128,6 +128,7 @@ def test_a_prune_cannot_remove_the_archive_a_restore_reads(api, volumes, workspa
         api.remove_volume(target, force=True)
 
 
+@pytest.mark.archive_format("tar")
 def test_a_fault_found_late_in_a_one_pass_restore_leaves_no_target(api, volumes, workspace):
     source = backed_up(api, volumes, workspace, "late")
     (archive,) = workspace.archive_dir("app", source).glob("*.tar.zst")

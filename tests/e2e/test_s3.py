@@ -60,7 +60,9 @@ def test_the_fidelity_tree_round_trips_through_s3_and_drills(api, volumes, works
     assert backup.returncode == 0, backup.stderr
     (entry,) = listed(workspace)
     assert entry["storage"] == "offsite"
-    assert any(key.startswith("prod/") and key.endswith(".tar.zst") for key in keys(s3_bucket))
+    assert any(
+        key.startswith("prod/") and key.endswith(".manifest.json") for key in keys(s3_bucket)
+    )
     assert_restores_whole(api, workspace, source)
     drill = workspace.run("drill", "app")
     assert drill.returncode == 0, drill.stdout + drill.stderr
@@ -121,6 +123,7 @@ def big_volume(api, volumes, name: str) -> str:  # type: ignore[no-untyped-def]
     return source
 
 
+@pytest.mark.archive_format("tar")
 def test_s3_server_killed_mid_upload_then_the_next_backup_succeeds_and_aborts_the_stale_upload(
     api, volumes, workspace, s3_bucket
 ):
@@ -143,6 +146,7 @@ def test_s3_server_killed_mid_upload_then_the_next_backup_succeeds_and_aborts_th
     assert uploads(s3_bucket) == []
 
 
+@pytest.mark.archive_format("tar")
 def test_kill_9_of_volkeep_mid_upload_lists_nothing_and_the_next_backup_cleans_up(
     api, volumes, workspace, s3_bucket
 ):

@@ -296,6 +296,7 @@ def row_of(dom: str, volume: str) -> str:
     return dom[start : dom.index("</tr>", start)]
 
 
+@pytest.mark.archive_format("tar")
 def test_the_status_page_in_a_browser_shows_a_failed_drill_and_the_restore_time_of_a_passed_one(
     api, volumes, workspace, daemons
 ):
