@@ -574,8 +574,8 @@ POLICY_HELP = {
         "local",
     ),
     "compression": Help(
-        "Compression of the archives: zstd (default), gzip or none, or {algorithm: ..., "
-        "level: ...}.",
+        "Compression of one-file archives (format: tar): zstd (default), gzip or none, or "
+        "{algorithm: ..., level: ...}. Deduplicated chunks are always zstd, level 3.",
         "zstd",
     ),
     "exclude": Help(

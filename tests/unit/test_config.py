@@ -56,6 +56,7 @@ def test_the_example_loads() -> None:
     assert demo.selector == VolumeSelector(names=("volkeep_demo",))
     assert demo.schedule is not None and demo.schedule.interval == timedelta(minutes=1)
     assert demo.compression == Compression("zstd")
+    assert demo.format == "dedup" and demo.archive_format() == "dedup"
     assert demo.exclude == ("cache/", "*.tmp")
     assert demo.helper_image == "volkeep-helper:busybox"
     assert (demo.retention.keep_last, demo.retention.keep_daily) == (5, 7)
