@@ -4,7 +4,8 @@ The steps: list the volumes and the containers that mount them; make one policy 
 Compose project (its volumes matched by the project's label, so that volumes the project
 adds later are covered too) and one policy of the other volumes, by name; propose
 `stop_containers` where a container of a well-known database image uses a volume; write
-it all as a commented file with one local storage, a nightly backup and a weekly drill;
+it all as a commented file with one local storage, a nightly deduplicated backup and a
+weekly drill;
 load that file with the loader, and only then put it in place. What `init` writes loads.
 """
 
@@ -284,6 +285,9 @@ def render_policy(policy: DraftPolicy, helper: tuple[str, bool]) -> list[str]:
         f'    schedule: "{schedule}"  # {when}',
         "    timezone: UTC",
         f"    storage: {STORAGE}",
+        "    # Each backup stores only the file content its storage does not hold yet; tar would",
+        "    # write each backup as one compressed tar file instead.",
+        "    format: dedup",
     ]
     databases = policy.databases
     if databases:

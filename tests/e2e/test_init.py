@@ -73,6 +73,7 @@ def test_init_drafts_a_policy_per_compose_project_and_stops_databases(
         assert policy.drill is not None and policy.drill.schedule is not None
         assert policy.drill.schedule.cron == "30 4 * * 0"
         assert policy.retention.keep_daily == 7
+        assert policy.format == "dedup"  # said, so that the operator sees the choice
     assert config.storages["local"].type == "local"
 
     checked = volkeep("--config", str(drafted), "--state-dir", str(tmp_path / "state"), "validate")
