@@ -5,8 +5,8 @@ Compose project (its volumes matched by the project's label, so that volumes the
 adds later are covered too) and one policy of the other volumes, by name; propose
 `stop_containers` where a container of a well-known database image uses a volume; write
 it all as a commented file with one local storage, a nightly deduplicated backup and a
-weekly drill;
-load that file with the loader, and only then put it in place. What `init` writes loads.
+weekly drill; load that file with the loader, and only then put it in place. What `init`
+writes loads.
 """
 
 from __future__ import annotations
