@@ -416,7 +416,7 @@ def back_up_one(
         events.containers_started(policy.name, name, [c.name for c in stopping])
         notice_shrink(previous, published.manifest)
         for repository in published.repositories:
-            prune_after_backup(ctx, policy, repository, name)
+            prune_after_backup(ctx, policy, repository, name, repositories)
     return published
 
 

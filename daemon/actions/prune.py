@@ -91,6 +91,9 @@ def run_prune(
             raise UsageError(
                 f"policy {policy.name!r} has no archives of volume {name!r} in {where}"
             )
+    # every storage's verdicts count; opened once, so that one found unavailable is not
+    # asked again for each volume
+    every = repositories if storage is None else ctx.repositories(policy)
     pruned: dict[tuple[str, str], list[Decision]] = {}
     for repository in repositories:
         for name in volumes or stored[repository.name]:
@@ -104,10 +107,9 @@ def run_prune(
                 ctx.volume_lock(name, f"prune of {policy.name}"),
             ):
                 if dry_run:
-                    every = ctx.repositories(policy)
                     decisions = prune_volume(policy, repository, name, dry_run=True, storages=every)
                 else:
-                    decisions = _recorded_prune(ctx, policy, repository, name)
+                    decisions = _recorded_prune(ctx, policy, repository, name, every)
                 pruned[repository.name, name] = decisions
                 if report is not None:
                     report(repository, name, decisions)
@@ -116,13 +118,20 @@ def run_prune(
     return pruned
 
 
-def prune_after_backup(ctx: Context, policy: Policy, repository: Repository, volume: str) -> None:
+def prune_after_backup(
+    ctx: Context,
+    policy: Policy,
+    repository: Repository,
+    volume: str,
+    storages: Sequence[Repository],
+) -> None:
     """Given a volume whose new backup was just published (the caller holds its lock),
-    apply the policy's retention and record it in the run history. A failed prune is
-    logged and recorded as failed; it does not undo the backup's success.
+    and the policy's repositories the backup used (`storages`: a storage found unavailable
+    is not asked again), apply the policy's retention and record it in the run history. A
+    failed prune is logged and recorded as failed; it does not undo the backup's success.
     """
     try:
-        _recorded_prune(ctx, policy, repository, volume)
+        _recorded_prune(ctx, policy, repository, volume, storages)
     except OperationError as error:
         log.error("prune after backup failed", error=error.message)
 
@@ -207,12 +216,16 @@ def _shrink_guard(policy: Policy, repository: Repository, volume: str) -> shrink
 
 
 def _recorded_prune(
-    ctx: Context, policy: Policy, repository: Repository, volume: str
+    ctx: Context,
+    policy: Policy,
+    repository: Repository,
+    volume: str,
+    storages: Sequence[Repository],
 ) -> list[Decision]:
-    """Given a volume whose lock the caller holds, prune it and record that in the history."""
+    """Given a volume whose lock the caller holds, prune it (the verdicts of `storages`
+    counting) and record that in the history."""
     with ctx.history.operation("prune", policy.name, volume):
-        every = ctx.repositories(policy)
-        return prune_volume(policy, repository, volume, dry_run=False, storages=every)
+        return prune_volume(policy, repository, volume, dry_run=False, storages=storages)
 
 
 def _read_archives(

@@ -32,6 +32,7 @@ from daemon.archive.tarstream import Member
 from daemon.config.keys import Identities
 from daemon.errors import ArchiveFault, KeyMissing, OperationError, StorageFailure
 from daemon.repository.hosts import HostRecord, claim_namespace
+from daemon.repository.latch import LatchedStore
 from daemon.repository.layout import (
     CLAIM_SUFFIX,
     DRILL_SUFFIX,
@@ -49,7 +50,10 @@ CLAIM_FORMAT = 1
 
 class Repository:
     """The archives one host keeps in one storage (`own`: this host's, writable; `marker`:
-    makes the record that claims its namespace before the first write, None: no claim)."""
+    makes the record that claims its namespace before the first write, None: no claim).
+
+    A repository is made for one operation: once its storage is unavailable, it is asked
+    nothing more (`daemon.repository.latch`)."""
 
     def __init__(
         self,
@@ -59,7 +63,7 @@ class Repository:
         own: bool,
         marker: Callable[[], HostRecord] | None = None,
     ) -> None:
-        self.store = store
+        self.store: BlobStore = LatchedStore(store)
         self.host = host
         self.own = own
         self.marker = marker
