@@ -70,6 +70,8 @@ def run_collect(
                         freed_packs=result.freed_packs,
                         freed=result.freed_bytes,
                         condemned=result.condemned,
+                        repacked=result.repacked,
+                        moved=result.moved_bytes,
                         revived=result.revived,
                     )
                 done[repository.name] = result

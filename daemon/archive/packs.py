@@ -163,7 +163,7 @@ class Pack:
     def chunk(self, entry: PackEntry) -> bytes:
         """Return the plain bytes of one of the pack's chunks. Raise PackFormatError if they
         cannot be decompressed to their recorded size."""
-        frame = self._plain[entry.offset : entry.offset + entry.stored_length]
+        frame = self.frame(entry)
         try:
             plain: bytes = zstandard.ZstdDecompressor().decompress(
                 frame, max_output_size=entry.plain_length
@@ -175,6 +175,10 @@ class Pack:
                 f"chunk {entry.chunk_id}: {len(plain)} bytes, not the size recorded"
             )
         return plain
+
+    def frame(self, entry: PackEntry) -> bytes:
+        """Return one of the pack's chunks as stored: its zstd frame."""
+        return self._plain[entry.offset : entry.offset + entry.stored_length]
 
 
 def _pack_entry(line: str, trailer_start: int) -> PackEntry:
@@ -289,15 +293,19 @@ class ChunkWriter:
         chunk_id = self._config.chunk_id(data)
         self.chunks += 1
         self.plain_bytes += len(data)
-        if chunk_id in self._known:
-            return chunk_id
+        if chunk_id not in self._known:
+            self.copy(chunk_id, self._compressor.compress(data), len(data))
+        return chunk_id
+
+    def copy(self, chunk_id: str, frame: bytes, plain_length: int) -> None:
+        """Store a new chunk given compressed: its zstd frame (as a pack holds it, for a
+        repack) and its plain length."""
         self._known.add(chunk_id)
         self.new_chunks += 1
-        self.new_plain_bytes += len(data)
-        self._pack.add(chunk_id, self._compressor.compress(data), len(data))
+        self.new_plain_bytes += plain_length
+        self._pack.add(chunk_id, frame, plain_length)
         if self._pack.size >= self._config.pack_size:
             self._flush()
-        return chunk_id
 
     def finish(self) -> None:
         """Seal and hand over the last pack, then end the index section (to be stored once

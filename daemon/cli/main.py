@@ -522,10 +522,17 @@ def _print_prune(
 def _print_collection(dry_run: bool, repository: Repository, collection: Collection) -> None:
     """Print what garbage collection did (or would do) in one storage's chunk repository."""
     verb = "would free" if dry_run else "freed"
+    repacked = ""
+    if collection.repacked:
+        stored = "would store" if dry_run else "stored"
+        repacked = (
+            f"; {stored} the live chunks of {collection.repacked} mostly-dead packs again "
+            f"({collection.moved_bytes} bytes)"
+        )
     print(
         f"chunks in {repository.name}: {verb} {collection.freed_packs} packs "
-        f"({collection.freed_bytes} bytes); {collection.condemned} condemned, freed once "
-        "unused for the margin"
+        f"({collection.freed_bytes} bytes){repacked}; {collection.condemned} condemned, "
+        "freed once unused for the margin"
     )
 
 

@@ -18,6 +18,11 @@
   began. First each index file that lists it is replaced (a new index of its surviving
   entries, then the old one deleted), then the pack, then the records: one new record of
   the packs still condemned, then the old records. Never a rewrite in place.
+- Repack: a pack not dead but mostly dead (its marked chunks are less than half the
+  stored bytes of its chunks), not condemned and older than the margin, has its marked
+  chunks that no other pack that stays holds stored again, in new packs and a new index;
+  then it is condemned with the dead packs, and deleted as they are: once none of its
+  marked chunks is only in it (the rule of "Dead" above).
 - Revive: a condemned pack that is live again (a backup that read the records before the
   pack was condemned reused one of its chunks) leaves the records.
 - A backup relies on the packs of the chunks it reuses from the moment it reads the
@@ -38,18 +43,24 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
 from pathlib import Path
 
 import structlog
 import zstandard
 
+from daemon.archive.chunkconfig import ChunkConfig
 from daemon.archive.encryption import NoIdentityMatches
 from daemon.archive.manifest import DEDUPLICATED
 from daemon.archive.packs import (
     INDEX_HEADER,
+    ChunkWriter,
+    Pack,
+    PackEntry,
     PackFormatError,
     condemned_key,
     index_key,
+    open_pack,
     pack_key,
 )
 from daemon.archive.recipe import ChunkStep, RecipeError, read_recipe
@@ -57,7 +68,7 @@ from daemon.archive.sealing import opener, section_reader
 from daemon.archive.spool import SpooledSection
 from daemon.config.keys import EncryptionError, Identities, Recipient
 from daemon.errors import OperationError
-from daemon.repository.chunks import ChunkStore
+from daemon.repository.chunks import ChunkStore, DamagedChunks
 from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey
 from daemon.repository.store import archive_error
 from daemon.storage.base import BlobMissing
@@ -105,6 +116,8 @@ class Collection:
     newly_condemned: int = 0
     revived: int = 0
     indexes: int = 0  # index files replaced by one of their surviving entries
+    repacked: int = 0  # mostly-dead packs condemned once their live chunks were stored again
+    moved_bytes: int = 0  # the stored bytes of those live chunks
 
 
 _SCHEMA = """
@@ -114,6 +127,8 @@ CREATE TABLE entries (idx TEXT, id BLOB, pack BLOB, offset INTEGER, stored INTEG
 CREATE TABLE packs (name BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE doomed (name BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE condemned (name BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE repacking (name BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE copied (id BLOB PRIMARY KEY) WITHOUT ROWID;
 """
 # A pack is live if it holds a marked chunk, unless it is condemned and that chunk is in a
 # pack that is not (a backup that came after the condemnation stored the chunk again).
@@ -123,6 +138,27 @@ WHERE e.pack NOT IN (SELECT name FROM condemned) OR NOT EXISTS (
     SELECT 1 FROM entries other WHERE other.id = e.id
     AND other.pack IN (SELECT name FROM packs)
     AND other.pack NOT IN (SELECT name FROM condemned))
+"""
+# Packs listed, not condemned, holding marked chunks of less than half their chunks' stored
+# bytes (a chunk listed by two index files counts once).
+_MOSTLY_DEAD = """
+SELECT pack FROM (
+    SELECT DISTINCT e.pack, e.id, e.stored,
+        e.stored * EXISTS (SELECT 1 FROM marked m WHERE m.id = e.id) AS live
+    FROM entries e
+    WHERE e.pack IN (SELECT name FROM packs) AND e.pack NOT IN (SELECT name FROM condemned))
+GROUP BY pack HAVING 0 < SUM(live) AND 2 * SUM(live) < SUM(stored)
+"""
+# The marked chunks of the packs being repacked that no pack that stays holds (listed, not
+# condemned, not being repacked): those are stored again.
+_TO_MOVE = """
+SELECT DISTINCT e.pack, e.id, e.offset, e.stored, e.plain
+FROM entries e JOIN marked m ON e.id = m.id
+WHERE e.pack IN (SELECT name FROM repacking) AND NOT EXISTS (
+    SELECT 1 FROM entries other WHERE other.id = e.id
+    AND other.pack IN (SELECT name FROM packs)
+    AND other.pack NOT IN (SELECT name FROM condemned)
+    AND other.pack NOT IN (SELECT name FROM repacking))
 """
 
 
@@ -167,11 +203,15 @@ def collect(
             if _blob_time(chunks, pack).timestamp() < deadline:
                 kept[pack] = int(started.timestamp())
                 result.newly_condemned += 1
+        repacking = _mostly_dead(db, chunks, deadline)
+        result.repacked = len(repacking)
+        query = f"SELECT SUM(stored) FROM (SELECT DISTINCT id, stored FROM ({_TO_MOVE}))"
+        result.moved_bytes = db.execute(query).fetchone()[0] or 0
         store = repository.store
         for pack in doomed:
             del kept[pack]
             result.freed_bytes += store.size(chunks.directory + pack_key(pack))
-        result.freed_packs, result.condemned = len(doomed), len(kept)
+        result.freed_packs, result.condemned = len(doomed), len(kept) + len(repacking)
         db.executemany("INSERT INTO doomed VALUES (?)", ((bytes.fromhex(p),) for p in doomed))
         query = "SELECT DISTINCT idx FROM entries WHERE pack IN (SELECT name FROM doomed)"
         replaced = [name for (name,) in db.execute(query)]
@@ -179,6 +219,12 @@ def collect(
         if dry_run:
             return result
         repository.require_own()
+        if repacking:  # before they are condemned: until then, their chunks serve
+            unread = _repack(db, chunks, identities, recipients, encrypted_to, spool_dir)
+            for pack in repacking - unread:
+                kept[pack] = int(started.timestamp())
+            result.repacked -= len(unread)
+            result.condemned -= len(unread)
         for name in replaced:  # first: a crash leaves no index naming a deleted pack
             _replace_index(db, chunks, name, recipients, spool_dir)
         for pack in doomed:
@@ -188,6 +234,79 @@ def collect(
             for name in sorted(records - {new}):
                 chunks.delete(condemned_key(name))
     return result
+
+
+def _mostly_dead(db: sqlite3.Connection, chunks: ChunkStore, deadline: float) -> set[str]:
+    """Return the packs to repack (`_MOSTLY_DEAD`, written before `deadline`), recorded in
+    the table `repacking`. Raise OSError."""
+    found = (bytes(name).hex() for (name,) in db.execute(_MOSTLY_DEAD).fetchall())
+    repacking = {pack for pack in found if _blob_time(chunks, pack).timestamp() < deadline}
+    db.executemany("INSERT INTO repacking VALUES (?)", ((bytes.fromhex(p),) for p in repacking))
+    return repacking
+
+
+def _repack(
+    db: sqlite3.Connection,
+    chunks: ChunkStore,
+    identities: Identities | None,
+    recipients: Sequence[Recipient],
+    encrypted_to: Sequence[str],
+    spool_dir: Path | None,
+) -> set[str]:
+    """Store the live chunks of the packs being repacked that no pack that stays holds
+    (`_TO_MOVE`, each checked against its id) again, in new packs, then their index.
+    Return the packs left as they are: those that cannot be read, or hold a damaged live
+    chunk (each named in the log). Raise OSError."""
+    config = chunks.read_config(identities, encrypted_to)
+    if config is None:
+        raise DamagedChunks(f"chunk repository {chunks.directory}: config vanished")
+    query = "SELECT name FROM condemned UNION SELECT name FROM repacking"
+    avoided = {bytes(name).hex() for (name,) in db.execute(query)}
+    copied = _Copied(db)
+    writer = ChunkWriter(
+        config, recipients, copied, chunks.put_pack, spool_dir, lambda name: name not in avoided
+    )
+    unread = set()
+    with closing(writer):
+        query = f"SELECT pack, id, offset, stored, plain FROM ({_TO_MOVE}) ORDER BY pack, offset"
+        rows = db.execute(query).fetchall()  # some hundred rows a pack, for a few packs
+        for pack, moving in groupby(rows, key=lambda row: bytes(row[0]).hex()):
+            entries = [PackEntry(bytes(row[1]).hex(), *row[2:]) for row in moving]
+            try:
+                opened = open_pack(pack, chunks.get_pack(pack), identities, encrypted_to)
+                for entry in entries:
+                    if entry.chunk_id not in copied:
+                        _move(config, opened, entry, writer)
+            except (PackFormatError, EncryptionError, NoIdentityMatches) as error:
+                log.warning("pack not repacked: it cannot be read", pack=pack, error=str(error))
+                unread.add(pack)  # the chunks of it copied already are sound: harmless
+        writer.finish()
+        if writer.packs:
+            chunks.put_index(writer.index.sha256, writer.index.stored())
+    return unread
+
+
+def _move(config: ChunkConfig, opened: Pack, entry: PackEntry, writer: ChunkWriter) -> None:
+    """Give the writer a chunk of a pack being repacked, as its pack holds it. Raise
+    PackFormatError if it is damaged (not its length or not its id)."""
+    if config.chunk_id(opened.chunk(entry)) != entry.chunk_id:
+        raise PackFormatError(f"chunk {entry.chunk_id}: not its content")
+    writer.copy(entry.chunk_id, opened.frame(entry), entry.plain_length)
+
+
+class _Copied:
+    """The chunks a repack stored again (KnownChunks, in the collection's database)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __contains__(self, chunk_id: object) -> bool:
+        assert isinstance(chunk_id, str)
+        query = "SELECT 1 FROM copied WHERE id = ?"
+        return self._db.execute(query, (bytes.fromhex(chunk_id),)).fetchone() is not None
+
+    def add(self, chunk_id: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO copied VALUES (?)", (bytes.fromhex(chunk_id),))
 
 
 def _blob_time(chunks: ChunkStore, pack: str) -> datetime:

@@ -164,6 +164,15 @@ POINTS: dict[str, Callable[[], None]] = {
     "garbage collection: new index stored": lambda: kill_at(
         local, "publish", after=True, where=_under("_chunks/index/")
     ),
+    "repack: first new pack stored": lambda: kill_at(
+        local, "publish", after=True, where=_under("_chunks/packs/")
+    ),
+    "repack: new index stored": lambda: kill_at(
+        local, "publish", after=True, where=_under("_chunks/index/")
+    ),
+    "repack: condemned record stored": lambda: kill_at(
+        local, "publish", after=True, where=_under("_chunks/condemned/")
+    ),
     "garbage collection: first pack deleted": lambda: kill_at(
         local.LocalStore, "delete", after=True, where=lambda store, key: "/packs/" in key
     ),
