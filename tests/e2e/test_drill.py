@@ -420,6 +420,7 @@ def test_a_verdict_protects_the_archive_in_every_storage_that_holds_it(api, volu
     assert prune.stdout.count("newest drill-passed archive") == 2
 
 
+@pytest.mark.archive_format("tar")
 def test_a_drill_through_gnu_tar_finds_an_extended_attribute_the_archive_changed(
     api, volumes, workspace
 ):

@@ -154,6 +154,7 @@ def flip_byte(path: Path, offset: int) -> None:
         file.write(bytes([byte[0] ^ 0x01]))
 
 
+@pytest.mark.archive_format("tar")
 def test_fidelity_tree_round_trips_through_an_encrypted_archive(api, volumes, workspace):
     source = volumes("fidelity")
     build_fidelity_tree(mountpoint(api, source))
@@ -186,6 +187,7 @@ def test_fidelity_tree_round_trips_through_an_encrypted_archive(api, volumes, wo
     assert "passed" in drill.stdout
 
 
+@pytest.mark.archive_format("tar")
 def test_no_plaintext_path_or_content_reaches_the_storage_or_the_state(api, volumes, workspace):
     content_marker = f"vkcontent{uuid.uuid4().hex}"
     name_marker = f"vkname{uuid.uuid4().hex}"
@@ -358,6 +360,7 @@ def test_an_identity_that_is_not_a_recipient_opens_nothing(api, volumes, workspa
     assert "no identity matches" in drill.stderr, drill.stderr
 
 
+@pytest.mark.archive_format("tar")
 def test_a_modified_ciphertext_is_refused_and_nothing_is_written(api, volumes, workspace):
     source = volumes("tampered")
     (mountpoint(api, source) / "random.bin").write_bytes(os.urandom(600_000))  # ~10 chunks
