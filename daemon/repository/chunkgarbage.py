@@ -267,9 +267,8 @@ def _repack(
         config, recipients, copied, chunks.put_pack, spool_dir, lambda name: name not in avoided
     )
     unread = set()
-    with closing(writer):
-        query = f"SELECT pack, id, offset, stored, plain FROM ({_TO_MOVE}) ORDER BY pack, offset"
-        rows = db.execute(query).fetchall()  # some hundred rows a pack, for a few packs
+    query = f"SELECT pack, id, offset, stored, plain FROM ({_TO_MOVE}) ORDER BY pack, offset"
+    with closing(writer), closing(db.execute(query)) as rows:  # streamed: memory stays flat
         for pack, moving in groupby(rows, key=lambda row: bytes(row[0]).hex()):
             entries = [PackEntry(bytes(row[1]).hex(), *row[2:]) for row in moving]
             try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from pyrage import x25519
 
 from tests.e2e.conftest import Workspace, mountpoint
 from tests.e2e.test_dedup import backup, chunks_dir, manifest_of, restored
@@ -36,10 +37,29 @@ def write_random(path: Path, seed: bytes, size: int = 256 * KiB) -> None:
 
 
 class Chunks:
-    """The policy's chunk repository in the storage under test: its objects and sizes."""
+    """The policy's chunk repository in the storage under test (SeaweedFS if `bucket` is
+    given, else local), encrypted if `encryption` is given: its policy file, its objects
+    and sizes."""
 
-    def __init__(self, workspace: Workspace, bucket: S3Bucket | None) -> None:
-        self.workspace, self.bucket = workspace, bucket
+    def __init__(
+        self,
+        workspace: Workspace,
+        bucket: S3Bucket | None = None,
+        encryption: dict[str, object] | None = None,
+    ) -> None:
+        self.workspace, self.bucket, self.encryption = workspace, bucket, encryption
+
+    def configure(self, *volumes: str, **policy: object) -> None:
+        """Write the policy file: policy "app" of these volumes, in this storage."""
+        entry: dict[str, object] = {"volumes": list(volumes), "format": "dedup", **policy}
+        if self.encryption is not None:
+            entry["encryption"] = self.encryption
+        if self.bucket is None:
+            self.workspace.write_config({"app": entry})
+        else:
+            entry["storage"] = "offsite"
+            storage = self.bucket.storage("repack/")
+            self.workspace.write_config({"app": entry}, storages={"offsite": storage})
 
     def objects(self) -> dict[str, int]:
         """Every object of the chunk repository (packs, indexes, records), with its size."""
@@ -80,19 +100,8 @@ class Chunks:
         return sum(self.objects().values())
 
 
-def configure(
-    workspace: Workspace, bucket: S3Bucket | None, *volumes: str, **policy: object
-) -> None:
-    entry: dict[str, object] = {"volumes": list(volumes), "format": "dedup", **policy}
-    if bucket is None:
-        workspace.write_config({"app": entry})
-    else:
-        entry["storage"] = "offsite"
-        workspace.write_config({"app": entry}, storages={"offsite": bucket.storage("repack/")})
-
-
 def most_files_rewritten(
-    api: docker.APIClient, workspace: Workspace, bucket: S3Bucket | None, volume: str
+    api: docker.APIClient, chunks: Chunks, volume: str
 ) -> tuple[set[str], dict[str, dict]]:
     """Back up FILES random files, rewrite three in four of them, back up again, and keep
     the last archive only from now on: return the first backup's packs (each a quarter
@@ -100,18 +109,18 @@ def most_files_rewritten(
     root = mountpoint(api, volume)
     for number in range(FILES):
         write_random(root / f"file-{number:02d}.bin", b"first %d" % number)
-    configure(workspace, bucket, volume)
+    chunks.configure(volume)
     trees = {}
-    first = backup(workspace)
+    first = backup(chunks.workspace)
     trees[first] = snapshot(root)
-    first_packs = Chunks(workspace, bucket).packs()
+    first_packs = chunks.packs()
     assert len(first_packs) == 2
     for number in range(FILES):
         if number % 4:
             write_random(root / f"file-{number:02d}.bin", b"second %d" % number)
-    second = backup(workspace)
+    second = backup(chunks.workspace)
     trees[second] = snapshot(root)
-    configure(workspace, bucket, volume, retention={"keep_last": 1})
+    chunks.configure(volume, retention={"keep_last": 1})
     return first_packs, trees
 
 
@@ -130,26 +139,38 @@ def every_listed_archive_restores(
         assert differences(trees[archive_id], restored(api, workspace, volume, archive_id)) == []
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", "s3", "local encrypted"])
 def test_a_pack_mostly_dead_is_repacked_and_freed_and_the_store_shrinks_by_its_dead_bytes(
     api: docker.APIClient,
     volumes,
     workspace: Workspace,
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     where: str,
 ) -> None:
     monkeypatch.setenv("VOLKEEP_GC_MARGIN", "0")
     bucket: S3Bucket | None = request.getfixturevalue("s3_bucket") if where == "s3" else None
-    volume = volumes(f"repack_{where}")
-    chunks = Chunks(workspace, bucket)
-    first_packs, trees = most_files_rewritten(api, workspace, bucket, volume)
+    encryption = None
+    if where.endswith("encrypted"):
+        identity = x25519.Identity.generate()
+        key_file = tmp_path / "age.key"
+        key_file.write_text(f"{identity}\n")
+        key_file.chmod(0o600)
+        recipients = [str(identity.to_public())]
+        encryption = {"age": {"recipients": recipients, "identity_file": str(key_file)}}
+    volume = volumes(f"repack_{where.replace(' ', '_')}")
+    chunks = Chunks(workspace, bucket, encryption)
+    first_packs, trees = most_files_rewritten(api, chunks, volume)
     before = chunks.size()
 
     output = prune(workspace)  # the first archive goes: its packs are a quarter live
     assert f"{REPACKED} 2 mostly-dead packs again" in output, output
     new_packs = chunks.packs() - first_packs
     assert new_packs and first_packs <= chunks.packs()  # condemned, not yet freed
+    if encryption is not None:  # the new packs are sealed as a backup's are
+        for path in (chunks_dir(workspace) / "packs").rglob("*/*"):
+            assert path.read_bytes().startswith(b"age-encryption.org/v1\n"), path
     # a backup now reuses the live chunks from their new pack, not the condemned ones
     third = backup(workspace)
     trees[third] = list(trees.values())[-1]  # the volume is as the second backup saw it
@@ -169,8 +190,8 @@ def test_a_repack_killed_at_each_step_leaves_every_archive_restorable_and_the_ne
 ) -> None:
     monkeypatch.setenv("VOLKEEP_GC_MARGIN", "0")
     volume = volumes("repack_kill")
-    chunks = Chunks(workspace, None)
-    first_packs, trees = most_files_rewritten(api, workspace, None, volume)
+    chunks = Chunks(workspace)
+    first_packs, trees = most_files_rewritten(api, chunks, volume)
     before = chunks.size()
     for point in (
         "repack: first new pack stored",
@@ -201,8 +222,9 @@ def test_a_backup_reusing_chunks_of_a_pack_as_it_is_repacked_commits_and_keeps_t
     margin = 10.0  # the backup commits within half of it after the condemnation
     monkeypatch.setenv("VOLKEEP_GC_MARGIN", str(margin))
     volume, other = volumes("repack_race"), volumes("repack_race_other")
-    first_packs, trees = most_files_rewritten(api, workspace, None, volume)
-    configure(workspace, None, volume, other, retention={"keep_last": 1})
+    chunks = Chunks(workspace)
+    first_packs, trees = most_files_rewritten(api, chunks, volume)
+    chunks.configure(volume, other, retention={"keep_last": 1})
     root = mountpoint(api, other)
     write_random(root / "live.bin", b"first 0")  # unchanged in the volume: live
     write_random(root / "dead.bin", b"first 1")  # rewritten there: dead once pruned
@@ -224,7 +246,7 @@ def test_a_backup_reusing_chunks_of_a_pack_as_it_is_repacked_commits_and_keeps_t
 
     time.sleep(margin + 0.5)
     prune(workspace)  # the pack holding dead.bin's chunks is used again: revived
-    packs = Chunks(workspace, None).packs()
+    packs = chunks.packs()
     assert first_packs & packs  # the pack of dead.bin's chunks, revived
     assert differences(tree, restored(api, workspace, other, row["id"])) == []
     every_listed_archive_restores(api, workspace, volume, trees)
