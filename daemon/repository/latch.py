@@ -74,12 +74,19 @@ class LatchedStore:
         return self.call(self.store.modified, key)
 
     def list(self, prefix: str) -> Iterator[str]:
-        keys = self.call(self.store.list, prefix)
+        return self._latched(self.store.list(prefix))
+
+    def _latched(self, names: Iterator[str]) -> Iterator[str]:
+        """Given a listing of the store, not begun, yield its names, each read through
+        `call`."""
         while True:
             try:
-                yield self.call(next, keys)
+                yield self.call(next, names)
             except StopIteration:
                 return
+
+    def list_directory(self, directory: str) -> Iterator[str]:
+        return self._latched(self.store.list_directory(directory))
 
     def delete(self, key: str) -> None:
         self.call(self.store.delete, key)
@@ -96,13 +103,13 @@ class _LatchedUpload:
 
     def __init__(self, latch: LatchedStore, upload: Upload) -> None:
         self._latch = latch
-        self._upload = upload
+        self.upload = upload
 
     def write(self, data: bytes | bytearray | memoryview, /) -> object:
-        return self._latch.call(self._upload.write, data)
+        return self._latch.call(self.upload.write, data)
 
     def commit(self) -> None:
-        self._latch.call(self._upload.commit)
+        self._latch.call(self.upload.commit)
 
     def abort(self) -> None:
-        self._upload.abort()  # never raises, and must run even when the store is latched
+        self.upload.abort()  # never raises, and must run even when the store is latched

@@ -84,15 +84,28 @@ class Repository:
     # Reading
 
     def volumes(self, policy: str) -> list[str]:
-        """Return the volumes this host has archive files of under the policy."""
+        """Return the volumes this host has archive files of under the policy. Each
+        directory is listed on its own, never the policy's tree: a policy's chunk
+        repository (`_chunks/`, which no volume name can be) may hold hundreds of
+        thousands of packs."""
         found = set()
         for namespace in self.namespaces():
             top = f"{namespace}/{policy}/" if namespace else f"{policy}/"
-            for blob in self.store.list(top):
-                parts = blob[len(top) :].split("/")
-                if len(parts) == 2 and split_name(parts[1], parts[0]) is not None:
-                    found.add(parts[0])
+            for name in self.store.list_directory(top):
+                if name.endswith("/") and not name.startswith("_"):
+                    volume = name.removesuffix("/")
+                    if self._names_in(top + name, volume):
+                        found.add(volume)
         return sorted(found)
+
+    def _names_in(self, directory: str, volume: str) -> list[tuple[str, str]]:
+        """Return the (id, suffix) of each of the volume's archive files directly in
+        `directory`."""
+        return [
+            split
+            for name in self.store.list_directory(directory)
+            if (split := split_name(name, volume)) is not None
+        ]
 
     def files(self, policy: str, volume: str) -> dict[ArchiveKey, set[str]]:
         """Return every archive id of the volume with the suffixes of its files."""
@@ -108,11 +121,8 @@ class Repository:
         is a policy's, under the layout before host names)."""
         directory = volume_directory(namespace, policy, volume)
         files: dict[ArchiveKey, set[str]] = {}
-        for blob in self.store.list(directory):
-            split = split_name(blob[len(directory) :], volume)
-            if split is not None:
-                key = ArchiveKey(policy, volume, split[0], namespace)
-                files.setdefault(key, set()).add(split[1])
+        for archive_id, suffix in self._names_in(directory, volume):
+            files.setdefault(ArchiveKey(policy, volume, archive_id, namespace), set()).add(suffix)
         return files
 
     def archives(self, policy: str, volume: str) -> list[ArchiveKey]:

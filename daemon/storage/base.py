@@ -102,6 +102,13 @@ class BlobStore(Protocol):
         or "" for all), at any depth, in no particular order; every page is read."""
         ...
 
+    def list_directory(self, directory: str) -> Iterator[str]:
+        """Yield the names directly in `directory` (ending in `/`, or "" for the root), in
+        no particular order, every page read: each committed blob's name, and each
+        subdirectory's name followed by `/` (a subdirectory holds at least one blob, or
+        once did). Nothing deeper is read."""
+        ...
+
     def delete(self, key: str) -> None:
         """Delete the blob; a missing blob is no error."""
         ...

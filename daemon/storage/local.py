@@ -151,6 +151,17 @@ class LocalStore:
                 if not _is_temporary(name):
                     yield base + name
 
+    def list_directory(self, directory: str) -> Iterator[str]:
+        try:
+            entries = list(os.scandir(self._path(directory) if directory else self.root))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield entry.name + "/"
+            elif not _is_temporary(entry.name):
+                yield entry.name
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)

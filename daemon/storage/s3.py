@@ -288,6 +288,19 @@ class S3Store:
         except (ClientError, BotoCoreError, HTTPError, OSError) as error:
             raise self.failure(error, f"listing {prefix or 'the blobs'!r}") from error
 
+    def list_directory(self, directory: str) -> Iterator[str]:
+        paginator = self.client().get_paginator("list_objects_v2")
+        top = self.prefix + directory
+        pages = paginator.paginate(Bucket=self.config.bucket, Prefix=top, Delimiter="/")
+        try:
+            for page in pages:
+                for entry in page.get("Contents", []):
+                    yield entry["Key"][len(top) :]
+                for common in page.get("CommonPrefixes", []):
+                    yield common["Prefix"][len(top) :]
+        except (ClientError, BotoCoreError, HTTPError, OSError) as error:
+            raise self.failure(error, f"listing {directory or 'the top'!r}") from error
+
     def delete(self, key: str) -> None:
         try:
             self.client().delete_object(Bucket=self.config.bucket, Key=self.prefix + key)

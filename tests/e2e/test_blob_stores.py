@@ -177,6 +177,26 @@ def test_list_reads_every_page_past_1000_keys_and_only_committed_ones(store: Blo
     unfinished.abort()
 
 
+def test_list_directory_names_its_blobs_and_subdirectories_and_reads_nothing_deeper(
+    store: BlobStore,
+) -> None:
+    packs = [f"host/app/_chunks/packs/{number % 256:02x}/pack-{number}" for number in range(1_100)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: store.put(key, b"."), packs))
+    store.put("host/app/vol0/vol0-20250101T000000Z.manifest.json", b".")
+    store.put("host/app/note", b".")
+    unfinished = store.create("host/app/unfinished")
+    unfinished.write(b"y" * (PART_SIZE + 1))
+
+    assert sorted(store.list_directory("host/app/")) == ["_chunks/", "note", "vol0/"]
+    assert sorted(store.list_directory("")) == ["host/"]
+    assert list(store.list_directory("host/app/vol0/")) == ["vol0-20250101T000000Z.manifest.json"]
+    assert list(store.list_directory("host/elsewhere/")) == []
+    # past one page of 1,000: every subdirectory
+    assert len(list(store.list_directory("host/app/_chunks/packs/"))) == 256
+    unfinished.abort()
+
+
 def test_delete_removes_the_blob_and_a_missing_one_is_no_error(store: BlobStore) -> None:
     store.put("host/app/data/a", b"a")
     store.put("host/app/data/b", b"b")

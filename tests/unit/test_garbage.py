@@ -35,7 +35,7 @@ repository = Repository(LocalStore("local", Path(sys.argv[1])), sys.argv[2], own
 key = allocate_key([repository], "app", "db", sys.argv[3], safety=False)
 upload = repository.begin(key, ".tar.zst")
 upload.write(b"half of an archive")
-upload._file.flush()
+upload.upload._file.flush()  # the local store's file, under the storage's latch
 print(key.id, flush=True)
 sys.stdin.read()
 """
@@ -47,6 +47,10 @@ class LaggingStore(LocalStore):
 
     def list(self, prefix: str) -> Iterator[str]:
         return (key for key in super().list(prefix) if not key.endswith(MANIFEST_SUFFIX))
+
+    def list_directory(self, directory: str) -> Iterator[str]:
+        names = super().list_directory(directory)
+        return (name for name in names if not name.endswith(MANIFEST_SUFFIX))
 
 
 def age(directory: Path, seconds: float) -> None:
