@@ -31,7 +31,7 @@ from daemon.archive.chunkconfig import ChunkConfig
 from daemon.archive.digest import HashingWriter
 from daemon.archive.manifest import ChunkCounts
 from daemon.archive.packs import ChunkWriter, SealedPack
-from daemon.archive.recipe import Marks, RecipeBuilder, Step
+from daemon.archive.recipe import Marks, RecipeBuilder
 from daemon.archive.sealing import LEVEL, SectionWriter
 from daemon.config.keys import Identities, Recipient, recipient_strings
 from daemon.repository.chunkgarbage import broken_reuse
@@ -162,10 +162,11 @@ class ChunkedArchive:
         """Take the next piece of the tar stream. Raise TarFormatError if it is not one."""
         self._builder.feed(data)
 
-    def reuse(self, steps: list[Step]) -> None:
-        """Take a member whole from the previous archive's recipe (its chunks are known:
-        the caller checked them with `in`)."""
-        self._builder.reuse(steps)
+    def take_lines(self, text: bytes, tar_size: int) -> None:
+        """Take members whole from the previous archive's recipe: their lines, standing for
+        `tar_size` bytes of the tar (their chunks are known: the caller checked them with
+        `in`)."""
+        self._builder.take_lines(text, tar_size)
 
     def finish(self) -> None:
         """The tar has ended: store the last pack, then the index of this backup's new

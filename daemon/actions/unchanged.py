@@ -37,15 +37,7 @@ from daemon.actions.chunked import ChunkedArchive
 from daemon.archive.digest import HashingReader
 from daemon.archive.exclude import MemberFilter, is_excluded
 from daemon.archive.manifest import DEDUPLICATED, FileListing, Manifest, ManifestWriter
-from daemon.archive.recipe import (
-    ChunkStep,
-    EndStep,
-    MemberMark,
-    RecipeError,
-    Step,
-    read_recipe,
-    recipe_members,
-)
+from daemon.archive.recipe import MemberLines, MemberMark, RecipeError, member_lines
 from daemon.archive.sealing import opener, section_reader
 from daemon.archive.tarstream import Member, TarScanner, normalize_path
 from daemon.config.keys import Identities
@@ -269,56 +261,51 @@ class VolumeReading:
         the previous archive, in the listing's order. Raise OperationError if the helper's
         members are not the ones asked for (the volume changed meanwhile)."""
         plan = self.files.plan()
-        members = previous.members()
-        position = -1
-        pending = len(paths)
+        with previous.lines(self.chunked.take_lines) as lines:
+            pending = len(paths)
 
-        def take_until_read() -> str | None:
-            """Take the listed objects up to the next one to read; return its path."""
-            nonlocal position
-            for path, taken in plan:
-                if taken is None:
-                    return path
-                steps = next(members)
-                position += 1
-                while position < taken.position:
-                    steps = next(members)
-                    position += 1
-                self.chunked.reuse(steps)
-                entries.add(Member.from_json(json.loads(taken.member)))
-                self.reused += 1
-            return None
+            def take_until_read() -> str | None:
+                """Take the listed objects up to the next one to read; return its path."""
+                for path, taken in plan:
+                    if taken is None:
+                        lines.flush()
+                        return path
+                    lines.take(taken.recipe_start, taken.recipe_stop, taken.tar_size)
+                    entries.add(Member.from_json(json.loads(taken.member)))
+                    self.reused += 1
+                lines.flush()
+                return None
 
-        def include(member: Member) -> bool:
-            nonlocal pending
-            expected = take_until_read()
-            if expected != member.path:
-                raise OperationError(
-                    f"the volume changed while it was backed up: the helper gave "
-                    f"{member.path!r} where {expected!r} was due; back up again"
-                )
-            pending -= 1
-            self.read += 1
-            keep = selection.include(member)
-            if not keep and not pending:
+            def include(member: Member) -> bool:
+                nonlocal pending
+                expected = take_until_read()
+                if expected != member.path:
+                    raise OperationError(
+                        f"the volume changed while it was backed up: the helper gave "
+                        f"{member.path!r} where {expected!r} was due; back up again"
+                    )
+                pending -= 1
+                self.read += 1
+                keep = selection.include(member)
+                if not keep and not pending:
+                    take_until_read()
+                return keep
+
+            def done(member: Member) -> None:
+                entries.add(member)
+                if not pending:
+                    take_until_read()
+
+            if paths:
+                scanner = scanner_for(include, done)
+                for piece in self._stream(lambda output: partial_tar_command(output, paths)):
+                    self._feed(scanner, piece, progress)
+                scanner.close()
+            else:
                 take_until_read()
-            return keep
-
-        def done(member: Member) -> None:
-            entries.add(member)
-            if not pending:
-                take_until_read()
-
-        if paths:
-            scanner = scanner_for(include, done)
-            for piece in self._stream(lambda output: partial_tar_command(output, paths)):
-                self._feed(scanner, piece, progress)
-            scanner.close()
-        else:
-            take_until_read()
-            self.chunked.reuse(previous.trailer(members))
-        if take_until_read() is not None or pending:
-            raise OperationError("the volume changed while it was backed up; back up again")
+                lines.take_trailer()
+            if take_until_read() is not None or pending:
+                raise OperationError("the volume changed while it was backed up; back up again")
 
     def close(self) -> None:
         self.files.close()
@@ -343,6 +330,7 @@ class PreviousArchive:
         self._repository = repository
         self._key = key
         self._identities = identities
+        self._trailer: MemberLines | None = None  # what follows the last member: `load`
         self._recipe = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
         with contextlib.closing(repository.open_archive(key, manifest)) as stored:
             hashing = HashingReader(stored)
@@ -353,7 +341,9 @@ class PreviousArchive:
         if (hashing.size, hashing.hexdigest()) != (manifest.size, manifest.sha256):
             raise OperationError("the previous archive's recipe is not its manifest's")
 
-    def _steps(self) -> Iterator[Step]:
+    @contextlib.contextmanager
+    def _text(self) -> Iterator[io.BufferedReader]:
+        """Yield a reader of the recipe's text, decrypted and decompressed from the start."""
         self._recipe.seek(0)
         manifest = self.manifest
         decrypt = (
@@ -362,50 +352,99 @@ class PreviousArchive:
             else None
         )
         with section_reader(self._recipe, decrypt) as plain:
-            yield from read_recipe(iter(io.TextIOWrapper(plain, encoding="ascii")))  # type: ignore[type-var]
-
-    def members(self) -> Iterator[list[Step]]:
-        """Yield each member's steps (its M line last), then what follows them."""
-        return recipe_members(self._steps())
-
-    @staticmethod
-    def trailer(members: Iterator[list[Step]]) -> list[Step]:
-        """Given the members not taken yet, return the steps after the last one (the
-        end-of-archive blocks), the end step left out."""
-        for steps in members:
-            if isinstance(steps[-1], EndStep):
-                return steps[:-1]
-        raise RecipeError("the recipe has no end")
+            yield io.BufferedReader(plain, 1 << 16)  # type: ignore[arg-type]
 
     def load(self, files: FileList, known: ChunkedArchive) -> None:
         """Record every member of the previous archive in `files`: its entry, its M line,
-        and whether `known` holds all its chunks. Raise OperationError if the recipe and
-        the entries do not go together."""
+        where its lines are in the recipe, and whether `known` holds all its chunks. Raise
+        OperationError if the recipe and the entries do not go together, RecipeError if
+        the recipe is damaged."""
         entries = self._repository.manifest_entries(
             self._key, self._identities, self.manifest.recipients
         )
-        members = self.members()
-        for position, (member, steps) in enumerate(zip(entries, members, strict=False)):
-            mark = steps[-1]
-            if not isinstance(mark, MemberMark):
-                raise OperationError("the previous recipe's members are not its entries")
-            held = all(step.chunk_id in known for step in steps if isinstance(step, ChunkStep))
-            files.add_previous(
-                PreviousRow(
-                    position,
-                    member.path,
-                    json.dumps(member.to_json()),
-                    mark.inode,
-                    mark.ctime,
-                    held,
+        with self._text() as text:
+            members = member_lines(text)
+            for position, (member, lines) in enumerate(zip(entries, members, strict=False)):
+                if lines.mark is None:
+                    raise OperationError("the previous recipe's members are not its entries")
+                held = all(chunk_id in known for chunk_id in lines.chunk_ids)
+                files.add_previous(
+                    PreviousRow(
+                        position,
+                        member.path,
+                        json.dumps(member.to_json()),
+                        lines.mark.inode,
+                        lines.mark.ctime,
+                        held,
+                        lines.start,
+                        lines.stop,
+                        lines.tar_size,
+                    )
                 )
-            )
-        rest = next(members, None)
-        if rest is None or not isinstance(rest[-1], EndStep):
+            rest = next(members, None)
+        if rest is None or rest.end is None:
             raise OperationError("the previous recipe's members are not its entries")
+        self._trailer = rest
+
+    @contextlib.contextmanager
+    def lines(self, copy: Callable[[bytes, int], None]) -> Iterator[RecipeLines]:
+        """Yield what copies runs of the recipe's lines by `copy(text, tar_size)`, in
+        order (after `load`)."""
+        assert self._trailer is not None
+        with self._text() as text:
+            yield RecipeLines(text, self._trailer, copy)
 
     def close(self) -> None:
         self._recipe.close()
+
+
+class RecipeLines:
+    """The previous recipe's text read once more, front to back, and the members taken
+    copied from it verbatim into the new recipe by `copy(text, tar_size)`: adjacent members
+    in one piece, the lines between them passed over."""
+
+    def __init__(
+        self, text: io.BufferedReader, trailer: MemberLines, copy: Callable[[bytes, int], None]
+    ) -> None:
+        self._text = text
+        self._trailer = trailer
+        self._copy = copy
+        self._offset = 0  # of the text read so far
+        self._start = self._stop = self._tar_size = 0  # the run not copied yet
+
+    def take(self, start: int, stop: int, tar_size: int) -> None:
+        """Take the lines from `start` to `stop` (a member's), standing for `tar_size`
+        bytes of the tar."""
+        assert start >= self._stop, "members are taken in their order"
+        if start != self._stop:
+            self.flush()
+            self._start = start
+        self._stop = stop
+        self._tar_size += tar_size
+
+    def take_trailer(self) -> None:
+        """Take what follows the last member, up to the end line, and copy it."""
+        self.take(self._trailer.start, self._trailer.stop, self._trailer.tar_size)
+        self.flush()
+
+    def flush(self) -> None:
+        """Copy the run taken so far. Raise RecipeError if the text ends before it."""
+        self._read(self._start - self._offset, lambda piece, last: None)
+        self._read(
+            self._stop - self._start,
+            lambda piece, last: self._copy(piece, self._tar_size if last else 0),
+        )
+        self._start = self._offset
+        self._tar_size = 0
+
+    def _read(self, size: int, each: Callable[[bytes, bool], None]) -> None:
+        while size > 0:
+            piece = self._text.read(min(size, 1 << 20))
+            if not piece:
+                raise RecipeError("the previous recipe's text ends before its members")
+            size -= len(piece)
+            self._offset += len(piece)
+            each(piece, not size)
 
 
 def previous_archive(

@@ -43,12 +43,18 @@ RAW_LINE = 512  # raw bytes per R line (a tar block: 684 base64 characters)
 RAW_FLUSH = 64 << 10  # raw bytes kept before they are written out
 _ZERO_LINE = bytes(RAW_LINE)
 ZEROS_WRITTEN = 1 << 20  # zero bytes given to the sink at once
-_LINES = {
-    "Z": re.compile(r"Z ([1-9][0-9]*)"),
-    "C": re.compile(r"C ([0-9a-f]{64}) ([0-9]+)"),
-    "T": re.compile(r"T ([0-9]+) ([0-9a-f]{64}|-)"),
-    "M": re.compile(r"M ([0-9]+|-) ([0-9]+|-)"),
+_LINE_PATTERNS = {
+    "Z": r"Z ([1-9][0-9]*)",
+    "C": r"C ([0-9a-f]{64}) ([0-9]+)",
+    "T": r"T ([0-9]+) ([0-9a-f]{64}|-)",
+    "M": r"M ([0-9]+|-) ([0-9]+|-)",
 }
+_LINES = {kind: re.compile(pattern) for kind, pattern in _LINE_PATTERNS.items()}
+_BYTE_LINES = {
+    kind.encode(): re.compile(pattern.encode()) for kind, pattern in _LINE_PATTERNS.items()
+}
+_RAW_ENCODED = (RAW_LINE + 2) // 3 * 4  # base64 characters of a whole R line
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
 class RecipeError(ValueError):
@@ -123,27 +129,17 @@ class RecipeBuilder:
             self._lines.append(self._marks(self._ended).line())
             self._ended = None
 
-    def reuse(self, steps: Iterable[Step]) -> None:
-        """Append a member taken whole from an earlier version 2 recipe: its steps, its M
-        line last. Only between members; the tar's SHA-256 is unknown from then on."""
+    def take_lines(self, text: bytes, tar_size: int) -> None:
+        """Append whole members of an earlier version 2 recipe: their lines verbatim (each
+        member's M line last, as `member_lines` found them), which stand for `tar_size`
+        bytes of the tar. Only between members; the tar's SHA-256 is unknown from then on."""
         assert self._marks is not None and not self._content_due
         self._flush_raw()
         self._write_zeros()
+        self._write_lines()
         self._sha256 = None
-        for step in steps:
-            if isinstance(step, bytes):
-                self._lines.append(f"R {base64.b64encode(step).decode()}\n")
-                self.size += len(step)
-            elif isinstance(step, int):
-                self._lines.append(f"Z {step}\n")
-                self.size += step
-            elif isinstance(step, ChunkStep):
-                self._lines.append(f"C {step.chunk_id} {step.length}\n")
-                self.size += step.length
-            elif isinstance(step, MemberMark):
-                self._lines.append(step.line())
-            if len(self._lines) >= 1024:
-                self._write_lines()
+        self._out.write(text)
+        self.size += tar_size
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Take the next piece of the tar stream. Raise TarFormatError if it is not one."""
@@ -294,15 +290,74 @@ def _step(line: str) -> Step | None:
     return EndStep(int(match[1]), None if match[2] == "-" else match[2])
 
 
-def recipe_members(steps: Iterator[Step]) -> Iterator[list[Step]]:
-    """Given a version 2 recipe's steps, yield each member's steps (its M line last), then
-    what follows the last member (the end-of-archive blocks), its end step last."""
-    member: list[Step] = []
-    for step in steps:
-        member.append(step)
-        if isinstance(step, MemberMark | EndStep):
-            yield member
-            member = []
+@dataclass(frozen=True)
+class MemberLines:
+    """A member of a version 2 recipe as its lines, for `RecipeBuilder.take_lines`: where
+    they start and stop in the recipe's text (byte offsets, the M line included), the
+    member's bytes in the tar, its chunk ids and its M line. The last one is what follows
+    the last member (the end-of-archive blocks): `mark` None, `end` the end step, whose
+    line is not in it."""
+
+    start: int
+    stop: int
+    tar_size: int
+    chunk_ids: tuple[str, ...]
+    mark: MemberMark | None
+    end: EndStep | None = None
+
+
+def member_lines(lines: Iterable[bytes]) -> Iterator[MemberLines]:
+    """Given a version 2 recipe's text as lines (bytes, each with its newline), yield each
+    member's lines, then what follows the last member. The lines are checked as
+    `read_recipe` checks them, without decoding the raw bytes. Raise RecipeError if a line
+    is damaged, the recipe is not of version 2, or it has no end line."""
+    lines = iter(lines)
+    first = next(lines, b"")
+    if first != MARKED_HEADER.encode():
+        raise RecipeError("not a volkeep recipe of version 2")
+    start = offset = len(first)
+    size = 0
+    chunk_ids: list[str] = []
+    for number, line in enumerate(lines, start=2):
+        offset += len(line)
+        kind = line[:1]
+        if kind == b"R":
+            raw = _raw_size(line[2:-1]) if line.startswith(b"R ") and line[-1:] == b"\n" else 0
+            if not raw:
+                raise RecipeError(f"line {number}: damaged recipe line {line[:80]!r}")
+            size += raw
+            continue
+        match = _BYTE_LINES[kind].fullmatch(line, 0, len(line) - 1) if kind in _BYTE_LINES else None
+        if match is None or line[-1:] != b"\n":
+            raise RecipeError(f"line {number}: damaged recipe line {line[:80]!r}")
+        if kind == b"Z":
+            size += int(match[1])
+        elif kind == b"C":
+            chunk_ids.append(match[1].decode())
+            size += int(match[2])
+        elif kind == b"M":
+            mark = MemberMark(*(None if field == b"-" else int(field) for field in match.groups()))
+            yield MemberLines(start, offset, size, tuple(chunk_ids), mark)
+            start, size, chunk_ids = offset, 0, []
+        else:
+            if next(lines, None) is not None:
+                raise RecipeError(f"line {number + 1}: a line after the end line")
+            end = EndStep(int(match[1]), None if match[2] == b"-" else match[2].decode())
+            yield MemberLines(start, offset - len(line), size, tuple(chunk_ids), None, end)
+            return
+    raise RecipeError("the recipe is cut short: no end line")
+
+
+def _raw_size(encoded: bytes) -> int:
+    """Given the base64 of an R line, return how many bytes it stands for (0 if it is not
+    base64 of 1 to RAW_LINE bytes)."""
+    if len(encoded) % 4 or not 0 < len(encoded) <= _RAW_ENCODED:
+        return 0
+    body = encoded.rstrip(b"=")
+    padding = len(encoded) - len(body)
+    if padding > 2 or body.translate(None, _BASE64_ALPHABET):
+        return 0
+    return len(encoded) // 4 * 3 - padding
 
 
 def rebuild_tar(steps: Iterator[Step], chunk: Callable[[str], bytes], sink: Sink) -> int:

@@ -23,7 +23,8 @@ CREATE TABLE listed (
 CREATE INDEX listed_path ON listed (path);
 CREATE TABLE previous (
     position INTEGER PRIMARY KEY, path TEXT NOT NULL, member TEXT NOT NULL,
-    inode INTEGER, ctime INTEGER, held INTEGER NOT NULL
+    inode INTEGER, ctime INTEGER, held INTEGER NOT NULL, recipe_start INTEGER NOT NULL,
+    recipe_stop INTEGER NOT NULL, tar_size INTEGER NOT NULL
 );
 CREATE INDEX previous_path ON previous (path);
 """
@@ -43,8 +44,9 @@ class ListedRow(NamedTuple):
 
 class PreviousRow(NamedTuple):
     """A member of the previous archive: its position in its tar, its manifest entry (JSON),
-    the inode and ctime its recipe's M line records, and whether every chunk of it is held
-    by every storage the backup writes to."""
+    the inode and ctime its recipe's M line records, whether every chunk of it is held by
+    every storage the backup writes to, where its lines start and stop in the recipe's
+    text, and its bytes in the tar."""
 
     position: int
     path: str
@@ -52,6 +54,9 @@ class PreviousRow(NamedTuple):
     inode: int | None
     ctime: int | None
     held: bool
+    recipe_start: int
+    recipe_stop: int
+    tar_size: int
 
 
 class FileList:
@@ -88,18 +93,18 @@ class FileList:
         return ListedRow(*found) if found else None
 
     def add_previous(self, row: PreviousRow) -> None:
-        self._db.execute("INSERT INTO previous VALUES (?, ?, ?, ?, ?, ?)", row)
+        self._db.execute("INSERT INTO previous VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def pairs(self) -> Iterator[tuple[int, ListedRow, PreviousRow | None]]:
         """Yield each listed object in tar order with its sequence number and the previous
         archive's member of that path, if it had one."""
         rows = self._db.execute(
             "SELECT l.seq, l.path, l.inode, l.links, l.size, l.mtime, l.ctime, l.mode, l.uid, "
-            "l.gid, p.position, p.path, p.member, p.inode, p.ctime, p.held FROM listed l "
+            f"l.gid, {_PREVIOUS} FROM listed l "
             "LEFT JOIN previous p ON p.path = l.path ORDER BY l.seq"
         )
         for row in rows:
-            previous = _previous(row[10:16])
+            previous = _previous(row[10:])
             yield row[0], ListedRow(*row[1:10]), previous
 
     def reuse(self, seq: int, position: int) -> None:
@@ -118,19 +123,22 @@ class FileList:
         """Yield each listed object in tar order: its path, and the previous member it is
         taken from (None: it is read)."""
         rows = self._db.execute(
-            "SELECT l.path, p.position, p.path, p.member, p.inode, p.ctime, p.held "
+            f"SELECT l.path, {_PREVIOUS} "
             "FROM listed l LEFT JOIN previous p ON p.position = l.reuse ORDER BY l.seq"
         )
         for row in rows:
-            yield row[0], _previous(row[1:7])
+            yield row[0], _previous(row[1:])
 
     def close(self) -> None:
         self._db.close()
         self._path.unlink(missing_ok=True)
 
 
+_PREVIOUS = ", ".join(f"p.{field}" for field in PreviousRow._fields)
+
+
 def _previous(row: tuple[Any, ...]) -> PreviousRow | None:
-    position, path, member, inode, ctime, held = row
-    return (
-        None if position is None else PreviousRow(position, path, member, inode, ctime, bool(held))
-    )
+    position, path, member, inode, ctime, held, start, stop, tar_size = row
+    if position is None:
+        return None
+    return PreviousRow(position, path, member, inode, ctime, bool(held), start, stop, tar_size)

@@ -14,13 +14,14 @@ from daemon.archive.chunkconfig import ChunkConfig
 from daemon.archive.chunking import ChunkerParameters
 from daemon.archive.packs import ChunkWriter, SealedPack, open_pack
 from daemon.archive.recipe import (
+    ChunkStep,
     EndStep,
     MemberMark,
     RecipeBuilder,
     RecipeError,
+    member_lines,
     read_recipe,
     rebuild_tar,
-    recipe_members,
 )
 from daemon.archive.tarstream import Member, TarFormatError
 
@@ -228,17 +229,51 @@ def test_a_marked_recipe_splits_into_its_members_and_reusing_them_rebuilds_the_t
     for start in range(0, len(tar), piece):
         builder.feed(tar[start : start + piece])
     builder.finish()
-    members = list(recipe_members(read_recipe(lines(marked.getvalue()))))
+    text = marked.getvalue()
+    members = list(member_lines(io.BytesIO(text)))
     assert len(members) == len(seen) + 1 and len(seen) == 59  # then the end-of-archive blocks
-    assert members[2][-1] == MemberMark(3, 1003)
-    assert isinstance(members[-1][-1], EndStep) and members[-1][-1].sha256 is not None
+    assert members[2].mark == MemberMark(3, 1003)
+    assert members[-1].mark is None and members[-1].end is not None
+    assert members[-1].end.sha256 == hashlib.sha256(tar).hexdigest()
+    assert sum(lines.tar_size for lines in members) == len(tar)
+    steps = list(read_recipe(lines(text)))
+    chunk_ids = [step.chunk_id for step in steps if isinstance(step, ChunkStep)]
+    assert [chunk_id for lines in members for chunk_id in lines.chunk_ids] == chunk_ids
 
-    # a recipe made of those members, taken whole, is the same tar; its SHA-256 unknown
+    # a recipe made of those members' lines taken whole, a few at a time, is the same tar;
+    # its SHA-256 unknown
     reused = io.BytesIO()
     again = RecipeBuilder(repository.config.chunker, writer.add, reused, mark)
-    for steps in members[:-1]:
-        again.reuse(steps)
-    again.reuse(members[-1][:-1])
+    for first in range(0, len(members), 3):
+        run = members[first : first + 3]
+        again.take_lines(
+            text[run[0].start : run[-1].stop], sum(lines_of.tar_size for lines_of in run)
+        )
     again.finish()
     assert reused.getvalue().decode().splitlines()[-1] == f"T {len(tar)} -"
     assert repository.rebuild(reused.getvalue()) == tar
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        (b"R AAAA\n", b"R AA*A\n"),  # not base64
+        (b"R AAAA\n", b"R AAA=A\n"),  # not a whole base64 quantum
+        (b"M 1 2\n", b"M 1 x\n"),
+        (b"Z 3\n", b"Z 0\n"),
+        (b"T 515 -\n", b"T 515 -\nR AAAA\n"),  # a line after the end
+        (b"T 515 -\n", b""),  # cut short
+        (b"volkeep-recipe 2\n", b"volkeep-recipe 1\n"),  # M lines need version 2
+    ],
+)
+def test_a_damaged_recipe_is_refused_when_its_members_lines_are_read(damage):
+    recipe = b"volkeep-recipe 2\nR AAAA\nZ 3\nM 1 2\nZ 509\nT 515 -\n"
+    good, bad = damage
+    assert [
+        (lines.start, lines.stop, lines.tar_size) for lines in member_lines(io.BytesIO(recipe))
+    ] == [(17, 34, 6), (34, 40, 509)]
+    assert list(read_recipe(lines(recipe)))[-1] == EndStep(515, None)
+    with pytest.raises(RecipeError):
+        list(member_lines(io.BytesIO(recipe.replace(good, bad))))
+    with pytest.raises(RecipeError):
+        list(read_recipe(lines(recipe.replace(good, bad))))
