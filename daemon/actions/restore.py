@@ -143,8 +143,6 @@ def extract_into(
 
     def include(member: Member) -> bool:
         nonlocal root
-        if selected is not None and not selected.keeps(member):
-            return False
         if member.path == ".":
             root = member
         to_a_deferred = member.type == "hardlink" and member.link in deferred_paths
@@ -158,7 +156,9 @@ def extract_into(
     with helper_container(api, image, ["true"], [Mount(target, TARGET, read_only=False)]) as helper:
         try:
             # The next pieces are read, checked and decompressed while dockerd takes these.
-            pieces = read_ahead(archive_chunks(archive, include))
+            # Members not selected pass as headers alone: their chunks are not read.
+            contents = selected.keeps if selected is not None else None
+            pieces = read_ahead(archive_chunks(archive, include, contents))
             put_archive(api, helper, TARGET, _counted(pieces, progress))
         except docker.errors.APIError as error:
             failure = f"the Docker engine failed to extract: {error.explanation}"

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
+from itertools import chain
 from pathlib import Path
 
 from daemon.archive.chunkconfig import (
@@ -35,24 +36,34 @@ from daemon.archive.chunkconfig import (
 from daemon.archive.packs import (
     ChunkReader,
     IndexEntry,
+    Pack,
     PackFormatError,
     SealedPack,
     condemned_key,
     condemned_record,
     index_key,
+    open_pack,
     pack_key,
     read_condemned,
     read_index,
 )
-from daemon.archive.recipe import ChunkStep, Step, read_recipe, tar_pieces
+from daemon.archive.recipe import (
+    MARKED_HEADER,
+    ChunkStep,
+    Step,
+    read_recipe,
+    tar_pieces,
+    without_contents,
+)
 from daemon.archive.sealing import Readable, opener, section_reader
+from daemon.archive.tarstream import Include
 from daemon.config.keys import EncryptionError, Identities, Recipient, recipient_strings
 from daemon.repository.store import Repository
 from daemon.state.chunkindex import ChunkIndex, Location
 from daemon.storage.base import BlobExists, BlobMissing
 
 DIRECTORY = "_chunks"  # no volume name starts with "_": never a volume's directory
-PACKS_AHEAD = 4  # packs fetched ahead of the tar being rebuilt (8 MiB each)
+PACKS_AHEAD = 2  # packs fetched ahead of the tar being rebuilt (8 MiB each)
 STEPS_AHEAD = 4096  # recipe steps looked at ahead for the packs they need
 FETCHING_THREADS = 4
 READ_SIZE = 1 << 20  # the tar rebuilt is yielded in pieces of about this size
@@ -115,7 +126,7 @@ class ChunkStore:
 
     def put_pack(self, pack: SealedPack) -> None:
         """Store a pack under its name. Raise OSError."""
-        self._put_once(pack_key(pack.name), pack.data)
+        self._put_once(pack_key(pack.name), pack.pieces)
 
     def put_index(self, name: str, stored: Iterable[bytes]) -> None:
         """Store an index file under its name. Raise OSError."""
@@ -220,10 +231,11 @@ def _fields(entry: IndexEntry) -> tuple[str, str, int, int, int]:
 
 class ChunkReads:
     """The chunks of one archive being rebuilt, read from a storage's packs: `ahead` passes
-    the recipe's steps on while it starts fetching, in threads, the packs of the steps to
-    come (at most PACKS_AHEAD at once); calling it returns a chunk's plain bytes, checked
-    against its id (`ChunkReader`). Memory: the packs fetched ahead and those kept opened,
-    8 MiB each."""
+    the recipe's steps on while threads fetch and open (`open_pack`: SHA-256 against the
+    name, age, trailer; all of which release the GIL) the packs of the steps to come, at
+    most PACKS_AHEAD at once; calling it returns a chunk's plain bytes, checked against its
+    id (`ChunkReader`). Each chunk is located in the index once, as `ahead` passes it.
+    Memory: the packs opened ahead and those kept opened, 8 MiB each."""
 
     def __init__(
         self,
@@ -235,45 +247,59 @@ class ChunkReads:
     ) -> None:
         self._chunks = chunks
         self._cache = cache
+        self._identities = identities
+        self._encrypted_to = encrypted_to
         self._pool = ThreadPoolExecutor(FETCHING_THREADS, thread_name_prefix="volkeep-packs")
-        self._fetching: dict[str, Future[bytes]] = {}
-        self._reader = ChunkReader(config, self._locate, self._load, identities, encrypted_to)
+        self._fetching: dict[str, Future[Pack]] = {}
+        # where the chunks of the steps `ahead` passed on are, in their order
+        self._located: deque[IndexEntry | None] = deque()
+        self._reader = ChunkReader(config, self._locate, self._load)
 
     def _locate(self, chunk_id: str) -> IndexEntry | None:
-        where = self._cache.locate(chunk_id)
-        return IndexEntry(*where) if where is not None else None
+        where = self._located.popleft() if self._located else None
+        return where if where is not None and where.chunk_id == chunk_id else self._find(chunk_id)
 
-    def _load(self, pack: str) -> bytes:
+    def _find(self, chunk_id: str) -> IndexEntry | None:
+        found = self._cache.locate(chunk_id)
+        return IndexEntry(*found) if found is not None else None
+
+    def _load(self, pack: str) -> Pack:
         fetching = self._fetching.pop(pack, None)
         if fetching is not None:
             return fetching.result()
-        return self._chunks.get_pack(pack)
+        return self._open(pack)
+
+    def _open(self, pack: str) -> Pack:
+        return open_pack(pack, self._chunks.get_pack(pack), self._identities, self._encrypted_to)
 
     def __call__(self, chunk_id: str) -> bytes:
         """Return the chunk's plain bytes. Raise PackFormatError if no index lists it or it
-        is damaged, OSError if the storage fails."""
+        is damaged, EncryptionError if its pack cannot be opened, OSError if the storage
+        fails."""
         return self._reader(chunk_id)
 
     def ahead(self, steps: Iterable[Step]) -> Iterator[Step]:
         """Yield the steps, each once the packs of up to STEPS_AHEAD steps after it are
-        being fetched (no more than PACKS_AHEAD at once)."""
+        being fetched (no more than PACKS_AHEAD at once). The chunks must then be asked
+        for in the order of their steps."""
         window: deque[Step] = deque()
         for step in steps:
+            where = None
+            if isinstance(step, ChunkStep):
+                where = self._find(step.chunk_id)
+                self._located.append(where)
             while window and (
                 len(window) >= STEPS_AHEAD
-                or (len(self._fetching) >= PACKS_AHEAD and self._pack_of(step))
+                or (len(self._fetching) >= PACKS_AHEAD and self._to_fetch(where))
             ):
                 yield window.popleft()
-            if pack := self._pack_of(step):
-                self._fetching[pack] = self._pool.submit(self._chunks.get_pack, pack)
+            if pack := self._to_fetch(where):
+                self._fetching[pack] = self._pool.submit(self._open, pack)
             window.append(step)
         yield from window
 
-    def _pack_of(self, step: Step) -> str | None:
-        """Return the pack a step needs fetched, or None if it needs none fetched now."""
-        if not isinstance(step, ChunkStep):
-            return None
-        where = self._cache.locate(step.chunk_id)
+    def _to_fetch(self, where: IndexEntry | None) -> str | None:
+        """Return the pack of a chunk if it is to be fetched: neither fetched nor opened."""
         if where is None or where.pack in self._fetching or self._reader.holds(where.pack):
             return None
         return where.pack
@@ -291,10 +317,14 @@ def recipe_tar(
     identities: Identities | None,
     encrypted_to: Sequence[str],
     state_dir: Path | None,
+    contents: Include | None = None,
 ) -> Iterator[bytes]:
     """Given an archive's chunk repository and its recipe's stored bytes being read (sealed,
     when `identities` are given, to `encrypted_to`), yield its tar in pieces of about READ_SIZE; the
-    chunk index is read through the cache in `state_dir` (None: a temporary one).
+    chunk index is read through the cache in `state_dir` (None: a temporary one). With
+    `contents`, the members whose content it refuses come with zero bytes for content
+    instead, and their chunks are not read (`without_contents`; a recipe of version 1
+    marks no member's end, and is read whole).
 
     Raise RecipeError, PackFormatError or ChunkConfigError if the recipe, a pack or the
     config is damaged or missing (the tar's size and SHA-256 are checked after the last
@@ -313,5 +343,9 @@ def recipe_tar(
         reads = ChunkReads(chunks, config, cache, identities, encrypted_to)
         resources.callback(reads.close)
         plain = resources.enter_context(section_reader(recipe, decrypt))
-        lines = io.TextIOWrapper(plain, encoding="ascii")  # type: ignore[type-var]
-        yield from tar_pieces(reads.ahead(read_recipe(iter(lines))), reads, READ_SIZE)
+        lines = iter(io.TextIOWrapper(plain, encoding="ascii"))  # type: ignore[type-var]
+        first = next(lines, "")
+        steps = read_recipe(chain((first,), lines))
+        if contents is not None and first == MARKED_HEADER:  # members' ends are marked
+            steps = without_contents(steps, contents)
+        yield from tar_pieces(reads.ahead(steps), reads, READ_SIZE)

@@ -79,14 +79,19 @@ def _stream(
     identities: Identities | None,
     scanner: TarScanner,
     spool_dir: Path | None = None,
+    contents: Include | None = None,
 ) -> Iterator[None]:
     """Feed the archive's tar stream to the scanner, yielding after each piece; check the
     stored bytes against the manifest at the end. Errors name the archive; the storage
-    failing is a StorageFailure naming the storage (never the archive's fault)."""
+    failing is a StorageFailure naming the storage (never the archive's fault). With
+    `contents`, the members whose content it refuses may come with zero bytes for
+    content (see `_tar_pieces`)."""
     try:
         with closing(repository.open_archive(key, manifest)) as stored:
             hashing = HashingReader(stored)
-            pieces = _tar_pieces(repository, key, manifest, identities, hashing, spool_dir)
+            pieces = _tar_pieces(
+                repository, key, manifest, identities, hashing, spool_dir, contents
+            )
             try:
                 # Reading, hashing and decompressing run a few pieces ahead, in a thread,
                 # while this one parses and digests.
@@ -131,11 +136,13 @@ def _tar_pieces(
     identities: Identities | None,
     stored: HashingReader,
     state_dir: Path | None,
+    contents: Include | None = None,
 ) -> Iterator[bytes]:
     """Given an archive's stored bytes being read, return its tar stream in pieces: the
     archive file decrypted and decompressed, or, for a deduplicated archive, the tar its
-    recipe rebuilds from the chunks (`recipe_tar`). Raise OperationError if it is
-    encrypted and there is no identity."""
+    recipe rebuilds from the chunks (`recipe_tar`), without reading the chunks of the
+    members whose content `contents` refuses (they come as zero bytes). Raise
+    OperationError if it is encrypted and there is no identity."""
     if manifest.layout != DEDUPLICATED:
         reader = decompressing_reader(
             manifest.compression, _opened(key, manifest, identities, stored)
@@ -145,7 +152,7 @@ def _tar_pieces(
         raise key_missing(key, manifest.recipients)
     chunks = ChunkStore(repository, key.policy, key.namespace)
     opening = identities if manifest.encryption is not None else None
-    return recipe_tar(chunks, stored, opening, manifest.recipients, state_dir)
+    return recipe_tar(chunks, stored, opening, manifest.recipients, state_dir, contents)
 
 
 def _opened(
@@ -180,12 +187,14 @@ def _checked(
     *,
     emit: Emit | None = None,
     include: Include | None = None,
+    contents: Include | None = None,
 ) -> Iterator[None]:
     """Read the archive once, yielding after each piece: every member header against the
     path-safety rules and, in order, against the manifest's entries; the stored bytes
     against the manifest's size and SHA-256 at the end. Members `include` refuses are
-    checked but not emitted. Raise OperationError (HostileArchive, MembersDiffer) at the
-    first fault.
+    checked but not emitted, and so are those `contents` refuses: their chunks are not even
+    read. Raise
+    OperationError (HostileArchive, MembersDiffer) at the first fault.
 
     Members are checked against the entries as they pass, without keeping them: only when
     they differ is the archive read again, to say how.
@@ -205,12 +214,16 @@ def _checked(
         nonlocal differs
         guard.check(member)
         differs = differs or next(expected, None) != member.path
+        if contents is not None and not contents(member):
+            return False  # its content is not read: zero bytes stand for it
         return include is None or include(member)
 
     # Contents are not digested here: the SHA-256 of the stored bytes vouches for them.
     scanner = TarScanner(emit=emit, include=admit, digests=False)
     try:
-        yield from _stream(repository, key, manifest, identities, scanner, archive.spool_dir)
+        yield from _stream(
+            repository, key, manifest, identities, scanner, archive.spool_dir, contents
+        )
         differs = differs or next(expected, None) is not None
     finally:
         close = getattr(entries, "close", None)
@@ -256,9 +269,12 @@ def verify_archive(archive: StoredArchive) -> None:
         pass
 
 
-def archive_chunks(archive: StoredArchive, include: Include | None = None) -> Iterator[bytes]:
-    """Yield the archive's tar stream (the members `include` keeps), checked as it passes
-    (see `_checked`): a fault raises before the faulty member's bytes are yielded, and the
+def archive_chunks(
+    archive: StoredArchive, include: Include | None = None, contents: Include | None = None
+) -> Iterator[bytes]:
+    """Yield the archive's tar stream (the members both `include` and `contents` keep; the
+    chunks of the members `contents` refuses are not even read), checked as it passes (see
+    `_checked`): a fault raises before the faulty member's bytes are yielded, and the
     SHA-256 of the whole is checked after the last piece, so a consumer must treat what it
     received as unproven until the iterator is exhausted."""
     pending: list[bytes | memoryview] = []
@@ -268,7 +284,7 @@ def archive_chunks(archive: StoredArchive, include: Include | None = None) -> It
         # the scanner's own header buffer (a bytearray it reuses) must be copied.
         pending.append(bytes(data) if isinstance(data, bytearray) else data)
 
-    for _ in _checked(archive, emit=keep, include=include):
+    for _ in _checked(archive, emit=keep, include=include, contents=contents):
         if pending:
             yield b"".join(pending)
             pending.clear()

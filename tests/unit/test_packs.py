@@ -149,7 +149,7 @@ def test_packs_close_at_the_configured_size_and_the_index_lists_every_chunk():
     assert {entry.pack for entry in entries} == {pack.name for pack in packs}
     by_name = {pack.name: pack.data for pack in packs}
     located = {entry.chunk_id: entry for entry in entries}
-    reader = ChunkReader(config, located.get, by_name.__getitem__)
+    reader = ChunkReader(config, located.get, lambda name: open_pack(name, by_name[name], None))
     assert [reader(chunk_id) for chunk_id in ids] == chunks
 
 
@@ -168,7 +168,7 @@ def test_a_damaged_pack_or_index_is_refused():
     # a chunk whose bytes are not its id's (another repository's key) is refused
     other = ChunkConfig.new()
     located = {entry.chunk_id: entry for entry in index_of(writer)}
-    reader = ChunkReader(other, located.get, lambda name: packs[0].data)
+    reader = ChunkReader(other, located.get, lambda name: open_pack(name, packs[0].data, None))
     with pytest.raises(PackFormatError, match="not its content"):
         reader(ids[0])
     with pytest.raises(PackFormatError, match="in no index"):
