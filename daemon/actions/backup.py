@@ -264,7 +264,7 @@ def back_up_volume(
             storages=[repository.name for repository in copies.published],
             size=stored.size,
             tar_size=manifest.tar_size,
-            added=chunked.added_bytes if chunked is not None else stored.size,
+            added=manifest.added_bytes,
             read=files.read_bytes if files is not None else manifest.tar_size,
             reused=files.reused if files is not None else 0,
             objects=entries.count,

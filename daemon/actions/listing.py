@@ -47,6 +47,8 @@ class ArchiveRow:
             "volume": self.key.volume,
             "created": manifest.started.isoformat() if manifest else None,
             "size": manifest.size if manifest else None,
+            "tar_size": manifest.tar_size if manifest else None,
+            "added_bytes": manifest.added_bytes if manifest else None,
             "sha256": manifest.sha256 if manifest else None,
             "compression": manifest.compression if manifest else None,
             "encrypted": manifest.encryption is not None if manifest else None,

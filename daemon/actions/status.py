@@ -10,6 +10,7 @@ daemon runs, and without the engine. It changes nothing.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -25,6 +26,7 @@ from daemon.config.triggers import first_run, next_run
 from daemon.engine.client import connect, engine_failure
 from daemon.engine.volumes import select_volumes
 from daemon.errors import DockerUnavailable, OperationError
+from daemon.repository.layout import ArchiveKey
 from daemon.repository.locate import newest_readable_backup
 from daemon.repository.store import Repository
 from daemon.rules.shrink import Shrink
@@ -37,6 +39,10 @@ from daemon.terminal.render import fit
 REASON_WIDTH = 70
 STALE_HEARTBEAT_SECONDS = 60  # the daemon rewrites it at least every 10 s
 ENGINE_TIMEOUT_SECONDS = 10  # status must answer even when the engine hangs
+# SIZE: the newest archive's tar (what a restore writes); ADDED: what it stored
+STATUS_COLUMNS = (
+    "VOLUME", "LAST BACKUP", "NEWEST ARCHIVE", "SIZE", "ADDED", "DRILL VERDICT", "LAST DRILL RUN"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,44 @@ class Upcoming:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What a volume's backups in one storage hold and cost: how many there are, their
+    tar bytes (what they restore to), and the stored bytes each added when it was written
+    (`Manifest.added_bytes`), summed."""
+
+    backups: int = 0
+    tar_bytes: int = 0
+    added_bytes: int = 0
+
+    @property
+    def ratio(self) -> float | None:
+        """The tar bytes over the bytes added (compression and deduplication together), or
+        None if nothing was added."""
+        return self.tar_bytes / self.added_bytes if self.added_bytes else None
+
+    def to_json(self) -> dict[str, object]:
+        ratio = self.ratio
+        return {
+            "backups": self.backups,
+            "tar_bytes": self.tar_bytes,
+            "added_bytes": self.added_bytes,
+            "ratio": round(ratio, 2) if ratio is not None else None,
+        }
+
+
+def backups_usage(manifests: Iterable[Manifest]) -> Usage:
+    """Given the manifests of a volume's backups in one storage, return their usage."""
+    usage = Usage()
+    for manifest in manifests:
+        usage = Usage(
+            usage.backups + 1,
+            usage.tar_bytes + manifest.tar_size,
+            usage.added_bytes + manifest.added_bytes,
+        )
+    return usage
+
+
+@dataclass(frozen=True)
 class VolumeStatus:
     name: str
     last_backup: OperationRecord | None  # from this host's run history
@@ -75,6 +119,8 @@ class VolumeStatus:
     # by storage: the shrinks for which retention keeps archives until they are accepted
     shrinks: dict[str, list[Shrink]] = field(default_factory=dict)
     in_config: bool = True  # False: the policy no longer covers it; its archives remain
+    # by storage, in the policy's order: its backups' usage (none: it could not be read)
+    usage: dict[str, Usage] = field(default_factory=dict)
 
     @property
     def newest_archive(self) -> Manifest | None:
@@ -101,6 +147,7 @@ class VolumeStatus:
             },
             "newest_archive": _archive_json(archive),
             "storages": {name: _archive_json(manifest) for name, manifest in self.newest.items()},
+            "usage": {name: usage.to_json() for name, usage in self.usage.items()},
             "last_drill": None
             if drill is None
             else {
@@ -136,7 +183,13 @@ class VolumeStatus:
 def _archive_json(manifest: Manifest | None) -> dict[str, object] | None:
     if manifest is None:
         return None
-    return {"id": manifest.id, "created": manifest.started.isoformat(), "size": manifest.size}
+    return {
+        "id": manifest.id,
+        "created": manifest.started.isoformat(),
+        "size": manifest.size,
+        "tar_size": manifest.tar_size,
+        "added_bytes": manifest.added_bytes,
+    }
 
 
 @dataclass(frozen=True)
@@ -231,6 +284,7 @@ def collect_status(ctx: Context, now: datetime) -> Status:
                 drills.get((policy.name, name)),
                 _pending_shrinks(policy, repositories, name, now),
                 in_config=covered is None or name in covered,
+                usage=_usage(repositories, policy.name, name),
             )
             for name in names
         ]
@@ -297,6 +351,29 @@ def _newest_backup(repository: Repository, policy: str, volume: str) -> Manifest
     return found.manifest if found is not None else None
 
 
+def _usage(repositories: list[Repository], policy: str, volume: str) -> dict[str, Usage]:
+    """Return, by repository, the usage of the volume's backups there (one that cannot be
+    listed is left out: `collect_status` notes why; an unreadable manifest counts for
+    nothing, as `list` shows)."""
+    found = {}
+    for repository in repositories:
+        try:
+            keys = repository.backups(policy, volume)
+        except OSError:
+            continue
+        found[repository.name] = backups_usage(_readable_manifests(repository, keys))
+    return found
+
+
+def _readable_manifests(repository: Repository, keys: Iterable[ArchiveKey]) -> Iterator[Manifest]:
+    """Yield the summaries of the archives' manifests that can be read."""
+    for key in keys:
+        try:
+            yield repository.read_manifest(key, entries=False)
+        except OperationError:
+            continue
+
+
 def _last_drill(repositories: list[Repository], policy: str, volume: str) -> DrillRecord | None:
     """Return the most recent drill verdict of any of the volume's archives, or None."""
     records = [
@@ -332,10 +409,7 @@ def describe_status(status: Status, now: datetime) -> str:
             if upcoming is not None
         ]
         lines += ["", f"policy {policy.name}: {'; '.join(runs) or 'not scheduled'}"]
-        table = [
-            ("VOLUME", "LAST BACKUP", "NEWEST ARCHIVE", "SIZE", "DRILL VERDICT", "LAST DRILL RUN")
-        ]
-        table += [_volume_row(volume, now) for volume in policy.volumes]
+        table = [STATUS_COLUMNS, *(_volume_row(volume, now) for volume in policy.volumes)]
         widths = [max(len(row[column]) for row in table) for column in range(len(table[0]))]
         for row in table:
             cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
@@ -367,7 +441,7 @@ def _pending_shrinks(
     return found
 
 
-def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str, str, str]:
+def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, ...]:
     archive = volume.newest_archive
     if len(volume.newest) > 1:
         newest = ", ".join(
@@ -383,7 +457,8 @@ def _volume_row(volume: VolumeStatus, now: datetime) -> tuple[str, str, str, str
         volume.name,
         _last_run(volume.last_backup, now) if volume.in_config else "removed from the config",
         newest,
-        human_bytes(archive.size) if archive else "-",
+        human_bytes(archive.tar_size) if archive else "-",
+        human_bytes(archive.added_bytes) if archive else "-",
         verdict,
         _last_run(volume.last_drill_run, now),
     )

@@ -156,6 +156,13 @@ class Manifest:
     entries: Iterable[Member] = field(default=(), compare=False, repr=False)
 
     @property
+    def added_bytes(self) -> int:
+        """The stored bytes the backup added to its storage: the archive file, and for a
+        deduplicated archive (whose file is its recipe) the new packs and index too."""
+        counts = self.chunk_counts
+        return self.size + (counts.added_bytes if counts is not None else 0)
+
+    @property
     def content(self) -> Content:
         """What the volume held, as the shrink guard measures it: the objects and the tar's
         bytes, which every format records."""

@@ -31,7 +31,7 @@ FOOTER_MAGIC = b"volkeep-pack 1 "
 FOOTER_SIZE = 32  # the magic, 16 decimal digits (the trailer's length), a newline
 INDEX_HEADER = b"volkeep-index 1\n"
 CONDEMNED_HEADER = b"volkeep-condemned 1\n"
-PACKS_KEPT = 4  # packs a ChunkReader keeps opened
+PACKS_KEPT = 2  # packs a ChunkReader keeps opened
 MAX_TRAILER = 64 << 20  # what a hostile footer may make a reader decompress
 _TRAILER_LINE = re.compile(r"([0-9a-f]{64}) ([0-9]+) ([0-9]+) ([0-9]+)")
 _INDEX_LINE = re.compile(r"([0-9a-f]{64}) ([0-9a-f]{64}) ([0-9]+) ([0-9]+) ([0-9]+)")
@@ -163,7 +163,8 @@ class Pack:
     def chunk(self, entry: PackEntry) -> bytes:
         """Return the plain bytes of one of the pack's chunks. Raise PackFormatError if they
         cannot be decompressed to their recorded size."""
-        frame = self.frame(entry)
+        # a view: the frame is only read, and copying every chunk's would cost a pass
+        frame = memoryview(self._plain)[entry.offset : entry.offset + entry.stored_length]
         try:
             plain: bytes = zstandard.ZstdDecompressor().decompress(
                 frame, max_output_size=entry.plain_length
@@ -209,22 +210,19 @@ def open_pack(
 
 class ChunkReader:
     """Chunks by id, read from their packs: `locate` says where a chunk is (an index
-    lookup), `load` returns a pack's stored bytes. The packs read last are kept (a few:
-    a tar's chunks mostly come pack after pack); every chunk is checked against its id."""
+    lookup), `load` returns a pack read (`open_pack`: its name checked, opened, its
+    trailer read). The packs read last are kept (a few: a tar's chunks mostly come pack
+    after pack); every chunk is checked against its id."""
 
     def __init__(
         self,
         config: ChunkConfig,
         locate: Callable[[str], IndexEntry | None],
-        load: Callable[[str], bytes],
-        identities: Identities | None = None,
-        encrypted_to: Sequence[str] = (),
+        load: Callable[[str], Pack],
     ) -> None:
         self._config = config
         self._locate = locate
         self._load = load
-        self._identities = identities
-        self._encrypted_to = encrypted_to
         self._packs: dict[str, Pack] = {}
 
     def holds(self, pack: str) -> bool:
@@ -239,8 +237,7 @@ class ChunkReader:
             raise PackFormatError(f"chunk {chunk_id} is in no index")
         pack = self._packs.pop(where.pack, None)
         if pack is None:
-            stored = self._load(where.pack)
-            pack = open_pack(where.pack, stored, self._identities, self._encrypted_to)
+            pack = self._load(where.pack)
             if len(self._packs) >= PACKS_KEPT:
                 del self._packs[next(iter(self._packs))]
         self._packs[where.pack] = pack  # the most recent last

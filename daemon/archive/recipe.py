@@ -360,6 +360,48 @@ def _raw_size(encoded: bytes) -> int:
     return len(encoded) // 4 * 3 - padding
 
 
+def without_contents(steps: Iterable[Step], wanted: Callable[[Member], bool]) -> Iterator[Step]:
+    """Given a version 2 recipe's steps, yield them with the chunks of every member whose
+    content `wanted` refuses (judged on its header, read as a TarScanner reads it) turned
+    into as many zero bytes, and the end step without its SHA-256 if any were: the tar
+    keeps its shape and every header, and a reader that skips those members' contents
+    needs none of their chunks. Raise TarFormatError if a member's headers are not a
+    tar's."""
+    headers = bytearray()  # the current member's bytes before its content
+    keep: bool | None = None  # whether its content is wanted, once its headers are read
+    skipped = False
+    for step in steps:
+        if isinstance(step, ChunkStep):
+            if keep is None:
+                keep = _header_wanted(headers, wanted)
+            if not keep:
+                skipped = True
+                yield step.length
+                continue
+        elif keep is None and isinstance(step, bytes):
+            headers += step
+        elif keep is None and isinstance(step, int):
+            headers += bytes(step)
+        elif isinstance(step, MemberMark):
+            headers, keep = bytearray(), None
+        elif isinstance(step, EndStep) and skipped:
+            step = EndStep(step.size, None)
+        yield step
+
+
+def _header_wanted(headers: bytes | bytearray, wanted: Callable[[Member], bool]) -> bool:
+    """Given a member's bytes up to its content, say whether `wanted` wants its content
+    (yes if they do not end in a complete header)."""
+    members: list[Member] = []
+
+    def judge(member: Member) -> bool:
+        members.append(member)
+        return False
+
+    TarScanner(include=judge, digests=False).feed(headers)
+    return not members or wanted(members[-1])
+
+
 def rebuild_tar(steps: Iterator[Step], chunk: Callable[[str], bytes], sink: Sink) -> int:
     """Given a recipe's steps and what returns a chunk's plain bytes by its id, write the
     tar into `sink`; return its size. Raise RecipeError as `tar_pieces` does (what `sink`

@@ -447,17 +447,20 @@ def _print_list(args: argparse.Namespace, rows: list[ArchiveRow]) -> None:
         print(json.dumps([row.to_json() for row in rows], indent=1))
         return
     now = datetime.now(UTC)
-    header = ("POLICY", "VOLUME", "STORAGE", "ID", "CREATED (UTC)", "SIZE", "DRILL")
+    # SIZE: the tar (what a restore writes); ADDED: what the backup stored (its archive
+    # file, or its recipe and new chunks: a deduplicated archive's file is small)
+    header = ("POLICY", "VOLUME", "STORAGE", "ID", "CREATED (UTC)", "SIZE", "ADDED", "DRILL")
     table = [header]
     for row in rows:
         manifest = row.manifest
         created = (
             manifest.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if manifest else "-"
         )
-        size = human_bytes(manifest.size) if manifest else "-"
+        size = human_bytes(manifest.tar_size) if manifest else "-"
+        added = human_bytes(manifest.added_bytes) if manifest else "-"
         drill = row.mark or drill_summary(row.drill, now)
         table.append(
-            (row.key.policy, row.key.volume, row.storage, row.key.id, created, size, drill)
+            (row.key.policy, row.key.volume, row.storage, row.key.id, created, size, added, drill)
         )
     widths = [max(len(line[column]) for line in table) for column in range(len(header))]
     for line in table:

@@ -145,12 +145,36 @@ def gauges(overview: Overview, host: str) -> Iterator[GaugeMetricFamily]:
     )
     newest_bytes = GaugeMetricFamily(
         "volkeep_newest_archive_bytes",
-        "Size of the newest backup of the volume in the storage, as stored.",
+        "Size of the newest backup's archive file in the storage, as stored (a deduplicated "
+        "backup's recipe: see volkeep_newest_archive_added_bytes).",
         labels=storage_labels,
     )
     newest_time = GaugeMetricFamily(
         "volkeep_newest_archive_timestamp_seconds",
         "When the newest backup of the volume in the storage started (Unix time).",
+        labels=storage_labels,
+    )
+    newest_added = GaugeMetricFamily(
+        "volkeep_newest_archive_added_bytes",
+        "The stored bytes the newest backup of the volume added to the storage: its archive "
+        "file, and for a deduplicated backup the new packs and index.",
+        labels=storage_labels,
+    )
+    tar_bytes = GaugeMetricFamily(
+        "volkeep_backups_tar_bytes",
+        "The tar bytes of the volume's backups in the storage, summed: what they restore to.",
+        labels=storage_labels,
+    )
+    added_bytes = GaugeMetricFamily(
+        "volkeep_backups_added_bytes",
+        "The stored bytes the volume's backups in the storage added when each was written, "
+        "summed (a chunk is counted in the backup that stored it).",
+        labels=storage_labels,
+    )
+    ratio = GaugeMetricFamily(
+        "volkeep_dedup_ratio",
+        "volkeep_backups_tar_bytes over volkeep_backups_added_bytes: what compression and "
+        "deduplication save (2: the backups cost half their tar bytes).",
         labels=storage_labels,
     )
     for volume in overview.volumes:
@@ -171,5 +195,12 @@ def gauges(overview: Overview, host: str) -> Iterator[GaugeMetricFamily]:
             newest = volume.status.newest.get(storage)
             if newest is not None:
                 newest_bytes.add_metric([*labels, storage], newest.size)
+                newest_added.add_metric([*labels, storage], newest.added_bytes)
                 newest_time.add_metric([*labels, storage], newest.started.timestamp())
-    yield from (success, failure, passed, restore, archives, newest_bytes, newest_time, interval)
+        for storage, usage in volume.status.usage.items():
+            tar_bytes.add_metric([*labels, storage], usage.tar_bytes)
+            added_bytes.add_metric([*labels, storage], usage.added_bytes)
+            if usage.ratio is not None:
+                ratio.add_metric([*labels, storage], usage.ratio)
+    yield from (success, failure, passed, restore, archives, newest_bytes, newest_added)
+    yield from (newest_time, tar_bytes, added_bytes, ratio, interval)

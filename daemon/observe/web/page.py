@@ -9,7 +9,7 @@ from datetime import datetime
 from html import escape
 
 from daemon.actions.listing import age
-from daemon.actions.status import PolicyStatus
+from daemon.actions.status import PolicyStatus, Usage
 from daemon.observe.overview import Overview, VolumeOverview
 from daemon.observe.web.chart import archive_chart
 from daemon.terminal.progress import human_bytes
@@ -70,6 +70,17 @@ def _archive_count(count: int | None) -> str:
     return "? archives" if count is None else plural(count, "archive")
 
 
+def _usage(usage: Usage | None) -> str:
+    """Given the usage of a volume's backups in a storage (None: not known), return what
+    follows their count: their tar bytes, the bytes they added, and the ratio."""
+    if usage is None or usage.ratio is None:
+        return ""
+    return (
+        f" {human_bytes(usage.tar_bytes)} of tar, {human_bytes(usage.added_bytes)} added "
+        f'(<span class="ratio">{usage.ratio:.1f}x</span>)'
+    )
+
+
 def _volume_row(volume: VolumeOverview, now: datetime) -> str:
     status = volume.status
     backup = status.last_backup
@@ -84,12 +95,13 @@ def _volume_row(volume: VolumeOverview, now: datetime) -> str:
     newest = "<br>".join(
         f"{escape(storage)}: "
         + (
-            f"{escape(manifest.id)} ({human_bytes(manifest.size)}, "
-            f"{age(now - manifest.started)} ago)"
+            f"{escape(manifest.id)} ({human_bytes(manifest.tar_size)}, added "
+            f"{human_bytes(manifest.added_bytes)}, {age(now - manifest.started)} ago)"
             if manifest
             else '<span class="muted">none</span>'
         )
-        + f' <span class="muted">[{_archive_count(volume.archives.get(storage))}]</span>'
+        + f' <span class="muted">[{_archive_count(volume.archives.get(storage))}]'
+        + f"{_usage(status.usage.get(storage))}</span>"
         for storage, manifest in status.newest.items()
     )
     drill = status.last_drill
