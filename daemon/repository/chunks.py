@@ -126,7 +126,7 @@ class ChunkStore:
 
     def put_pack(self, pack: SealedPack) -> None:
         """Store a pack under its name. Raise OSError."""
-        self._put_once(pack_key(pack.name), pack.pieces)
+        self._put_once(pack_key(pack.name), pack.data)
 
     def put_index(self, name: str, stored: Iterable[bytes]) -> None:
         """Store an index file under its name. Raise OSError."""
