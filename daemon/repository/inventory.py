@@ -61,23 +61,27 @@ def survey(store: BlobStore, *, records: bool = True) -> dict[str, Namespace]:
     if the store cannot be listed; a record that cannot be read is a namespace's
     `record_problem`."""
     namespaces: dict[str, Namespace] = {}
-    for blob in store.list(""):
-        parts = blob.split("/")
-        if len(parts) == 2 and parts[1] == MARKER:
-            namespaces.setdefault(parts[0], Namespace(parts[0])).marked = True
-            continue
-        if len(parts) == 4:
-            host, policy, volume, name = parts
-        elif len(parts) == 3:
-            host, (policy, volume, name) = BEFORE_HOST_NAMES, parts
-        else:
-            continue
+
+    def add(host: str, policy: str, volume: str, name: str) -> None:
         split = split_name(name, volume)
-        if split is None:
-            continue
-        namespace = namespaces.setdefault(host, Namespace(host))
-        files = namespace.volumes.setdefault((policy, volume), VolumeFiles()).files
-        files.setdefault(ArchiveKey(policy, volume, split[0], host), set()).add(split[1])
+        if split is not None:
+            namespace = namespaces.setdefault(host, Namespace(host))
+            files = namespace.volumes.setdefault((policy, volume), VolumeFiles()).files
+            files.setdefault(ArchiveKey(policy, volume, split[0], host), set()).add(split[1])
+
+    # one directory at a time, down to the volumes' files: never a policy's chunk
+    # repository (`_chunks/`, which no volume name can be), which may hold many packs
+    for top in store.list_directory(""):
+        for name in store.list_directory(top) if top.endswith("/") else ():
+            if name == MARKER:
+                namespaces.setdefault(top[:-1], Namespace(top[:-1])).marked = True
+            elif name.endswith("/"):
+                for inner in store.list_directory(top + name):
+                    if not inner.endswith("/"):  # <policy>/<volume>/<file>: before host names
+                        add(BEFORE_HOST_NAMES, top[:-1], name[:-1], inner)
+                    elif not inner.startswith("_"):  # <host>/<policy>/<volume>/
+                        for file in store.list_directory(top + name + inner):
+                            add(top[:-1], name[:-1], inner[:-1], file)
     for namespace in namespaces.values():
         if records and namespace.marked:
             try:
