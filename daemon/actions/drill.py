@@ -40,6 +40,7 @@ from daemon.actions.context import Context
 from daemon.actions.failures import volume_failure
 from daemon.actions.restore import extract_into
 from daemon.archive.compare import Comparison, compare_trees
+from daemon.archive.manifest import DEDUPLICATED
 from daemon.archive.tarstream import Member, TarFormatError, TarScanner
 from daemon.config.keys import Identities
 from daemon.config.model import DrillChoice, DrillConfig, Policy
@@ -48,8 +49,10 @@ from daemon.engine.helpers import helper_labels
 from daemon.engine.tarflavour import detect_flavour, keeps_xattrs, volume_tar
 from daemon.engine.volumes import create_volume, remove_volume
 from daemon.errors import ArchiveFault, OperationError, UsageError, combined_failure
+from daemon.repository.chunks import ChunkStore
 from daemon.repository.layout import ArchiveKey
 from daemon.repository.locate import locate
+from daemon.repository.packcheck import check_packs_in_turn
 from daemon.repository.store import Repository
 from daemon.repository.verify import MembersDiffer, StoredArchive
 from daemon.rules.verdict import DrillRecord, Outcome, drill_outcome
@@ -308,6 +311,8 @@ def drill_archive(
         )
         if not comparison.identical:
             ended_by = ArchiveFault(comparison.summary())
+        elif manifest.layout == DEDUPLICATED:
+            ended_by = _check_packs_in_turn(repository, key, spool_dir)
     except MembersDiffer as error:
         comparison, ended_by = error.comparison, error
     except OperationError as error:
@@ -335,6 +340,27 @@ def drill_archive(
         differences=[] if encrypted else comparison.differences,
         difference_count=comparison.count,
         archive_sha256=sha256,
+    )
+
+
+def _check_packs_in_turn(
+    repository: Repository, key: ArchiveKey, state_dir: Path | None
+) -> ArchiveFault | None:
+    """Check the packs of the archive's chunk repository whose turn it is against their
+    names (`check_packs_in_turn`); return the fault to end the drill with if one is
+    damaged, else None. Raise StorageFailure if the storage fails."""
+    chunks = ChunkStore(repository, key.policy, key.namespace)
+    try:
+        checked = check_packs_in_turn(chunks, state_dir)
+    except OSError as error:
+        raise repository.failure(error, "cannot check the chunk repository's packs", key) from None
+    log.info("packs checked in turn", packs=len(checked.checked), damaged=len(checked.damaged))
+    if not checked.damaged:
+        return None
+    return ArchiveFault(
+        f"the chunk repository {chunks.directory} is damaged: pack "
+        f"{', '.join(checked.damaged)} is not the bytes its name was taken of (the sampled "
+        "check of packs; the archives whose chunks it holds do not restore)"
     )
 
 

@@ -73,3 +73,35 @@ def drill_record(workspace: Workspace, volume: str, archive_id: str) -> dict[str
     path = workspace.archive_dir("app", volume) / f"{volume}-{archive_id}.drill.json"
     record: dict[str, object] = json.loads(path.read_text())
     return record
+
+
+def test_drills_check_in_turn_every_pack_and_fail_on_one_no_drilled_archive_uses(
+    api: docker.APIClient, volumes, workspace: Workspace
+) -> None:
+    volume = volumes("turns")
+    root = mountpoint(api, volume)
+    (root / "old.bin").write_bytes(hashlib.shake_256(b"old").digest(3 * MiB))
+    workspace.write_config({"app": {"volumes": [volume], "format": "dedup"}})
+    backup(workspace)
+    old_packs = set(packs(workspace))
+    (root / "old.bin").unlink()
+    (root / "new.bin").write_bytes(hashlib.shake_256(b"new").digest(3 * MiB))
+    latest = backup(workspace)
+    # a pack only the first archive uses, damaged in the storage
+    damaged = sorted(old_packs)[0]
+    path = packs(workspace)[damaged]
+    stored = bytearray(path.read_bytes())
+    stored[len(stored) // 2] ^= 1
+    path.write_bytes(bytes(stored))
+
+    verdicts = []
+    for _ in range(len(packs(workspace))):  # every pack has had its turn after as many
+        result = workspace.run("drill", "app", "--volume", volume, "--archive", latest)
+        verdicts.append(result.returncode)
+        if result.returncode:
+            break
+    assert verdicts[-1] == 1 and set(verdicts[:-1]) <= {0}, verdicts
+    assert f"pack {damaged} is not the bytes its name was taken of" in result.stderr
+    record = drill_record(workspace, volume, latest)
+    assert record["passed"] is False
+    assert damaged in str(record["reason"])
