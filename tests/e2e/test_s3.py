@@ -295,6 +295,7 @@ def test_storage_faults_and_bad_input_are_one_clear_line(api, volumes, workspace
     assert unknown.returncode == 2 and "elsewhere" in last_line(unknown.stderr)
 
 
+@pytest.mark.archive_format("tar")
 def test_a_frozen_endpoint_fails_its_copy_naming_the_timeout_and_the_local_copy_lands(
     api, volumes, workspace, s3_bucket
 ):
