@@ -69,6 +69,7 @@ from daemon.rules import shrink
 from daemon.rules.retention import Decision, format_duration
 from daemon.rules.verdict import DrillRecord
 from daemon.state.directory import WRITERS, check_state_dir
+from daemon.system.memory import one_malloc_arena
 from daemon.terminal.progress import end_line, human_bytes
 from daemon.terminal.render import paint, plural
 
@@ -821,6 +822,7 @@ def _terminate(signal_number: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    one_malloc_arena()  # before any thread: the peak RSS of restores and drills
     configure_logging(args.log_format, args.log_level)
     signal.signal(signal.SIGTERM, _terminate)
     try:
