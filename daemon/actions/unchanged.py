@@ -92,7 +92,7 @@ def full_read_reason(
     return None
 
 
-def unchanged(listed: ListedRow, previous: PreviousRow, member: Member, racy_before: int) -> bool:
+def unchanged(listed: ListedRow, previous: PreviousRow, racy_before: int) -> bool:
     """Given an object as listed now, the previous archive's member of that path (its
     entry and its listed inode and ctime) and the second its listing began, say whether the
     member can be taken as it is. A ctime in or after that second is "racy": the file may
@@ -103,12 +103,21 @@ def unchanged(listed: ListedRow, previous: PreviousRow, member: Member, racy_bef
         and previous.ctime == listed.ctime
         and previous.ctime is not None
         and previous.ctime < racy_before
-        and member.type in _TYPES.get(kind_of(listed.mode), ())
-        and member.mode == listed.mode & 0o7777
-        and (member.uid, member.gid) == (listed.uid, listed.gid)
-        and math.floor(member.mtime) == listed.mtime
-        and (member.type != "file" or member.size == listed.size)
+        and previous.type in _TYPES.get(kind_of(listed.mode), ())
+        and previous.mode == listed.mode & 0o7777
+        and (previous.uid, previous.gid) == (listed.uid, listed.gid)
+        and math.floor(previous.mtime) == listed.mtime
+        and (previous.type != "file" or previous.size == listed.size)
     )
+
+
+def _member(row: PreviousRow) -> Member:
+    """Given a previous archive's member as the file list holds it, return its entry."""
+    xattrs = json.loads(row.xattrs) if row.xattrs is not None else None
+    return Member(
+        row.path, row.type, row.mode, row.uid, row.gid, row.size, row.mtime, row.link,
+        row.sha256, xattrs,
+    )  # fmt: skip
 
 
 class VolumeReading:
@@ -237,8 +246,7 @@ class VolumeReading:
         for seq, listed, member_row in self.files.pairs():
             if member_row is None or member_row.position <= last:
                 continue
-            member = Member.from_json(json.loads(member_row.member))
-            if unchanged(listed, member_row, member, racy_before):
+            if unchanged(listed, member_row, racy_before):
                 self.files.reuse(seq, member_row.position)
                 last = member_row.position
         self.files.read_linked_groups_whole()
@@ -271,7 +279,7 @@ class VolumeReading:
                         lines.flush()
                         return path
                     lines.take(taken.recipe_start, taken.recipe_stop, taken.tar_size)
-                    entries.add(Member.from_json(json.loads(taken.member)))
+                    entries.add(_member(taken))
                     self.reused += 1
                 lines.flush()
                 return None
@@ -372,7 +380,15 @@ class PreviousArchive:
                     PreviousRow(
                         position,
                         member.path,
-                        json.dumps(member.to_json()),
+                        member.type,
+                        member.mode,
+                        member.uid,
+                        member.gid,
+                        member.size,
+                        member.mtime,
+                        member.link,
+                        member.sha256,
+                        json.dumps(member.xattrs) if member.xattrs else None,
                         lines.mark.inode,
                         lines.mark.ctime,
                         held,

@@ -22,12 +22,14 @@ CREATE TABLE listed (
 );
 CREATE INDEX listed_path ON listed (path);
 CREATE TABLE previous (
-    position INTEGER PRIMARY KEY, path TEXT NOT NULL, member TEXT NOT NULL,
-    inode INTEGER, ctime INTEGER, held INTEGER NOT NULL, recipe_start INTEGER NOT NULL,
-    recipe_stop INTEGER NOT NULL, tar_size INTEGER NOT NULL
+    position INTEGER PRIMARY KEY, path TEXT NOT NULL, type TEXT NOT NULL,
+    mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime NOT NULL, link TEXT, sha256 TEXT, xattrs TEXT, inode INTEGER, ctime INTEGER,
+    held INTEGER NOT NULL, recipe_start INTEGER NOT NULL, recipe_stop INTEGER NOT NULL,
+    tar_size INTEGER NOT NULL
 );
 CREATE INDEX previous_path ON previous (path);
-"""
+"""  # mtime without a type: an int stays an int, a float a float (the entry's JSON as it was)
 
 
 class ListedRow(NamedTuple):
@@ -43,14 +45,22 @@ class ListedRow(NamedTuple):
 
 
 class PreviousRow(NamedTuple):
-    """A member of the previous archive: its position in its tar, its manifest entry (JSON),
-    the inode and ctime its recipe's M line records, whether every chunk of it is held by
-    every storage the backup writes to, where its lines start and stop in the recipe's
-    text, and its bytes in the tar."""
+    """A member of the previous archive: its position in its tar, its manifest entry (the
+    fields of a `Member`, its xattrs as JSON), the inode and ctime its recipe's M line
+    records, whether every chunk of it is held by every storage the backup writes to, where
+    its lines start and stop in the recipe's text, and its bytes in the tar."""
 
     position: int
     path: str
-    member: str
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: float
+    link: str | None
+    sha256: str | None
+    xattrs: str | None
     inode: int | None
     ctime: int | None
     held: bool
@@ -93,7 +103,7 @@ class FileList:
         return ListedRow(*found) if found else None
 
     def add_previous(self, row: PreviousRow) -> None:
-        self._db.execute("INSERT INTO previous VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        self._db.execute(f"INSERT INTO previous VALUES ({', '.join('?' * len(row))})", row)
 
     def pairs(self) -> Iterator[tuple[int, ListedRow, PreviousRow | None]]:
         """Yield each listed object in tar order with its sequence number and the previous
@@ -138,7 +148,4 @@ _PREVIOUS = ", ".join(f"p.{field}" for field in PreviousRow._fields)
 
 
 def _previous(row: tuple[Any, ...]) -> PreviousRow | None:
-    position, path, member, inode, ctime, held, start, stop, tar_size = row
-    if position is None:
-        return None
-    return PreviousRow(position, path, member, inode, ctime, bool(held), start, stop, tar_size)
+    return None if row[0] is None else PreviousRow._make(row)
