@@ -15,7 +15,8 @@ bench/run.py):
   prune run twice (condemn, then free); the larger peak of the two.
 
 Data sets: bench/scale.py's volume of 1,000,000 small files (`--files 1m`, built once and
-reused; `--files ''` skips it), and a volume of unique random data in 64 MiB files grown
+reused; `--files ''` skips it; or 10k, 100k, or `tiny200k`: 200,000 files of 12-17
+bytes), and a volume of unique random data in 64 MiB files grown
 to each of `--gigabytes` GiB in turn (rebuilt for each run). Then, per command, the growth
 of its peak RSS per GiB of unique data (least squares over the sizes) and the peak that
 growth gives at 1 TiB. The target: under 150 MiB for every command.
@@ -38,13 +39,35 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is no package: run.py
 
 from run import PREFIX, RSS_LIMIT_MIB, build_volume, mountpoint, sync, timed, tree_summary
-from scale import VOLUMES as FILE_VOLUMES
+from scale import VOLUMES as SCALE_VOLUMES
+from scale import Volume
 
-UNIQUE = PREFIX + "dedupscale_unique"
-TARGET = PREFIX + "dedupscale_target"
+# named by the run, so that two runs side by side keep to their own volumes
+UNIQUE = PREFIX + f"dedupscale{os.getpid()}_unique"
+TARGET = PREFIX + f"dedupscale{os.getpid()}_target"
 FILE_MIB = 64
 GIB = 1 << 30
 TIB_IN_GIB = 1024
+
+
+def fill_tiny(count: int) -> Callable[[Path], None]:
+    """`count` files of 12-17 bytes ("tiny file N" and a newline), a thousand to a directory: a
+    chunk each, whose zstd frames are some 25 bytes, so that a pack holds the most."""
+
+    def fill(root: Path) -> None:
+        for index in range(count):
+            directory = root / f"d{index // 1000:04d}"
+            if index % 1000 == 0:
+                directory.mkdir()
+            (directory / f"t{index:07d}").write_bytes(f"tiny file {index}\n".encode())
+
+    return fill
+
+
+FILE_VOLUMES = {
+    **SCALE_VOLUMES,
+    "tiny200k": Volume("tiny200k", PREFIX + "tiny200k", fill_tiny(200_000)),
+}
 COMMANDS = (
     "backup, first",
     "backup, repeat",
@@ -136,13 +159,13 @@ class DataSet:
         return results
 
 
-def grow_unique(api: docker.APIClient, gigabytes: int) -> None:
+def grow_unique(api: docker.APIClient, gigabytes: float) -> None:
     """Grow the unique-data volume (created if missing) to `gigabytes` GiB of random bytes
     in 64 MiB files."""
     if UNIQUE not in {volume["Name"] for volume in api.volumes()["Volumes"] or []}:
         api.create_volume(UNIQUE)
     root = mountpoint(api, UNIQUE)
-    wanted = gigabytes * GIB // (FILE_MIB << 20)
+    wanted = int(gigabytes * GIB) // (FILE_MIB << 20)
     present = len(list(root.glob("u*.bin")))
     print(f"growing {UNIQUE} to {gigabytes} GiB ...", flush=True)
     for index in range(present, wanted):
@@ -162,7 +185,7 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return slope, mean_y - slope * mean_x
 
 
-def summarize(report: dict[str, dict[str, tuple[float, float]]], sizes: list[int]) -> bool:
+def summarize(report: dict[str, dict[str, tuple[float, float]]], sizes: list[float]) -> bool:
     """Print the table, the growth per GiB and the targets; return whether one was missed."""
     print("\n== peak RSS MiB (seconds)")
     print(f"  {'data set':<12} " + " ".join(f"{command:>18}" for command in COMMANDS))
@@ -176,7 +199,7 @@ def summarize(report: dict[str, dict[str, tuple[float, float]]], sizes: list[int
         ok = row[worst][1] < RSS_LIMIT_MIB
         missed |= not ok
         print(f"  {key:<12} highest: {worst} {row[worst][1]:.1f} MiB  {'ok' if ok else 'MISSED'}")
-    unique = [(size, report[f"{size} GiB"]) for size in sizes]
+    unique = [(size, report[f"{size:g} GiB"]) for size in sizes]
     if len(unique) >= 2:
         print("\n== growth with unique data: MiB per GiB (least squares), and at 1 TiB")
         for command in COMMANDS:
@@ -191,9 +214,11 @@ def summarize(report: dict[str, dict[str, tuple[float, float]]], sizes: list[int
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", default="1m", help="bench/scale.py's volume: 1m, 100k, 10k")
     parser.add_argument(
-        "--gigabytes", type=lambda text: [int(part) for part in text.split(",") if part],
+        "--files", default="1m", help=f"a files volume: {', '.join(FILE_VOLUMES)} (default 1m)"
+    )
+    parser.add_argument(
+        "--gigabytes", type=lambda text: [float(part) for part in text.split(",") if part],
         default=[1, 2, 4], help="sizes of unique data, GiB (default 1,2,4)",
     )  # fmt: skip
     parser.add_argument("--image", default="volkeep-helper:busybox")
@@ -211,11 +236,11 @@ def main() -> int:
         sets.append((f"{args.files} files", files_volume))
     for size in sorted(args.gigabytes):
 
-        def unique_volume(size: int = size) -> str:
+        def unique_volume(size: float = size) -> str:
             grow_unique(api, size)
             return UNIQUE
 
-        sets.append((f"{size} GiB", unique_volume))
+        sets.append((f"{size:g} GiB", unique_volume))
     try:
         with contextlib.suppress(docker.errors.NotFound):
             api.remove_volume(UNIQUE, force=True)
