@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -212,6 +213,37 @@ def test_two_storages_each_get_their_own_packs_and_each_restores(
         finally:
             api.remove_volume(target, force=True)
     assert archive_id in workspace.run("list", "app", "--storage", "offsite").stdout
+
+
+def test_a_storage_that_cannot_store_a_pack_is_dropped_and_the_other_copy_restores(
+    api: docker.APIClient, volumes, workspace: Workspace, tmp_path: Path
+) -> None:
+    """Packs are stored on the backup's packing thread: a storage's failure there still
+    drops that storage alone, named, and the backup exits 1 with the other copy whole."""
+    volume = volumes("dropped")
+    root = mountpoint(api, volume)
+    fill(root, b"dropped")
+    (root / "data" / "big.bin").write_bytes(hashlib.shake_256(b"big").digest(20 * MiB))
+    second = tmp_path / "second"
+    workspace.write_config(
+        {"app": {"volumes": [volume], "format": "dedup", "storage": ["local", "second"]}},
+        storages={"second": {"type": "local", "path": str(second)}},
+    )
+    broken = second / socket.gethostname() / "app" / "_chunks" / "packs"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"a file where the packs' directory goes")
+
+    result = workspace.run("backup", "app")
+    assert result.returncode == 1, result.stderr
+    assert "second" in result.stderr and "cannot store a pack" in result.stderr
+    assert not list(second.rglob("*.manifest.json"))
+    target = f"{volume}_restored"
+    try:
+        restored = workspace.run("restore", "app", "--volume", volume, "--to", target)
+        assert restored.returncode == 0, restored.stderr
+        assert differences(snapshot(root), snapshot(mountpoint(api, target))) == []
+    finally:
+        api.remove_volume(target, force=True)
 
 
 def listed(workspace: Workspace) -> list[dict[str, object]]:
