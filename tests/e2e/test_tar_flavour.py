@@ -10,6 +10,7 @@ created with (a tag of this test alone).
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import time
 import uuid
@@ -104,3 +105,24 @@ def test_a_deduplicated_backup_through_a_gnu_tar_image_is_written_by_gnu_tar(
         tar = export(workspace, volume, archive)
         assert hashlib.sha256(tar).hexdigest() == summary["tar"]["sha256"]
         assert b"ustar\x00" in tar and b"PaxHeader" in tar  # POSIX format: GNU tar's
+
+
+def test_a_damaged_record_of_tar_versions_is_asked_again_and_written_anew(
+    api: docker.APIClient, volumes, workspace: Workspace, helper_tag: str
+) -> None:
+    volume = volumes("damaged")
+    (mountpoint(api, volume) / "file.txt").write_text("the same\n")
+    workspace.helper_image = helper_tag
+    workspace.write_config({"app": {"volumes": [volume], "format": "dedup"}})
+    backup(workspace)
+    record = workspace.state_dir / "tar-versions.json"
+    image_id = api.inspect_image(helper_tag)["Id"]
+    assert "busybox" in json.loads(record.read_text())["images"][image_id]
+    record.write_text('{"version": 1, "images": {')  # cut short
+    time.sleep(1.1)  # the events' clock is in seconds
+    began = time.time()
+    second = backup(workspace)
+
+    assert containers_created(api, helper_tag, began) == 2  # `tar --version`, the listing
+    assert manifest_of(workspace, volume, second)["tar"]["flavour"] == "busybox"
+    assert "busybox" in json.loads(record.read_text())["images"][image_id]
