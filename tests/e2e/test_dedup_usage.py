@@ -86,6 +86,9 @@ def test_deduplicated_archives_show_their_tar_size_what_they_added_and_the_ratio
         }
     }
     assert watched["newest_archive"]["added_bytes"] == added(newer)
+    header, row = workspace.run("status").stdout.splitlines()[-2:]
+    assert row[header.index("SIZE") :].split("  ")[0] == human_bytes(newer["tar"]["size"])
+    assert row[header.index("ADDED") :].split("  ")[0] == human_bytes(added(newer))
 
     context = Context(load_config(workspace.config), workspace.state_dir)
     now = datetime.now(UTC)
