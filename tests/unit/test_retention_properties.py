@@ -201,7 +201,8 @@ def test_no_prunes_delete_the_archive_before_a_shrink_until_accepted_or_past_the
         for index in range(full_backups)
     ]
     before_the_loss = history[-1]
-    history.append(Candidate("emptied", before_the_loss.created + timedelta(hours=1), True, EMPTY))
+    shrinking = Candidate("emptied", before_the_loss.created + timedelta(hours=1), True, EMPTY)
+    history.append(shrinking)
     window = longest_window(rules)
     accepted_before = None
     for step, (seconds, content, drill_passed) in enumerate(later_backups):
@@ -213,7 +214,8 @@ def test_no_prunes_delete_the_archive_before_a_shrink_until_accepted_or_past_the
         )
         now = history[-1].created
         if step == accepted_at:
-            accepted_before = history[1 + full_backups].created  # the shrinking backup's
+            # by the shrinking backup's time: earlier prunes may have shortened the history
+            accepted_before = shrinking.created
         guard = Guard(accepted_before, window)
         decisions = select(history, rules, timezone, now, shrink=guard)
         doomed = {decision.id for decision in decisions if not decision.keep}
