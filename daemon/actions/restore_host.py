@@ -178,7 +178,8 @@ def restore_file_to(
             "regular file, named by its path as `volkeep list --files` shows it"
         )
     with structlog.contextvars.bound_contextvars(policy=policy.name, volume=volume, archive=key.id):
-        chunks = archive_chunks(archive, include=lambda member: member.path == wanted)
+        # only the wanted member's content is read (of a deduplicated archive, its chunks)
+        chunks = archive_chunks(archive, contents=lambda member: member.path == wanted)
         for info, member_path, tar in members(chunks):
             if member_path == wanted and info.isreg():
                 copy_member(tar, info, sink)

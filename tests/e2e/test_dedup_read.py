@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import docker
@@ -57,6 +58,11 @@ def test_a_partial_restore_reads_only_the_packs_of_the_paths_it_restores(
         restored = mountpoint(api, target)
         assert (restored / "kept" / "a.bin").read_bytes() == kept
         assert not (restored / "other").exists()
+        one_file = workspace.command(
+            "restore", "app", "--volume", volume, "--archive", second,
+            "--path", "kept/a.bin", "--stdout",
+        )  # fmt: skip
+        assert subprocess.run(one_file, capture_output=True, timeout=300).stdout == kept
         # the whole archive needs those packs: a full restore names the missing one
         whole = workspace.run(
             "restore", "app", "--volume", volume, "--archive", second, "--to", f"{target}2"
