@@ -89,6 +89,7 @@ def remove_if_there(api: docker.APIClient, volume: str) -> None:
         api.remove_volume(volume, force=True)
 
 
+@pytest.mark.archive_format("tar")
 def test_a_corrupt_local_copy_is_named_and_the_restore_comes_from_s3(
     api, volumes, workspace, s3_bucket
 ):
@@ -111,6 +112,7 @@ def test_a_corrupt_local_copy_is_named_and_the_restore_comes_from_s3(
         remove_if_there(api, target)
 
 
+@pytest.mark.archive_format("tar")
 def test_a_corrupt_copy_found_while_checking_for_a_forced_restore_is_passed_over(
     api, volumes, workspace, s3_bucket
 ):
@@ -151,6 +153,7 @@ def test_an_uncommitted_local_copy_is_passed_over(api, volumes, workspace, s3_bu
         remove_if_there(api, target)
 
 
+@pytest.mark.archive_format("tar")
 def test_a_restore_with_every_copy_broken_names_each_and_changes_nothing(
     api, volumes, workspace, s3_bucket
 ):
@@ -218,6 +221,7 @@ def test_a_profile_missing_from_the_credentials_file_fails_only_that_storage(
     assert "storage.offsite" in line and "'absent'" in line
 
 
+@pytest.mark.archive_format("tar")
 def test_storage_class_goes_to_archive_bodies_not_to_manifests_or_drill_records(
     api, volumes, workspace, s3_bucket
 ):
@@ -279,6 +283,7 @@ def test_a_safety_archive_past_keep_safety_archives_goes_with_the_prune_after_a_
     assert not list(workspace.archive_dir("app", source).glob("*-safety*"))
 
 
+@pytest.mark.archive_format("tar")
 def test_a_forced_restore_that_fails_says_where_the_safety_archive_is(
     api, volumes, workspace, s3_bucket
 ):
