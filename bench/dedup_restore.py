@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--image", default="volkeep-helper:busybox")
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
-    api = docker.APIClient()
+    api = docker.APIClient(timeout=900)  # removing a volume of 200,000 files takes minutes
     work = Path(tempfile.mkdtemp(prefix="vkbench-restore-"))
     environment = dict(os.environ, RESTIC_PASSWORD=RESTIC_PASSWORD)
     anchor = restic_version()
@@ -149,7 +149,7 @@ def one_volume(
             "latest",
             "--target",
             str(target),
-        ],  # fmt: skip
+        ],
         "volkeep drill": lambda _: [*volkeep, "drill", "dedup", "--volume", volume],
     }
     samples: dict[str, list[tuple[float, float, int]]] = {case: [] for case in cases}
