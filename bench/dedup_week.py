@@ -263,7 +263,8 @@ def run_volume(
                 seconds, rss = timed(command, env=collecting)
                 label = f"{peer.name}: {peer.prune_label} ({step} of {len(peer.prune)})"
                 prunes.append((label, seconds, rss))
-                print(f"  {label:56} {seconds:7.2f} s {rss / 1024:6.0f} MiB", flush=True)
+                print(f"  {label:56} {seconds:7.2f} s {rss / 1024:6.0f} MiB  "
+                      f"(holds {peer.stored() / MB:8.2f} MB)", flush=True)  # fmt: skip
         kept = {peer.name: peer.stored() for peer in peers}
         return {
             "volume": volume.key, "bytes": size, "objects": objects, "rows": rows,
