@@ -42,7 +42,6 @@ HEADER = "volkeep-recipe 1\n"
 MARKED_HEADER = "volkeep-recipe 2\n"  # with M lines; a T line's digest may be "-"
 RAW_LINE = 512  # raw bytes per R line (a tar block: 684 base64 characters)
 RAW_FLUSH = 64 << 10  # raw bytes kept before they are written out
-LINES_WRITTEN = 1024  # recipe lines kept before they are written out (< 1 MiB)
 _ZERO_LINE = bytes(RAW_LINE)
 ZEROS_WRITTEN = 1 << 20  # zero bytes given to the sink at once
 _LINE_PATTERNS = {
@@ -191,7 +190,7 @@ class RecipeBuilder:
     def _add_chunk(self, chunk: memoryview) -> None:
         self._write_zeros()
         self._lines.append(f"C {self._store(chunk)} {len(chunk)}\n")
-        if len(self._lines) >= LINES_WRITTEN:
+        if len(self._lines) >= 1024:
             self._write_lines()
 
     def _flush_raw(self) -> None:
@@ -210,8 +209,7 @@ class RecipeBuilder:
             else:
                 self._write_zeros()
                 self._lines.append(f"R {base64.b64encode(piece).decode()}\n")
-        if len(self._lines) >= LINES_WRITTEN:  # not at each header: a zstd call per member
-            self._write_lines()
+        self._write_lines()
 
     def _write_zeros(self) -> None:
         if self._zeros:
