@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import queue
 import re
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,6 @@ INDEX_HEADER = b"volkeep-index 1\n"
 CONDEMNED_HEADER = b"volkeep-condemned 1\n"
 PACKS_KEPT = 2  # packs a ChunkReader keeps opened
 MAX_TRAILER = 64 << 20  # what a hostile footer may make a reader decompress
-BATCH_BYTES = 1 << 20  # bytes of new chunks handed to the packing thread at once
 _TRAILER_LINE = re.compile(r"([0-9a-f]{64}) ([0-9]+) ([0-9]+) ([0-9]+)")
 _INDEX_LINE = re.compile(r"([0-9a-f]{64}) ([0-9a-f]{64}) ([0-9]+) ([0-9]+) ([0-9]+)")
 _CONDEMNED_LINE = re.compile(r"([0-9a-f]{64}) ([0-9]+)")
@@ -81,54 +78,35 @@ class IndexEntry:
 
 @dataclass(frozen=True)
 class SealedPack:
-    name: str  # the SHA-256 of the stored bytes
-    pieces: tuple[bytes, ...]  # the stored bytes, in pieces (no buffer of a whole pack)
+    name: str  # the SHA-256 of `data`
+    data: bytes  # the stored bytes
     entries: tuple[PackEntry, ...]
-
-    @property
-    def size(self) -> int:
-        return sum(map(len, self.pieces))
-
-    @property
-    def data(self) -> bytes:
-        """The stored bytes whole (a copy)."""
-        return b"".join(self.pieces)
-
-
-class _Pieces:
-    """A sink that keeps what is written to it, piece by piece."""
-
-    def __init__(self) -> None:
-        self.pieces: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.pieces.append(bytes(data))
-        return len(data)
 
 
 class PackBuilder:
-    """Gathers compressed chunks; `seal` makes the pack. The chunks' frames are kept as
-    they came, never joined: a pack of 8 MiB in one buffer (and its copies) made glibc keep
-    such buffers once a second thread allocated them too."""
+    """Gathers compressed chunks; `seal` makes the pack."""
 
     def __init__(self) -> None:
-        self._frames: list[bytes] = []
+        self._body = bytearray()
         self._entries: list[PackEntry] = []
-        self.size = 0
+
+    @property
+    def size(self) -> int:
+        return len(self._body)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def add(self, chunk_id: str, stored: bytes, plain_length: int) -> None:
-        self._entries.append(PackEntry(chunk_id, self.size, len(stored), plain_length))
-        self._frames.append(stored)
-        self.size += len(stored)
+        self._entries.append(PackEntry(chunk_id, len(self._body), len(stored), plain_length))
+        self._body += stored
 
     def halves(self) -> tuple[PackBuilder, PackBuilder]:
         """Return two builders: of the first half of the chunks, and of the rest."""
         middle = max(1, len(self._entries) // 2)
         parts = (PackBuilder(), PackBuilder())
-        for number, (entry, frame) in enumerate(zip(self._entries, self._frames, strict=True)):
+        for number, entry in enumerate(self._entries):
+            frame = bytes(self._body[entry.offset : entry.offset + entry.stored_length])
             parts[number >= middle].add(entry.chunk_id, frame, entry.plain_length)
         return parts
 
@@ -142,21 +120,18 @@ class PackBuilder:
         )
         trailer = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(lines.encode())
         footer = FOOTER_MAGIC + b"%016d\n" % len(trailer)
-        pieces = [*self._frames, trailer + footer]
+        self._body += trailer + footer
+        stored = bytes(self._body)
         if recipients:
-            sealed = _Pieces()
+            sealed = io.BytesIO()
             writer = encrypting_writer(sealed, recipients)
             try:
-                for piece in pieces:
-                    writer.write(piece)
+                writer.write(stored)
                 writer.finish()
             finally:
                 writer.close()
-            pieces = sealed.pieces
-        digest = hashlib.sha256()
-        for piece in pieces:
-            digest.update(piece)
-        return SealedPack(digest.hexdigest(), tuple(pieces), tuple(self._entries))
+            stored = sealed.getvalue()
+        return SealedPack(hashlib.sha256(stored).hexdigest(), stored, tuple(self._entries))
 
 
 class Pack:
@@ -284,16 +259,7 @@ class KnownChunks(Protocol):
 class ChunkWriter:
     """Stores chunks: each is named by its id; a known one is not stored again; a new one
     is compressed into the current pack. A full pack is sealed and given to `on_pack`
-    (which stores it, or raises), then its chunks are written to the index section.
-
-    The caller's thread names and judges each chunk, in order; the new ones go, a batch
-    of BATCH_BYTES at a time, to one packing thread, which compresses them, fills, seals
-    and hands over the packs (zstd, SHA-256, age and a storage's writes release the GIL:
-    the caller's thread reads on meanwhile). The packs are the ones one thread makes: the
-    same chunks in the same order, cut at the same sizes. `on_pack` and `fresh` run on the
-    packing thread; what that thread raises is raised by the next `add`, `copy` or
-    `finish`. Memory: the pack that fills and at most three batches (one filling, one
-    queued, one being packed)."""
+    (which stores it, or raises), then its chunks are written to the index section."""
 
     def __init__(
         self,
@@ -314,12 +280,6 @@ class ChunkWriter:
         self._on_pack = on_pack
         self._compressor = zstandard.ZstdCompressor(level=config.chunk_level, write_checksum=True)
         self._pack = PackBuilder()
-        self._batch: list[_NewChunk] = []
-        self._batch_size = 0
-        self._batches: queue.Queue[list[_NewChunk] | None] = queue.Queue(maxsize=1)
-        self._packing: threading.Thread | None = None  # started with the first batch
-        self._failure: BaseException | None = None  # what the packing thread raised
-        self._abandoned = False
         self.index = SpooledSection(recipients, spool_dir)
         self.index.write(INDEX_HEADER)
         self.chunks = self.new_chunks = self.packs = 0
@@ -331,73 +291,25 @@ class ChunkWriter:
         self.chunks += 1
         self.plain_bytes += len(data)
         if chunk_id not in self._known:
-            self._take(_NewChunk(chunk_id, bytes(data), len(data), compressed=False))
+            self.copy(chunk_id, self._compressor.compress(data), len(data))
         return chunk_id
 
     def copy(self, chunk_id: str, frame: bytes, plain_length: int) -> None:
         """Store a new chunk given compressed: its zstd frame (as a pack holds it, for a
         repack) and its plain length."""
-        self._take(_NewChunk(chunk_id, frame, plain_length, compressed=True))
-
-    def _take(self, chunk: _NewChunk) -> None:
-        self._known.add(chunk.chunk_id)
+        self._known.add(chunk_id)
         self.new_chunks += 1
-        self.new_plain_bytes += chunk.plain_length
-        self._batch.append(chunk)
-        self._batch_size += len(chunk.data)
-        if self._batch_size >= BATCH_BYTES:
-            self._hand_batch()
-
-    def _hand_batch(self) -> None:
-        """Give the batch to the packing thread (waiting while it packs the one before).
-        Raise what the packing thread raised, if it did."""
-        self._raise_failure()
-        batch, self._batch, self._batch_size = self._batch, [], 0
-        if self._packing is None:
-            self._packing = threading.Thread(
-                target=self._pack_batches, name="volkeep-packs", daemon=True
-            )
-            self._packing.start()
-        self._batches.put(batch)
-
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
+        self.new_plain_bytes += plain_length
+        self._pack.add(chunk_id, frame, plain_length)
+        if self._pack.size >= self._config.pack_size:
+            self._flush()
 
     def finish(self) -> None:
         """Seal and hand over the last pack, then end the index section (to be stored once
-        every pack is). Raise what `on_pack` raised."""
-        if self._batch:
-            self._hand_batch()
-        self._stop_packing()
-        self._raise_failure()
+        every pack is)."""
         if len(self._pack):
             self._flush()
         self.index.finish()
-
-    def _stop_packing(self) -> None:
-        """Let the packing thread pack what it was given, and end."""
-        if self._packing is not None:
-            self._batches.put(None)
-            self._packing.join()
-            self._packing = None
-
-    def _pack_batches(self) -> None:
-        """The packing thread: pack each batch given until None comes; keep the first
-        failure (and skip the batches after it)."""
-        while (batch := self._batches.get()) is not None:
-            if self._failure is not None or self._abandoned:
-                continue
-            try:
-                for chunk in batch:
-                    frame = chunk.data
-                    if not chunk.compressed:
-                        frame = self._compressor.compress(frame)
-                    self._pack.add(chunk.chunk_id, frame, chunk.plain_length)
-                    if self._pack.size >= self._config.pack_size:
-                        self._flush()
-            except BaseException as failure:  # raised again on the caller's thread
-                self._failure = failure
 
     def _flush(self) -> None:
         builder, self._pack = self._pack, PackBuilder()
@@ -411,7 +323,7 @@ class ChunkWriter:
     def _hand_over(self, sealed: SealedPack) -> None:
         self._on_pack(sealed)
         self.packs += 1
-        self.stored_bytes += sealed.size
+        self.stored_bytes += len(sealed.data)
         self.index.write(
             "".join(
                 f"{entry.chunk_id} {sealed.name} {entry.offset} {entry.stored_length} "
@@ -421,20 +333,7 @@ class ChunkWriter:
         )
 
     def close(self) -> None:
-        """Stop the packing thread (what it was still given is dropped), close the index."""
-        self._abandoned = True
-        self._stop_packing()
         self.index.close()
-
-
-@dataclass(frozen=True, slots=True)
-class _NewChunk:
-    """A new chunk on its way to the packing thread: its plain bytes or its zstd frame."""
-
-    chunk_id: str
-    data: bytes
-    plain_length: int
-    compressed: bool
 
 
 def read_index(name: str, source: Readable, decrypt: Decrypt | None) -> Iterator[IndexEntry]:

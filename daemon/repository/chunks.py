@@ -65,7 +65,7 @@ from daemon.storage.base import BlobExists, BlobMissing
 DIRECTORY = "_chunks"  # no volume name starts with "_": never a volume's directory
 PACKS_AHEAD = 2  # packs fetched ahead of the tar being rebuilt (8 MiB each)
 STEPS_AHEAD = 4096  # recipe steps looked at ahead for the packs they need
-FETCHING_THREADS = 2
+FETCHING_THREADS = 4
 READ_SIZE = 1 << 20  # the tar rebuilt is yielded in pieces of about this size
 
 
@@ -126,7 +126,7 @@ class ChunkStore:
 
     def put_pack(self, pack: SealedPack) -> None:
         """Store a pack under its name. Raise OSError."""
-        self._put_once(pack_key(pack.name), pack.pieces)
+        self._put_once(pack_key(pack.name), pack.data)
 
     def put_index(self, name: str, stored: Iterable[bytes]) -> None:
         """Store an index file under its name. Raise OSError."""

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 BUSY_TIMEOUT = 60.0  # seconds another process may hold the cache's write lock
-TAKEN_BATCH = 1024  # ids a backup takes, inserted in one statement
 VERSION = 1  # PRAGMA user_version; 0: one location per chunk (started again from nothing)
 _SCHEMA = """
 DROP TABLE IF EXISTS chunks;
@@ -101,10 +100,6 @@ class ChunkIndex:
                 ((bytes.fromhex(pack), since) for pack, since in condemned.items()),
             )
 
-    def empty(self) -> bool:
-        """Say whether the cache lists no chunk (a new repository's)."""
-        return self._db.execute("SELECT 1 FROM chunks LIMIT 1").fetchone() is None
-
     def is_condemned(self, pack: str) -> bool:
         query = "SELECT 1 FROM condemned WHERE pack = ?"
         return self._db.execute(query, (bytes.fromhex(pack),)).fetchone() is not None
@@ -152,31 +147,14 @@ class Pending:
             "WITHOUT ROWID;"
         )
         self._last_relied: dict[str, str] = {}
-        # A bit per value of an id's first 24 bits, set for each id taken: most ids asked
-        # for were never taken (every chunk of a first backup), and the bit says so without
-        # a query. Ids are keyed BLAKE3, evenly spread; 2 MiB whatever the backup's size.
-        self._taken_bits = bytearray(1 << 21)
-        self._adding: list[tuple[bytes]] = []  # ids taken, inserted TAKEN_BATCH at a time
 
     def __contains__(self, chunk_id: object) -> bool:
         assert isinstance(chunk_id, str)
-        bit = int(chunk_id[:6], 16)
-        if not self._taken_bits[bit >> 3] & (1 << (bit & 7)):
-            return False
-        self._insert_taken()
         query = "SELECT 1 FROM taken WHERE id = ?"
         return self._db.execute(query, (bytes.fromhex(chunk_id),)).fetchone() is not None
 
     def add(self, chunk_id: str) -> None:
-        bit = int(chunk_id[:6], 16)
-        self._taken_bits[bit >> 3] |= 1 << (bit & 7)
-        self._adding.append((bytes.fromhex(chunk_id),))
-        if len(self._adding) >= TAKEN_BATCH:
-            self._insert_taken()
-
-    def _insert_taken(self) -> None:
-        self._db.executemany("INSERT OR IGNORE INTO taken VALUES (?)", self._adding)
-        self._adding.clear()
+        self._db.execute("INSERT OR IGNORE INTO taken VALUES (?)", (bytes.fromhex(chunk_id),))
 
     def place(self, locations: Iterable[Location]) -> None:
         self._db.executemany("INSERT INTO placed VALUES (?, ?, ?, ?, ?)", map(_row, locations))
