@@ -20,6 +20,7 @@ from daemon.archive.chunkconfig import (
 from daemon.archive.chunking import ChunkerParameters
 from daemon.archive.packs import (
     FOOTER_SIZE,
+    PACK_CHUNKS,
     ChunkReader,
     ChunkWriter,
     IndexEntry,
@@ -149,6 +150,17 @@ def test_packs_close_at_the_configured_size_and_the_index_lists_every_chunk():
     assert {entry.pack for entry in entries} == {pack.name for pack in packs}
     by_name = {pack.name: pack.data for pack in packs}
     located = {entry.chunk_id: entry for entry in entries}
+    reader = ChunkReader(config, located.get, lambda name: open_pack(name, by_name[name], None))
+    assert [reader(chunk_id) for chunk_id in ids] == chunks
+
+
+def test_packs_of_tiny_chunks_close_at_a_bounded_count_and_every_chunk_reads_back():
+    config = ChunkConfig(os.urandom(32), ChunkerParameters())
+    chunks = [b"%d" % number for number in range(2 * PACK_CHUNKS + 1)]
+    packs, writer, ids = write_chunks(config, chunks)
+    assert [len(pack.entries) for pack in packs] == [PACK_CHUNKS, PACK_CHUNKS, 1]
+    by_name = {pack.name: pack.data for pack in packs}
+    located = {entry.chunk_id: entry for entry in index_of(writer)}
     reader = ChunkReader(config, located.get, lambda name: open_pack(name, by_name[name], None))
     assert [reader(chunk_id) for chunk_id in ids] == chunks
 
