@@ -126,16 +126,19 @@ class ChunkStore:
 
     def put_pack(self, pack: SealedPack) -> None:
         """Store a pack under its name. Raise OSError."""
-        self._put_once(pack_key(pack.name), pack.data)
+        self._put_once(pack_key(pack.name), pack.data, classed=True)
 
     def put_index(self, name: str, stored: Iterable[bytes]) -> None:
         """Store an index file under its name. Raise OSError."""
         self._put_once(index_key(name), stored)
 
-    def _put_once(self, key: str, data: bytes | Iterable[bytes]) -> None:
+    def _put_once(self, key: str, data: bytes | Iterable[bytes], *, classed: bool = False) -> None:
+        """Store a record named by its content, once; `classed` for packs, the bulk of the
+        bytes, which go to the storage's class (the index and config records, read when a
+        cache is rebuilt, stay STANDARD as manifests do)."""
         self.repository.require_own()
         with contextlib.suppress(BlobExists):  # named by its content: the same bytes are there
-            self.repository.store.put(self.directory + key, data, exclusive=True)
+            self.repository.store.put(self.directory + key, data, exclusive=True, classed=classed)
 
     def index_names(self) -> set[str]:
         """Return the names of the repository's index files. Raise OSError."""

@@ -55,8 +55,15 @@ class LatchedStore:
     def create(self, key: str) -> Upload:
         return _LatchedUpload(self, self.call(self.store.create, key))
 
-    def put(self, key: str, data: bytes | Iterable[bytes], *, exclusive: bool = False) -> None:
-        self.call(self.store.put, key, data, exclusive=exclusive)
+    def put(
+        self,
+        key: str,
+        data: bytes | Iterable[bytes],
+        *,
+        exclusive: bool = False,
+        classed: bool = False,
+    ) -> None:
+        self.call(self.store.put, key, data, exclusive=exclusive, classed=classed)
 
     def get(self, key: str) -> bytes:
         return self.call(self.store.get, key)

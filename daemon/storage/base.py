@@ -74,9 +74,18 @@ class BlobStore(Protocol):
         """Begin a streamed upload of a new blob named `key`."""
         ...
 
-    def put(self, key: str, data: bytes | Iterable[bytes], *, exclusive: bool = False) -> None:
+    def put(
+        self,
+        key: str,
+        data: bytes | Iterable[bytes],
+        *,
+        exclusive: bool = False,
+        classed: bool = False,
+    ) -> None:
         """Write a small blob whole and atomically. With `exclusive`, create it only if
-        absent (conditional create: `If-None-Match: *`); raise BlobExists otherwise."""
+        absent (conditional create: `If-None-Match: *`); raise BlobExists otherwise. With
+        `classed`, the blob is bulk data (a pack) and goes to the storage's class, as a
+        streamed blob does."""
         ...
 
     def get(self, key: str) -> bytes:

@@ -100,7 +100,14 @@ class LocalStore:
     def create(self, key: str) -> _LocalUpload:
         return self._upload(key)
 
-    def put(self, key: str, data: bytes | Iterable[bytes], *, exclusive: bool = False) -> None:
+    def put(
+        self,
+        key: str,
+        data: bytes | Iterable[bytes],
+        *,
+        exclusive: bool = False,
+        classed: bool = False,  # a directory has no storage classes
+    ) -> None:
         if exclusive and self._path(key).exists():
             raise BlobExists(key)
         upload = self._upload(key, exclusive=exclusive)

@@ -9,9 +9,10 @@ is one plain PUT at commit. Every failure becomes a StoreUnavailable whose messa
 sentence naming the storage (never a secret, never a repr), a client that cannot be set up
 (a profile missing from the credentials file, say) too: it is that storage's failure.
 
-The configured `storage_class` goes to streamed blobs only (`create`: archive bodies).
-Small blobs (`put`: manifests, drill records, host markers) stay STANDARD: they are read
-by every list, restore, drill and prune, and must never need a restore request first.
+The configured `storage_class` goes to the bulk of the bytes: streamed blobs (`create`:
+archive bodies and recipes) and packs (`put` with `classed`). Small records (manifests,
+drill records, host markers, chunk indexes and config) stay STANDARD: they are read by
+every list, restore, drill and prune, and must never need a restore request first.
 
 Checksums are computed only where an operation requires one (`when_required`), not the
 CRC32 botocore adds by default to every part, PUT and GET: a pass over the bytes each,
@@ -175,9 +176,14 @@ class S3Store:
         return S3Upload(self, key)
 
     def put(
-        self, key: str, data: bytes | bytearray | Iterable[bytes], *, exclusive: bool = False
+        self,
+        key: str,
+        data: bytes | bytearray | Iterable[bytes],
+        *,
+        exclusive: bool = False,
+        classed: bool = False,
     ) -> None:
-        self.write_object(key, data, exclusive=exclusive)
+        self.write_object(key, data, exclusive=exclusive, classed=classed)
 
     def write_object(
         self,
@@ -187,8 +193,8 @@ class S3Store:
         exclusive: bool = False,
         classed: bool = False,
     ) -> None:
-        """Write a blob in one PUT; with `classed`, in the configured storage class (an
-        archive body too small for a multipart upload)."""
+        """Write a blob in one PUT; with `classed`, in the configured storage class (a pack,
+        or an archive body too small for a multipart upload)."""
         body = data if isinstance(data, bytes | bytearray) else b"".join(data)
         request: PutObjectRequestTypeDef = {
             "Bucket": self.config.bucket,
