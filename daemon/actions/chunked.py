@@ -102,14 +102,18 @@ class ChunkedArchive:
             configs[repository.name] = store.read_config(self._identities, self._encrypted_to)
 
         copies.each("cannot read the chunk repository", read)
-        chosen = next((config for config in configs.values() if config), None)
-        chosen = chosen or ChunkConfig.new()
+        found = next((config for config in configs.values() if config), None)
+        drawn = found is None
+        chosen = found or ChunkConfig.new()
 
         def share(repository: Repository) -> None:
+            nonlocal chosen, drawn
             store = self._stores[repository.name]
             held = configs[repository.name] or store.create_config(
                 chosen, self._recipients, self._identities
             )
+            if drawn:  # another first backup of the policy may have stored its config first
+                chosen, drawn = held, False
             if held != chosen:
                 raise DamagedChunks(
                     f"its chunk repository {store.directory} has another config than the "

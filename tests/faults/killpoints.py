@@ -26,6 +26,7 @@ import docker
 
 from daemon.cli.main import main
 from daemon.engine import tarflavour
+from daemon.repository import chunks
 from daemon.storage import local, s3
 
 ENVIRONMENT = "VOLKEEP_TEST_KILL_POINT"
@@ -143,6 +144,8 @@ POINTS: dict[str, Callable[[], None]] = {
     "archive file published, manifest not written": lambda: kill_at(
         local, "publish", after=True, where=_named(".tar.")
     ),
+    # a dedup backup has read its chunk repository's config (None: none yet), not written one
+    "chunk repository config read": lambda: kill_at(chunks.ChunkStore, "read_config", after=True),
     "first pack stored, no index yet": lambda: kill_at(
         local, "publish", after=True, where=_under("_chunks/packs/")
     ),

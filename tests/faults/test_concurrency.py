@@ -211,10 +211,35 @@ def test_two_backups_of_one_volume_in_the_same_second_get_two_ids_and_both_resto
     for backup in both:
         backup.signal(signal.SIGCONT)
 
-    assert [backup.wait().returncode for backup in both] == [0, 0]
+    results = [backup.wait() for backup in both]
+    assert [result.returncode for result in results] == [0, 0], [r.stderr for r in results]
     ledger.claim({volume: ledger.tree(volume)})
     ids = sorted(archive.id for archive in check_the_promises(ledger, []))
     assert len(ids) == 2 and ids[1] == f"{ids[0]}-2"
+
+
+def test_two_first_dedup_backups_of_one_policy_both_take_the_config_the_first_one_stored(
+    things: Things, volkeep: Volkeep, ledger: Ledger, tmp_path: Path
+):
+    volume = things.volume("data")
+    (mountpoint(things.api, volume) / "data.bin").write_bytes(os.urandom(2 << 20))
+    policy = {"app": {"volumes": [volume], "format": "dedup"}}
+    volkeep.workspace.write_config(policy)
+    second = other_volkeep(tmp_path / "second", volkeep, policy, storages=same_storage(volkeep))
+    second.env[LOCK_DIRECTORY] = str(tmp_path / "second" / "locks")
+    # both found no config in the new chunk repository; the first stores its own
+    both = [run.start("backup", "app", pause_at="chunk repository config read")
+            for run in (volkeep, second)]  # fmt: skip
+    for backup in both:
+        backup.wait_until_paused()
+    results = []
+    for backup in both:
+        backup.signal(signal.SIGCONT)
+        results.append(backup.wait())
+
+    assert [result.returncode for result in results] == [0, 0], [r.stderr for r in results]
+    ledger.claim({volume: ledger.tree(volume)})
+    assert len(check_the_promises(ledger, [])) == 2
 
 
 @pytest.mark.parametrize("storage", ["local", "s3"])
