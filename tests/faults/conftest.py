@@ -10,7 +10,14 @@ and the four promises each fault case checks afterwards:
 An archive whose stored bytes (archive file and manifest) are those that already restored and
 drilled in the same module is not restored again: those bytes are all a restore reads, so
 the byte comparison is the proof, at a fraction of the time. An archive in S3 (no local bytes
-to compare) is restored and drilled each time.
+to compare) or of format dedup (a restore reads packs too, shared with other archives) is
+restored and drilled each time.
+
+The suite's policies are of format tar unless they say otherwise (the `workspace` fixture):
+its kill points and proofs are about the one-file archive's path (an archive file written,
+synced, published; its bytes compared). A test of the dedup path says
+`@pytest.mark.archive_format("dedup")` or `format: dedup`; dedup's own crash cases are in
+tests/e2e/test_dedup.py, test_dedup_gc.py and test_dedup_repack.py.
 """
 
 from __future__ import annotations
@@ -41,12 +48,18 @@ from tests.faults.killpoints import ENVIRONMENT as KILL_POINT
 from tests.support.daemon_process import wait_until
 from tests.support.tree import differences, snapshot
 
-# the end-to-end fixtures: the engine, the helper image, volumes, a workspace, S3
+# the end-to-end fixtures: the engine, the helper image, volumes, S3
 api = e2e.api
 volumes = e2e.volumes
-workspace = e2e.workspace
 s3_server = e2e.s3_server
 s3_bucket = e2e.s3_bucket
+
+
+@pytest.fixture
+def workspace(request: pytest.FixtureRequest, tmp_path: Path, helper_image: str) -> Workspace:
+    """The end-to-end workspace, whose policies that do not say are of format tar unless
+    the test's `archive_format` marker names another (the module docstring says why)."""
+    return Workspace(tmp_path, helper_image, e2e.archive_format_of(request.node) or "tar")
 
 
 @pytest.fixture(scope="session")
@@ -387,7 +400,8 @@ class Ledger:
                 self.expected[key] = contents[archive.volume]
 
     def fingerprint(self, archive: Listed) -> str | None:
-        """The SHA-256 of the archive's stored files (local storage only)."""
+        """The SHA-256 of the archive's stored files (local storage, format tar only: a
+        dedup archive's recipe and manifest are not all a restore of it reads)."""
         if archive.storage != "local":
             return None
         directory = self.volkeep.workspace.archive_dir(self.policy, archive.volume)
@@ -396,6 +410,8 @@ class Ledger:
             for path in directory.glob(f"{archive.volume}-{archive.id}.*")
             if not path.name.endswith(".drill.json")
         )
+        if any(".recipe." in path.name for path in files):
+            return None
         return ",".join(f"{path.name}:{digest(path)}" for path in files)
 
     def restores(self, archive: Listed, target: str, *, force: bool = False) -> None:

@@ -140,7 +140,7 @@ def other_volkeep(
 ) -> Volkeep:
     """A volkeep with its own config and state dir under `root`, beside `volkeep`."""
     root.mkdir()
-    workspace = Workspace(root, volkeep.workspace.helper_image)
+    workspace = Workspace(root, volkeep.workspace.helper_image, volkeep.workspace.archive_format)
     workspace.write_config(config, **top)  # type: ignore[arg-type]
     return Volkeep(workspace, volkeep.logs)
 
@@ -195,12 +195,13 @@ def test_two_backups_of_one_volume_that_share_no_lock_keep_each_others_partial_f
     assert len({archive.id for archive in listed}) == 2
 
 
+@pytest.mark.parametrize("archive_format", ["tar", "dedup"])
 def test_two_backups_of_one_volume_in_the_same_second_get_two_ids_and_both_restore(
-    things: Things, volkeep: Volkeep, ledger: Ledger, tmp_path: Path
+    archive_format: str, things: Things, volkeep: Volkeep, ledger: Ledger, tmp_path: Path
 ):
     volume = things.volume("data")
     (mountpoint(things.api, volume) / "data.bin").write_bytes(os.urandom(12 << 20))
-    policy = {"app": {"volumes": [volume]}}
+    policy = {"app": {"volumes": [volume], "format": archive_format}}
     volkeep.workspace.write_config(policy)
     second = other_volkeep(tmp_path / "second", volkeep, policy, storages=same_storage(volkeep))
     second.env[LOCK_DIRECTORY] = str(tmp_path / "second" / "locks")

@@ -205,21 +205,26 @@ class Interrupted:
     target: str = ""  # of a restore
 
 
-@pytest.fixture(scope="module")
+# where each format's backup is well into the helper's tar stream
+HALFWAY = {"tar": "half of the archive written", "dedup": "first pack stored, no index yet"}
+
+
+@pytest.fixture(scope="module", params=sorted(HALFWAY))
 def backup_under_restart(
+    request: pytest.FixtureRequest,
     engine: PrivateEngine,
     logbook: LogBook,
     helper_image: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Interrupted]:
-    """A backup (the service stopped for it) paused halfway through the helper's tar stream
-    while the engine restarts, then let go on."""
-    workspace = Workspace(tmp_path_factory.mktemp("backup"), helper_image)
+    """A backup of each format (the service stopped for it) paused halfway through the
+    helper's tar stream while the engine restarts, then let go on."""
+    workspace = Workspace(tmp_path_factory.mktemp("backup"), helper_image, request.param)
     with scene_on(engine, workspace, logbook, helper_image) as scene:
         (older,) = scene.ledger.listed()
         # more than the engine and volkeep buffer: the helper's tar still runs at the restart
         (mountpoint(scene.things.api, scene.volume) / "new.bin").write_bytes(os.urandom(48 << 20))
-        backup = scene.volkeep.start("backup", "app", pause_at="half of the archive written")
+        backup = scene.volkeep.start("backup", "app", pause_at=HALFWAY[request.param])
         backup.wait_until_paused()
         assert not scene.things.running(scene.service)  # volkeep stopped it for the backup
         engine.restart()
@@ -236,7 +241,7 @@ def restore_under_restart(
 ) -> Iterator[Interrupted]:
     """A restore into a new volume, paused halfway through the extraction while the engine
     restarts, then let go on."""
-    workspace = Workspace(tmp_path_factory.mktemp("restore"), helper_image)
+    workspace = Workspace(tmp_path_factory.mktemp("restore"), helper_image, "tar")
     with scene_on(engine, workspace, logbook, helper_image) as scene:
         (older,) = scene.ledger.listed()
         target = scene.things.fresh_name("restored")

@@ -140,6 +140,48 @@ def test_encrypted_backups_to_s3_through_faults_log_no_secret_and_keep_the_promi
     assert [entry for entry in logbook.entries if wrong_secret in entry[1]] == []
 
 
+def test_an_encrypted_dedup_backup_killed_mid_way_stores_no_secret_and_keeps_the_promises(
+    things: Things,
+    volkeep: Volkeep,
+    ledger: Ledger,
+    bucket: S3Bucket,
+    age_key: AgeKey,
+    helper_image: str,
+):
+    volume = things.volume("data")
+    (mountpoint(things.api, volume) / "data.bin").write_bytes(os.urandom(12 << 20))
+    service = things.service(helper_image, volume, "service")
+    volkeep.workspace.write_config(
+        {
+            "app": {
+                "volumes": [volume],
+                "format": "dedup",
+                "storage": ["local", "offsite"],
+                "stop_containers": True,
+                "encryption": age_key.encryption(),
+            }
+        },
+        storages={"offsite": bucket.storage() | {"credentials_file": str(bucket.credentials_file)}},
+    )
+
+    killed = volkeep.run(*DEBUG, "backup", "app", kill_point="first pack stored, no index yet")
+    assert killed.returncode == -signal.SIGKILL
+    volkeep.ok(*DEBUG, "backup", "app")
+
+    ledger.claim({volume: ledger.tree(volume)})
+    listed = check_the_promises(ledger, [service])
+    assert {archive.storage for archive in listed} == {"local", "offsite"}
+    stored = [volkeep.workspace.storage, volkeep.workspace.state_dir]
+    secrets_kept = [age_key.secret, bucket.server.secret_key]
+    holding = [
+        path
+        for root in stored
+        for path in root.rglob("*")
+        if path.is_file() and any(secret.encode() in path.read_bytes() for secret in secrets_kept)
+    ]
+    assert holding == []
+
+
 @pytest.mark.after_the_fault_suite
 def test_no_log_of_the_fault_suite_holds_a_test_secret(logbook: LogBook, age_key: AgeKey):
     assert logbook.entries, "no volkeep command ran"
