@@ -14,6 +14,7 @@ import docker
 import pytest
 
 from tests.e2e.conftest import ROOT, mountpoint
+from tests.support.own_host import on_a_host_of_its_own, own_host_name, pinned_host
 
 pytestmark = pytest.mark.e2e
 
@@ -21,15 +22,15 @@ SLOW_REMOVAL = 10  # seconds: far longer than the backup of a file takes
 
 
 @contextmanager
-def owner_that_dies() -> Iterator[str]:
-    """Yield the owner label of a process that lives for the block and has ended after it
-    (any volkeep process removes what a dead owner left: this one's leftover is built
-    first)."""
+def owner_that_dies(host: str | None = None) -> Iterator[str]:
+    """Yield the owner label of a process of `host` (default: this machine's name) that
+    lives for the block and has ended after it (any volkeep process of that host removes
+    what a dead owner left: this one's leftover is built first)."""
     process = subprocess.Popen(["sleep", "3600"])
     try:
         stat = Path(f"/proc/{process.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
         # volkeep's owner label (daemon.system.owner): host, pid, start time after boot
-        yield f"{socket.gethostname()}:{process.pid}:{stat[19].decode()}"
+        yield f"{host or socket.gethostname()}:{process.pid}:{stat[19].decode()}"
     finally:
         process.kill()
         process.wait()
@@ -54,14 +55,19 @@ def volume_exists(api: docker.APIClient, name: str) -> bool:
 def test_a_slow_removal_of_a_dead_process_leftover_runs_beside_the_backup(api, volumes, workspace):
     source = volumes("data")
     (mountpoint(api, source) / "file").write_text("data")
-    with owner_that_dies() as owner:
+    # a leftover of a host of its own: other suites' volkeep processes on this machine would
+    # remove it before this backup could (tests/support/own_host.py)
+    host = own_host_name()
+    with owner_that_dies(host) as owner:
         leftover = volumes("scratch", labels=scratch_labels(owner))
-    workspace.write_config({"app": {"volumes": [source]}})
+    workspace.write_config({"app": {"volumes": [source]}}, daemon=pinned_host())
 
     # the engine takes SLOW_REMOVAL seconds to remove a volume, as for a million files
     command = workspace.command("backup", "app")
     command[1:3] = ["-m", "tests.support.slow_engine", str(SLOW_REMOVAL)]
-    backup = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    backup = subprocess.run(
+        on_a_host_of_its_own(host, command), capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
 
     assert backup.returncode == 0, backup.stderr
     names = [entry["event"] for entry in events(backup.stderr)]
