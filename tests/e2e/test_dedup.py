@@ -292,7 +292,8 @@ def test_older_one_file_archives_of_the_volume_still_list_restore_drill_and_prun
     root = mountpoint(api, volume)
     fill(root, b"mixed")
     keep = {"keep_last": 3}
-    workspace.write_config({"app": {"volumes": [volume], "retention": keep}})
+    # the older one-file archive: written before dedup was the default
+    workspace.write_config({"app": {"volumes": [volume], "retention": keep, "format": "tar"}})
     single = backup(workspace)
     single_tree = snapshot(root)
     assert (workspace.archive_dir("app", volume) / f"{volume}-{single}.tar.zst").exists()
