@@ -7,7 +7,9 @@ volkeep's edges chosen by a test-only launcher (tests/faults/killpoints.py); fou
 seeded random times within the command's usual duration, sent from outside.
 
 The cases run in order and build on each other's archives (a prune needs some to delete);
-each one first makes sure what it needs is there.
+each one first makes sure what it needs is there. The policy is of format tar, whose write
+path the points are in; dedup's crash cases are in tests/e2e/test_dedup.py,
+test_dedup_gc.py and test_dedup_repack.py.
 """
 
 from __future__ import annotations
@@ -215,7 +217,9 @@ def session(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Session]:
     things = Things(api)
-    workspace = Workspace(tmp_path_factory.mktemp("kill-9"), helper_image)
+    # format tar: most points are in the one-file archive's write path, which a dedup backup
+    # never reaches (dedup's kill points: tests/e2e/test_dedup*.py)
+    workspace = Workspace(tmp_path_factory.mktemp("kill-9"), helper_image, "tar")
     try:
         session = Session(workspace, Volkeep(workspace, logbook), things, helper_image, age_key)
         session.back_up()
