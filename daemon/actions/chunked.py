@@ -22,6 +22,8 @@ only once the index that lists them is stored.
 from __future__ import annotations
 
 import tempfile
+import threading
+from collections import deque
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from functools import partial
@@ -30,7 +32,7 @@ from pathlib import Path
 from daemon.archive.chunkconfig import ChunkConfig
 from daemon.archive.digest import HashingWriter
 from daemon.archive.manifest import ChunkCounts
-from daemon.archive.packs import ChunkWriter, SealedPack
+from daemon.archive.packs import ChunkWriter, PackEntry, SealedPack
 from daemon.archive.recipe import Marks, RecipeBuilder
 from daemon.archive.sealing import LEVEL, SectionWriter
 from daemon.config.keys import Identities, Recipient, recipient_strings
@@ -70,6 +72,9 @@ class ChunkedArchive:
         self._stores: dict[str, ChunkStore] = {}
         self._caches: dict[str, ChunkIndex] = {}
         self._synced = datetime.now(UTC)  # the condemned packs are read after this
+        self._empty: set[str] = set()  # the copies whose caches listed no chunk
+        self._caches_lock = threading.Lock()  # the packing thread reads the caches too
+        self._stored: deque[tuple[str, tuple[PackEntry, ...], dict[str, OSError]]] = deque()
         try:
             self.config = self._open(copies, policy, state_dir)
             self._pending = Pending()
@@ -89,6 +94,7 @@ class ChunkedArchive:
             self._builder = RecipeBuilder(
                 self.config.chunker, self._writer.add, self._recipe, marks
             )
+            self._resources.callback(self._builder.close)
         except BaseException:
             self._resources.close()
             raise
@@ -122,13 +128,17 @@ class ChunkedArchive:
             cache = self._caches[repository.name] = ChunkIndex(store.cache_path(state_dir))
             self._resources.callback(cache.close)
             store.sync(cache, self._identities, self._encrypted_to)
+            if cache.empty():  # a new repository: no chunk to look up during this backup
+                self._empty.add(repository.name)
 
         copies.each("cannot open the chunk repository", share)
         return chosen
 
     # KnownChunks, for the ChunkWriter: a chunk is known if this backup stored it already,
     # or every live copy holds it in a pack garbage collection has not condemned; the packs
-    # it is reused from are remembered, for the check before the commit.
+    # it is reused from are remembered, for the check before the commit. A copy whose cache
+    # listed no chunk when the backup began is asked nothing (a first backup's every chunk
+    # is new): a chunk another backup stores there meanwhile is stored twice, harmless.
 
     def __contains__(self, chunk_id: object) -> bool:
         assert isinstance(chunk_id, str)
@@ -136,7 +146,10 @@ class ChunkedArchive:
             return True
         packs = {}
         for repository in self._copies.published:
-            pack = self._caches[repository.name].usable(chunk_id)
+            if repository.name in self._empty:
+                return False
+            with self._caches_lock:
+                pack = self._caches[repository.name].usable(chunk_id)
             if pack is None:
                 return False
             packs[repository.name] = pack
@@ -147,24 +160,44 @@ class ChunkedArchive:
     def add(self, chunk_id: str) -> None:
         self._pending.add(chunk_id)
 
+    # The ChunkWriter's packing thread calls `_fresh` and `_store_pack`; what concerns the
+    # copies and this backup's chunks (`_settle`) happens on the backup's thread.
+
     def _fresh(self, pack: str) -> bool:
         """Say whether no live copy holds a condemned pack of that name."""
         live = self._copies.published
-        return not any(self._caches[repository.name].is_condemned(pack) for repository in live)
+        with self._caches_lock:
+            return not any(self._caches[repository.name].is_condemned(pack) for repository in live)
 
     def _store_pack(self, pack: SealedPack) -> None:
-        name = pack.name
-        self._copies.each(
-            "cannot store a pack", lambda repository: self._stores[repository.name].put_pack(pack)
-        )
-        self._pending.place(
-            Location(entry.chunk_id, name, entry.offset, entry.stored_length, entry.plain_length)
-            for entry in pack.entries
-        )
+        """Store a pack in every live copy; keep what each copy raised for `_settle`."""
+        failures: dict[str, OSError] = {}
+        for repository in self._copies.published:
+            try:
+                self._stores[repository.name].put_pack(pack)
+            except OSError as error:
+                failures[repository.name] = error
+        self._stored.append((pack.name, pack.entries, failures))
+
+    def _settle(self) -> None:
+        """Drop each copy that failed to store a pack; record the stored packs' chunks.
+        Raise OperationError if no copy is left."""
+        while self._stored:
+            name, entries, failures = self._stored.popleft()
+            self._copies.each("cannot store a pack", partial(_raise_failure, failures))
+            self._pending.place(
+                Location(
+                    entry.chunk_id, name, entry.offset, entry.stored_length, entry.plain_length
+                )
+                for entry in entries
+            )
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Take the next piece of the tar stream. Raise TarFormatError if it is not one."""
+        """Take the next piece of the tar stream. Raise TarFormatError if it is not one;
+        OperationError if no copy is left."""
         self._builder.feed(data)
+        if self._stored:
+            self._settle()
 
     def take_lines(self, text: bytes, tar_size: int) -> None:
         """Take members whole from the previous archive's recipe: their lines, standing for
@@ -180,6 +213,7 @@ class ChunkedArchive:
         is left."""
         self._builder.finish()
         self._writer.finish()
+        self._settle()
         self._recipe.finish()
         index = self._writer.index
         self.added_bytes = self._writer.stored_bytes
@@ -228,3 +262,9 @@ class ChunkedArchive:
 
     def close(self) -> None:
         self._resources.close()
+
+
+def _raise_failure(failures: dict[str, OSError], repository: Repository) -> None:
+    """Raise what storing a pack in `repository` raised, if it did."""
+    if repository.name in failures:
+        raise failures[repository.name]

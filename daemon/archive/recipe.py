@@ -32,9 +32,10 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, repeat
-from typing import Any, Protocol
+from typing import Protocol
 
 from daemon.archive.chunking import ChunkerParameters, FileChunker
+from daemon.archive.digest import BackgroundSha256
 from daemon.archive.tarstream import BLOCK, Member, TarScanner
 
 HEADER = "volkeep-recipe 1\n"
@@ -103,7 +104,8 @@ class RecipeBuilder:
         self._marks = marks
         self._scanner = TarScanner(include=self._on_member, done=self._on_member_end, digests=False)
         self._ended: Member | None = None  # a member whose last byte was just fed
-        self._sha256: Any = hashlib.sha256()  # None once members were reused
+        # the tar's SHA-256, on a thread of its own; None once members were reused
+        self._sha256: BackgroundSha256 | None = BackgroundSha256()
         self.size = 0
         self._starting = 0  # the content size of the member whose header just ended
         self._content_due = 0
@@ -137,7 +139,9 @@ class RecipeBuilder:
         self._flush_raw()
         self._write_zeros()
         self._write_lines()
-        self._sha256 = None
+        if self._sha256 is not None:
+            self._sha256.close()
+            self._sha256 = None
         self._out.write(text)
         self.size += tar_size
 
@@ -229,6 +233,11 @@ class RecipeBuilder:
     def hexdigest(self) -> str | None:
         """The SHA-256 of the tar so far, or None once members were reused."""
         return self._sha256.hexdigest() if self._sha256 is not None else None
+
+    def close(self) -> None:
+        """End the thread that takes the tar's SHA-256 (a backup that stops midway)."""
+        if self._sha256 is not None:
+            self._sha256.close()
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ from daemon.storage.base import BlobExists, BlobMissing
 DIRECTORY = "_chunks"  # no volume name starts with "_": never a volume's directory
 PACKS_AHEAD = 2  # packs fetched ahead of the tar being rebuilt (8 MiB each)
 STEPS_AHEAD = 4096  # recipe steps looked at ahead for the packs they need
-FETCHING_THREADS = 4
+FETCHING_THREADS = 2
 READ_SIZE = 1 << 20  # the tar rebuilt is yielded in pieces of about this size
 
 

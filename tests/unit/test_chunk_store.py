@@ -63,7 +63,7 @@ def test_a_backup_s_pending_chunks_are_not_in_the_cache_until_loaded(tmp_path: P
 
 def test_a_pack_stored_twice_under_its_name_is_no_error(tmp_path: Path) -> None:
     chunks = ChunkStore(Repository(LocalStore("local", tmp_path / "repo"), "h", own=True), "app")
-    pack = SealedPack("00" * 32, b"bytes", ())
+    pack = SealedPack("00" * 32, (b"bytes",), ())
     chunks.put_pack(pack)
     chunks.put_pack(pack)
     assert chunks.get_pack(pack.name) == b"bytes"
@@ -106,3 +106,13 @@ def test_a_cache_written_before_chunks_could_lie_in_two_packs_starts_again(
     cache.load("ef" * 32, [Location("ab" * 32, "02" * 32, 0, 1, 2)])
     cache.close()
     assert ChunkIndex(path).loaded() == {"ef" * 32}  # opened again: kept
+
+
+def test_a_backup_s_taken_chunks_are_found_whatever_ids_share_their_first_bits() -> None:
+    pending = Pending()
+    taken = ["abcdef" + "0" * 58, "abcdef" + "1" * 58, "123456" + "f" * 58]
+    for chunk_id in taken:
+        pending.add(chunk_id)
+    assert all(chunk_id in pending for chunk_id in taken)
+    # the same first 24 bits as a taken id, or other ones: not taken
+    assert "abcdef" + "2" * 58 not in pending and "fedcba" + "0" * 58 not in pending

@@ -11,6 +11,7 @@ import pytest
 import zstandard
 from pyrage import x25519
 
+from daemon.archive import packs as packs_module
 from daemon.archive.chunkconfig import (
     ChunkConfig,
     ChunkConfigError,
@@ -18,6 +19,7 @@ from daemon.archive.chunkconfig import (
     seal_config,
 )
 from daemon.archive.chunking import ChunkerParameters
+from daemon.archive.digest import BackgroundSha256
 from daemon.archive.packs import (
     FOOTER_SIZE,
     PACK_CHUNKS,
@@ -185,3 +187,50 @@ def test_a_damaged_pack_or_index_is_refused():
         reader(ids[0])
     with pytest.raises(PackFormatError, match="in no index"):
         reader("0" * 64)
+
+
+def test_the_packing_thread_makes_the_packs_one_thread_makes(monkeypatch):
+    """New chunks reach the packing thread in batches: whatever the batches, the packs are
+    the same chunks in the same order, cut at the same sizes, byte for byte."""
+    config = ChunkConfig(os.urandom(32), ChunkerParameters(), pack_size=300_000)
+    chunks = [os.urandom(70_000) for _ in range(9)] + [bytes(90_000)] * 3
+    made = {}
+    for batch_bytes in (1, 150_000, 1 << 30):  # a batch per chunk, a few, one at the end
+        monkeypatch.setattr(packs_module, "BATCH_BYTES", batch_bytes)
+        packs, writer, _ = write_chunks(config, chunks)
+        made[batch_bytes] = [pack.data for pack in packs], b"".join(writer.index.stored())
+    assert made[1] == made[150_000] == made[1 << 30]
+    assert len(made[1][0]) == 2  # 5 chunks, then 4 and the zeros (stored once)
+
+
+def test_a_pack_that_cannot_be_stored_fails_the_next_add_or_finish():
+    config = ChunkConfig(os.urandom(32), ChunkerParameters(), pack_size=100_000)
+
+    def refuse(pack: SealedPack) -> None:
+        raise OSError("disk full")
+
+    writer = ChunkWriter(config, (), set(), refuse)
+    with pytest.raises(OSError, match="disk full"):
+        for _ in range(40):  # 40 MiB: the packing thread's failure stops the writer
+            writer.add(os.urandom(1 << 20))
+        writer.finish()
+    writer.close()
+    writer = ChunkWriter(config, (), set(), refuse)
+    writer.add(os.urandom(10_000))
+    with pytest.raises(OSError, match="disk full"):
+        writer.finish()
+    writer.close()
+
+
+def test_the_tar_s_sha256_taken_on_its_own_thread_is_the_tar_s():
+    data = os.urandom(3 * BackgroundSha256.PIECE + 12_345)
+    for piece in (1, 4096, 700_000, BackgroundSha256.PIECE, len(data)):
+        digest = BackgroundSha256()
+        for start in range(0, len(data), piece if piece > 1 else 100_003):
+            digest.update(memoryview(data)[start : start + (piece if piece > 1 else 100_003)])
+        assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    halfway = BackgroundSha256()
+    halfway.update(data[: 2 * BackgroundSha256.PIECE])
+    assert halfway.hexdigest() == hashlib.sha256(data[: 2 * BackgroundSha256.PIECE]).hexdigest()
+    halfway.update(data[2 * BackgroundSha256.PIECE :])
+    assert halfway.hexdigest() == hashlib.sha256(data).hexdigest()
