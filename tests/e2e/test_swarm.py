@@ -166,6 +166,8 @@ def journal(workspace: Workspace, volume: str) -> dict[str, object] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+# "half of the archive written" is a kill point of the one-file archive's write
+@pytest.mark.archive_format("tar")
 def test_a_swarm_service_is_scaled_to_zero_for_its_volumes_backup_and_back_after(
     swarm: PrivateEngine, workspace: Workspace
 ):
@@ -200,6 +202,8 @@ def test_a_swarm_service_is_scaled_to_zero_for_its_volumes_backup_and_back_after
     assert differences(snapshot(mountpoint(private, volume)), restored) == []
 
 
+# "half of the archive written" is a kill point of the one-file archive's write
+@pytest.mark.archive_format("tar")
 def test_a_service_scaled_to_zero_by_a_volkeep_that_died_is_scaled_back_at_the_next_start(
     swarm: PrivateEngine, workspace: Workspace
 ):
