@@ -384,9 +384,10 @@ def test_status_shows_last_backup_drill_verdict_and_next_runs_with_and_without_t
     last = policy["volumes"][0]["last_backup"]
     assert last["outcome"] == "ok"
     next_backup = datetime.fromisoformat(policy["backup"]["next_run"])
-    assert abs(next_backup - datetime.fromisoformat(last["started"]) - timedelta(seconds=2)) < (
-        timedelta(seconds=1)
-    )
+    # the next point of the 2-second grid after the last start (a start late on a loaded
+    # machine is followed by the grid's next point, less than 2 seconds later)
+    after_last = next_backup - datetime.fromisoformat(last["started"])
+    assert timedelta(0) < after_last <= timedelta(seconds=2)
     # status judged "overdue" at a moment between asked and answered
     if next_backup <= asked:
         assert policy["backup"]["overdue"] is True
