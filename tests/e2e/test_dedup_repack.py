@@ -28,7 +28,13 @@ from tests.e2e.test_dedup import (
     rebuilt_by_script,
     restored,
 )
-from tests.e2e.test_dedup_gc import killed, listed, paused, resumed
+from tests.e2e.test_dedup_gc import (
+    every_listed_archive_restores,
+    killed,
+    listed,
+    paused,
+    resumed,
+)
 from tests.support import manifests
 from tests.support.seaweed import S3Bucket
 from tests.support.tree import differences, snapshot
@@ -135,15 +141,6 @@ def prune(workspace: Workspace) -> str:
     result = workspace.run("prune", "app")
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def every_listed_archive_restores(
-    api: docker.APIClient, workspace: Workspace, volume: str, trees: dict[str, dict]
-) -> None:
-    ids = [row["id"] for row in listed(workspace, volume)]
-    assert ids and set(ids) <= trees.keys()
-    for archive_id in ids:
-        assert differences(trees[archive_id], restored(api, workspace, volume, archive_id)) == []
 
 
 @pytest.mark.parametrize("where", ["local", "s3", "local encrypted"])
