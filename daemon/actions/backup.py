@@ -131,7 +131,8 @@ def back_up_volume(
     )
     with (
         structlog.contextvars.bound_contextvars(volume=source.volume.name, archive=key.id),
-        ManifestWriter(spool_dir, source.recipients) as entries,
+        # a deduplicated archive's recipe identifies each file's content: no SHA-256 per file
+        ManifestWriter(spool_dir, source.recipients, digests=not deduplicated) as entries,
     ):
         storages = [repository.name for repository in repositories]
         log.info(
@@ -188,7 +189,9 @@ def back_up_volume(
                     source.identities,
                     source.exclude,
                     source.full_read_every,
-                    lambda include, done: TarScanner(emit=emit, include=include, done=done),
+                    lambda include, done: TarScanner(
+                        emit=emit, include=include, done=done, digests=False
+                    ),
                     entries,
                     selection,
                     progress,
@@ -256,6 +259,7 @@ def back_up_volume(
             tar_sha256=chunked.tar_sha256 if chunked is not None else None,
             chunk_counts=chunked.counts() if chunked is not None else None,
             files=files,
+            content_digests=entries.digests,
         )
         copies.publish(lambda: entries.chunks(manifest))
         _warn_of_the_future(copies.published, key)

@@ -10,7 +10,10 @@ For each volume the policy has archives of in its storage, under the volume's lo
    the Engine's archive endpoint on a helper container, then the volume root's fix-up).
 4. Read the scratch volume back through a helper's tar stream, digesting files as they
    pass, and compare every object with the manifest's entries as both stream
-   (`compare_trees`).
+   (`compare_trees`). A file's digest is the SHA-256 of its content; for a deduplicated
+   archive whose entries carry none (`volkeep-entries-2`), its chunk-list digest: the
+   recipe's chunk ids on the manifest's side, the bytes read back cut and named as the
+   backup did on the other (`daemon.repository.contentdigests`).
 5. Remove the scratch volume on every path out (it carries volkeep's labels, so the next
    volkeep start removes it after a crash), then write the verdict beside the archive and
    in the run history.
@@ -22,14 +25,16 @@ in an order too far from the manifest's: see daemon.archive.compare).
 
 from __future__ import annotations
 
+import hashlib
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import docker
 import requests
@@ -50,6 +55,7 @@ from daemon.engine.tarflavour import detect_flavour, keeps_xattrs, volume_tar
 from daemon.engine.volumes import create_volume, remove_volume
 from daemon.errors import ArchiveFault, OperationError, UsageError, combined_failure
 from daemon.repository.chunks import ChunkStore
+from daemon.repository.contentdigests import RecipeDigests, read_back_digest
 from daemon.repository.layout import ArchiveKey
 from daemon.repository.locate import locate
 from daemon.repository.packcheck import check_packs_in_turn
@@ -294,13 +300,17 @@ def drill_archive(
         encrypted, sha256 = summary.encryption is not None, summary.sha256
         manifest = repository.read_manifest(key, identities=identities)
         archive = StoredArchive(repository, key, manifest, identities, spool_dir)
+        expected: Iterable[Member] = manifest.entries
+        digest: Callable[[], Any] = hashlib.sha256
+        if not manifest.content_digests:  # the recipe's chunk ids stand for them
+            expected, digest = RecipeDigests(archive), read_back_digest(archive)
         with scratch_volume(api, key.volume) as scratch:
             # one pass: checked as it streams into the scratch volume
             extract_into(api, archive, image, scratch, key.volume)
             restore_seconds, restored = time.monotonic() - started, manifest.tar_size
-            found = ReadBack(api, image, scratch, key.volume, manifest.tar_size, spool_dir)
+            found = ReadBack(api, image, scratch, key.volume, manifest.tar_size, spool_dir, digest)
             comparison = compare_trees(
-                manifest.entries,
+                expected,
                 found,
                 hard_links=manifest.hardlinks != 0,
                 spool_dir=spool_dir,
@@ -379,8 +389,8 @@ def scratch_volume(api: docker.APIClient, source: str) -> Iterator[str]:
 @dataclass(frozen=True)
 class ReadBack:
     """A volume's objects as a helper's tar stream describes them, regular files digested
-    as they pass; each iteration streams them again. Iterating raises OperationError if
-    the stream fails."""
+    as they pass (with what `digest` returns: SHA-256 by default); each iteration streams
+    them again. Iterating raises OperationError if the stream fails."""
 
     api: docker.APIClient
     image: str
@@ -388,6 +398,7 @@ class ReadBack:
     owner: str
     expected_size: int
     state_dir: Path | None = None  # where the helper's pipe goes (daemon.engine.pipe)
+    digest: Callable[[], Any] = hashlib.sha256
 
     def records_xattrs(self, backed_up_with: str) -> bool:
         """Given the tar flavour that wrote the archive (its manifest's), say whether it and
@@ -398,7 +409,7 @@ class ReadBack:
 
     def __iter__(self) -> Iterator[Member]:
         members: list[Member] = []
-        scanner = TarScanner(done=members.append)
+        scanner = TarScanner(done=members.append, digest=self.digest)
         progress = Progress(f"reading back {self.volume}", total=self.expected_size)
         flavour = detect_flavour(self.api, self.image, self.state_dir)
         try:

@@ -1,17 +1,28 @@
 """The manifest's entries, one record per object in stream order, in a compact encoding.
 
-`volkeep-entries-1` is what the manifest's entries section holds once decompressed (and
-decrypted): blocks of up to BLOCK records, each a header (three varints: how many
-records, the bytes of their records, how many content digests), the records, then the
-digests, 32 bytes each, in the order of the records that have one. The digests are random
-bytes: kept apart, they leave the records to compress among themselves.
+Two encodings, named by the manifest's `entries.encoding`; both are what the entries
+section holds once decompressed (and decrypted):
+
+- `volkeep-entries-1` (one-file archives, and deduplicated archives written before
+  `volkeep-entries-2`): blocks of up to BLOCK records, each a header (three varints: how
+  many records, the bytes of their records, how many content digests), the records, then
+  the digests, 32 bytes each (the SHA-256 of the file's content), in the order of the
+  records that have one. The digests are random bytes: kept apart, they leave the records
+  to compress among themselves.
+- `volkeep-entries-2` (deduplicated archives): the same without content digests. A block
+  is a header of two varints (how many records, the bytes of their records), then the
+  records; no record has the digest bit. A deduplicated archive's recipe already names
+  each file's content by its chunk ids (keyed BLAKE3 of the plain chunk, checked on every
+  read), so a SHA-256 per file was a second identity: 32 incompressible bytes per file
+  per backup. A drill takes the identity from the recipe instead
+  (`daemon.archive.chunkdigest`).
 
 Each record is:
 
 - a flags byte: the type (bits 0-2: file, dir, symlink, hardlink, fifo, char, block), then
-  whether a content digest (bit 3), a link target (bit 4), extended attributes (bit 5) and
-  a fraction of a second in the mtime (bit 6) belong to it, and whether its numbers are
-  wide (bit 7);
+  whether a content digest (bit 3; always 0 in version 2), a link target (bit 4), extended
+  attributes (bit 5) and a fraction of a second in the mtime (bit 6) belong to it, and
+  whether its numbers are wide (bit 7);
 - the path, front-coded: how many leading bytes it shares with the previous record's path,
   how many follow, then those bytes (UTF-8, undecodable bytes kept as they came);
 - mode, uid, gid, size, and the whole seconds of the mtime as a difference from the previous
@@ -24,9 +35,9 @@ Each record is:
 - the extended attributes: a varint count, then each name and value as a varint length
   and its bytes.
 
-Memory is a block either way. Compressed with zstd this costs 33 to 37 bytes per small
-file, the digest's 32 bytes being incompressible (a fraction of a second in the mtimes,
-as GNU tar records them, adds about 3).
+Memory is a block either way. Compressed with zstd, version 1 costs 33 to 37 bytes per
+small file, the digest's 32 bytes being incompressible (a fraction of a second in the
+mtimes, as GNU tar records them, adds about 3); version 2 leaves out those 32 bytes.
 """
 
 from __future__ import annotations
@@ -36,7 +47,9 @@ from collections.abc import Callable, Iterator
 
 from daemon.archive.tarstream import Member
 
-ENCODING = "volkeep-entries-1"
+DIGESTED = "volkeep-entries-1"  # with each regular file's SHA-256
+UNDIGESTED = "volkeep-entries-2"  # without: a deduplicated archive's recipe identifies content
+ENCODINGS = (DIGESTED, UNDIGESTED)
 TYPES = ("file", "dir", "symlink", "hardlink", "fifo", "char", "block")
 _CODES = {name: code for code, name in enumerate(TYPES)}
 DIGEST, LINK, XATTRS, FRACTION, WIDE = 0x08, 0x10, 0x20, 0x40, 0x80
@@ -51,7 +64,7 @@ Read = Callable[[int], bytes]
 
 
 class EntryFormatError(ValueError):
-    """The entries section is not a `volkeep-entries-1` stream."""
+    """The entries section is not a stream of its encoding."""
 
 
 def _varint(value: int, out: bytearray) -> None:
@@ -95,9 +108,12 @@ def _split_mtime(mtime: float) -> tuple[int, bytes | None]:
 
 
 class EntryEncoder:
-    """Encodes members, in stream order, into `volkeep-entries-1` blocks."""
+    """Encodes members, in stream order, into blocks of `encoding` (DIGESTED or
+    UNDIGESTED: then the members' content digests are left out)."""
 
-    def __init__(self) -> None:
+    def __init__(self, encoding: str = DIGESTED) -> None:
+        assert encoding in ENCODINGS, encoding
+        self._digests_kept = encoding == DIGESTED
         self._previous_path = b""
         self._previous_seconds = 0
         self._records = bytearray()
@@ -113,7 +129,7 @@ class EntryEncoder:
         shared = _shared(path, self._previous_path)
         seconds, fraction = _split_mtime(member.mtime)
         flags = _CODES[member.type]
-        if member.sha256 is not None:
+        if member.sha256 is not None and self._digests_kept:
             digest = bytes.fromhex(member.sha256)
             if len(digest) != 32:
                 raise ValueError(f"{member.path!r}: a content digest that is not SHA-256")
@@ -162,8 +178,10 @@ class EntryEncoder:
         if not self._count:
             return b""
         header = bytearray()
-        for number in (self._count, len(self._records), len(self._digests) // 32):
-            _varint(number, header)
+        _varint(self._count, header)
+        _varint(len(self._records), header)
+        if self._digests_kept:
+            _varint(len(self._digests) // 32, header)
         block = bytes(header + self._records + self._digests)
         self._records.clear()
         self._digests.clear()
@@ -230,16 +248,20 @@ def _no_more(_: int) -> bytes:
 MAX_BLOCK_BYTES = 16 << 20  # a block of records is 256 KiB and its last record, at most
 
 
-def decode_entries(read: Read) -> Iterator[Member]:
-    """Given the reader of a decoded entries section (`read(size)`, b"" at the end), yield
-    its members in order. Raise EntryFormatError if it is not `volkeep-entries-1`."""
+def decode_entries(read: Read, encoding: str = DIGESTED) -> Iterator[Member]:
+    """Given the reader of a decoded entries section (`read(size)`, b"" at the end) and its
+    encoding (one of ENCODINGS), yield its members in order. Raise EntryFormatError if it
+    is not a stream of that encoding."""
+    assert encoding in ENCODINGS, encoding
+    digested = encoding == DIGESTED
     stream = _Buffer(read)
     previous_path = b""
     seconds = 0
     fixed = _FIXED.size
     unpack = _FIXED.unpack_from
     while not stream.at_end():
-        count, size, digest_count = stream.varint(), stream.varint(), stream.varint()
+        count, size = stream.varint(), stream.varint()
+        digest_count = stream.varint() if digested else 0
         if not 0 < count <= BLOCK or size > MAX_BLOCK_BYTES or digest_count > count:
             raise EntryFormatError(f"a block header that is not one ({count}, {size})")
         records = _Buffer(_no_more, stream.take(size))
@@ -276,7 +298,7 @@ def decode_entries(read: Read) -> Iterator[Member]:
                 xattrs = {records.text(): records.text() for _ in range(records.varint())}
             digest = None
             if flags & DIGEST:
-                if digests_used == digest_count:
+                if digests_used == digest_count:  # (none at all in UNDIGESTED)
                     raise EntryFormatError("more records with a digest than digests")
                 digest = digests[32 * digests_used : 32 * digests_used + 32].hex()
                 digests_used += 1

@@ -20,7 +20,10 @@ all (SPEC §5.7).
 
 Format 3 is format 2 for a deduplicated archive (docs/format-dedup.md): `archive` names
 its recipe and says `"layout": "deduplicated"`, `tar` adds the tar's SHA-256, and `chunks`
-counts what the backup stored. Format 2 stays what a one-file archive writes.
+counts what the backup stored. Format 2 stays what a one-file archive writes. The entries
+of a one-file archive are `volkeep-entries-1` (each regular file's SHA-256 included); a
+deduplicated archive's are `volkeep-entries-2` (no content digest: its recipe's chunk ids
+identify each file's content), or `volkeep-entries-1` when written before that.
 
 Format 1 manifests (one JSON document: entries one per line, or `sealed_entries`, age of
 zstd of JSON lines, for an encrypted archive) stay readable.
@@ -45,7 +48,14 @@ import zstandard
 
 from daemon import __version__
 from daemon.archive.encryption import NoIdentityMatches
-from daemon.archive.entries import ENCODING, EntryEncoder, EntryFormatError, decode_entries
+from daemon.archive.entries import (
+    DIGESTED,
+    ENCODINGS,
+    UNDIGESTED,
+    EntryEncoder,
+    EntryFormatError,
+    decode_entries,
+)
 from daemon.archive.sealing import Decrypt, Readable, SectionWriter, section_reader
 from daemon.archive.tarstream import Member
 from daemon.config.keys import EncryptionError, Recipient
@@ -153,6 +163,9 @@ class Manifest:
     tar_sha256: str | None = None  # the tar's SHA-256 (format 3)
     chunk_counts: ChunkCounts | None = None  # format 3
     files: FileListing | None = None  # format 3, when the helper listed the volume
+    # whether the entries carry each regular file's SHA-256 (False: volkeep-entries-2, a
+    # deduplicated archive whose recipe identifies the content)
+    content_digests: bool = True
     entries: Iterable[Member] = field(default=(), compare=False, repr=False)
 
     @property
@@ -171,7 +184,7 @@ class Manifest:
     def to_json(self) -> bytes:
         """Return the manifest file of a manifest whose entries are at hand (in clear):
         the JSON summary, then the entries section."""
-        with ManifestWriter() as writer:
+        with ManifestWriter(digests=self.content_digests) as writer:
             for entry in self.entries:
                 writer.add(entry)
             writer.finish()
@@ -256,15 +269,25 @@ def read_entries(source: Readable, decrypt: Decrypt | None = None) -> Iterator[M
 
 class ManifestWriter:
     """Takes a backup's members as they pass and keeps its entries section, compressed
-    (and sealed to `recipients`), until the manifest is written with `chunks`."""
+    (and sealed to `recipients`), until the manifest is written with `chunks`. With
+    `digests` off, the section leaves out the members' content digests
+    (`volkeep-entries-2`)."""
 
-    def __init__(self, spool_dir: Path | None = None, recipients: Sequence[Recipient] = ()) -> None:
+    def __init__(
+        self,
+        spool_dir: Path | None = None,
+        recipients: Sequence[Recipient] = (),
+        *,
+        digests: bool = True,
+    ) -> None:
         # An unnamed temporary file once it spills: a crash leaves nothing behind.
         where = str(spool_dir) if spool_dir else None
         self._spool = tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=where)  # noqa: SIM115
         self._stored = _HashingSink(self._spool)
         self._section = SectionWriter(self._stored, recipients)
-        self._encoder = EntryEncoder()
+        self.digests = digests
+        self.encoding = DIGESTED if digests else UNDIGESTED
+        self._encoder = EntryEncoder(self.encoding)
         self._finished = False
         self.encryption = "age" if recipients else None
         self.count = 0
@@ -292,7 +315,7 @@ class ManifestWriter:
         section = {
             "count": self.count,
             "hardlinks": self.hardlinks,
-            "encoding": ENCODING,
+            "encoding": self.encoding,
             "compression": "zstd",
             "encryption": self.encryption,
             "size": self._stored.size,
@@ -404,6 +427,7 @@ def _summary(opened: _Opened) -> Manifest:
     archive = document["archive"]
     volume = document["volume"]
     layout, tar_sha256, counts, files = SINGLE, None, None, None
+    content_digests = version == LEGACY_FORMAT or document["entries"]["encoding"] != UNDIGESTED
     if version == DEDUPLICATED_FORMAT:
         if "files" in document:
             files = FileListing.from_json(document["files"])
@@ -414,6 +438,8 @@ def _summary(opened: _Opened) -> Manifest:
         counts = ChunkCounts(
             chunks["count"], chunks["new"], chunks["new_packs"], chunks["added_bytes"]
         )
+    elif not content_digests:  # only a recipe can stand for the content digests
+        raise ManifestError(f"{UNDIGESTED} entries in a manifest of format {version}")
     return Manifest(
         id=document["id"],
         kind=document["kind"],
@@ -441,6 +467,7 @@ def _summary(opened: _Opened) -> Manifest:
         tar_sha256=tar_sha256,
         chunk_counts=counts,
         files=files,
+        content_digests=content_digests,
     )
 
 
@@ -481,7 +508,7 @@ def _section_entries(
     source: Readable, opened: _Opened, summary: Manifest, decrypt: Decrypt | None
 ) -> Iterator[Member]:
     info = opened.document["entries"]
-    if info["encoding"] != ENCODING or info["compression"] != "zstd":
+    if info["encoding"] not in ENCODINGS or info["compression"] != "zstd":
         raise ManifestError(f"unknown entries encoding {info['encoding']}+{info['compression']}")
     sealed = info["encryption"]
     if sealed not in (None, "age"):
@@ -491,7 +518,7 @@ def _section_entries(
     stored = _Section(source, opened.after, info["size"])
     count = 0
     with section_reader(stored, decrypt if sealed else None) as plain:
-        for member in decode_entries(plain.read):
+        for member in decode_entries(plain.read, info["encoding"]):
             count += 1
             yield member
     stored.check(info["sha256"])

@@ -288,7 +288,8 @@ class TarScanner:
 
     `include(member)` is called once each member's header is complete and decides whether
     its bytes are forwarded to `emit`; `done(member)` is called for each kept member once
-    its data has passed (with `sha256` set for regular files, unless `digests` is off).
+    its data has passed (with `sha256` set for regular files, unless `digests` is off: the
+    `hexdigest()` of what `digest()` returns, fed the content; by default SHA-256).
     `include` may raise to stop the stream before the member's bytes are forwarded.
     Bytearrays given to `emit` are reused afterwards: it must copy what it keeps of them.
     """
@@ -300,8 +301,10 @@ class TarScanner:
         done: Callable[[Member], None] | None = None,
         *,
         digests: bool = True,
+        digest: Callable[[], Any] = hashlib.sha256,
     ) -> None:
         self._digests = digests
+        self._new_digest = digest
         self._emit = emit
         self._include = include
         self._done = done
@@ -428,7 +431,7 @@ class TarScanner:
         self._pending.clear()
         self._long_name = self._long_link = self._pax = None
         wanted = self._keep and self._digests and member.type == "file"
-        self._digest = hashlib.sha256() if wanted else None
+        self._digest = self._new_digest() if wanted else None
         # Like POSIX readers, only regular files (and unknown types) carry data blocks.
         self._start_data(member.size)
 

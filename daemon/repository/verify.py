@@ -248,7 +248,8 @@ class _ArchiveMembers:
     def __iter__(self) -> Iterator[Member]:
         archive = self.archive
         members: list[Member] = []
-        scanner = TarScanner(done=members.append)
+        # as the entries do: a deduplicated archive's may carry no content digest
+        scanner = TarScanner(done=members.append, digests=archive.manifest.content_digests)
         stream = _stream(
             archive.repository,
             archive.key,

@@ -38,9 +38,14 @@ def rewrite_summary(path: Path, document: dict[str, Any]) -> None:
     path.write_bytes(json.dumps(document).encode() + b"\n" + section(path))
 
 
-def rewrite_entries(path: Path, edit: Callable[[Member], Member]) -> None:
+def rewrite_entries(
+    path: Path, edit: Callable[[Member], Member], *, digests: bool | None = None
+) -> None:
     """Rewrite a clear manifest with `edit` applied to each entry, the summary otherwise
-    as it was."""
+    as it was; `digests` True writes the entries as `volkeep-entries-1` (with content
+    digests), False as `volkeep-entries-2` (None: as they were)."""
     manifest = Manifest.from_json(path.read_bytes())
+    if digests is not None:
+        manifest.content_digests = digests
     manifest.entries = [edit(member) for member in read_entries(io.BytesIO(path.read_bytes()))]
     path.write_bytes(manifest.to_json())
