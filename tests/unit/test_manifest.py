@@ -1,9 +1,12 @@
 """The manifest: its summary reads alone, its entries stream back exactly as they went in,
-damage is found, sealed entries need the key, and format 1 manifests stay readable."""
+damage is found, sealed entries need the key, format 1 manifests stay readable, and a
+deduplicated archive's entries leave out the content digests (format 3 with them stays
+readable)."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -15,7 +18,16 @@ import zstandard
 from pyrage import x25519
 
 from daemon.archive.encryption import NoIdentityMatches, encrypting_writer
+from daemon.archive.entries import (
+    DIGESTED,
+    UNDIGESTED,
+    EntryEncoder,
+    EntryFormatError,
+    decode_entries,
+)
 from daemon.archive.manifest import (
+    DEDUPLICATED,
+    ChunkCounts,
     EntriesSealed,
     Manifest,
     ManifestError,
@@ -25,6 +37,7 @@ from daemon.archive.manifest import (
 from daemon.archive.sealing import opener
 from daemon.archive.tarstream import Member
 from daemon.config.keys import load_identities, parse_recipient
+from tests.support import manifests
 
 MOMENT = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 DIGEST = "cd" * 32
@@ -254,3 +267,103 @@ def test_format_1_sealed_entries_stay_readable(tmp_path: Path) -> None:
         list(read_entries(io.BytesIO(raw)))
     decrypt = opener(load_identities(key.path), [key.public])
     assert list(read_entries(io.BytesIO(raw), decrypt)) == every_kind()
+
+
+# Deduplicated archives: volkeep-entries-2, no content digest (the recipe identifies the
+# content); those written before keep volkeep-entries-1.
+
+
+def deduplicated(**fields: object) -> Manifest:
+    return summary(
+        layout=DEDUPLICATED,
+        archive_file="app_db-20261128T030000Z.recipe.zst",
+        tar_sha256=None,
+        chunk_counts=ChunkCounts(3, 1, 1, 4096),
+        **fields,
+    )
+
+
+def without_digests(members: list[Member]) -> list[Member]:
+    return [dataclasses.replace(member, sha256=None) for member in members]
+
+
+def test_a_deduplicated_manifest_keeps_every_field_but_the_content_digests() -> None:
+    raw = deduplicated(entries=every_kind(), content_digests=False).to_json()
+
+    read = Manifest.from_json(raw)
+
+    document = manifests.split(raw)[0]
+    assert (document["format"], document["entries"]["encoding"]) == (3, "volkeep-entries-2")
+    assert (read.layout, read.content_digests, read.hardlinks) == (DEDUPLICATED, False, 1)
+    assert list(read_entries(io.BytesIO(raw))) == without_digests(every_kind())
+
+
+def test_leaving_the_digests_out_saves_their_32_bytes_a_file() -> None:
+    with_digests = manifests.split(deduplicated(entries=files(20_000)).to_json())[1]
+    without = deduplicated(entries=files(20_000), content_digests=False).to_json()
+
+    assert len(with_digests) - len(manifests.split(without)[1]) > 31 * 20_000
+    assert len(manifests.split(without)[1]) < 2 * 20_000  # a name, a size, an mtime apart
+
+
+def test_a_format_3_manifest_with_content_digests_stays_readable() -> None:
+    raw = deduplicated(entries=every_kind()).to_json()  # as written before entries-2
+
+    read = Manifest.from_json(raw)
+
+    document = manifests.split(raw)[0]
+    assert (document["format"], document["entries"]["encoding"]) == (3, "volkeep-entries-1")
+    assert (read.layout, read.content_digests) == (DEDUPLICATED, True)
+    assert list(read_entries(io.BytesIO(raw))) == every_kind()
+
+
+# A volkeep-entries-1 block as volkeep wrote it before volkeep-entries-2 existed (the
+# encoder of commit 7a77caf), for these members: its bytes are the format, forever.
+ENTRIES_1_BLOCK = bytes.fromhex(
+    "05b801020100000100ed010000000000000000000000000000000000f15365000000002e4800000500a401"
+    "e7030000e703000005000000000000000100000000000000612e74787401351302000300a401e7030000e7"
+    "030000000000000000000000000000000000006c6e6b05612e7478741200000100ff010000000000000000"
+    "000000000000000001000000000000006205612e74787408000005008001000000000000000000000000"
+    "000000000100000000000000656d707479" + "ab" * 32 + "cd" * 32
+)
+ENTRIES_1_MEMBERS = [
+    Member(".", "dir", 0o755, 0, 0, 0, 1_700_000_000),
+    Member("a.txt", "file", 0o644, 999, 999, 5, 1_700_000_001.5, sha256="ab" * 32),
+    Member("a.lnk", "hardlink", 0o644, 999, 999, 0, 1_700_000_001, link="a.txt"),
+    Member("b", "symlink", 0o777, 0, 0, 0, 1_700_000_002, link="a.txt"),
+    Member("empty", "file", 0o600, 0, 0, 0, 1_700_000_003, sha256="cd" * 32),
+]
+
+
+def test_entries_1_written_by_the_earlier_encoder_decode_and_encode_alike() -> None:
+    decoded = list(decode_entries(io.BytesIO(ENTRIES_1_BLOCK).read, DIGESTED))
+    encoder = EntryEncoder(DIGESTED)
+    for member in ENTRIES_1_MEMBERS:
+        encoder.add(member)
+
+    assert decoded == ENTRIES_1_MEMBERS
+    assert encoder.block() == ENTRIES_1_BLOCK
+
+
+def test_entries_2_drop_the_digest_count_and_refuse_a_record_with_a_digest() -> None:
+    encoder = EntryEncoder(UNDIGESTED)
+    for member in ENTRIES_1_MEMBERS:
+        encoder.add(member)
+    block = encoder.block()
+    # the same records: a header varint fewer (no digest count), no digests
+    assert len(block) == len(ENTRIES_1_BLOCK) - 1 - 2 * 32
+    assert block[:3] == ENTRIES_1_BLOCK[:3]
+    assert list(decode_entries(io.BytesIO(block).read, UNDIGESTED)) == without_digests(
+        ENTRIES_1_MEMBERS
+    )
+
+    flagged = block[:3] + bytes([block[3] | 0x08]) + block[4:]
+    with pytest.raises(EntryFormatError):
+        list(decode_entries(io.BytesIO(flagged).read, UNDIGESTED))
+
+
+def test_entries_2_in_a_one_file_archive_are_refused() -> None:
+    raw = summary(entries=files(2), content_digests=False).to_json()
+
+    with pytest.raises(ManifestError, match="volkeep-entries-2 entries in a manifest of format 2"):
+        Manifest.from_json(raw)
