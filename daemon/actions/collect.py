@@ -1,6 +1,7 @@
 """Garbage collection of a policy's chunk repositories, one per storage: after `volkeep
-prune` (which shows it with --dry-run) and after each scheduled backup run of the daemon
-(docs/format-dedup.md, "Garbage collection"; the rules: `daemon.repository.chunkgarbage`).
+prune` (which shows it with --dry-run) and after the daemon's scheduled backup runs, at
+most every quarter of the margin (`collection_due`) (docs/format-dedup.md, "Garbage
+collection"; the rules: `daemon.repository.chunkgarbage`).
 
 It takes the policy's collection lock, host-wide, and never waits for it: a collection
 that finds it held is skipped (the other one does the work). It takes no volume lock:
@@ -10,15 +11,17 @@ backups, restores and prunes run beside it, and no backup ever waits for it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import structlog
 
 from daemon.actions.context import Context
 from daemon.archive.chunkconfig import CONFIG_KEY
 from daemon.errors import OperationError, combined_failure
-from daemon.repository.chunkgarbage import Collection, collect
+from daemon.repository.chunkgarbage import Collection, collect, collection_due
 from daemon.repository.chunks import ChunkStore
 from daemon.repository.store import Repository
+from daemon.state.history import History
 from daemon.state.locks import collection_lock
 
 log = structlog.get_logger()
@@ -83,9 +86,18 @@ def run_collect(
 
 
 def collect_after_backups(ctx: Context, policy_name: str) -> None:
-    """After a scheduled backup run of the policy: collect its garbage. A failure is
-    logged; it does not change the run's outcome."""
+    """After a scheduled backup run of the policy: collect its garbage if it is due
+    (`collection_due`, from the last collection this host finished after a run). A
+    failure is logged and tried again after the next run; it does not change the run's
+    outcome."""
+    history = History(ctx.state_dir)
+    job = f"collect:{policy_name}"
+    started = datetime.now(UTC)
+    if not collection_due(history.schedule_anchors().get(job), started):
+        log.info("garbage collection not due yet", policy=policy_name)
+        return
     try:
-        run_collect(ctx, policy_name, dry_run=False)
+        if run_collect(ctx, policy_name, dry_run=False):
+            history.record_run(job, started)
     except OperationError as error:
         log.error("garbage collection failed", policy=policy_name, error=error.message)

@@ -86,6 +86,17 @@ def pack_margin() -> timedelta:
     return MARGIN if not seconds else timedelta(seconds=float(seconds))
 
 
+def collection_due(last: datetime | None, now: datetime) -> bool:
+    """Given when this host last finished collecting a policy after its backups (None:
+    never, or the state dir was lost) and now, return whether the run that just backed
+    it up collects it again: when a quarter of the margin has passed. A pack condemned
+    at one collection is deleted by the first one a margin later, so collecting more
+    often frees nothing sooner and reads every recipe of the policy each time (an hourly
+    schedule would read them all every hour); a quarter of the margin delays a deletion
+    by at most that much. `volkeep prune` always collects."""
+    return last is None or now - last >= pack_margin() / 4
+
+
 def broken_reuse(
     chunks: ChunkStore, relied: Callable[[], Iterable[str]], synced: datetime, now: datetime
 ) -> str | None:

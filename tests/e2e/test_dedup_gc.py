@@ -16,12 +16,18 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import docker
 import pytest
 
+from daemon.actions.collect import collect_after_backups
+from daemon.actions.context import Context
+from daemon.config import load_config
+from daemon.state.history import History
 from tests.e2e.conftest import ROOT, Workspace, mountpoint
 from tests.e2e.test_dedup import backup, chunks_dir, manifest_of, restored
 from tests.support.seaweed import S3Bucket
@@ -349,3 +355,41 @@ def test_two_hosts_back_up_and_collect_at_once_on_one_bucket_and_every_archive_r
                 )
                 == []
             )
+
+
+def test_the_daemon_collects_a_policy_after_its_runs_at_most_every_quarter_of_the_margin(
+    api: docker.APIClient,
+    volumes: Callable[..., str],
+    workspace: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An hourly schedule collected after every run would read every recipe of the policy
+    each hour, and free no pack sooner (a condemned pack waits a margin anyway). With the
+    24-hour margin of use, the runs of the same 6 hours collect once."""
+    monkeypatch.delenv("VOLKEEP_GC_MARGIN")
+    volume = volumes("vk-gc-due")
+    keep_last_one(workspace, volume)
+    ctx = Context(load_config(workspace.config), workspace.state_dir)
+    day_old = time.time() - 25 * 3600
+    trees: dict[str, dict] = {}
+
+    def a_run_that_replaces_the_volume_content(seed: bytes) -> None:
+        for old in mountpoint(api, volume).glob("*.bin"):
+            old.unlink()
+        write_random(mountpoint(api, volume) / f"{seed.decode()}.bin", seed, 2 * MiB)
+        trees[backup(workspace)] = snapshot(mountpoint(api, volume))  # prunes the one before
+        for pack in (chunks_dir(workspace) / "packs").rglob("*/*"):
+            os.utime(pack, (day_old, day_old))  # as if written a day ago
+        collect_after_backups(ctx, "app")
+
+    a_run_that_replaces_the_volume_content(b"first")  # collected: nothing dead yet
+    packs_of_the_first = packs(workspace)
+    a_run_that_replaces_the_volume_content(b"second")  # not due: the same hours
+    assert condemned_records(workspace) == []
+    assert packs_of_the_first <= packs(workspace)
+
+    History(workspace.state_dir).record_run("collect:app", datetime.now(UTC) - timedelta(hours=6))
+    a_run_that_replaces_the_volume_content(b"third")  # due: 6 hours after the last
+    [record] = condemned_records(workspace)
+    assert all(pack in record.read_text() for pack in packs_of_the_first)
+    every_listed_archive_restores(api, workspace, volume, trees)
