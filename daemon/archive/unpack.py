@@ -74,6 +74,9 @@ def members(
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for info in tar:
             yield info, normalize_path(info.name), tar
+            # tarfile keeps every header it reads (to extract hard links itself); nothing
+            # here asks it for one, and a million of them are hundreds of MiB
+            tar.members.clear()  # type: ignore[attr-defined]  # (not in typeshed)
 
 
 def copy_member(tar: tarfile.TarFile, info: tarfile.TarInfo, output: Writable) -> None:
