@@ -9,8 +9,9 @@ bench/run.py):
 
 - first backup; a repeat of unchanged data (files taken from the previous archive); a
   repeat that reads every file (`full_read_every: 0`: every chunk looked up and found);
-- restore into a fresh volume (the restored tree checked against the source); drill of the
-  latest archive; `list --files` (to /dev/null);
+- restore into a fresh volume and `restore --to-dir` into a fresh directory on the host (each
+  restored tree checked against the source); drill of the latest archive; `list --files` and
+  `export` (both to /dev/null);
 - prune and garbage collection: `keep_last: 1`, the 24-hour margin set to 0 for the bench,
   prune run twice (condemn, then free); the larger peak of the two.
 
@@ -75,8 +76,10 @@ COMMANDS = (
     "backup, repeat",
     "backup, full read",
     "restore",
+    "restore --to-dir",
     "drill",
     "list --files",
+    "export",
     "prune + gc",
 )
 
@@ -145,10 +148,19 @@ class DataSet:
             if found != expected:
                 raise SystemExit(f"restored {found} of {self.volume}, the source has {expected}")
             self.fresh_target()
+            directory = self.work / "restored"
+            run("restore --to-dir", self.volkeep("restore", "scale", "--volume", self.volume,
+                                                 "--to-dir", str(directory)))  # fmt: skip
+            found = tree_summary(directory)
+            shutil.rmtree(directory)
+            if found != expected:
+                raise SystemExit(f"restored {found} of {self.volume} into a directory, the "
+                                 f"source has {expected}")  # fmt: skip
             run("drill", self.volkeep("drill", "scale", "--volume", self.volume,
                                       "--archive", "latest"))  # fmt: skip
             run("list --files",
                 self.volkeep("list", "scale", "--volume", self.volume, "--files"))  # fmt: skip
+            run("export", self.volkeep("export", "scale", "--volume", self.volume))
             self.write_config(retention={"keep_last": 1})
             collecting = {**os.environ, "VOLKEEP_GC_MARGIN": "0"}
             for _ in range(2):
