@@ -81,20 +81,33 @@ class FileList:
         self._path = Path(name)
         self._db = sqlite3.connect(name)
         self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
+        # rows written BATCH at a time (one statement each costs more than the row), and
+        # before any query reads them
+        self._adding: dict[str, list[tuple[Any, ...]]] = {statement: [] for statement in _ADD}
+
+    def _add(self, statement: str, row: tuple[Any, ...]) -> None:
+        rows = self._adding[statement]
+        rows.append(row)
+        if len(rows) >= BATCH:
+            self._db.executemany(statement, rows)
+            rows.clear()
+
+    def _flush(self) -> None:
+        for statement, rows in self._adding.items():
+            self._db.executemany(statement, rows)
+            rows.clear()
 
     def add_listed(self, row: ListedRow) -> None:
-        self._db.execute(
-            "INSERT INTO listed (path, inode, links, size, mtime, ctime, mode, uid, gid) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            row,
-        )
+        self._add(_ADD_LISTED, row)
 
     def clear_listed(self) -> None:
         """Forget the listing (a full read lists again)."""
+        self._adding[_ADD_LISTED].clear()
         self._db.execute("DELETE FROM listed")
 
     def listed(self, path: str) -> ListedRow | None:
         """Return the listing of `path` (its first, if listed twice), or None."""
+        self._flush()
         found = self._db.execute(
             "SELECT path, inode, links, size, mtime, ctime, mode, uid, gid FROM listed "
             "WHERE path = ? ORDER BY seq LIMIT 1",
@@ -103,11 +116,12 @@ class FileList:
         return ListedRow(*found) if found else None
 
     def add_previous(self, row: PreviousRow) -> None:
-        self._db.execute(f"INSERT INTO previous VALUES ({', '.join('?' * len(row))})", row)
+        self._add(_ADD_PREVIOUS, row)
 
     def pairs(self) -> Iterator[tuple[int, ListedRow, PreviousRow | None]]:
         """Yield each listed object in tar order with its sequence number and the previous
         archive's member of that path, if it had one."""
+        self._flush()
         rows = self._db.execute(
             "SELECT l.seq, l.path, l.inode, l.links, l.size, l.mtime, l.ctime, l.mode, l.uid, "
             f"l.gid, {_PREVIOUS} FROM listed l "
@@ -119,11 +133,12 @@ class FileList:
 
     def reuse(self, seq: int, position: int) -> None:
         """Take the object at `seq` from the previous archive's member at `position`."""
-        self._db.execute("UPDATE listed SET reuse = ? WHERE seq = ?", (position, seq))
+        self._add(_REUSE, (position, seq))
 
     def read_linked_groups_whole(self) -> None:
         """Read again every name of a hard-linked file one of whose names is read: tar stores
         the content under the first name it meets and the others as links to it."""
+        self._flush()
         self._db.execute(
             "UPDATE listed SET reuse = NULL WHERE links > 1 AND mode & 61440 != 16384 AND "
             "inode IN (SELECT inode FROM listed WHERE links > 1 AND reuse IS NULL)"
@@ -132,6 +147,7 @@ class FileList:
     def plan(self) -> Iterator[tuple[str, PreviousRow | None]]:
         """Yield each listed object in tar order: its path, and the previous member it is
         taken from (None: it is read)."""
+        self._flush()
         rows = self._db.execute(
             f"SELECT l.path, {_PREVIOUS} "
             "FROM listed l LEFT JOIN previous p ON p.position = l.reuse ORDER BY l.seq"
@@ -145,6 +161,14 @@ class FileList:
 
 
 _PREVIOUS = ", ".join(f"p.{field}" for field in PreviousRow._fields)
+_ADD_LISTED = (
+    "INSERT INTO listed (path, inode, links, size, mtime, ctime, mode, uid, gid) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ADD_PREVIOUS = f"INSERT INTO previous VALUES ({', '.join('?' * len(PreviousRow._fields))})"
+_REUSE = "UPDATE listed SET reuse = ? WHERE seq = ?"
+_ADD = (_ADD_LISTED, _ADD_PREVIOUS, _REUSE)  # flushed in this order
+BATCH = 1024
 
 
 def _previous(row: tuple[Any, ...]) -> PreviousRow | None:
