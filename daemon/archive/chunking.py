@@ -86,25 +86,32 @@ class FileChunker:
         self._on_chunk = on_chunk
         self._pending = bytearray()
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Take the next piece of the file's content."""
-        self._pending += data
-        if len(self._pending) >= self._cut_every:
-            self._cut(final=False)
+    def feed(self, data: bytes | bytearray | memoryview, *, last: bool = False) -> None:
+        """Take the next piece of the file's content; with `last`, the file ends with it
+        (as if `finish` followed). A piece is cut where it lies when nothing is pending
+        and it is the last or large enough: only what follows its last sure cut is kept
+        (copied), not the whole piece (each copy of a backup's content is a pass over it)."""
+        if self._pending:
+            self._pending += data
+            if last or len(self._pending) >= self._cut_every:
+                self._cut(self._pending, final=last)
+        elif last or len(data) >= self._cut_every:
+            self._cut(memoryview(data), final=last)
+        else:
+            self._pending += data
 
     def finish(self) -> None:
         """The file has ended: give the chunks still pending."""
-        self._cut(final=True)
+        self._cut(self._pending, final=True)
 
-    def _cut(self, *, final: bool) -> None:
-        pending = self._pending
+    def _cut(self, buffer: bytearray | memoryview, *, final: bool) -> None:
         cut = 0
-        for chunk in self._cdc.cut_buf(pending):
+        for chunk in self._cdc.cut_buf(buffer):
             # A chunk that had fewer than max_size bytes after its start may end elsewhere
             # once more of the file is known: it waits (unless the file has ended).
-            if not final and len(pending) - chunk.offset < self._max_size:
+            if not final and len(buffer) - chunk.offset < self._max_size:
                 break
             self._on_chunk(chunk.data)
             cut = chunk.offset + chunk.length
         # A new buffer: the chunks' views of the old one may live on in the generator.
-        self._pending = pending[cut:]
+        self._pending = bytearray(memoryview(buffer)[cut:])

@@ -45,34 +45,49 @@ class HashingReader:
         return self._sha256.hexdigest()
 
 
+def kept(data: bytes | bytearray | memoryview) -> bytes | memoryview:
+    """Given a piece of a stream that its giver may reuse once the call returns, return
+    it as it can be kept: itself if it is `bytes` or a view of `bytes` (immutable: no copy
+    needed), else a copy."""
+    if isinstance(data, bytes) or (
+        isinstance(data, memoryview) and type(data.obj) is bytes and data.contiguous
+    ):
+        return data
+    return bytes(data)
+
+
 class BackgroundSha256:
     """SHA-256 taken on a thread of its own (hashlib releases the GIL while it hashes a
-    large piece): `update` copies what it is given into a buffer, and hands each PIECE
-    bytes over. Memory: at most three pieces (256 KiB each: hashlib releases the GIL
-    from 2 KiB on, and 1 MiB pieces added to a first backup's peak RSS)."""
+    large piece): `update` keeps what it is given (`kept`: copied only if it may change),
+    and hands over every PIECE bytes. Memory: at most three pieces' worth of the stream
+    (256 KiB each: hashlib releases the GIL from 2 KiB on, and 1 MiB pieces added to a
+    first backup's peak RSS), and the buffers the kept views hold alive."""
 
     PIECE = 1 << 18
 
     def __init__(self) -> None:
         self._sha256 = hashlib.sha256()
-        self._buffer = bytearray()
-        self._pieces: queue.Queue[bytearray | None] = queue.Queue(maxsize=1)
+        self._parts: list[bytes | memoryview] = []
+        self._size = 0
+        self._pieces: queue.Queue[list[bytes | memoryview] | None] = queue.Queue(maxsize=1)
         self._thread: threading.Thread | None = None
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
-        if len(self._buffer) >= self.PIECE:
+        self._parts.append(kept(data))
+        self._size += len(data)
+        if self._size >= self.PIECE:
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._hash_pieces, name="volkeep-sha256", daemon=True
                 )
                 self._thread.start()
-            self._pieces.put(self._buffer)
-            self._buffer = bytearray()
+            self._pieces.put(self._parts)
+            self._parts, self._size = [], 0
 
     def _hash_pieces(self) -> None:
-        while (piece := self._pieces.get()) is not None:
-            self._sha256.update(piece)
+        while (parts := self._pieces.get()) is not None:
+            for part in parts:
+                self._sha256.update(part)
 
     def close(self) -> None:
         """Wait until every piece handed over is hashed; end the thread."""
@@ -84,6 +99,7 @@ class BackgroundSha256:
     def hexdigest(self) -> str:
         """Return the SHA-256 of everything given so far."""
         self.close()
-        self._sha256.update(self._buffer)
-        self._buffer.clear()
+        for part in self._parts:
+            self._sha256.update(part)
+        self._parts, self._size = [], 0
         return self._sha256.hexdigest()

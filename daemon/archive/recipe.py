@@ -181,10 +181,9 @@ class RecipeBuilder:
 
     def _content(self, piece: memoryview) -> None:
         assert self._chunker is not None
-        self._chunker.feed(piece)
         self._content_due -= len(piece)
+        self._chunker.feed(piece, last=not self._content_due)
         if not self._content_due:
-            self._chunker.finish()
             self._chunker = None
 
     def _add_chunk(self, chunk: memoryview) -> None:

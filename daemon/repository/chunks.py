@@ -132,7 +132,9 @@ class ChunkStore:
         """Store an index file under its name. Raise OSError."""
         self._put_once(index_key(name), stored)
 
-    def _put_once(self, key: str, data: bytes | Iterable[bytes], *, classed: bool = False) -> None:
+    def _put_once(
+        self, key: str, data: bytes | bytearray | Iterable[bytes], *, classed: bool = False
+    ) -> None:
         """Store a record named by its content, once; `classed` for packs, the bulk of the
         bytes, which go to the storage's class (the index and config records, read when a
         cache is rebuilt, stay STANDARD as manifests do)."""

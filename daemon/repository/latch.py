@@ -58,7 +58,7 @@ class LatchedStore:
     def put(
         self,
         key: str,
-        data: bytes | Iterable[bytes],
+        data: bytes | bytearray | Iterable[bytes],
         *,
         exclusive: bool = False,
         classed: bool = False,

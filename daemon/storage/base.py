@@ -77,7 +77,7 @@ class BlobStore(Protocol):
     def put(
         self,
         key: str,
-        data: bytes | Iterable[bytes],
+        data: bytes | bytearray | Iterable[bytes],
         *,
         exclusive: bool = False,
         classed: bool = False,

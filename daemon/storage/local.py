@@ -103,7 +103,7 @@ class LocalStore:
     def put(
         self,
         key: str,
-        data: bytes | Iterable[bytes],
+        data: bytes | bytearray | Iterable[bytes],
         *,
         exclusive: bool = False,
         classed: bool = False,  # a directory has no storage classes
@@ -112,7 +112,7 @@ class LocalStore:
             raise BlobExists(key)
         upload = self._upload(key, exclusive=exclusive)
         try:
-            for piece in [data] if isinstance(data, bytes) else data:
+            for piece in [data] if isinstance(data, bytes | bytearray) else data:
                 upload.write(piece)
             upload.commit()
         except BaseException:

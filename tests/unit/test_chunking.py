@@ -40,6 +40,19 @@ def cut(data: bytes, pieces: list[int] | None = None, **parameters: int) -> list
     return chunks
 
 
+def cut_marking_the_last(data: bytes, pieces: list[int]) -> list[bytes]:
+    """Cut `data` fed in pieces of the given sizes then the rest, the rest marked as the
+    file's last piece (no `finish`)."""
+    chunks: list[bytes] = []
+    chunker = FileChunker(ChunkerParameters(), lambda chunk: chunks.append(bytes(chunk)))
+    start = 0
+    for size in pieces:
+        chunker.feed(data[start : start + size])
+        start += size
+    chunker.feed(data[start:], last=True)
+    return chunks
+
+
 def test_chunk_boundaries_match_the_golden_vectors():
     chunks = cut(GOLDEN_INPUT)
     assert [len(chunk) for chunk in chunks] == GOLDEN_LENGTHS
@@ -54,6 +67,15 @@ def test_the_chunker_seed_is_part_of_the_boundaries():
 @given(st.lists(st.integers(min_value=1, max_value=700_000), max_size=12))
 def test_a_file_fed_in_any_pieces_is_cut_as_if_whole(pieces):
     assert cut(GOLDEN_INPUT, pieces) == cut(GOLDEN_INPUT)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=1_500_000), max_size=6))
+def test_a_file_whose_last_piece_is_marked_is_cut_as_if_whole(pieces):
+    """A piece cut where it lies (nothing pending, the last or a large one) gives the chunks
+    the file cut whole gives."""
+    assert cut_marking_the_last(GOLDEN_INPUT, pieces) == cut(GOLDEN_INPUT)
+    assert cut_marking_the_last(GOLDEN_INPUT[:5000], []) == [GOLDEN_INPUT[:5000]]
 
 
 def test_files_up_to_the_minimum_are_one_chunk_and_empty_files_none():

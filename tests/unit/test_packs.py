@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from daemon.archive.packs import (
     PackFormatError,
     SealedPack,
     open_pack,
+    raw_frame,
     read_index,
 )
 from daemon.archive.sealing import opener
@@ -234,3 +236,56 @@ def test_the_tar_s_sha256_taken_on_its_own_thread_is_the_tar_s():
     assert halfway.hexdigest() == hashlib.sha256(data[: 2 * BackgroundSha256.PIECE]).hexdigest()
     halfway.update(data[2 * BackgroundSha256.PIECE :])
     assert halfway.hexdigest() == hashlib.sha256(data).hexdigest()
+    reused = BackgroundSha256()  # views of bytes are kept as they are, a bytearray copied
+    buffer = bytearray(data[:5000])
+    reused.update(memoryview(buffer))
+    buffer[:] = bytes(5000)
+    reused.update(memoryview(data)[5000:])
+    assert reused.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_chunk_that_does_not_compress_is_stored_as_raw_zstd_blocks_any_decoder_reads():
+    """zstd would find nothing in random data: such a chunk is stored as a frame of raw
+    blocks (no zstd time spent on a large one), three bytes more than its plain bytes for
+    every 128 KiB block and a header; a chunk that compresses is compressed, as before.
+    Both are zstd frames that the pack reader, zstandard and `zstd -d` read back."""
+    config = ChunkConfig(os.urandom(32), ChunkerParameters())
+    noise = [os.urandom(size) for size in (5_000, 70_000, 131_072, 131_073, 262_144)]
+    text = b"".join(b"line %d of a log that compresses\n" % number for number in range(3000))
+    packs, _, _ = write_chunks(config, [*noise, text])
+    opened = open_pack(packs[0].name, packs[0].data, None)
+    frames = [opened.frame(entry) for entry in opened.entries]
+    for chunk, frame in zip(noise, frames[:-1], strict=True):
+        assert frame == raw_frame(chunk)
+        assert len(frame) <= len(chunk) + 9 + 3 * (len(chunk) // (128 << 10) + 1)
+        assert zstandard.ZstdDecompressor().decompress(frame) == chunk
+        assert zstandard.frame_content_size(frame) == len(chunk)
+    assert len(frames[-1]) < len(text) // 4
+    assert [opened.chunk(entry) for entry in opened.entries] == [*noise, text]
+    whole = b"".join(frames)
+    assert subprocess.run(["zstd", "-dc"], input=whole, capture_output=True, check=True).stdout == (
+        b"".join([*noise, text])
+    )
+
+
+@pytest.mark.parametrize("size", [1, 255, 256, 65_791, 65_792, 131_072, 131_073, 300_000])
+def test_a_raw_frame_is_a_zstd_frame_of_that_content_at_every_size_boundary(size):
+    data = os.urandom(size)
+    assert zstandard.ZstdDecompressor().decompress(raw_frame(data)) == data
+
+
+def test_chunks_given_as_views_of_buffers_reused_afterwards_are_stored_as_they_were():
+    """The writer keeps a chunk given as a view of immutable bytes without copying it (it
+    is packed later, on the packing thread), and copies one whose buffer may change."""
+    config = ChunkConfig(os.urandom(32), ChunkerParameters())
+    reused = bytearray(os.urandom(50_000))
+    original = bytes(reused)
+    source = os.urandom(60_000)
+    packs: list[SealedPack] = []
+    writer = ChunkWriter(config, (), set(), packs.append)
+    ids = [writer.add(memoryview(reused)), writer.add(memoryview(source)[1000:])]
+    reused[:] = bytes(len(reused))  # the giver reuses its buffer before the pack is made
+    writer.finish()
+    opened = open_pack(packs[0].name, packs[0].data, None)
+    assert [opened.chunk(entry) for entry in opened.entries] == [original, source[1000:]]
+    assert ids == [config.chunk_id(original), config.chunk_id(source[1000:])]
