@@ -1,7 +1,7 @@
 """Memory of deduplicated backups at scale: peak RSS of every command at a million files and
 as unique data grows, extrapolated to 1 TiB.
 
-    python3 bench/dedup_scale.py [--files 1m] [--gigabytes 1,2,4] [--image IMAGE]
+    python3 bench/dedup_scale.py [--files 1m] [--gigabytes 1,2,4] [--skip 'C1; C2'] [--image IMAGE]
 
 With `format: dedup` on a local storage, a fresh repository for each data set, runs once
 each and prints seconds and the peak RSS of the command itself (the timing launcher of
@@ -71,15 +71,15 @@ FILE_VOLUMES = {
     **SCALE_VOLUMES,
     "tiny200k": Volume("tiny200k", PREFIX + "tiny200k", fill_tiny(200_000)),
 }
-COMMANDS = (
+COMMANDS = (  # in the order they run: those that read the most first
     "backup, first",
     "backup, repeat",
-    "backup, full read",
     "restore",
-    "restore --to-dir",
     "drill",
-    "list --files",
+    "restore --to-dir",
     "export",
+    "list --files",
+    "backup, full read",
     "prune + gc",
 )
 
@@ -87,8 +87,11 @@ COMMANDS = (
 class DataSet:
     """One volume measured with a fresh repository in a work directory of its own."""
 
-    def __init__(self, api: docker.APIClient, image: str, volume: str) -> None:
+    def __init__(
+        self, api: docker.APIClient, image: str, volume: str, skip: frozenset[str]
+    ) -> None:
         self.api = api
+        self.skip = skip
         self.image = image
         self.volume = volume
         self.work = Path(tempfile.mkdtemp(prefix="vkbench-dedupscale-", dir="/var/tmp"))
@@ -128,45 +131,46 @@ class DataSet:
         print(f"\n{self.volume}: {expected[1]:,} files, {expected[0] / 1e6:,.0f} MB", flush=True)
         results: dict[str, tuple[float, float]] = {}
 
-        def run(label: str, command: list[str], environment: dict[str, str] | None = None) -> None:
+        def run(label: str, command: list[str], environment: dict[str, str] | None = None) -> bool:
+            if label in self.skip:
+                return False
             seconds, rss = timed(command, env=environment)
             previous = results.get(label, (0.0, 0.0))
             results[label] = (previous[0] + seconds, max(previous[1], rss / 1024))
             print(f"  {label:<20} {seconds:8.1f} s {rss / 1024:7.1f} MiB", flush=True)
+            return True
 
         try:
             self.write_config()
             run("backup, first", self.volkeep("backup", "scale"))
             run("backup, repeat", self.volkeep("backup", "scale"))
-            self.write_config(full_read_every="0s")
-            run("backup, full read", self.volkeep("backup", "scale"))
             self.fresh_target()
-            run(
-                "restore", self.volkeep("restore", "scale", "--volume", self.volume, "--to", TARGET)
-            )
-            found = tree_summary(mountpoint(self.api, TARGET))
-            if found != expected:
-                raise SystemExit(f"restored {found} of {self.volume}, the source has {expected}")
-            self.fresh_target()
-            directory = self.work / "restored"
-            run("restore --to-dir", self.volkeep("restore", "scale", "--volume", self.volume,
-                                                 "--to-dir", str(directory)))  # fmt: skip
-            found = tree_summary(directory)
-            shutil.rmtree(directory)
-            if found != expected:
-                raise SystemExit(f"restored {found} of {self.volume} into a directory, the "
-                                 f"source has {expected}")  # fmt: skip
+            restore = self.volkeep("restore", "scale", "--volume", self.volume)
+            if run("restore", [*restore, "--to", TARGET]):
+                found = tree_summary(mountpoint(self.api, TARGET))
+                if found != expected:
+                    raise SystemExit(f"restored {found} of {self.volume}, source {expected}")
+                self.fresh_target()
             run("drill", self.volkeep("drill", "scale", "--volume", self.volume,
                                       "--archive", "latest"))  # fmt: skip
+            directory = self.work / "restored"
+            if run("restore --to-dir", [*restore, "--to-dir", str(directory)]):
+                found = tree_summary(directory)
+                shutil.rmtree(directory)
+                if found != expected:
+                    raise SystemExit(f"restored {found} of {self.volume} into a directory, the "
+                                     f"source has {expected}")  # fmt: skip
+            run("export", self.volkeep("export", "scale", "--volume", self.volume))
             run("list --files",
                 self.volkeep("list", "scale", "--volume", self.volume, "--files"))  # fmt: skip
-            run("export", self.volkeep("export", "scale", "--volume", self.volume))
+            self.write_config(full_read_every="0s")
+            run("backup, full read", self.volkeep("backup", "scale"))
             self.write_config(retention={"keep_last": 1})
             collecting = {**os.environ, "VOLKEEP_GC_MARGIN": "0"}
             for _ in range(2):
                 run("prune + gc", self.volkeep("prune", "scale"), collecting)
             stored = sum(p.stat().st_size for p in (self.work / "repo").rglob("*") if p.is_file())
-            print(f"  repository after prune + gc: {stored / 1e6:,.0f} MB", flush=True)
+            print(f"  repository at the end: {stored / 1e6:,.0f} MB", flush=True)
         finally:
             self.fresh_target()
             shutil.rmtree(self.work, ignore_errors=True)
@@ -204,12 +208,12 @@ def summarize(report: dict[str, dict[str, tuple[float, float]]], sizes: list[flo
     print("\n== peak RSS MiB (seconds)")
     print(f"  {'data set':<12} " + " ".join(f"{command:>18}" for command in COMMANDS))
     for key, row in report.items():
-        cells = [f"{row[c][1]:.1f} ({row[c][0]:.0f} s)" for c in COMMANDS]
+        cells = [f"{row[c][1]:.1f} ({row[c][0]:.0f} s)" if c in row else "-" for c in COMMANDS]
         print(f"  {key:<12} " + " ".join(f"{cell:>18}" for cell in cells))
     missed = False
     print(f"\n== targets: peak RSS < {RSS_LIMIT_MIB} MiB")
     for key, row in report.items():
-        worst = max(COMMANDS, key=lambda command: row[command][1])
+        worst = max(row, key=lambda command: row[command][1])
         ok = row[worst][1] < RSS_LIMIT_MIB
         missed |= not ok
         print(f"  {key:<12} highest: {worst} {row[worst][1]:.1f} MiB  {'ok' if ok else 'MISSED'}")
@@ -219,7 +223,7 @@ def summarize(report: dict[str, dict[str, tuple[float, float]]], sizes: list[flo
         # carried to 1 TiB multiplies that noise, so the spread is printed beside it.
         print("\n== growth with unique data: MiB per GiB (least squares), the line at 1 TiB, "
               "and the spread of the peaks measured")  # fmt: skip
-        for command in COMMANDS:
+        for command in (command for command in COMMANDS if command in unique[0][1]):
             peaks = [(size, row[command][1]) for size, row in unique]
             slope, intercept = fit(peaks)
             spread = max(peak for _, peak in peaks) - min(peak for _, peak in peaks)
@@ -238,6 +242,10 @@ def main() -> int:
         default=[1, 2, 4], help="sizes of unique data, GiB (default 1,2,4)",
     )  # fmt: skip
     parser.add_argument("--image", default="volkeep-helper:busybox")
+    parser.add_argument(
+        "--skip", type=lambda text: frozenset(part.strip() for part in text.split(";")),
+        default=frozenset(), help=f"commands not run, separated by ';' ({'; '.join(COMMANDS)})",
+    )  # fmt: skip
     args = parser.parse_args()
     api = docker.APIClient(timeout=3600)
     report: dict[str, dict[str, tuple[float, float]]] = {}
@@ -261,7 +269,7 @@ def main() -> int:
         with contextlib.suppress(docker.errors.NotFound):
             api.remove_volume(UNIQUE, force=True)
         for key, prepare in sets:
-            report[key] = DataSet(api, args.image, prepare()).measure()
+            report[key] = DataSet(api, args.image, prepare(), args.skip).measure()
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             api.remove_volume(UNIQUE, force=True)
