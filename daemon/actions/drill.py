@@ -34,7 +34,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import docker
 import requests
@@ -46,7 +45,7 @@ from daemon.actions.failures import volume_failure
 from daemon.actions.restore import extract_into
 from daemon.archive.compare import Comparison, compare_trees
 from daemon.archive.manifest import DEDUPLICATED
-from daemon.archive.tarstream import Member, TarFormatError, TarScanner
+from daemon.archive.tarstream import ContentDigest, Member, TarFormatError, TarScanner
 from daemon.config.keys import Identities
 from daemon.config.model import DrillChoice, DrillConfig, Policy
 from daemon.engine.client import engine_failure
@@ -301,7 +300,7 @@ def drill_archive(
         manifest = repository.read_manifest(key, identities=identities)
         archive = StoredArchive(repository, key, manifest, identities, spool_dir)
         expected: Iterable[Member] = manifest.entries
-        digest: Callable[[], Any] = hashlib.sha256
+        digest: Callable[[], ContentDigest] = hashlib.sha256
         if not manifest.content_digests:  # the recipe's chunk ids stand for them
             expected, digest = RecipeDigests(archive), read_back_digest(archive)
         with scratch_volume(api, key.volume) as scratch:
@@ -398,7 +397,7 @@ class ReadBack:
     owner: str
     expected_size: int
     state_dir: Path | None = None  # where the helper's pipe goes (daemon.engine.pipe)
-    digest: Callable[[], Any] = hashlib.sha256
+    digest: Callable[[], ContentDigest] = hashlib.sha256
 
     def records_xattrs(self, backed_up_with: str) -> bool:
         """Given the tar flavour that wrote the archive (its manifest's), say whether it and

@@ -22,7 +22,7 @@ import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 BLOCK = 512
 MAX_EXTENDED_HEADER = 1 << 20  # a longer name or PAX header is not a volume, it is an attack
@@ -280,6 +280,16 @@ def _pax_numbers(records: dict[str, str], name: str) -> dict[str, float]:
 
 
 Include = Callable[[Member], bool]
+
+
+class ContentDigest(Protocol):
+    """What digests a regular file's content as it passes (hashlib's objects are)."""
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
 Emit = Callable[[bytes | bytearray | memoryview], object]
 
 
@@ -301,7 +311,7 @@ class TarScanner:
         done: Callable[[Member], None] | None = None,
         *,
         digests: bool = True,
-        digest: Callable[[], Any] = hashlib.sha256,
+        digest: Callable[[], ContentDigest] = hashlib.sha256,
     ) -> None:
         self._digests = digests
         self._new_digest = digest
