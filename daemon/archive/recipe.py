@@ -21,7 +21,7 @@ A version 2 recipe marks where each member ends, so that the next backup can tak
 unchanged member's steps (its header blocks and chunk list) instead of reading the file
 again (`reuse`). Its tar's SHA-256 is then unknown: computing it would need every byte.
 
-Memory: a header, up to RAW_FLUSH raw bytes and the chunker's window.
+Memory: a header, up to RAW_FLUSH raw bytes, LINES_WRITTEN lines and the chunker's window.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ HEADER = "volkeep-recipe 1\n"
 MARKED_HEADER = "volkeep-recipe 2\n"  # with M lines; a T line's digest may be "-"
 RAW_LINE = 512  # raw bytes per R line (a tar block: 684 base64 characters)
 RAW_FLUSH = 64 << 10  # raw bytes kept before they are written out
+# Lines kept before they go to the recipe's zstd (at most ~180 KB of R lines): a write per
+# member's header, 9,000 small writes for the benchmark's volume, each released and took
+# back the GIL from the packing and hashing threads.
+LINES_WRITTEN = 256
 _ZERO_LINE = bytes(RAW_LINE)
 ZEROS_WRITTEN = 1 << 20  # zero bytes given to the sink at once
 _LINE_PATTERNS = {
@@ -189,7 +193,7 @@ class RecipeBuilder:
     def _add_chunk(self, chunk: memoryview) -> None:
         self._write_zeros()
         self._lines.append(f"C {self._store(chunk)} {len(chunk)}\n")
-        if len(self._lines) >= 1024:
+        if len(self._lines) >= LINES_WRITTEN:
             self._write_lines()
 
     def _flush_raw(self) -> None:
@@ -208,7 +212,8 @@ class RecipeBuilder:
             else:
                 self._write_zeros()
                 self._lines.append(f"R {base64.b64encode(piece).decode()}\n")
-        self._write_lines()
+        if len(self._lines) >= LINES_WRITTEN:
+            self._write_lines()
 
     def _write_zeros(self) -> None:
         if self._zeros:
