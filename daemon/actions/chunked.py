@@ -142,20 +142,24 @@ class ChunkedArchive:
 
     def __contains__(self, chunk_id: object) -> bool:
         assert isinstance(chunk_id, str)
-        if chunk_id in self._pending:
-            return True
-        packs = {}
+        return bool(self.holding([chunk_id]))
+
+    def holding(self, chunk_ids: list[str]) -> set[str]:
+        """Given chunk ids, return those known (one query per copy for them all), and
+        remember the packs they are reused from."""
+        held = {chunk_id for chunk_id in chunk_ids if chunk_id in self._pending}
+        asked = [chunk_id for chunk_id in chunk_ids if chunk_id not in held]
+        packs: dict[str, dict[str, str]] = {}
         for repository in self._copies.published:
             if repository.name in self._empty:
-                return False
+                return held
             with self._caches_lock:
-                pack = self._caches[repository.name].usable(chunk_id)
-            if pack is None:
-                return False
-            packs[repository.name] = pack
-        for storage, pack in packs.items():
-            self._pending.rely(storage, pack)
-        return True
+                packs[repository.name] = self._caches[repository.name].usable(asked)
+            asked = [chunk_id for chunk_id in asked if chunk_id in packs[repository.name]]
+        for storage, found in packs.items():
+            for chunk_id in asked:
+                self._pending.rely(storage, found[chunk_id])
+        return held.union(asked)
 
     def add(self, chunk_id: str) -> None:
         self._pending.add(chunk_id)

@@ -58,6 +58,7 @@ from daemon.terminal.progress import Progress
 
 log = structlog.get_logger()
 
+LOOKUP_BATCH = 256  # previous members whose chunks are looked up in one query
 ARGUMENTS_LIMIT = 1 << 20  # bytes of changed paths named on the second helper's command line
 # the member types an object of each listed kind is written as (a later name of a linked
 # file, symlink or fifo: a hard link)
@@ -372,31 +373,15 @@ class PreviousArchive:
         )
         with self._text() as text:
             members = member_lines(text)
+            batch: list[tuple[int, Member, MemberLines]] = []
             for position, (member, lines) in enumerate(zip(entries, members, strict=False)):
                 if lines.mark is None:
                     raise OperationError("the previous recipe's members are not its entries")
-                held = all(chunk_id in known for chunk_id in lines.chunk_ids)
-                files.add_previous(
-                    PreviousRow(
-                        position,
-                        member.path,
-                        member.type,
-                        member.mode,
-                        member.uid,
-                        member.gid,
-                        member.size,
-                        member.mtime,
-                        member.link,
-                        member.sha256,
-                        json.dumps(member.xattrs) if member.xattrs else None,
-                        lines.mark.inode,
-                        lines.mark.ctime,
-                        held,
-                        lines.start,
-                        lines.stop,
-                        lines.tar_size,
-                    )
-                )
+                batch.append((position, member, lines))
+                if len(batch) == LOOKUP_BATCH:
+                    _record_previous(files, known, batch)
+                    batch = []
+            _record_previous(files, known, batch)
             rest = next(members, None)
         if rest is None or rest.end is None:
             raise OperationError("the previous recipe's members are not its entries")
@@ -540,3 +525,35 @@ def read_volume(
         reading.files.clear_listed()
         reading.full(scanner_for(selection.include, entries.add), exclude, progress)
         return FileListing(listed, listed, image_id, entries.count, 0, reading.read_bytes)
+
+
+def _record_previous(
+    files: FileList, known: ChunkedArchive, batch: list[tuple[int, Member, MemberLines]]
+) -> None:
+    """Record members of the previous archive (their positions, entries and lines) in
+    `files`, their chunks looked up in `known` all at once."""
+    held_ids = known.holding([chunk_id for *_, lines in batch for chunk_id in lines.chunk_ids])
+    for position, member, lines in batch:
+        assert lines.mark is not None
+        held = all(chunk_id in held_ids for chunk_id in lines.chunk_ids)
+        files.add_previous(
+            PreviousRow(
+                position,
+                member.path,
+                member.type,
+                member.mode,
+                member.uid,
+                member.gid,
+                member.size,
+                member.mtime,
+                member.link,
+                member.sha256,
+                json.dumps(member.xattrs) if member.xattrs else None,
+                lines.mark.inode,
+                lines.mark.ctime,
+                held,
+                lines.start,
+                lines.stop,
+                lines.tar_size,
+            )
+        )

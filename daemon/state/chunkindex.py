@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 BUSY_TIMEOUT = 60.0  # seconds another process may hold the cache's write lock
 TAKEN_BATCH = 1024  # ids a backup takes, inserted in one statement
+QUERY_IDS = 500  # ids looked up in one query (SQLite allows 999 parameters at least)
 VERSION = 1  # PRAGMA user_version; 0: one location per chunk (started again from nothing)
 _SCHEMA = """
 DROP TABLE IF EXISTS chunks;
@@ -109,15 +110,21 @@ class ChunkIndex:
         query = "SELECT 1 FROM condemned WHERE pack = ?"
         return self._db.execute(query, (bytes.fromhex(pack),)).fetchone() is not None
 
-    def usable(self, chunk_id: str) -> str | None:
-        """Return the pack a backup may reuse the chunk from: one a loaded index lists it
-        in that garbage collection has not condemned; None if there is none."""
-        found = self._db.execute(
-            "SELECT pack FROM chunks WHERE id = ? AND pack NOT IN (SELECT pack FROM condemned) "
-            "LIMIT 1",
-            (bytes.fromhex(chunk_id),),
-        ).fetchone()
-        return None if found is None else bytes(found[0]).hex()
+    def usable(self, chunk_ids: list[str]) -> dict[str, str]:
+        """Given chunk ids, return by id the pack a backup may reuse each from: one a
+        loaded index lists it in that garbage collection has not condemned (an id with
+        none is not in the result)."""
+        found: dict[str, str] = {}
+        for start in range(0, len(chunk_ids), QUERY_IDS):
+            part = [bytes.fromhex(chunk_id) for chunk_id in chunk_ids[start : start + QUERY_IDS]]
+            rows = self._db.execute(
+                f"SELECT id, pack FROM chunks WHERE id IN ({', '.join('?' * len(part))}) "
+                "AND pack NOT IN (SELECT pack FROM condemned)",
+                part,
+            )
+            for chunk_id, pack in rows:
+                found.setdefault(bytes(chunk_id).hex(), bytes(pack).hex())
+        return found
 
     def locate(self, chunk_id: str) -> Location | None:
         """Return where the chunk lies (in a pack not condemned, if one holds it), or None

@@ -80,12 +80,12 @@ def test_a_chunk_in_two_packs_is_read_and_reused_from_the_one_not_condemned(
         cache = ChunkIndex(tmp_path / f"{order[0]}.sqlite")
         for number, pack in enumerate(order):
             cache.load(f"{number:064x}", [Location(chunk, pack, 0, 10, 20)])
-        assert cache.usable(chunk) in (old, new)
+        assert cache.usable([chunk]) in ({chunk: old}, {chunk: new})
         cache.condemn({old: 1})
         assert cache.locate(chunk) == Location(chunk, new, 0, 10, 20), order
-        assert cache.usable(chunk) == new, order
+        assert cache.usable([chunk, "cd" * 32]) == {chunk: new}, order
         cache.condemn({old: 1, new: 1})
-        assert cache.usable(chunk) is None and cache.locate(chunk) is not None
+        assert cache.usable([chunk]) == {} and cache.locate(chunk) is not None
         cache.close()
 
 
@@ -116,3 +116,13 @@ def test_a_backup_s_taken_chunks_are_found_whatever_ids_share_their_first_bits()
     assert all(chunk_id in pending for chunk_id in taken)
     # the same first 24 bits as a taken id, or other ones: not taken
     assert "abcdef" + "2" * 58 not in pending and "fedcba" + "0" * 58 not in pending
+
+
+def test_chunks_are_looked_up_many_at_a_time_beyond_one_query_s_parameters(
+    tmp_path: Path,
+) -> None:
+    cache = ChunkIndex(tmp_path / "cache.sqlite")
+    ids = [f"{number:064x}" for number in range(1200)]
+    cache.load("ef" * 32, [Location(chunk, "01" * 32, 0, 10, 20) for chunk in ids[::2]])
+    assert cache.usable(ids) == {chunk: "01" * 32 for chunk in ids[::2]}
+    cache.close()
