@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 
 from daemon.archive.chunking import ChunkerParameters, FileChunker
 from daemon.archive.recipe import MemberLines, RecipeError
@@ -74,7 +73,7 @@ def with_chunk_digests(
         if lines is None or lines.mark is None:
             raise RecipeError("the recipe has fewer members than the manifest has entries")
         if entry.type == "file":
-            entry = replace(entry, sha256=chunk_list_digest(lines.chunk_ids))
+            entry.sha256 = chunk_list_digest(lines.chunk_ids)  # each entry read is new
         elif lines.chunk_ids:
             raise RecipeError(f"chunks in the recipe for {entry.type} {entry.path!r}")
         yield entry
