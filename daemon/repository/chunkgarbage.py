@@ -19,8 +19,9 @@
   entries, then the old one deleted), then the pack, then the records: one new record of
   the packs still condemned, then the old records. Never a rewrite in place.
 - Repack: a pack not dead but mostly dead (its marked chunks are less than half the
-  stored bytes of its chunks), not condemned and older than the margin, has its marked
-  chunks that no other pack that stays holds stored again, in new packs and a new index;
+  stored bytes of its chunks), not condemned and older than the margin (the most dead
+  first, up to REPACK_BYTES of packs a collection), has its marked chunks that no other
+  pack that stays holds stored again, in new packs and a new index;
   then it is condemned with the dead packs, and deleted as they are: once none of its
   marked chunks is only in it (the rule of "Dead" above).
 - Revive: a condemned pack that is live again (a backup that read the records before the
@@ -75,6 +76,7 @@ from daemon.storage.base import BlobMissing
 
 log = structlog.get_logger()
 
+REPACK_BYTES = 1 << 30  # the stored bytes of the packs one collection repacks at most
 MARGIN = timedelta(hours=24)  # kopia's: longer than any backup, any listing's lag
 MARGIN_VARIABLE = "VOLKEEP_GC_MARGIN"  # seconds: for tests only (docs/format-dedup.md)
 
@@ -151,14 +153,16 @@ WHERE e.pack NOT IN (SELECT name FROM condemned) OR NOT EXISTS (
     AND other.pack NOT IN (SELECT name FROM condemned))
 """
 # Packs listed, not condemned, holding marked chunks of less than half their chunks' stored
-# bytes (a chunk listed by two index files counts once).
+# bytes (a chunk listed by two index files counts once), with those bytes: the most dead
+# first.
 _MOSTLY_DEAD = """
-SELECT pack FROM (
+SELECT pack, SUM(stored) FROM (
     SELECT DISTINCT e.pack, e.id, e.stored,
         e.stored * EXISTS (SELECT 1 FROM marked m WHERE m.id = e.id) AS live
     FROM entries e
     WHERE e.pack IN (SELECT name FROM packs) AND e.pack NOT IN (SELECT name FROM condemned))
 GROUP BY pack HAVING 0 < SUM(live) AND 2 * SUM(live) < SUM(stored)
+ORDER BY 1.0 * SUM(live) / SUM(stored), pack
 """
 # The marked chunks of the packs being repacked that no pack that stays holds (listed, not
 # condemned, not being repacked): those are stored again.
@@ -214,7 +218,7 @@ def collect(
             if _blob_time(chunks, pack).timestamp() < deadline:
                 kept[pack] = int(started.timestamp())
                 result.newly_condemned += 1
-        repacking = _mostly_dead(db, chunks, deadline)
+        repacking = _mostly_dead(db, lambda pack: _blob_time(chunks, pack).timestamp() < deadline)
         result.repacked = len(repacking)
         query = f"SELECT SUM(stored) FROM (SELECT DISTINCT id, stored FROM ({_TO_MOVE}))"
         result.moved_bytes = db.execute(query).fetchone()[0] or 0
@@ -247,11 +251,20 @@ def collect(
     return result
 
 
-def _mostly_dead(db: sqlite3.Connection, chunks: ChunkStore, deadline: float) -> set[str]:
-    """Return the packs to repack (`_MOSTLY_DEAD`, written before `deadline`), recorded in
-    the table `repacking`. Raise OSError."""
-    found = (bytes(name).hex() for (name,) in db.execute(_MOSTLY_DEAD).fetchall())
-    repacking = {pack for pack in found if _blob_time(chunks, pack).timestamp() < deadline}
+def _mostly_dead(db: sqlite3.Connection, old_enough: Callable[[str], bool]) -> set[str]:
+    """Return the packs to repack, recorded in the table `repacking`: the mostly dead
+    (`_MOSTLY_DEAD`) that are `old_enough`, the most dead first, while their chunks' bytes
+    (each pack is read whole) stay within REPACK_BYTES, and one at least. The others wait
+    for the next collection: after a large prune, one collection does not read and write
+    again a large part of the repository. Raise OSError."""
+    repacking: set[str] = set()
+    budget = REPACK_BYTES
+    for name, stored in db.execute(_MOSTLY_DEAD).fetchall():
+        if repacking and stored > budget:
+            break
+        if old_enough(bytes(name).hex()):
+            repacking.add(bytes(name).hex())
+            budget -= stored
     db.executemany("INSERT INTO repacking VALUES (?)", ((bytes.fromhex(p),) for p in repacking))
     return repacking
 

@@ -8,7 +8,10 @@ import sqlite3
 from collections.abc import Set
 from contextlib import closing
 
-from daemon.repository.chunkgarbage import _MOSTLY_DEAD, _SCHEMA, _TO_MOVE
+import pytest
+
+from daemon.repository import chunkgarbage
+from daemon.repository.chunkgarbage import _MOSTLY_DEAD, _SCHEMA, _TO_MOVE, _mostly_dead
 
 
 def name(number: int) -> bytes:
@@ -35,7 +38,7 @@ def database(
 
 
 def mostly_dead(db: sqlite3.Connection) -> set[int]:
-    return {bytes(pack)[0] for (pack,) in db.execute(_MOSTLY_DEAD)}
+    return {bytes(pack)[0] for pack, _stored in db.execute(_MOSTLY_DEAD)}
 
 
 def test_a_pack_is_mostly_dead_when_its_marked_chunks_are_under_half_its_chunks_bytes() -> None:
@@ -59,3 +62,23 @@ def test_a_repack_stores_again_only_the_live_chunks_no_pack_that_stays_holds() -
         db.execute("INSERT INTO repacking VALUES (?)", (name(10),))
         moved = {bytes(row[1])[0] for row in db.execute(_TO_MOVE)}
         assert moved == {1}
+
+
+def test_a_collection_repacks_the_most_dead_packs_first_up_to_its_bytes_and_one_at_least(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entries = [
+        (1, 10, 40), (2, 10, 60),  # pack 10: 40 % live
+        (3, 11, 10), (4, 11, 90),  # pack 11: 10 % live
+        (5, 12, 20), (6, 12, 80),  # pack 12: 20 % live, written too recently
+        (7, 13, 30), (8, 13, 70),  # pack 13: 30 % live
+    ]  # fmt: skip
+    marked = {1, 3, 5, 7}
+    monkeypatch.setattr(chunkgarbage, "REPACK_BYTES", 250)
+    with closing(database(entries, marked)) as db:
+        chosen = _mostly_dead(db, lambda pack: pack != name(12).hex())
+        assert chosen == {name(11).hex(), name(13).hex()}  # 10 %, then 30 %: 200 bytes
+        assert {bytes(pack)[0] for (pack,) in db.execute("SELECT name FROM repacking")} == {11, 13}
+    monkeypatch.setattr(chunkgarbage, "REPACK_BYTES", 1)
+    with closing(database(entries, marked)) as db:
+        assert _mostly_dead(db, lambda pack: True) == {name(11).hex()}  # one at least
