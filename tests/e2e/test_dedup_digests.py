@@ -5,7 +5,7 @@ drill's own scratch volume (`tests.support.scratch_edit`), between the restore a
 read-back, so that only the drill's comparison can find it.
 
 Archives written before (format 3 with `volkeep-entries-1`: a SHA-256 per file) still
-drill, restore and list.
+drill, restore and list, and the next backup takes its unchanged files from them.
 """
 
 from __future__ import annotations
@@ -120,3 +120,14 @@ def test_a_format_3_archive_with_content_digests_still_drills_restores_and_lists
     assert listed.returncode == 0, listed.stderr
     shown = {entry["path"]: entry["sha256"] for entry in json.loads(listed.stdout)}
     assert shown["big.bin"] == big["sha256"]
+
+    # the next backup takes the unchanged files from it, and writes volkeep-entries-2
+    result = workspace.run("backup", "app")
+    assert result.returncode == 0, result.stderr
+    newest = json.loads(workspace.run("list", "app", "--json").stdout)[0]["id"]
+    path = workspace.archive_dir("app", volume) / f"{volume}-{newest}.manifest.json"
+    document = manifests.summary(path)
+    assert document["entries"]["encoding"] == "volkeep-entries-2"
+    assert document["files"]["reused"] > document["files"]["read"]
+    drill = workspace.run("drill", "app", "--volume", volume, "--archive", newest)
+    assert drill.returncode == 0, drill.stderr
