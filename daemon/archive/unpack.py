@@ -9,6 +9,12 @@ component at a time from the directory, each opened with O_NOFOLLOW: nothing is 
 through a symlink, whoever made it. An object in the way of a member (a file where the
 archive has a file, a symlink where it has a directory) is replaced, never followed.
 
+The members are read on the caller's thread and written, in the stream's order, on one
+thread of its own: creating a file is the costly part (some 100-600 µs of the kernel's time
+each on ext4, most of a tiny file's restore), and done beside the decompression the two take
+the time of the longer, not of both. At most QUEUED operations wait, each with at most
+PIECE_SIZE bytes of content.
+
 Owners are restored when this process runs as root (numeric ids, as recorded); modes and
 mtimes always, and the extended attributes of regular files. A directory's owner, mode
 and mtime are set once everything under it is written (a read-only directory would refuse
@@ -20,17 +26,22 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import stat
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 from daemon.archive.tarstream import normalize_path
 
 COPY_SIZE = 1 << 20
+PIECE_SIZE = 256 << 10  # of a regular file's content handed to the writing thread at once
+QUEUED = 64  # operations waiting for the writing thread: at most 16 MiB of content
 XATTR_PREFIX = "SCHILY.xattr."
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -104,6 +115,7 @@ class DirectoryWriter:
         self._root_path = root
         self._as_root = os.geteuid() == 0
         self._directories: list[_Directory] = []
+        self._file = -1  # the regular file being written, on the writing thread
 
     def close(self) -> None:
         os.close(self._root)
@@ -115,13 +127,28 @@ class DirectoryWriter:
         Raise UnpackError if one cannot be written; whatever the stream raises, as it is.
         """
         count = 0
-        for info, path, tar in members(chunks):
-            if path == ".":
-                self._directories.append(_directory(".", info))
-                continue
-            with self._parent_of(path) as (parent, name):
-                self._write(tar, info, path, parent, name)
-            count += 1
+        writing = _Writing()
+        try:
+            for info, path, tar in members(chunks):
+                if path == ".":
+                    writing.submit(partial(self._directories.append, _directory(".", info)))
+                    continue
+                content = tar.extractfile(info) if info.isreg() else None
+                piece = content.read(PIECE_SIZE) if content is not None else b""
+                writing.submit(partial(self._write, info, path, piece))
+                if content is not None:
+                    while piece := content.read(PIECE_SIZE):
+                        writing.submit(partial(self._append, path, piece))
+                    writing.submit(partial(self._seal_file, info, path))
+                count += 1
+        except BaseException:
+            writing.stop()
+            raise
+        finally:
+            writing.join()
+            if self._file >= 0:  # a failure in the middle of a file
+                os.close(self._file)
+                self._file = -1
         for directory in reversed(self._directories):  # children before their parents
             self._finish_directory(directory)
         return count
@@ -145,8 +172,14 @@ class DirectoryWriter:
                 opened.callback(os.close, current)
             yield current, name
 
-    def _write(
-        self, tar: tarfile.TarFile, info: tarfile.TarInfo, path: str, parent: int, name: str
+    def _write(self, info: tarfile.TarInfo, path: str, piece: bytes) -> None:
+        """Write the member (of a regular file, create it with its first piece of content
+        and leave it open for the rest)."""
+        with self._parent_of(path) as (parent, name):
+            self._write_in(info, path, piece, parent, name)
+
+    def _write_in(
+        self, info: tarfile.TarInfo, path: str, piece: bytes, parent: int, name: str
     ) -> None:
         try:
             if info.isdir():
@@ -155,7 +188,9 @@ class DirectoryWriter:
                 return
             self._clear(parent, name, path)
             if info.isreg():
-                self._write_file(tar, info, parent, name)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                self._file = os.open(name, flags, 0o600, dir_fd=parent)
+                _write_whole(self._file, piece)
             elif info.issym():
                 os.symlink(info.linkname, name, dir_fd=parent)
                 self._own(name, info, parent)
@@ -196,19 +231,26 @@ class DirectoryWriter:
             raise UnpackError(f"cannot write {path!r}: a directory is in its place")
         os.unlink(name, dir_fd=parent)
 
-    def _write_file(
-        self, tar: tarfile.TarFile, info: tarfile.TarInfo, parent: int, name: str
-    ) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        descriptor = os.open(name, flags, 0o600, dir_fd=parent)
-        with open(descriptor, "wb", closefd=True) as output:
-            copy_member(tar, info, output)
-            output.flush()
+    def _append(self, path: str, piece: bytes) -> None:
+        try:
+            _write_whole(self._file, piece)
+        except OSError as error:
+            raise UnpackError(f"cannot write {path!r}: {error.strerror or error}") from None
+
+    def _seal_file(self, info: tarfile.TarInfo, path: str) -> None:
+        """Given the regular file just written, set its owner, mode, attributes and mtime,
+        and close it."""
+        descriptor, self._file = self._file, -1
+        try:
             if self._as_root:
                 os.fchown(descriptor, info.uid, info.gid)
             os.fchmod(descriptor, info.mode)  # after chown, which clears set-id bits
             _set_xattrs(descriptor, info.pax_headers)
             os.utime(descriptor, (info.mtime, info.mtime))
+        except OSError as error:
+            raise UnpackError(f"cannot write {path!r}: {error.strerror or error}") from None
+        finally:
+            os.close(descriptor)
 
     def _own(self, name: str, info: tarfile.TarInfo, parent: int) -> None:
         if self._as_root:
@@ -231,6 +273,49 @@ class DirectoryWriter:
                     f"cannot set the owner, mode or mtime of {directory.path!r}: "
                     f"{error.strerror or error}"
                 ) from None
+
+
+class _Writing:
+    """Runs operations one after the other, in the order given, on a thread of its own."""
+
+    def __init__(self) -> None:
+        self._operations: queue.Queue[Callable[[], None] | None] = queue.Queue(QUEUED)
+        self._failure: BaseException | None = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="unpack", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (operation := self._operations.get()) is not None:
+            if self._failure is None and not self._stopped:  # after either, drain only
+                try:
+                    operation()
+                except BaseException as error:  # handed to the caller's thread
+                    self._failure = error
+
+    def submit(self, operation: Callable[[], None]) -> None:
+        """Queue the operation (waiting while QUEUED are). Raise what an earlier one raised."""
+        if self._failure is not None:
+            raise self._failure
+        self._operations.put(operation)
+
+    def stop(self) -> None:
+        """Run nothing more of what is queued."""
+        self._stopped = True
+
+    def join(self) -> None:
+        """Wait until every operation queued has run (or, stopped, been passed by). Raise what
+        one raised, unless stopped."""
+        self._operations.put(None)
+        self._thread.join()
+        if self._failure is not None and not self._stopped:
+            raise self._failure
+
+
+def _write_whole(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
 
 
 def _directory(path: str, info: tarfile.TarInfo) -> _Directory:
