@@ -147,8 +147,8 @@ def back_up_volume(
         chunked = None
         reading = None
         files = None
-        emit: Callable[[bytes | bytearray | memoryview], object]
         try:
+            selection = MemberFilter(source.exclude)
             if deduplicated:
                 reading = VolumeReading(
                     api,
@@ -166,16 +166,14 @@ def back_up_volume(
                     spool_dir,
                 )
                 chunked = reading.chunked
-                stored, emit = chunked.stored, chunked.write
+                stored = chunked.stored  # the tar goes to `chunked.scanner`: one parse
             else:
                 # the codec chain: tar → zstd → age → SHA-256 of the stored bytes → each copy
                 stored = HashingWriter(copies)
                 if source.recipients:
                     sealing = encrypting_writer(stored, source.recipients)
                 packer = compressor(source.compression, sealing or stored, source.threads)
-                emit = packer.write
-            selection = MemberFilter(source.exclude)
-            scanner = TarScanner(emit=emit, include=selection.include, done=entries.add)
+                scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.add)
             progress = Progress(f"backing up {source.volume.name}")
             if progress.enabled:  # on a terminal: the previous archive's size, or a du
                 progress.total = _expected_size(repositories, source) or volume_usage(
@@ -189,9 +187,7 @@ def back_up_volume(
                     source.identities,
                     source.exclude,
                     source.full_read_every,
-                    lambda include, done: TarScanner(
-                        emit=emit, include=include, done=done, digests=False
-                    ),
+                    reading.chunked.scanner,
                     entries,
                     selection,
                     progress,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from functools import partial
@@ -35,6 +36,7 @@ from daemon.archive.manifest import ChunkCounts
 from daemon.archive.packs import ChunkWriter, PackEntry, SealedPack
 from daemon.archive.recipe import Marks, RecipeBuilder
 from daemon.archive.sealing import LEVEL, SectionWriter
+from daemon.archive.tarstream import Include, Member, TarScanner
 from daemon.config.keys import Identities, Recipient, recipient_strings
 from daemon.repository.chunkgarbage import broken_reuse
 from daemon.repository.chunks import ChunkStore, DamagedChunks
@@ -163,6 +165,8 @@ class ChunkedArchive:
 
     def add(self, chunk_id: str) -> None:
         self._pending.add(chunk_id)
+        if self._stored:  # packs the packing thread stored meanwhile
+            self._settle()
 
     # The ChunkWriter's packing thread calls `_fresh` and `_store_pack`; what concerns the
     # copies and this backup's chunks (`_settle`) happens on the backup's thread.
@@ -196,12 +200,12 @@ class ChunkedArchive:
                 for entry in entries
             )
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Take the next piece of the tar stream. Raise TarFormatError if it is not one;
-        OperationError if no copy is left."""
-        self._builder.feed(data)
-        if self._stored:
-            self._settle()
+    def scanner(self, include: Include, done: Callable[[Member], None]) -> TarScanner:
+        """Return the scanner to feed the helper's tar to: the stream's one parse, the
+        recipe's (`RecipeBuilder.scanner`), calling `include` and `done` as a TarScanner
+        does. Feeding it raises TarFormatError if the stream is not a tar; OperationError
+        if no copy is left."""
+        return self._builder.scanner(include, done)
 
     def take_lines(self, text: bytes, tar_size: int) -> None:
         """Take members whole from the previous archive's recipe: their lines, standing for

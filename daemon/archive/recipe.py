@@ -36,7 +36,7 @@ from typing import Protocol
 
 from daemon.archive.chunking import ChunkerParameters, FileChunker
 from daemon.archive.digest import BackgroundSha256
-from daemon.archive.tarstream import BLOCK, Member, TarScanner
+from daemon.archive.tarstream import Include, Member, TarScanner
 
 HEADER = "volkeep-recipe 1\n"
 MARKED_HEADER = "volkeep-recipe 2\n"  # with M lines; a T line's digest may be "-"
@@ -106,11 +106,10 @@ class RecipeBuilder:
         self._store = store
         self._out = out
         self._marks = marks
-        self._scanner = TarScanner(include=self._on_member, done=self._on_member_end, digests=False)
-        self._ended: Member | None = None  # a member whose last byte was just fed
         # the tar's SHA-256, on a thread of its own; None once members were reused
         self._sha256: BackgroundSha256 | None = BackgroundSha256()
         self.size = 0
+        self._passed = 0  # bytes the scanner passed on (`feed` keeps what follows the end)
         self._starting = 0  # the content size of the member whose header just ended
         self._content_due = 0
         self._chunker: FileChunker | None = None
@@ -118,22 +117,43 @@ class RecipeBuilder:
         self._raw_start = 0  # the stream offset of the first byte in _raw
         self._zeros = 0  # zero bytes not yet written as a Z line
         self._lines: list[str] = [HEADER if marks is None else MARKED_HEADER]
+        self._scanner = self.scanner()
 
-    def _on_member(self, member: Member) -> bool:
-        self._starting = member.size if member.type == "file" else 0
-        return True
+    def scanner(
+        self, include: Include | None = None, done: Callable[[Member], None] | None = None
+    ) -> TarScanner:
+        """Return the scanner to feed the tar stream to, in place of `feed`: the stream's
+        one parse (TarScanner, without digests), whose kept members this recipe describes.
+        `include` and `done`, the caller's (a backup's filter and entries), are called as a
+        TarScanner calls them: `include` before this recipe takes the member (it may take
+        lines from an earlier recipe first), `done` after its M line."""
 
-    def _on_member_end(self, member: Member) -> None:
+        def including(member: Member) -> bool:
+            keep = include is None or include(member)
+            if keep:
+                self._starting = member.size if member.type == "file" else 0
+            return keep
+
+        def ended(member: Member) -> None:
+            self._mark_end(member)
+            if done is not None:
+                done(member)
+
+        self._scanner = TarScanner(
+            emit=self._take_raw,
+            include=including,
+            done=ended,
+            digests=False,
+            content=self._take_content,
+        )
+        return self._scanner
+
+    def _mark_end(self, member: Member) -> None:
+        """Write the M line of the member whose last byte was just taken (version 2)."""
         if self._marks is not None:
-            self._ended = member
-
-    def _mark_end(self) -> None:
-        """Write the M line of the member whose last byte was just taken, if one was."""
-        if self._ended is not None and self._marks is not None:
             self._flush_raw()
             self._write_zeros()
-            self._lines.append(self._marks(self._ended).line())
-            self._ended = None
+            self._lines.append(self._marks(member).line())
 
     def take_lines(self, text: bytes, tar_size: int) -> None:
         """Append whole members of an earlier version 2 recipe: their lines verbatim (each
@@ -150,33 +170,38 @@ class RecipeBuilder:
         self.size += tar_size
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Take the next piece of the tar stream. Raise TarFormatError if it is not one."""
+        """Take the next piece of the tar stream (through the scanner, every member kept,
+        and what follows the end blocks kept too). Raise TarFormatError if it is not one."""
         view = memoryview(data).cast("B")
+        if not self._scanner.ended:
+            self._scanner.feed(view)  # it passes on every byte up to the end blocks
+            after = self._scanner.offset - self._passed if self._scanner.ended else 0
+            view = view[len(view) - after :]
+        if view:
+            self._take_raw(view)
+
+    def _take_raw(self, piece: bytes | bytearray | memoryview) -> None:
+        """Take bytes of the stream that are not a file's content: headers, padding, the
+        end blocks."""
+        self._passed += len(piece)
         if self._sha256 is not None:
-            self._sha256.update(view)
-        while view:
-            if self._content_due:
-                piece = view[: self._content_due]
-                self._scanner.feed(piece)
-                self.size += len(piece)
-                self._content(piece)
-                self._mark_end()
-            else:
-                # Up to the end of the current block only: a header that ends in this piece
-                # is then known before any of its member's content is fed.
-                piece = view[: BLOCK - self.size % BLOCK]
-                self._scanner.feed(piece)
-                if not self._raw:
-                    self._raw_start = self.size
-                self._raw += piece
-                self.size += len(piece)
-                if self._starting:
-                    self._begin_content()
-                elif self._ended is not None:
-                    self._mark_end()
-                elif len(self._raw) >= RAW_FLUSH:
-                    self._flush_raw()
-            view = view[len(piece) :]
+            self._sha256.update(piece)
+        if not self._raw:
+            self._raw_start = self.size
+        self._raw += piece
+        self.size += len(piece)
+        if len(self._raw) >= RAW_FLUSH:
+            self._flush_raw()
+
+    def _take_content(self, piece: bytes | bytearray | memoryview) -> None:
+        """Take a piece of a regular file's content (the first begins its chunks)."""
+        self._passed += len(piece)
+        if self._sha256 is not None:
+            self._sha256.update(piece)
+        if self._chunker is None:
+            self._begin_content()
+        self.size += len(piece)
+        self._content(memoryview(piece))
 
     def _begin_content(self) -> None:
         self._flush_raw()

@@ -301,7 +301,10 @@ class TarScanner:
     its data has passed (with `sha256` set for regular files, unless `digests` is off: the
     `hexdigest()` of what `digest()` returns, fed the content; by default SHA-256).
     `include` may raise to stop the stream before the member's bytes are forwarded.
-    Bytearrays given to `emit` are reused afterwards: it must copy what it keeps of them.
+    With `content`, a kept regular file's data goes there instead of to `emit` (headers,
+    extended headers, padding and the end blocks still go to `emit`): a reader that treats
+    them apart needs no parse of its own. Bytearrays given to `emit` (or `content`) are
+    reused afterwards: it must copy what it keeps of them.
     """
 
     def __init__(
@@ -312,10 +315,12 @@ class TarScanner:
         *,
         digests: bool = True,
         digest: Callable[[], ContentDigest] = hashlib.sha256,
+        content: Emit | None = None,
     ) -> None:
         self._digests = digests
         self._new_digest = digest
         self._emit = emit
+        self._content = content
         self._include = include
         self._done = done
         self._header = bytearray()  # the block being assembled
@@ -379,7 +384,9 @@ class TarScanner:
         else:
             if self._digest is not None:
                 self._digest.update(piece)
-            if self._keep:
+            if self._keep and self._content is not None:
+                self._content(piece)
+            elif self._keep:
                 self._out(piece)
         self._remaining -= take
         if not self._remaining and not self._padding:

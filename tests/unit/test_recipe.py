@@ -23,7 +23,7 @@ from daemon.archive.recipe import (
     read_recipe,
     rebuild_tar,
 )
-from daemon.archive.tarstream import Member, TarFormatError
+from daemon.archive.tarstream import Member, TarFormatError, TarScanner
 
 
 def member(archive: tarfile.TarFile, name: str, data: bytes | None = None, **fields) -> None:
@@ -306,3 +306,51 @@ def test_a_tar_of_many_small_files_reaches_the_recipe_s_sink_in_few_writes():
     writer.close()
     assert len(writes) <= 40
     assert recipe.getvalue() == Repository(config).store(tar)[0]
+
+
+def test_the_recipe_s_scanner_is_the_backup_s_one_parse_and_keeps_its_filter_and_order():
+    """A backup feeds the helper's tar to the recipe's own scanner (one parse of the
+    stream, not one for the entries and another for the recipe): members its filter
+    refuses are left out, `include` is called before the member is taken and `done` after
+    its M line, and the recipe is the one of the filtered tar fed whole."""
+    tar = sample_tar(tarfile.PAX_FORMAT)
+    config = ChunkConfig.new()
+    events: list[str] = []
+    recipe = io.BytesIO()
+
+    def include(member: Member) -> bool:
+        events.append(f"include {member.path}")
+        return not member.path.startswith("many/1")
+
+    def mark(member: Member) -> MemberMark:
+        events.append(f"mark {member.path}")
+        return MemberMark(1, 2)
+
+    writer = ChunkWriter(config, [], set(), lambda pack: None)
+    builder = RecipeBuilder(config.chunker, writer.add, recipe, mark)
+    scanner = builder.scanner(include, lambda member: events.append(f"done {member.path}"))
+    for start in range(0, len(tar), 1000):
+        scanner.feed(tar[start : start + 1000])
+    scanner.close()
+    builder.finish()
+    writer.finish()
+    writer.close()
+    filtered = io.BytesIO()
+    TarScanner(emit=filtered.write, include=include).feed(tar)
+    again = io.BytesIO()
+    other = RecipeBuilder(
+        config.chunker, ChunkWriter(config, [], set(), lambda p: None).add, again, mark
+    )
+    other.feed(filtered.getvalue())
+    other.finish()
+    assert recipe.getvalue() == again.getvalue()
+    assert builder.size == len(filtered.getvalue())
+    assert events[:6] == [
+        "include .",
+        "mark .",
+        "done .",
+        "include empty",
+        "mark empty",
+        "done empty",
+    ]
+    assert "include many/10" in events and "mark many/10" not in events
