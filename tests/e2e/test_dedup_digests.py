@@ -131,3 +131,21 @@ def test_a_format_3_archive_with_content_digests_still_drills_restores_and_lists
     assert document["files"]["reused"] > document["files"]["read"]
     drill = workspace.run("drill", "app", "--volume", volume, "--archive", newest)
     assert drill.returncode == 0, drill.stderr
+
+
+def test_members_that_differ_from_entries_without_digests_are_named_and_no_content_blamed(
+    api: docker.APIClient, volumes, workspace: Workspace
+) -> None:
+    volume, archive_id, manifest = backed_up(api, volumes, workspace)
+    manifests.rewrite_entries(
+        manifest,
+        lambda member: (
+            dataclasses.replace(member, path="renamed") if member.path == "owned999" else member
+        ),
+    )
+
+    drill = workspace.run("drill", "app", "--volume", volume, "--archive", archive_id)
+
+    assert drill.returncode == 1, drill.stderr
+    record = verdict(workspace, volume, archive_id)
+    assert sorted(record["differences"]) == ["/owned999 unexpected", "/renamed missing"]
