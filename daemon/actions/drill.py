@@ -14,9 +14,10 @@ For each volume the policy has archives of in its storage, under the volume's lo
    archive whose entries carry none (`volkeep-entries-2`), its chunk-list digest: the
    recipe's chunk ids on the manifest's side, the bytes read back cut and named as the
    backup did on the other (`daemon.repository.contentdigests`).
-5. Remove the scratch volume on every path out (it carries volkeep's labels, so the next
-   volkeep start removes it after a crash), then write the verdict beside the archive and
-   in the run history.
+5. Write the verdict beside the archive and in the run history; meanwhile the scratch
+   volume is removed, on every path out, beside what follows (the next drill; the command
+   waits for it before it exits): see `ScratchRemovals`. It carries volkeep's labels, so
+   the next volkeep start removes it after a crash.
 
 Nothing is copied outside the scratch volume: the archive streams from storage twice (the
 check, the restore) and the restored tree streams once (a second time only if it comes
@@ -28,12 +29,14 @@ from __future__ import annotations
 import hashlib
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import docker
 import requests
@@ -134,21 +137,22 @@ def run_drill(
     api = ctx.docker()
     records: list[DrillRecord] = []
     failures: list[OperationError] = []
-    for name in names:
-        with (
-            structlog.contextvars.bound_contextvars(policy=policy.name, volume=name),
-            volume_failure(failures, "drill", policy.name, name),
-            ctx.volume_lock(name, f"drill of {policy.name}"),
-        ):
-            for repository, key in choose_archives(repositories, policy, name, archive_id):
-                try:
-                    record = _recorded_drill(ctx, api, repository, policy, key)
-                except DrillFailed as failure:
-                    record = failure.record
-                    failures.append(failure)
-                records.append(record)
-                if report is not None:
-                    report(record)
+    with ScratchRemovals(api) as removals:
+        for name in names:
+            with (
+                structlog.contextvars.bound_contextvars(policy=policy.name, volume=name),
+                volume_failure(failures, "drill", policy.name, name),
+                ctx.volume_lock(name, f"drill of {policy.name}"),
+            ):
+                for repository, key in choose_archives(repositories, policy, name, archive_id):
+                    try:
+                        record = _recorded_drill(ctx, api, repository, policy, key, removals)
+                    except DrillFailed as failure:
+                        record = failure.record
+                        failures.append(failure)
+                    records.append(record)
+                    if report is not None:
+                        report(record)
     if failures:
         raise combined_failure(failures, "drill", policy.name)
     return records
@@ -238,7 +242,12 @@ def pick_archives(
 
 
 def _recorded_drill(
-    ctx: Context, api: docker.APIClient, repository: Repository, policy: Policy, key: ArchiveKey
+    ctx: Context,
+    api: docker.APIClient,
+    repository: Repository,
+    policy: Policy,
+    key: ArchiveKey,
+    removals: ScratchRemovals,
 ) -> DrillRecord:
     """Given an archive (the caller holds its volume's lock), drill it and record the verdict
     beside the archive and in the run history; return it. Raise DrillFailed with the
@@ -252,7 +261,13 @@ def _recorded_drill(
         operation.archive = key.id
         log.info("drill started", helper_image=policy.helper_image)
         record = drill_archive(
-            api, repository, policy.helper_image, key, ctx.identities(policy), ctx.state_dir
+            api,
+            repository,
+            policy.helper_image,
+            key,
+            removals,
+            ctx.identities(policy),
+            ctx.state_dir,
         )
         operation.bytes = record.bytes
         repository.write_drill(key, record)
@@ -279,12 +294,14 @@ def drill_archive(
     repository: Repository,
     image: str,
     key: ArchiveKey,
+    removals: ScratchRemovals,
     identities: Identities | None = None,
     spool_dir: Path | None = None,
 ) -> DrillRecord:
     """Given an archive, check it, restore it into a scratch volume with the helper image,
-    compare what comes back with its manifest, and return the verdict (not yet recorded).
-    A comparison that must sort spills to `spool_dir` (the state dir).
+    compare what comes back with its manifest, and return the verdict (not yet recorded),
+    the scratch volume's removal handed to `removals`. A comparison that must sort spills
+    to `spool_dir` (the state dir).
 
     Failures of the archive are the verdict, not exceptions (`drill_outcome` says which).
     Raise DrillNotRun if anything else ended the drill: the engine, the storage, a missing
@@ -303,7 +320,7 @@ def drill_archive(
         digest: Callable[[], ContentDigest] = hashlib.sha256
         if not manifest.content_digests:  # the recipe's chunk ids stand for them
             expected, digest = RecipeDigests(archive), read_back_digest(archive)
-        with scratch_volume(api, key.volume) as scratch:
+        with scratch_volume(api, key.volume, removals) as scratch:
             # one pass: checked as it streams into the scratch volume
             extract_into(api, archive, image, scratch, key.volume)
             restore_seconds, restored = time.monotonic() - started, manifest.tar_size
@@ -374,15 +391,65 @@ def _check_packs_in_turn(
 
 
 @contextmanager
-def scratch_volume(api: docker.APIClient, source: str) -> Iterator[str]:
+def scratch_volume(api: docker.APIClient, source: str, removals: ScratchRemovals) -> Iterator[str]:
     """Create an empty volume labelled as the scratch volume of a drill of `source`, yield
-    its name, and remove it on every path out."""
+    its name, and hand it to `removals` on every path out."""
     name = f"{SCRATCH_PREFIX}{secrets.token_hex(6)}"
     create_volume(api, name, helper_labels(source, role="scratch"))
     try:
         yield name
     finally:
-        remove_volume(api, name)
+        removals.start(name)
+
+
+class ScratchRemovals:
+    """The removal of drills' scratch volumes, each in a thread of its own beside what
+    follows it: the verdict's recording and the start of the next drill. The Engine takes
+    minutes to remove a volume of a million files (its `DELETE` call), holding meanwhile a
+    lock that the next drill's creation of its scratch volume waits for. Leaving the block
+    waits for them (not when interrupted: the labels let the next volkeep process remove
+    them).
+
+    A removal that fails is a warning naming the volume: the verdict stands, and the next
+    volkeep process removes the volume.
+    """
+
+    def __init__(self, api: docker.APIClient) -> None:
+        self._api = api
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> ScratchRemovals:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None or issubclass(kind, Exception):
+            for thread in self._threads:
+                thread.join()
+
+    def start(self, volume: str) -> None:
+        """Start removing the scratch volume."""
+        context = structlog.contextvars.get_contextvars()
+        thread = threading.Thread(
+            target=self._remove,
+            args=(volume, context),
+            name="volkeep-scratch-removal",
+            daemon=True,  # an interrupted command does not wait for it
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def _remove(self, volume: str, context: dict[str, Any]) -> None:
+        started = time.monotonic()
+        with structlog.contextvars.bound_contextvars(**context, scratch_volume=volume):
+            try:
+                remove_volume(self._api, volume)
+            except (docker.errors.APIError, requests.RequestException) as error:
+                log.warning(
+                    "cannot remove the scratch volume; the next volkeep process removes it",
+                    error=engine_failure(error).message,
+                )
+                return
+            log.info("removed the scratch volume", seconds=round(time.monotonic() - started, 2))
 
 
 @dataclass(frozen=True)

@@ -302,6 +302,27 @@ def test_kill_9_mid_drill_leaves_leftovers_that_the_next_command_removes(api, dr
     assert drilled.record()["verdict"] == "passed"
 
 
+def test_the_verdict_does_not_wait_for_the_scratch_volume_removal_which_survives_a_crash(
+    api, drilled
+):
+    # the engine takes 60 s to remove a volume, as for a million files
+    command = drilled.workspace.command("drill", "app")
+    command[1:3] = ["-m", "tests.support.slow_engine", "60"]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not drilled.record_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    scratch = [name for name in leftovers(api, drilled.volume) if name.startswith("volkeep-drill-")]
+    os.kill(process.pid, signal.SIGKILL)  # while the scratch volume is being removed
+    process.wait()
+
+    assert drilled.record()["verdict"] == "passed"
+    assert scratch, "the verdict waited for the removal of the scratch volume"
+    again = drilled.drill()  # removes the dead drill's scratch volume beside its own drill
+    assert again.returncode == 0, again.stderr
+    assert leftovers(api, drilled.volume) == []
+
+
 def test_oldest_unverified_walks_the_never_drilled_archives_first(api, volumes, workspace):
     source = volumes("rotation")
     drill = {"schedule": "@weekly", "archive": "oldest-unverified", "max_per_run": 2}
