@@ -135,8 +135,9 @@ class DirectoryWriter:
                     continue
                 content = tar.extractfile(info) if info.isreg() else None
                 piece = content.read(PIECE_SIZE) if content is not None else b""
-                writing.submit(partial(self._write, info, path, piece))
-                if content is not None:
+                whole = len(piece) < PIECE_SIZE  # most files: one operation each
+                writing.submit(partial(self._write, info, path, piece, whole))
+                if content is not None and not whole:
                     while piece := content.read(PIECE_SIZE):
                         writing.submit(partial(self._append, path, piece))
                     writing.submit(partial(self._seal_file, info, path))
@@ -172,26 +173,28 @@ class DirectoryWriter:
                 opened.callback(os.close, current)
             yield current, name
 
-    def _write(self, info: tarfile.TarInfo, path: str, piece: bytes) -> None:
-        """Write the member (of a regular file, create it with its first piece of content
-        and leave it open for the rest)."""
+    def _write(self, info: tarfile.TarInfo, path: str, piece: bytes, whole: bool) -> None:
+        """Write the member. Of a regular file, create it with its first piece of content;
+        if that is the `whole` of it, seal it, else leave it open for the rest."""
         with self._parent_of(path) as (parent, name):
-            self._write_in(info, path, piece, parent, name)
+            self._write_in(info, path, piece, whole, parent, name)
 
     def _write_in(
-        self, info: tarfile.TarInfo, path: str, piece: bytes, parent: int, name: str
+        self, info: tarfile.TarInfo, path: str, piece: bytes, whole: bool, parent: int, name: str
     ) -> None:
         try:
             if info.isdir():
                 self._make_directory(parent, name)
                 self._directories.append(_directory(path, info))
                 return
-            self._clear(parent, name, path)
             if info.isreg():
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                self._file = os.open(name, flags, 0o600, dir_fd=parent)
+                self._file = self._create(parent, name, path)
                 _write_whole(self._file, piece)
-            elif info.issym():
+                if whole:
+                    self._seal_file(info, path)
+                return
+            self._clear(parent, name, path)
+            if info.issym():
                 os.symlink(info.linkname, name, dir_fd=parent)
                 self._own(name, info, parent)
                 os.utime(name, (info.mtime, info.mtime), dir_fd=parent, follow_symlinks=False)
@@ -219,6 +222,17 @@ class DirectoryWriter:
             if not stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
                 os.unlink(name, dir_fd=parent)
                 os.mkdir(name, 0o700, dir_fd=parent)
+
+    def _create(self, parent: int, name: str, path: str) -> int:
+        """Create the regular file and return its descriptor, open for writing; what is in
+        its way is cleared first (tried after, as a restore into an empty directory finds
+        nothing there)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(name, flags, 0o600, dir_fd=parent)
+        except FileExistsError:
+            self._clear(parent, name, path)
+            return os.open(name, flags, 0o600, dir_fd=parent)
 
     def _clear(self, parent: int, name: str, path: str) -> None:
         """Remove what is in the way of a member that is not a directory (a directory in the
