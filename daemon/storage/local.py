@@ -24,6 +24,10 @@ from daemon.system.owner import this_process
 PARTIAL = ".partial"
 OWNER_MARK = "~"  # in no volume name, suffix or owner: where the owner begins
 WRITE_BUFFER = 1 << 20
+# The most bytes handed to the kernel in one write. A pack (8 MiB) written at once cost
+# 0.3-1.1 s of system CPU per 220 MB in the kernel's page-cache copy on this machine, in
+# 256 KiB writes 0.08 s (26 files of 8.5 MB, five rounds): a first backup's packs paid it.
+WRITE_PIECE = 1 << 18
 
 
 def publish(temporary: Path, final: Path, *, exclusive: bool = False) -> None:
@@ -60,7 +64,17 @@ class _LocalUpload:
         self._file = os.fdopen(os.open(self._temporary, flags, 0o600), "wb", WRITE_BUFFER)
 
     def write(self, data: bytes | bytearray | memoryview) -> object:
-        return self._file.write(data)
+        if len(data) <= WRITE_BUFFER:
+            return self._file.write(data)
+        # A large blob (a pack) goes past the buffer (it would only copy it), WRITE_PIECE
+        # bytes a write.
+        self._file.flush()
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), WRITE_PIECE):
+            piece = view[start : start + WRITE_PIECE]
+            while piece:
+                piece = piece[os.write(self._file.fileno(), piece) :]
+        return len(view)
 
     def commit(self) -> None:
         self._file.flush()
