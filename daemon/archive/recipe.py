@@ -42,9 +42,9 @@ HEADER = "volkeep-recipe 1\n"
 MARKED_HEADER = "volkeep-recipe 2\n"  # with M lines; a T line's digest may be "-"
 RAW_LINE = 512  # raw bytes per R line (a tar block: 684 base64 characters)
 RAW_FLUSH = 64 << 10  # raw bytes kept before they are written out
-# Lines kept before they go to the recipe's zstd (at most ~180 KB of R lines): a write per
-# member's header, 9,000 small writes for the benchmark's volume, each released and took
-# back the GIL from the packing and hashing threads.
+# Lines kept before they go to the recipe's zstd (at most ~180 KB of R lines). A write per
+# member's header made 9,000 small writes for the benchmark's volume, each releasing the
+# GIL and taking it back from the packing and hashing threads.
 LINES_WRITTEN = 256
 _ZERO_LINE = bytes(RAW_LINE)
 ZEROS_WRITTEN = 1 << 20  # zero bytes given to the sink at once
@@ -90,10 +90,11 @@ Marks = Callable[[Member], MemberMark]
 
 
 class RecipeBuilder:
-    """Takes a tar stream by `feed`; writes its recipe into `out` and gives each chunk of
-    file content to `store`, which stores it and returns its id. With `marks`, writes a
-    version 2 recipe: each member ends with the M line `marks` returns for it, and members
-    of an earlier version 2 recipe may be taken whole (`reuse`)."""
+    """Takes a tar stream by `feed` (or through `scanner`, a backup's one parse of it);
+    writes its recipe into `out` and gives each chunk of file content to `store`, which
+    stores it and returns its id. With `marks`, writes a version 2 recipe: each member ends
+    with the M line `marks` returns for it, and members of an earlier version 2 recipe may
+    be taken whole (`reuse`)."""
 
     def __init__(
         self,
