@@ -1,4 +1,5 @@
-"""Writing an archive's members on the host (daemon.archive.unpack): what stays in memory."""
+"""Writing an archive's members on the host (daemon.archive.unpack): what stays in memory, and
+the reading that goes on while files are written."""
 
 from __future__ import annotations
 
