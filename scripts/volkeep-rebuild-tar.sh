@@ -69,11 +69,17 @@ found=$(wc -l < "$work/locations")
 
 # 4. Follow the recipe. Runs of chunks that lie one after the other in a pack are read
 # and decompressed at once (zstd reads concatenated frames); runs of raw lines, too.
-mkdir "$work/packs"
+# A pack's name is the SHA-256 of its stored bytes: each is checked once, before its first
+# use (a chunk that did not compress is a zstd frame without a checksum of its own).
+mkdir "$work/packs" "$work/checked"
 pack_path=
 open_pack() {  # sets pack_path: the pack named $1, in clear
     stored="$chunks/packs/$(printf %.2s "$1")/$1"
     [ -f "$stored" ] || fail "$stored: pack missing"
+    if [ ! -f "$work/checked/$1" ]; then
+        [ "$(sha256sum < "$stored" | cut -d ' ' -f 1)" = "$1" ] || fail "$stored: damaged (its SHA-256 is not its name)"
+        : > "$work/checked/$1"
+    fi
     if [ -z "$identity" ]; then
         pack_path=$stored
         return

@@ -14,10 +14,10 @@ from daemon.archive.spool import SpooledSection
 from daemon.config.keys import Recipient
 
 
-def write_blob(path: Path, data: bytes | Iterable[bytes]) -> None:
+def write_blob(path: Path, data: bytes | bytearray | Iterable[bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as file:
-        for piece in [data] if isinstance(data, bytes) else data:
+        for piece in [data] if isinstance(data, bytes | bytearray) else data:
             file.write(piece)
 
 
