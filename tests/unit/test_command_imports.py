@@ -33,12 +33,17 @@ NOT_AT_START = (
     "daemon.actions.fleetdrill",
     "daemon.repository.verify",
     "daemon.config.json_schema",
+    "rich",  # structlog's console tracebacks, when installed: not a dependency of volkeep
 )
 
 
 def modules_imported_by(statement: str) -> set[str]:
-    """Given an import statement, return the modules a fresh interpreter holds after it."""
-    program = f"import json, sys; {statement}; print(json.dumps(list(sys.modules)))"
+    """Given an import statement, return the modules a fresh interpreter holds after it
+    (not those it keeps out: None in sys.modules)."""
+    program = (
+        f"import json, sys; {statement}; "
+        "print(json.dumps([name for name, module in sys.modules.items() if module]))"
+    )
     shown = subprocess.run(
         [sys.executable, "-c", program],
         capture_output=True,
