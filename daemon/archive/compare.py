@@ -123,16 +123,24 @@ def _linked_paths(members: Iterable[Member]) -> frozenset[str]:
     return frozenset(paths)
 
 
+# What the paths of a hard-linked group share: type, link target, size, digest, attributes
+_Shared = tuple[str, str | None, int, str | None, dict[str, str] | None]
+UNSTORED: _Shared = ("file", None, UNKNOWN, None, None)  # a link to a path the stream lacks
+
+
 class _Side:
     """One stream's objects in its own order, each with its place, hard links resolved: a
-    link is the file it shares, with its own header's metadata."""
+    link is the object it shares (a file, a symbolic link...), with its own header's
+    metadata."""
 
     def __init__(self, members: Iterable[Member], linked: frozenset[str]) -> None:
         self._members = iter(members)
         self._linked = linked
-        self.first: dict[str, str] = {}  # hard-linked path -> the path stored as the file
-        # size, digest and extended attributes of those
-        self._stored: dict[str, tuple[int, str | None, dict[str, str] | None]] = {}
+        self.first: dict[str, str] = {}  # hard-linked path -> the path stored as the object
+        # type, link target, size, digest and extended attributes of those: which of a
+        # group's paths a stream stores is the order its tar met them in, which differs
+        # between file systems (a tmpfs lists a directory in another order than ext4)
+        self._stored: dict[str, _Shared] = {}
         self.objects = self._resolved()
 
     def _resolved(self) -> Generator[Indexed, None, None]:
@@ -140,12 +148,13 @@ class _Side:
             if member.type == "hardlink" and member.link is not None:
                 first = self.first.get(member.link, member.link)
                 self.first[member.path] = self.first[first] = first
-                size, digest, xattrs = self._stored.get(first, (UNKNOWN, None, None))
+                kind, link, size, digest, xattrs = self._stored.get(first, UNSTORED)
                 member = replace(
-                    member, type="file", link=None, size=size, sha256=digest, xattrs=xattrs
+                    member, type=kind, link=link, size=size, sha256=digest, xattrs=xattrs
                 )
             elif member.path in self._linked:
-                self._stored[member.path] = (member.size, member.sha256, member.xattrs)
+                shared = (member.type, member.link, member.size, member.sha256, member.xattrs)
+                self._stored[member.path] = shared
             yield index, member
 
     def groups(self) -> dict[str, frozenset[str]]:

@@ -50,6 +50,17 @@ def test_hard_link_groups_compare_as_sets_whichever_path_the_stream_stores_first
     assert compare_trees(tree(), readback).identical
 
 
+def test_a_hard_linked_symlink_compares_whichever_path_the_stream_stores_first() -> None:
+    """A tmpfs lists a directory in another order than the disk the backup read."""
+    link = Member("docs/link", "symlink", 0o777, 0, 0, 0, SUNDAY, link="a.txt")
+    manifest = [*tree(), Member("docs/twin", "hardlink", 0o777, 0, 0, 0, SUNDAY, link="docs/link")]
+    readback = [*tree(), replace(link, path="docs/twin")]
+    readback[4] = Member("docs/link", "hardlink", 0o777, 0, 0, 0, SUNDAY, link="docs/twin")
+    readback[4], readback[-1] = readback[-1], readback[4]
+
+    assert compare_trees(manifest, readback).differences == []
+
+
 def test_a_broken_hard_link_is_reported_on_both_paths() -> None:
     readback = tree()
     readback[5] = file("docs/same", "a")
