@@ -165,11 +165,11 @@ class ChunkedArchive:
 
     def add(self, chunk_id: str) -> None:
         self._pending.add(chunk_id)
-        if self._stored:  # packs the packing thread stored meanwhile
+        if self._stored:  # packs the storing thread stored meanwhile
             self._settle()
 
-    # The ChunkWriter's packing thread calls `_fresh` and `_store_pack`; what concerns the
-    # copies and this backup's chunks (`_settle`) happens on the backup's thread.
+    # The ChunkWriter's packing thread calls `_fresh`, its storing thread `_store_pack`; what
+    # concerns the copies and this backup's chunks (`_settle`) happens on the backup's thread.
 
     def _fresh(self, pack: str) -> bool:
         """Say whether no live copy holds a condemned pack of that name."""

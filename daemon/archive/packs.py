@@ -286,13 +286,16 @@ class ChunkWriter:
     (which stores it, or raises), then its chunks are written to the index section.
 
     The caller's thread names and judges each chunk, in order; the new ones go, a batch
-    of BATCH_BYTES at a time, to one packing thread, which compresses them, fills, seals
-    and hands over the packs (zstd, SHA-256, age and a storage's writes release the GIL:
-    the caller's thread reads on meanwhile). The packs are the ones one thread makes: the
-    same chunks in the same order, cut at the same sizes. `on_pack` and `fresh` run on the
-    packing thread; what that thread raises is raised by the next `add`, `copy` or
-    `finish`. Memory: the pack that fills and at most three batches (one filling, one
-    queued, one being packed)."""
+    of BATCH_BYTES at a time, to one packing thread, which compresses them, fills and
+    seals the packs, and hands each to one storing thread, which stores it (`on_pack`) and
+    writes its index lines (zstd, SHA-256, age and a storage's writes release the GIL: the
+    caller's thread reads on meanwhile, and a pack's writes and fsync, or its upload, no
+    longer hold up the compression of the next). The packs are the ones one thread makes:
+    the same chunks in the same order, cut at the same sizes, stored in that order.
+    `fresh` runs on the packing thread, `on_pack` on the storing thread; what either
+    raises is raised by the next `add`, `copy` or `finish`. Memory: two packs (one being
+    stored, one filling: a pack sealed waits until the one before is stored) and at most
+    three batches (one filling, one queued, one being packed)."""
 
     def __init__(
         self,
@@ -317,7 +320,9 @@ class ChunkWriter:
         self._batch_size = 0
         self._batches: queue.Queue[list[_NewChunk] | None] = queue.Queue(maxsize=1)
         self._packing: threading.Thread | None = None  # started with the first batch
-        self._failure: BaseException | None = None  # what the packing thread raised
+        self._sealed: queue.Queue[SealedPack | None] = queue.Queue(maxsize=1)
+        self._storing: threading.Thread | None = None  # started with the first pack
+        self._failure: BaseException | None = None  # what the packing or storing thread raised
         self._abandoned = False
         self.index = SpooledSection(recipients, spool_dir)
         self.index.write(INDEX_HEADER)
@@ -372,6 +377,8 @@ class ChunkWriter:
         self._raise_failure()
         if len(self._pack):
             self._flush()
+        self._stop_storing()
+        self._raise_failure()
         self.index.finish()
 
     def _stop_packing(self) -> None:
@@ -432,6 +439,37 @@ class ChunkWriter:
                 self._hand_over(half.seal(self._recipients))
 
     def _hand_over(self, sealed: SealedPack) -> None:
+        """Give a sealed pack to the storing thread, once the pack before is stored."""
+        self._sealed.join()
+        if self._storing is None:
+            self._storing = threading.Thread(
+                target=self._store_packs, name="volkeep-store", daemon=True
+            )
+            self._storing.start()
+        self._sealed.put(sealed)
+
+    def _stop_storing(self) -> None:
+        """Let the storing thread store what it was given, and end."""
+        if self._storing is not None:
+            self._sealed.put(None)
+            self._storing.join()
+            self._storing = None
+
+    def _store_packs(self) -> None:
+        """The storing thread: store each pack given until None comes; keep the first
+        failure (and skip the packs after it)."""
+        while (sealed := self._sealed.get()) is not None:
+            try:
+                if self._failure is None and not self._abandoned:
+                    self._store(sealed)
+            except BaseException as failure:  # raised again on the caller's thread
+                self._failure = failure
+            finally:
+                del sealed  # let go before the packing thread hands the next
+                self._sealed.task_done()
+        self._sealed.task_done()
+
+    def _store(self, sealed: SealedPack) -> None:
         self._on_pack(sealed)
         self.packs += 1
         self.stored_bytes += sealed.size
@@ -447,6 +485,7 @@ class ChunkWriter:
         """Stop the packing thread (what it was still given is dropped), close the index."""
         self._abandoned = True
         self._stop_packing()
+        self._stop_storing()
         self.index.close()
 
 

@@ -6,6 +6,8 @@ import hashlib
 import io
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -222,6 +224,40 @@ def test_a_pack_that_cannot_be_stored_fails_the_next_add_or_finish():
     with pytest.raises(OSError, match="disk full"):
         writer.finish()
     writer.close()
+
+
+def test_the_next_pack_is_compressed_while_a_pack_is_stored_and_one_waits_at_most(
+    monkeypatch,
+):
+    # Each chunk a batch of its own; two chunks of 60,000 random bytes close a pack.
+    monkeypatch.setattr(packs_module, "BATCH_BYTES", 1)
+    config = ChunkConfig(os.urandom(32), ChunkerParameters(), pack_size=100_000)
+    chunks = [os.urandom(60_000) for _ in range(8)]
+    storing = threading.Event()
+    stored: list[SealedPack] = []
+
+    def slow_storage(pack: SealedPack) -> None:  # the first pack's write takes a while
+        storing.wait(timeout=30)
+        stored.append(pack)
+
+    writer = ChunkWriter(config, (), set(), slow_storage)
+    taken: list[str] = []
+    adding = threading.Thread(target=lambda: taken.extend(writer.add(c) for c in chunks))
+    adding.start()
+    deadline = time.monotonic() + 10
+    while len(taken) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    # While the first pack is stored, the second is compressed and sealed (chunks 3, 4),
+    # a fifth chunk waits in the queue; the sixth waits for the first pack to be stored.
+    assert len(taken) == 5 and not stored
+    storing.set()
+    adding.join()
+    writer.finish()
+    writer.close()
+    assert [[entry.chunk_id for entry in pack.entries] for pack in stored] == [
+        taken[start : start + 2] for start in range(0, 8, 2)
+    ]
 
 
 def test_the_tar_s_sha256_taken_on_its_own_thread_is_the_tar_s():
