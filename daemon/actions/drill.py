@@ -8,6 +8,9 @@ For each volume the policy has archives of in its storage, under the volume's lo
    SHA-256, path safety, members against the manifest's entries.
 3. Restore it into a fresh scratch volume through the restore code path (`extract_into`:
    the Engine's archive endpoint on a helper container, then the volume root's fix-up).
+   The scratch volume is in the Docker host's memory (a tmpfs) when the archive fits the
+   bound of `daemon.rules.scratch`, or `drill.scratch` asks for it; on disk otherwise, and
+   again on disk when a restore into memory fails for other than the archive's fault.
 4. Read the scratch volume back through a helper's tar stream, digesting files as they
    pass, and compare every object with the manifest's entries as both stream
    (`compare_trees`). A file's digest is the SHA-256 of its content; for a deduplicated
@@ -26,6 +29,7 @@ in an order too far from the manifest's: see daemon.archive.compare).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import secrets
@@ -50,12 +54,19 @@ from daemon.archive.compare import Comparison, compare_trees
 from daemon.archive.manifest import DEDUPLICATED
 from daemon.archive.tarstream import ContentDigest, Member, TarFormatError, TarScanner
 from daemon.config.keys import Identities
-from daemon.config.model import DrillChoice, DrillConfig, Policy
+from daemon.config.model import DrillChoice, DrillConfig, DrillScratch, Policy
 from daemon.engine.client import engine_failure
-from daemon.engine.helpers import helper_labels
+from daemon.engine.helpers import HelperCancelled, helper_labels
 from daemon.engine.tarflavour import detect_flavour, keeps_xattrs, volume_tar
-from daemon.engine.volumes import create_volume, remove_volume
-from daemon.errors import ArchiveFault, OperationError, UsageError, combined_failure
+from daemon.engine.volumes import create_volume, held_mounted, host_memory, remove_volume
+from daemon.errors import (
+    ArchiveFault,
+    KeyMissing,
+    OperationError,
+    StorageFailure,
+    UsageError,
+    combined_failure,
+)
 from daemon.repository.chunks import ChunkStore
 from daemon.repository.contentdigests import RecipeDigests, read_back_digest
 from daemon.repository.layout import ArchiveKey
@@ -63,6 +74,7 @@ from daemon.repository.locate import locate
 from daemon.repository.packcheck import check_packs_in_turn
 from daemon.repository.store import Repository
 from daemon.repository.verify import MembersDiffer, StoredArchive
+from daemon.rules.scratch import MemoryScratch, memory_scratch
 from daemon.rules.verdict import DrillRecord, Outcome, drill_outcome
 from daemon.terminal.progress import Progress
 
@@ -268,6 +280,7 @@ def _recorded_drill(
             removals,
             ctx.identities(policy),
             ctx.state_dir,
+            (policy.drill or DrillConfig()).scratch,
         )
         operation.bytes = record.bytes
         repository.write_drill(key, record)
@@ -297,11 +310,13 @@ def drill_archive(
     removals: ScratchRemovals,
     identities: Identities | None = None,
     spool_dir: Path | None = None,
+    scratch: DrillScratch = "auto",
 ) -> DrillRecord:
-    """Given an archive, check it, restore it into a scratch volume with the helper image,
-    compare what comes back with its manifest, and return the verdict (not yet recorded),
-    the scratch volume's removal handed to `removals`. A comparison that must sort spills
-    to `spool_dir` (the state dir).
+    """Given an archive, check it, restore it into a scratch volume with the helper image
+    (in memory or on disk, as `scratch` and `memory_scratch` say), compare what comes back
+    with its manifest, and return the verdict (not yet recorded), the scratch volume's
+    removal handed to `removals`. A comparison that must sort spills to `spool_dir` (the
+    state dir).
 
     Failures of the archive are the verdict, not exceptions (`drill_outcome` says which).
     Raise DrillNotRun if anything else ended the drill: the engine, the storage, a missing
@@ -320,20 +335,25 @@ def drill_archive(
         digest: Callable[[], ContentDigest] = hashlib.sha256
         if not manifest.content_digests:  # the recipe's chunk ids stand for them
             expected, digest = RecipeDigests(archive), read_back_digest(archive)
-        with scratch_volume(api, key.volume, removals) as scratch:
-            # one pass: checked as it streams into the scratch volume
-            extract_into(api, archive, image, scratch, key.volume)
-            restore_seconds, restored = time.monotonic() - started, manifest.tar_size
-            found = ReadBack(api, image, scratch, key.volume, manifest.tar_size, spool_dir, digest)
-            comparison = compare_trees(
-                expected,
-                found,
-                hard_links=manifest.hardlinks != 0,
-                spool_dir=spool_dir,
-                xattrs=found.records_xattrs(manifest.tar_flavour),
+        host = host_memory(api) if scratch == "auto" else None
+        in_memory = memory_scratch(scratch, manifest.tar_size, manifest.entry_count, host)
+        restore_and_compare = functools.partial(
+            _restore_and_compare, api, image, archive, removals, expected, digest, spool_dir
+        )
+        try:
+            restore_ended, comparison = restore_and_compare(in_memory)
+        except _MemoryFellShort as short:
+            log.warning(
+                "the restore into memory failed; drilling again on disk",
+                error=short.failure.message,
             )
+            restore_ended, comparison = restore_and_compare(None)
+        restore_seconds, restored = restore_ended - started, manifest.tar_size
         log.info(
-            "compared with the manifest", objects=comparison.compared, sorted=comparison.sorted
+            "compared with the manifest",
+            objects=comparison.compared,
+            sorted=comparison.sorted,
+            seconds=round(time.monotonic() - started - restore_seconds, 2),
         )
         if not comparison.identical:
             ended_by = ArchiveFault(comparison.summary())
@@ -390,14 +410,93 @@ def _check_packs_in_turn(
     )
 
 
+class _MemoryFellShort(Exception):
+    """A restore into a scratch volume in memory failed for other than the archive's fault."""
+
+    def __init__(self, failure: OperationError) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _restore_and_compare(
+    api: docker.APIClient,
+    image: str,
+    archive: StoredArchive,
+    removals: ScratchRemovals,
+    expected: Iterable[Member],
+    digest: Callable[[], ContentDigest],
+    spool_dir: Path | None,
+    in_memory: MemoryScratch | None,
+) -> tuple[float, Comparison]:
+    """Given an archive and its objects as the manifest describes them (`expected`, their
+    content digested with `digest`), restore it into a fresh scratch volume (in memory with
+    the limits `in_memory`, else on disk), read it back and compare; return when the restore
+    ended (`time.monotonic()`) and the comparison. Raise _MemoryFellShort if the restore
+    into memory failed and a disk could do better (`_memory_fell_short`); whatever else
+    ended it as it is."""
+    manifest, owner = archive.manifest, archive.key.volume
+    started = time.monotonic()
+    with scratch_volume(api, image, owner, removals, in_memory) as scratch:
+        try:  # one pass: checked as it streams into the scratch volume
+            extract_into(api, archive, image, scratch.name, owner)
+        except (OperationError, docker.errors.APIError, requests.RequestException) as error:
+            if in_memory is None or not _memory_fell_short(error):
+                raise
+            raise _MemoryFellShort(
+                error if isinstance(error, OperationError) else engine_failure(error)
+            ) from None
+        restored = time.monotonic()
+        log.info("restored", scratch=scratch.kind, seconds=round(restored - started, 2))
+        found = ReadBack(api, image, scratch.name, owner, manifest.tar_size, spool_dir, digest)
+        comparison = compare_trees(
+            expected,
+            found,
+            hard_links=manifest.hardlinks != 0,
+            spool_dir=spool_dir,
+            xattrs=found.records_xattrs(manifest.tar_flavour),
+        )
+        scratch.still_held()
+    return restored, comparison
+
+
+def _memory_fell_short(error: BaseException) -> bool:
+    """Given what ended a restore into a scratch volume in memory, say whether to drill again
+    on disk: yes for a failure of the engine or a helper (the tmpfs full, or lacking what the
+    archive needs); no for the archive's fault (that is the verdict), a storage failing, a
+    key missing or volkeep stopping, which a disk would not change."""
+    faults = (ArchiveFault, StorageFailure, KeyMissing, HelperCancelled)
+    return not isinstance(error, faults)
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A drill's scratch volume: its name, and in memory a check that it still holds what
+    was restored."""
+
+    name: str
+    still_held: Callable[[], None]
+    kind: str  # "memory" or "disk", for the log
+
+
 @contextmanager
-def scratch_volume(api: docker.APIClient, source: str, removals: ScratchRemovals) -> Iterator[str]:
-    """Create an empty volume labelled as the scratch volume of a drill of `source`, yield
-    its name, and hand it to `removals` on every path out."""
+def scratch_volume(
+    api: docker.APIClient,
+    image: str,
+    source: str,
+    removals: ScratchRemovals,
+    in_memory: MemoryScratch | None = None,
+) -> Iterator[Scratch]:
+    """Create an empty volume labelled as the scratch volume of a drill of `source`, on disk
+    or `in_memory` (kept mounted by a helper of `image` meanwhile), yield it, and hand it
+    to `removals` on every path out (in memory, the helper's removal has unmounted it)."""
     name = f"{SCRATCH_PREFIX}{secrets.token_hex(6)}"
-    create_volume(api, name, helper_labels(source, role="scratch"))
+    create_volume(api, name, helper_labels(source, role="scratch"), in_memory)
     try:
-        yield name
+        if in_memory is None:
+            yield Scratch(name, lambda: None, "disk")
+        else:
+            with held_mounted(api, image, name, source) as still_held:
+                yield Scratch(name, still_held, "memory")
     finally:
         removals.start(name)
 

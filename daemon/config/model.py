@@ -16,6 +16,7 @@ from daemon.errors import ConfigProblem
 
 CompressionAlgorithm = Literal["zstd", "gzip", "none"]
 DrillChoice = Literal["latest", "random", "oldest-unverified"]
+DrillScratch = Literal["auto", "disk", "memory"]  # where a drill restores (daemon.rules.scratch)
 NotifyEvent = Literal["failure", "drill_failure", "recovered", "missed", "shrink"]
 NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (
     "failure",
@@ -135,6 +136,7 @@ class DrillConfig:
     # whose archives the scheduled drills cover, in turn ("*": every host in the storage);
     # empty: this host's own
     hosts: tuple[str, ...] = ()
+    scratch: DrillScratch = "auto"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from daemon.config.model import (
     DaemonSettings,
     DrillChoice,
     DrillConfig,
+    DrillScratch,
     ExecHook,
     Hook,
     Hooks,
@@ -148,6 +149,7 @@ def run_hook(node: yaml.Node, path: str) -> RunHook:
 
 ALGORITHMS: tuple[CompressionAlgorithm, ...] = ("zstd", "gzip", "none")
 DRILL_CHOICES: tuple[DrillChoice, ...] = ("latest", "random", "oldest-unverified")
+DRILL_SCRATCHES: tuple[DrillScratch, ...] = ("auto", "disk", "memory")
 ALGORITHM = choice(ALGORITHMS, "compression")
 COMPRESSION = record(
     {"algorithm": ALGORITHM, "level": integer()}, into=Compression, required=("algorithm",)
@@ -247,6 +249,7 @@ DRILL = record(
         "max_per_run": integer(minimum=1),
         "storage": non_empty_string,
         "hosts": list_of(drilled_host, non_empty=True, unique=True),
+        "scratch": choice(DRILL_SCRATCHES, "drill scratch"),
     },
     into=DrillConfig,
 )
@@ -269,6 +272,12 @@ DRILL_HELP = {
         "each scheduled drill takes the least recently drilled volume of these hosts (name "
         "this host too to include it; '*': every host the storage holds).",
         ["web-1", "web-2"],
+    ),
+    "scratch": Help(
+        "Where a drill restores the archive: auto (in the Docker host's memory when the "
+        "archive fits a quarter of it and 2 GiB, else on disk), disk, or memory (whatever its "
+        "size). A drill that runs out of memory starts again on disk (docs/drills.md).",
+        "auto",
     ),
 }
 

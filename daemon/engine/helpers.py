@@ -205,8 +205,12 @@ def _registered(container: str) -> _LiveHelper:
     raise ValueError(f"{container} is not a live helper of this process")
 
 
-def _cancelled(container: str) -> EngineFailure:
-    return EngineFailure(f"helper {container[:12]} was cancelled: volkeep is stopping")
+class HelperCancelled(EngineFailure):
+    """A helper of this process was cancelled by `kill_helpers`: volkeep is stopping."""
+
+
+def _cancelled(container: str) -> HelperCancelled:
+    return HelperCancelled(f"helper {container[:12]} was cancelled: volkeep is stopping")
 
 
 def put_archive(

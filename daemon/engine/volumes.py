@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 import docker
 
 from daemon.config.model import VolumeSelector
-from daemon.engine.helpers import Mount, run_helper
-from daemon.errors import OperationError
+from daemon.engine.helpers import Mount, helper_container, run_helper
+from daemon.errors import EngineFailure, OperationError
+from daemon.rules.scratch import MemoryScratch
+
+HELD_AT = "/held"
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,52 @@ def require_volume(api: docker.APIClient, name: str, policy: str) -> VolumeInfo:
     return volume
 
 
-def create_volume(api: docker.APIClient, name: str, labels: dict[str, str] | None = None) -> None:
-    api.create_volume(name, labels=labels or {})
+def create_volume(
+    api: docker.APIClient,
+    name: str,
+    labels: dict[str, str] | None = None,
+    in_memory: MemoryScratch | None = None,
+) -> None:
+    """Create a volume with the local driver: on disk, or `in_memory`, a tmpfs with those
+    limits, which holds its files only while a container mounts it (see `held_mounted`)."""
+    if in_memory is None:
+        api.create_volume(name, labels=labels or {})
+        return
+    limits = f"size={int(in_memory.size)},nr_inodes={int(in_memory.inodes)}"
+    options = {"type": "tmpfs", "device": "tmpfs", "o": limits}
+    api.create_volume(name, driver="local", driver_opts=options, labels=labels or {})
+
+
+@contextmanager
+def held_mounted(
+    api: docker.APIClient, image: str, volume: str, owner: str
+) -> Iterator[Callable[[], None]]:
+    """Keep the volume mounted while the block runs, by a helper that mounts it read-only and
+    sleeps: the local driver mounts a volume with options (a tmpfs) when the first container
+    mounts it and unmounts it, its files gone, when the last one ends. Yield a check that
+    raises EngineFailure if the helper has ended since (the volume was emptied between the
+    containers that wrote and read it). The helper is removed on every path out, the
+    volume with it if it is a tmpfs."""
+    with helper_container(
+        api, image, ["sleep", "2147483647"], [Mount(volume, HELD_AT)], capabilities=(), owner=owner
+    ) as holder:
+        api.start(holder)
+
+        def still_held() -> None:
+            if not api.inspect_container(holder)["State"]["Running"]:
+                raise EngineFailure(
+                    f"the helper holding the scratch volume {volume} in memory ended during the "
+                    "drill: what was restored into it is gone"
+                )
+
+        yield still_held
+
+
+def host_memory(api: docker.APIClient) -> int | None:
+    """Return the Docker host's memory in bytes (`docker info`'s MemTotal), None if the
+    engine does not say."""
+    total = api.info().get("MemTotal")
+    return total if isinstance(total, int) and total > 0 else None
 
 
 def remove_volume(api: docker.APIClient, name: str) -> None:
