@@ -116,6 +116,5 @@ def test_full_read_every_0_reads_every_file_each_time(
     assert summary["files"]["reused"] == 0
     assert summary["files"]["read"] == summary["entries"]["count"]
     assert summary["files"]["full_read"] == summary["files"]["listed"]
-    tar = export(workspace, volume, second)
-    assert hashlib.sha256(tar).hexdigest() == summary["tar"]["sha256"]
-    assert tar == helper_tar(helper_image, volume)
+    assert summary["tar"]["sha256"] is None  # not taken: the chunks are checked by their ids
+    assert export(workspace, volume, second) == helper_tar(helper_image, volume)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from daemon.archive import recipe as recipe_module
 from daemon.archive.chunkconfig import ChunkConfig
 from daemon.archive.chunking import ChunkerParameters
 from daemon.archive.packs import ChunkWriter, SealedPack, open_pack
@@ -234,7 +235,7 @@ def test_a_marked_recipe_splits_into_its_members_and_reusing_them_rebuilds_the_t
     assert len(members) == len(seen) + 1 and len(seen) == 59  # then the end-of-archive blocks
     assert members[2].mark == MemberMark(3, 1003)
     assert members[-1].mark is None and members[-1].end is not None
-    assert members[-1].end.sha256 == hashlib.sha256(tar).hexdigest()
+    assert members[-1].end.sha256 is None  # a marked recipe takes no SHA-256 of the tar
     assert sum(lines.tar_size for lines in members) == len(tar)
     steps = list(read_recipe(lines(text)))
     chunk_ids = [step.chunk_id for step in steps if isinstance(step, ChunkStep)]
@@ -252,6 +253,39 @@ def test_a_marked_recipe_splits_into_its_members_and_reusing_them_rebuilds_the_t
     again.finish()
     assert reused.getvalue().decode().splitlines()[-1] == f"T {len(tar)} -"
     assert repository.rebuild(reused.getvalue()) == tar
+
+
+def test_a_marked_recipe_ends_with_its_size_and_no_sha256_of_the_tar_taken(monkeypatch):
+    # A version 2 recipe (every backup's) does not hash the whole tar: its chunks are
+    # checked by their ids and the recipe by the manifest's SHA-256.
+    def no_hashing() -> None:
+        raise AssertionError("the tar's SHA-256 was taken")
+
+    tar = sample_tar(tarfile.PAX_FORMAT)
+    repository = Repository()
+    repository.store(tar)  # its chunks, for the rebuild below
+    monkeypatch.setattr(recipe_module, "BackgroundSha256", no_hashing)
+    marked = io.BytesIO()
+    writer = ChunkWriter(repository.config, [], set(), lambda pack: None)
+    builder = RecipeBuilder(
+        repository.config.chunker, writer.add, marked, lambda member: MemberMark(1, 2)
+    )
+    builder.feed(tar)
+    builder.finish()
+    assert builder.hexdigest() is None
+    assert marked.getvalue().decode().splitlines()[-1] == f"T {len(tar)} -"
+    assert repository.rebuild(marked.getvalue()) == tar
+
+
+def test_a_marked_recipe_of_a_stream_that_is_not_a_whole_tar_is_refused():
+    config = Repository().config
+    writer = ChunkWriter(config, [], set(), lambda pack: None)
+    for stream in (b"", sample_tar(tarfile.GNU_FORMAT)[:1024]):
+        marks = lambda member: MemberMark(1, 2)  # noqa: E731
+        builder = RecipeBuilder(config.chunker, writer.add, io.BytesIO(), marks)
+        builder.feed(stream)
+        with pytest.raises(TarFormatError):
+            builder.finish()
 
 
 @pytest.mark.parametrize(
