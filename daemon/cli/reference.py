@@ -9,10 +9,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import shtab
-from argparse_manpage.manpage import Manpage
-
 from daemon import __version__
+
+# shtab and argparse-manpage are imported by the two commands that use them: every other
+# command's start would pay for them (issue 20: a repeat backup's start)
 
 SHELLS = ("bash", "zsh")
 # A roff request or macro call at the start of a line: what argparse-manpage writes.
@@ -52,6 +52,8 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
     """Given the parser and a shell of SHELLS, return the shell's completion script: the
     commands, options and choices, directory names for an option named *dir, and file
     names for one that takes a Path or a FILE."""
+    import shtab
+
     for action in _actions(parser):
         if action.dest.endswith("dir"):
             action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]  # read by shtab
@@ -63,6 +65,8 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
 def manual_page(parser: argparse.ArgumentParser) -> str:
     """Given the parser (its epilog says the exit status), return the man page volkeep(1)
     in roff."""
+    from argparse_manpage.manpage import Manpage
+
     exit_status, parser.epilog = parser.epilog or "", None  # a section of its own, below
     page = Manpage(parser)
     page.source = f"volkeep {__version__}"

@@ -33,6 +33,8 @@ NOT_AT_START = (
     "daemon.actions.fleetdrill",
     "daemon.repository.verify",
     "daemon.config.json_schema",
+    "shtab",
+    "argparse_manpage",
     "rich",  # structlog's console tracebacks, when installed: not a dependency of volkeep
 )
 
