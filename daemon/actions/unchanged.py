@@ -176,10 +176,11 @@ class VolumeReading:
         def take(listed: ListedRow) -> None:
             # a hard-linked name is MemberFilter's call (a kept link to an excluded name fails)
             path = normalize_path(listed.path)
-            is_dir = kind_of(listed.mode) == "dir"
-            if (is_dir or listed.links == 1) and is_excluded(exclude, path, is_dir):
-                return
-            self.files.add_listed(listed._replace(path=path))
+            if exclude:
+                is_dir = kind_of(listed.mode) == "dir"
+                if (is_dir or listed.links == 1) and is_excluded(exclude, path, is_dir):
+                    return
+            self.files.add_listed(ListedRow(path, *listed[1:]))
 
         return ListingParser(take)
 
@@ -251,7 +252,7 @@ class VolumeReading:
                 self.files.reuse(seq, member_row.position)
                 last = member_row.position
         self.files.read_linked_groups_whole()
-        paths = [path for path, taken in self.files.plan() if taken is None]
+        paths = self.files.to_read()
         size = sum(len(path.encode("utf-8", "surrogateescape")) + 3 for path in paths)
         if size > ARGUMENTS_LIMIT or any(not path.isprintable() for path in paths):
             return None

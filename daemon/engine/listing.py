@@ -71,9 +71,10 @@ class ListingParser:
     def __init__(self, on_listed: Callable[[ListedRow], object]) -> None:
         self._on_listed = on_listed
         self._buffer = bytearray()
-        self._numbers: list[re.Match[bytes]] = []
+        self._numbers: list[re.Match[bytes]] = []  # the current batch's stat lines
         self._count: int | None = None  # stat lines due in the current batch
         self._names = 0  # paths due in the current batch
+        self._named = 0  # its paths read so far (an index: a batch may hold every file)
         self.ended = False
         self.complete = True
         self.count = 0
@@ -86,12 +87,19 @@ class ListingParser:
         self._buffer += data
         while not self.ended:
             if self._names:
-                end = self._buffer.find(b"\0")
-                if end < 0:
+                # every whole path the buffer holds, at once; the last piece is what follows
+                names = self._buffer.split(b"\0", self._names)
+                following = names.pop()
+                if not names:
                     break
-                self._listed(bytes(self._buffer[:end]), self._numbers.pop(0))
-                del self._buffer[: end + 1]
-                self._names -= 1
+                for name in names:
+                    self._listed(name, self._numbers[self._named])
+                    self._named += 1
+                del self._buffer[: len(self._buffer) - len(following)]
+                self._names -= len(names)
+                if not self._names:
+                    self._numbers.clear()
+                    self._named = 0
                 continue
             end = self._buffer.find(b"\n")
             if end < 0:
@@ -124,7 +132,7 @@ class ListingParser:
         else:
             raise ListingError(f"damaged listing line {line[:80]!r}")
 
-    def _listed(self, name: bytes, numbers: re.Match[bytes]) -> None:
+    def _listed(self, name: bytes | bytearray, numbers: re.Match[bytes]) -> None:
         inode, links, size, mtime, ctime, mode, uid, gid = numbers.groups()
         self.count += 1
         self._on_listed(

@@ -144,6 +144,13 @@ class FileList:
             "inode IN (SELECT inode FROM listed WHERE links > 1 AND reuse IS NULL)"
         )
 
+    def to_read(self) -> list[str]:
+        """Return the paths of the listed objects not taken from the previous archive, in
+        tar order."""
+        self._flush()
+        rows = self._db.execute("SELECT path FROM listed WHERE reuse IS NULL ORDER BY seq")
+        return [path for (path,) in rows]
+
     def plan(self) -> Iterator[tuple[str, PreviousRow | None]]:
         """Yield each listed object in tar order: its path, and the previous member it is
         taken from (None: it is read)."""

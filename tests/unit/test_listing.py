@@ -37,3 +37,12 @@ def test_a_listing_cut_short_or_damaged_is_refused():
         parsed(b"1\n" + RECORD + b"\n./a\0", 4096)
     with pytest.raises(ListingError, match="damaged"):
         parsed(b"1\n12 x\n./a\0end\n", 4096)
+
+
+@pytest.mark.parametrize("piece", [1, 5, 4096])
+def test_each_batch_pairs_its_own_records_with_its_paths(piece):
+    first = b"2\n" + RECORD + b"\n" + RECORD.replace(b"12", b"13", 1) + b"\n./a\0./b\0"
+    second = b"1\n" + RECORD.replace(b"12", b"14", 1) + b"\n./c\0"
+    listed, rest, parser = parsed(first + second + b"end\n", piece)
+    assert [(item.path, item.inode) for item in listed] == [("./a", 12), ("./b", 13), ("./c", 14)]
+    assert rest == b"" and parser.complete and parser.count == 3
