@@ -1,6 +1,7 @@
 """Reading a deduplicated archive back against `restic restore`: one command, side by side.
 
     python3 bench/dedup_restore.py [--volumes mixed,small200k] [--runs 3]
+                                   [--cases restore,to-dir,restic,drill]
                                    [--image volkeep-helper:busybox] [--json PATH]
 
 For each volume (bench/run.py's: `mixed`, about 970 MB of small files, logs and random
@@ -13,6 +14,8 @@ each after `sync`:
 - `volkeep restore --to-dir` into a fresh directory (volkeep extracts, no Docker);
 - `restic restore latest --target` the fresh volume's mountpoint;
 - `volkeep drill` (restore into a scratch volume, then read it back and compare).
+
+`--cases` runs only those (restic's always: the others are told against it).
 
 Prints, per case, the median wall seconds, the CPU seconds of the command and its children
 (user + sys, RUSAGE_CHILDREN: not dockerd's extraction) and the peak RSS of the command
@@ -58,6 +61,7 @@ FILLS: dict[str, tuple[str, Callable[[Path], None]]] = {
     "small200k": (SMALL200K, fill_small200k),
 }
 TARGET = "vkbench_restore_target"
+CASES = ("restore", "to-dir", "restic", "drill")  # as --cases names them, in case order
 
 
 def measured(command: list[str], env: dict[str, str]) -> tuple[float, float, int]:
@@ -74,6 +78,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--volumes", default="mixed,small200k")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cases", default=",".join(CASES), help="of: " + ", ".join(CASES))
     parser.add_argument("--image", default="volkeep-helper:busybox")
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
@@ -151,6 +156,10 @@ def one_volume(
             str(target),
         ],
         "volkeep drill": lambda _: [*volkeep, "drill", "dedup", "--volume", volume],
+    }
+    chosen = {*options.cases.split(","), "restic"}
+    cases = {
+        case: cases[case] for word, case in zip(CASES, list(cases), strict=True) if word in chosen
     }
     samples: dict[str, list[tuple[float, float, int]]] = {case: [] for case in cases}
     names = list(cases)

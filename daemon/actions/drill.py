@@ -36,7 +36,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -488,17 +488,19 @@ def scratch_volume(
 ) -> Iterator[Scratch]:
     """Create an empty volume labelled as the scratch volume of a drill of `source`, on disk
     or `in_memory` (kept mounted by a helper of `image` meanwhile), yield it, and hand it
-    to `removals` on every path out (in memory, the helper's removal has unmounted it)."""
+    to `removals` on every path out, with the helper holding it (whose removal unmounts
+    it: minutes for a million files, seconds for 200,000)."""
     name = f"{SCRATCH_PREFIX}{secrets.token_hex(6)}"
     create_volume(api, name, helper_labels(source, role="scratch"), in_memory)
+    holder = ExitStack()
     try:
         if in_memory is None:
             yield Scratch(name, lambda: None, "disk")
         else:
-            with held_mounted(api, image, name, source) as still_held:
-                yield Scratch(name, still_held, "memory")
+            still_held = holder.enter_context(held_mounted(api, image, name, source))
+            yield Scratch(name, still_held, "memory")
     finally:
-        removals.start(name)
+        removals.start(name, holder)
 
 
 class ScratchRemovals:
@@ -525,22 +527,24 @@ class ScratchRemovals:
             for thread in self._threads:
                 thread.join()
 
-    def start(self, volume: str) -> None:
-        """Start removing the scratch volume."""
+    def start(self, volume: str, holder: ExitStack) -> None:
+        """Start removing the scratch volume, once `holder` has closed (it removes the
+        helper holding a volume in memory)."""
         context = structlog.contextvars.get_contextvars()
         thread = threading.Thread(
             target=self._remove,
-            args=(volume, context),
+            args=(volume, holder, context),
             name="volkeep-scratch-removal",
             daemon=True,  # an interrupted command does not wait for it
         )
         thread.start()
         self._threads.append(thread)
 
-    def _remove(self, volume: str, context: dict[str, Any]) -> None:
+    def _remove(self, volume: str, holder: ExitStack, context: dict[str, Any]) -> None:
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(**context, scratch_volume=volume):
             try:
+                holder.close()
                 remove_volume(self._api, volume)
             except (docker.errors.APIError, requests.RequestException) as error:
                 log.warning(

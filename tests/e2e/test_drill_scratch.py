@@ -126,6 +126,24 @@ def test_a_drill_that_runs_out_of_memory_drills_again_on_disk_and_passes(
     assert leftovers(api, volume) == []
 
 
+def test_a_memory_scratch_emptied_mid_drill_is_a_drill_not_run_and_the_verdict_stands(
+    api: docker.APIClient, volumes, workspace: Workspace
+) -> None:
+    volume, archive_id = backed_up(api, volumes, workspace)
+    assert drill(workspace).returncode == 0
+    passed = verdict(workspace, volume, archive_id)
+
+    # the helper holding the scratch volume ends after the restore: the tmpfs is unmounted
+    result = drill(workspace, "tests.support.drill_memory", "unhold", "0")
+
+    assert result.returncode == 1, result.stderr
+    assert scratches(result.stderr) == ["memory"]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "drill not run" in last and "what was restored into it is gone" in last, last
+    assert verdict(workspace, volume, archive_id) == passed
+    assert leftovers(api, volume) == []
+
+
 @pytest.mark.parametrize("scratch", ["auto", "disk", "memory"])
 def test_validate_accepts_each_drill_scratch(workspace: Workspace, scratch: str) -> None:
     workspace.write_config({"app": {"volumes": ["data"], "drill": {"scratch": scratch}}})

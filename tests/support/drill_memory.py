@@ -1,8 +1,10 @@
 """volkeep on a Docker host with less memory, or whose drills' memory scratch volumes are too
 small: `python -m tests.support.drill_memory host BYTES ARGS...` runs `volkeep ARGS` with the
 engine reporting BYTES of memory (`docker info`'s MemTotal); `... tmpfs BYTES ARGS...` with
-every scratch volume in memory limited to BYTES of content, far less than its archive needs
-(test-only; volkeep's own code knows nothing of it)."""
+every scratch volume in memory limited to BYTES of content, far less than its archive needs;
+`... unhold 0 ARGS...` with the helper holding a scratch volume in memory killed between the
+restore and the read-back, which empties the volume (test-only; volkeep's own code knows
+nothing of it)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,20 @@ def limit_memory_scratch(size: int) -> None:
     daemon.actions.drill.memory_scratch = wrapper
 
 
+def kill_the_holder(_: int) -> None:
+    original = daemon.actions.drill.extract_into
+
+    @functools.wraps(original)
+    def wrapper(api: docker.APIClient, archive: Any, image: str, target: str, *rest: Any) -> None:
+        original(api, archive, image, target, *rest)
+        for container in api.containers(filters={"volume": target}):
+            api.kill(container["Id"])
+            api.wait(container["Id"])
+
+    daemon.actions.drill.extract_into = wrapper  # type: ignore[assignment]
+
+
 if __name__ == "__main__":
-    {"host": report_host_memory, "tmpfs": limit_memory_scratch}[sys.argv[1]](int(sys.argv[2]))
+    modes = {"host": report_host_memory, "tmpfs": limit_memory_scratch, "unhold": kill_the_holder}
+    modes[sys.argv[1]](int(sys.argv[2]))
     sys.exit(main(sys.argv[3:]))
