@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 
 from daemon.archive.chunkconfig import (
@@ -65,6 +65,7 @@ from daemon.storage.base import BlobExists, BlobMissing
 DIRECTORY = "_chunks"  # no volume name starts with "_": never a volume's directory
 PACKS_AHEAD = 2  # packs fetched ahead of the tar being rebuilt (8 MiB each)
 STEPS_AHEAD = 4096  # recipe steps looked at ahead for the packs they need
+LOCATE_STEPS = 256  # recipe steps whose chunks are looked up in the index in one query
 FETCHING_THREADS = 2
 READ_SIZE = 1 << 20  # the tar rebuilt is yielded in pieces of about this size
 
@@ -288,10 +289,8 @@ class ChunkReads:
         being fetched (no more than PACKS_AHEAD at once). The chunks must then be asked
         for in the order of their steps."""
         window: deque[Step] = deque()
-        for step in steps:
-            where = None
+        for step, where in self._located_steps(steps):
             if isinstance(step, ChunkStep):
-                where = self._find(step.chunk_id)
                 self._located.append(where)
             while window and (
                 len(window) >= STEPS_AHEAD
@@ -302,6 +301,17 @@ class ChunkReads:
                 self._fetching[pack] = self._pool.submit(self._open, pack)
             window.append(step)
         yield from window
+
+    def _located_steps(self, steps: Iterable[Step]) -> Iterator[tuple[Step, IndexEntry | None]]:
+        """Yield each step with where its chunk lies (None: not a chunk, or no index lists
+        it), the chunks of LOCATE_STEPS steps looked up at a time."""
+        remaining = iter(steps)
+        while batch := list(islice(remaining, LOCATE_STEPS)):
+            ids = [step.chunk_id for step in batch if isinstance(step, ChunkStep)]
+            located = self._cache.locate_all(ids)
+            for step in batch:
+                found = located.get(step.chunk_id) if isinstance(step, ChunkStep) else None
+                yield step, IndexEntry(*found) if found is not None else None
 
     def _to_fetch(self, where: IndexEntry | None) -> str | None:
         """Return the pack of a chunk if it is to be fetched: neither fetched nor opened."""

@@ -148,3 +148,26 @@ def test_a_pack_reaches_a_local_storage_in_writes_of_at_most_a_piece(tmp_path: P
     monkeypatch.undo()
     assert sum(sizes) == len(data) and max(sizes) <= local.WRITE_PIECE
     assert chunks.get_pack(hashlib.sha256(data).hexdigest()) == data
+
+
+def test_chunks_are_located_many_at_a_time_each_in_a_pack_not_condemned(tmp_path: Path) -> None:
+    """A restore locates a recipe's chunks a batch at a time (one query for QUERY_IDS)."""
+    cache = ChunkIndex(tmp_path / "cache.sqlite")
+    ids = [f"{number:064x}" for number in range(1200)]
+    old, new = "01" * 32, "02" * 32
+    cache.load("ef" * 32, [Location(chunk, old, 0, 10, 20) for chunk in ids[::2]])
+    cache.load("fe" * 32, [Location(chunk, new, 5, 10, 20) for chunk in ids[::4]])
+    cache.condemn({old: 1})
+    queries: list[str] = []
+    cache._db.set_trace_callback(queries.append)
+
+    located = cache.locate_all(ids)
+
+    def where(number: int, chunk: str) -> Location:
+        return (
+            Location(chunk, new, 5, 10, 20) if number % 4 == 0 else Location(chunk, old, 0, 10, 20)
+        )
+
+    assert located == {chunk: where(n, chunk) for n, chunk in enumerate(ids) if n % 2 == 0}
+    assert len([query for query in queries if query.startswith("SELECT")]) == 3
+    cache.close()
