@@ -96,7 +96,6 @@ class ChunkedArchive:
             self._builder = RecipeBuilder(
                 self.config.chunker, self._writer.add, self._recipe, marks
             )
-            self._resources.callback(self._builder.close)
         except BaseException:
             self._resources.close()
             raise

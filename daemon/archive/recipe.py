@@ -38,7 +38,6 @@ from itertools import chain, repeat
 from typing import NamedTuple, Protocol
 
 from daemon.archive.chunking import ChunkerParameters, FileChunker
-from daemon.archive.digest import BackgroundSha256
 from daemon.archive.tarstream import Include, Member, TarScanner
 
 HEADER = "volkeep-recipe 1\n"
@@ -110,8 +109,8 @@ class RecipeBuilder:
         self._store = store
         self._out = out
         self._marks = marks
-        # the tar's SHA-256, on a thread of its own: a version 1 recipe's only
-        self._sha256: BackgroundSha256 | None = BackgroundSha256() if marks is None else None
+        # the tar's SHA-256: a version 1 recipe's only (no backup writes one any more)
+        self._sha256 = hashlib.sha256() if marks is None else None
         self._taken = False  # whether members were taken from an earlier recipe
         self.size = 0
         self._passed = 0  # bytes the scanner passed on (`feed` keeps what follows the end)
@@ -265,11 +264,6 @@ class RecipeBuilder:
     def hexdigest(self) -> str | None:
         """The SHA-256 of the tar so far (a version 1 recipe's), or None (version 2)."""
         return self._sha256.hexdigest() if self._sha256 is not None else None
-
-    def close(self) -> None:
-        """End the thread that takes the tar's SHA-256 (a backup that stops midway)."""
-        if self._sha256 is not None:
-            self._sha256.close()
 
 
 @dataclass(frozen=True)

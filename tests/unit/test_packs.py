@@ -22,7 +22,6 @@ from daemon.archive.chunkconfig import (
     seal_config,
 )
 from daemon.archive.chunking import ChunkerParameters
-from daemon.archive.digest import BackgroundSha256
 from daemon.archive.packs import (
     FOOTER_SIZE,
     PACK_CHUNKS,
@@ -258,26 +257,6 @@ def test_the_next_pack_is_compressed_while_a_pack_is_stored_and_one_waits_at_mos
     assert [[entry.chunk_id for entry in pack.entries] for pack in stored] == [
         taken[start : start + 2] for start in range(0, 8, 2)
     ]
-
-
-def test_the_tar_s_sha256_taken_on_its_own_thread_is_the_tar_s():
-    data = os.urandom(3 * BackgroundSha256.PIECE + 12_345)
-    for piece in (1, 4096, 700_000, BackgroundSha256.PIECE, len(data)):
-        digest = BackgroundSha256()
-        for start in range(0, len(data), piece if piece > 1 else 100_003):
-            digest.update(memoryview(data)[start : start + (piece if piece > 1 else 100_003)])
-        assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
-    halfway = BackgroundSha256()
-    halfway.update(data[: 2 * BackgroundSha256.PIECE])
-    assert halfway.hexdigest() == hashlib.sha256(data[: 2 * BackgroundSha256.PIECE]).hexdigest()
-    halfway.update(data[2 * BackgroundSha256.PIECE :])
-    assert halfway.hexdigest() == hashlib.sha256(data).hexdigest()
-    reused = BackgroundSha256()  # views of bytes are kept as they are, a bytearray copied
-    buffer = bytearray(data[:5000])
-    reused.update(memoryview(buffer))
-    buffer[:] = bytes(5000)
-    reused.update(memoryview(data)[5000:])
-    assert reused.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
 def test_a_chunk_that_does_not_compress_is_stored_as_raw_zstd_blocks_any_decoder_reads():
