@@ -286,16 +286,17 @@ class ChunkWriter:
     (which stores it, or raises), then its chunks are written to the index section.
 
     The caller's thread names and judges each chunk, in order; the new ones go, a batch
-    of BATCH_BYTES at a time, to one packing thread, which compresses them, fills and
-    seals the packs, and hands each to one storing thread, which stores it (`on_pack`) and
-    writes its index lines (zstd, SHA-256, age and a storage's writes release the GIL: the
-    caller's thread reads on meanwhile, and a pack's writes and fsync, or its upload, no
-    longer hold up the compression of the next). The packs are the ones one thread makes:
-    the same chunks in the same order, cut at the same sizes, stored in that order.
-    `fresh` runs on the packing thread, `on_pack` on the storing thread; what either
-    raises is raised by the next `add`, `copy` or `finish`. Memory: two packs (one being
-    stored, one filling: a pack sealed waits until the one before is stored) and at most
-    three batches (one filling, one queued, one being packed)."""
+    of BATCH_BYTES at a time, to one packing thread, which compresses them and fills the
+    packs, and hands each full one to one storing thread, which seals it (its trailer,
+    age, its SHA-256), stores it (`on_pack`) and writes its index lines (zstd, SHA-256, age
+    and a storage's writes release the GIL: the caller's thread reads on meanwhile, and a
+    pack's sealing, writes and fsync, or its upload, no longer hold up the compression of
+    the next). The packs are the ones one thread makes: the same chunks in the same order,
+    cut at the same sizes, stored in that order. `fresh` and `on_pack` run on the storing
+    thread; what it or the packing thread raises is raised by the next `add`, `copy` or
+    `finish`. Memory: two packs (one being sealed and stored, one filling: a pack full
+    waits until the one before is stored) and at most three batches (one filling, one
+    queued, one being packed)."""
 
     def __init__(
         self,
@@ -320,7 +321,7 @@ class ChunkWriter:
         self._batch_size = 0
         self._batches: queue.Queue[list[_NewChunk] | None] = queue.Queue(maxsize=1)
         self._packing: threading.Thread | None = None  # started with the first batch
-        self._sealed: queue.Queue[SealedPack | None] = queue.Queue(maxsize=1)
+        self._full: queue.Queue[PackBuilder | None] = queue.Queue(maxsize=1)
         self._storing: threading.Thread | None = None  # started with the first pack
         self._failure: BaseException | None = None  # what the packing or storing thread raised
         self._abandoned = False
@@ -429,45 +430,43 @@ class ChunkWriter:
         return frame if len(frame) < len(data) else raw_frame(data)
 
     def _flush(self) -> None:
+        """Give the full pack to the storing thread, once the pack before is stored."""
         builder, self._pack = self._pack, PackBuilder()
-        sealed = builder.seal(self._recipients)
-        if self._fresh(sealed.name) or len(builder) < 2:
-            del builder  # its frames, let go before the pack is stored
-            self._hand_over(sealed)
-        else:
-            for half in builder.halves():
-                self._hand_over(half.seal(self._recipients))
-
-    def _hand_over(self, sealed: SealedPack) -> None:
-        """Give a sealed pack to the storing thread, once the pack before is stored."""
-        self._sealed.join()
+        self._full.join()
         if self._storing is None:
             self._storing = threading.Thread(
                 target=self._store_packs, name="volkeep-store", daemon=True
             )
             self._storing.start()
-        self._sealed.put(sealed)
+        self._full.put(builder)
 
     def _stop_storing(self) -> None:
         """Let the storing thread store what it was given, and end."""
         if self._storing is not None:
-            self._sealed.put(None)
+            self._full.put(None)
             self._storing.join()
             self._storing = None
 
     def _store_packs(self) -> None:
-        """The storing thread: store each pack given until None comes; keep the first
-        failure (and skip the packs after it)."""
-        while (sealed := self._sealed.get()) is not None:
+        """The storing thread: seal and store each pack given until None comes; keep the
+        first failure (and skip the packs after it)."""
+        while (builder := self._full.get()) is not None:
+            sealed = None
             try:
                 if self._failure is None and not self._abandoned:
-                    self._store(sealed)
+                    sealed = builder.seal(self._recipients)
+                    if self._fresh(sealed.name) or len(builder) < 2:
+                        builder = None  # its frames, let go before the pack is stored
+                        self._store(sealed)
+                    else:
+                        for half in builder.halves():
+                            self._store(half.seal(self._recipients))
             except BaseException as failure:  # raised again on the caller's thread
                 self._failure = failure
             finally:
-                del sealed  # let go before the packing thread hands the next
-                self._sealed.task_done()
-        self._sealed.task_done()
+                builder = sealed = None  # let go before the packing thread hands the next
+                self._full.task_done()
+        self._full.task_done()
 
     def _store(self, sealed: SealedPack) -> None:
         self._on_pack(sealed)

@@ -159,6 +159,25 @@ def test_packs_close_at_the_configured_size_and_the_index_lists_every_chunk():
     assert [reader(chunk_id) for chunk_id in ids] == chunks
 
 
+def test_a_pack_whose_name_garbage_collection_condemned_is_stored_as_two_that_read_back():
+    config = ChunkConfig(os.urandom(32), ChunkerParameters(), pack_size=300_000)
+    chunks = [os.urandom(100_000) for _ in range(4)]
+    whole, _, _ = write_chunks(config, chunks)
+    condemned = {whole[0].name}  # the first pack's name: 3 chunks, in clear
+    packs: list[SealedPack] = []
+    writer = ChunkWriter(config, (), set(), packs.append, fresh=lambda name: name not in condemned)
+    ids = [writer.add(chunk) for chunk in chunks]
+    writer.finish()
+    assert [len(pack.entries) for pack in packs] == [1, 2, 1]  # the condemned one halved
+    assert not condemned & {pack.name for pack in packs}
+    entries = index_of(writer)
+    assert [entry.chunk_id for entry in entries] == ids
+    by_name = {pack.name: pack.data for pack in packs}
+    located = {entry.chunk_id: entry for entry in entries}
+    reader = ChunkReader(config, located.get, lambda name: open_pack(name, by_name[name], None))
+    assert [reader(chunk_id) for chunk_id in ids] == chunks
+
+
 def test_packs_of_tiny_chunks_close_at_a_bounded_count_and_every_chunk_reads_back():
     config = ChunkConfig(os.urandom(32), ChunkerParameters())
     chunks = [b"%d" % number for number in range(2 * PACK_CHUNKS + 1)]
