@@ -75,7 +75,7 @@ class ChunkedArchive:
         self._caches: dict[str, ChunkIndex] = {}
         self._synced = datetime.now(UTC)  # the condemned packs are read after this
         self._empty: set[str] = set()  # the copies whose caches listed no chunk
-        self._caches_lock = threading.Lock()  # the packing thread reads the caches too
+        self._caches_lock = threading.Lock()  # the storing thread reads the caches too
         self._stored: deque[tuple[str, tuple[PackEntry, ...], dict[str, OSError]]] = deque()
         try:
             self.config = self._open(copies, policy, state_dir)
@@ -167,8 +167,8 @@ class ChunkedArchive:
         if self._stored:  # packs the storing thread stored meanwhile
             self._settle()
 
-    # The ChunkWriter's packing thread calls `_fresh`, its storing thread `_store_pack`; what
-    # concerns the copies and this backup's chunks (`_settle`) happens on the backup's thread.
+    # The ChunkWriter's storing thread calls `_fresh` and `_store_pack`; what concerns the
+    # copies and this backup's chunks (`_settle`) happens on the backup's thread.
 
     def _fresh(self, pack: str) -> bool:
         """Say whether no live copy holds a condemned pack of that name."""

@@ -481,7 +481,8 @@ class ChunkWriter:
         )
 
     def close(self) -> None:
-        """Stop the packing thread (what it was still given is dropped), close the index."""
+        """Stop the packing and storing threads (what they were still given is dropped),
+        close the index."""
         self._abandoned = True
         self._stop_packing()
         self._stop_storing()
