@@ -52,7 +52,8 @@ def test_each_batch_pairs_its_own_records_with_its_paths(piece):
 
 def _cpu_seconds_to_parse_one_batch(objects: int) -> float:
     """Given a count, return the CPU seconds a listing of that many objects in one batch (as
-    busybox find gives a volume's, 40,401 objects tried) takes to parse."""
+    busybox find gives as many as the argument limit lets it: 40,401 short paths tried)
+    takes to parse."""
     names = b"".join(b"./d%03d/f%06d.txt\0" % (index // 500, index) for index in range(objects))
     stream = b"%d\n" % objects + (RECORD + b"\n") * objects + names + b"end\n"
     parser = ListingParser(lambda listed: None)
