@@ -436,8 +436,10 @@ def _restore_and_compare(
     ended it as it is."""
     manifest, owner = archive.manifest, archive.key.volume
     started = time.monotonic()
-    with scratch_volume(api, image, owner, removals, in_memory) as scratch:
-        try:  # one pass: checked as it streams into the scratch volume
+    with ExitStack() as stack:
+        try:  # a tmpfs the engine cannot mount fails here: the helper holding it starts
+            scratch = stack.enter_context(scratch_volume(api, image, owner, removals, in_memory))
+            # one pass: checked as it streams into the scratch volume
             extract_into(api, archive, image, scratch.name, owner)
         except (OperationError, docker.errors.APIError, requests.RequestException) as error:
             if in_memory is None or not _memory_fell_short(error):

@@ -126,6 +126,23 @@ def test_a_drill_that_runs_out_of_memory_drills_again_on_disk_and_passes(
     assert leftovers(api, volume) == []
 
 
+def test_a_memory_scratch_the_engine_cannot_mount_drills_again_on_disk_and_passes(
+    api: docker.APIClient, volumes, workspace: Workspace
+) -> None:
+    volume, archive_id = backed_up(api, volumes, workspace)
+
+    result = drill(workspace, "tests.support.drill_memory", "unmountable", "0")
+
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in log_lines(result.stderr) if line["level"] == "warning"]
+    assert [line["event"] for line in warnings] == [
+        "the restore into memory failed; drilling again on disk"
+    ]
+    assert scratches(result.stderr) == ["disk"]
+    assert verdict(workspace, volume, archive_id)["passed"] is True
+    assert leftovers(api, volume) == []
+
+
 def test_a_memory_scratch_emptied_mid_drill_is_a_drill_not_run_and_the_verdict_stands(
     api: docker.APIClient, volumes, workspace: Workspace
 ) -> None:
