@@ -50,7 +50,7 @@ from daemon import events
 from daemon.actions.context import Context
 from daemon.actions.failures import volume_failure
 from daemon.actions.restore import extract_into
-from daemon.archive.compare import Comparison, compare_trees
+from daemon.archive.compare import WINDOW, Comparison, compare_trees
 from daemon.archive.manifest import DEDUPLICATED
 from daemon.archive.tarstream import ContentDigest, Member, TarFormatError, TarScanner
 from daemon.config.keys import Identities
@@ -80,6 +80,7 @@ from daemon.terminal.progress import Progress
 
 log = structlog.get_logger()
 SCRATCH_PREFIX = "volkeep-drill-"
+IN_MEMORY_WINDOW = 256  # see Scratch.window
 NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -456,6 +457,7 @@ def _restore_and_compare(
             hard_links=manifest.hardlinks != 0,
             spool_dir=spool_dir,
             xattrs=found.records_xattrs(manifest.tar_flavour),
+            window=scratch.window,
         )
         scratch.still_held()
     return restored, comparison
@@ -478,6 +480,10 @@ class Scratch:
     name: str
     still_held: Callable[[], None]
     kind: str  # "memory" or "disk", for the log
+    # how many objects the comparison lets wait for their match before it sorts both
+    # streams instead: a tmpfs may list each directory newest first, the tree then comes
+    # back in no order near the manifest's, and a long wait only reads it twice
+    window: int = WINDOW
 
 
 @contextmanager
@@ -500,7 +506,7 @@ def scratch_volume(
             yield Scratch(name, lambda: None, "disk")
         else:
             still_held = holder.enter_context(held_mounted(api, image, name, source))
-            yield Scratch(name, still_held, "memory")
+            yield Scratch(name, still_held, "memory", IN_MEMORY_WINDOW)
     finally:
         removals.start(name, holder)
 
