@@ -108,30 +108,19 @@ def test_an_archive_over_the_memory_bound_drills_on_disk(
     assert verdict(workspace, volume, archive_id)["passed"] is True
 
 
-def test_a_drill_that_runs_out_of_memory_drills_again_on_disk_and_passes(
-    api: docker.APIClient, volumes, workspace: Workspace
+@pytest.mark.parametrize(
+    ("failure", "argument"),
+    [
+        ("tmpfs", str(64 << 10)),  # 64 KiB of tmpfs: big.bin alone is larger
+        ("unmountable", "0"),  # the engine cannot mount the tmpfs
+    ],
+)
+def test_a_memory_scratch_that_fails_the_restore_drills_again_on_disk_and_passes(
+    api: docker.APIClient, volumes, workspace: Workspace, failure: str, argument: str
 ) -> None:
     volume, archive_id = backed_up(api, volumes, workspace, {"scratch": "memory"})
 
-    # 64 KiB of tmpfs: big.bin alone is larger
-    result = drill(workspace, "tests.support.drill_memory", "tmpfs", str(64 << 10))
-
-    assert result.returncode == 0, result.stderr
-    warnings = [line for line in log_lines(result.stderr) if line["level"] == "warning"]
-    assert [line["event"] for line in warnings] == [
-        "the restore into memory failed; drilling again on disk"
-    ]
-    assert scratches(result.stderr) == ["disk"]
-    assert verdict(workspace, volume, archive_id)["passed"] is True
-    assert leftovers(api, volume) == []
-
-
-def test_a_memory_scratch_the_engine_cannot_mount_drills_again_on_disk_and_passes(
-    api: docker.APIClient, volumes, workspace: Workspace
-) -> None:
-    volume, archive_id = backed_up(api, volumes, workspace)
-
-    result = drill(workspace, "tests.support.drill_memory", "unmountable", "0")
+    result = drill(workspace, "tests.support.drill_memory", failure, argument)
 
     assert result.returncode == 0, result.stderr
     warnings = [line for line in log_lines(result.stderr) if line["level"] == "warning"]
