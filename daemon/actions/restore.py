@@ -16,6 +16,18 @@
    volkeep created, or found empty, is restored in one pass: the checks run as the archive
    streams, and a fault found late removes (or empties) the target again.
 
+   How a restore extracts: dockerd extracts one tar on one thread. A whole restore (not
+   --path) of an archive of SPLIT_MEMBERS members or SPLIT_BYTES bytes and more is cut at
+   member boundaries into as many parallel streams as the Docker host has CPUs (at most
+   MAX_STREAMS), each uploaded into its own helper mounting the target, and a last stream
+   of the directories and hard links, kept aside (a spool file past a MiB) and uploaded
+   once the archive has been read whole and checked and the others have ended, so that
+   every directory ends with its recorded owner, mode and mtime (`daemon.archive.split`
+   says why). The archive is read and checked once, in order, as in one stream; a fault,
+   an engine failure or a cancelled helper on any stream stops them all, and the restore
+   fails as it would in one stream. Smaller archives, and --path restores (which write
+   over content already there), go in one stream.
+
    A copy found faulty (SHA-256 mismatch, cut, unsafe, not its manifest, its storage
    failing mid-read) is named in one line and the next storage's copy is used: checked
    whole again before a forced restore empties the target; or, when volkeep created or
@@ -31,7 +43,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import posixpath
+import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -44,7 +58,9 @@ from daemon.actions.backup import BackupSource, Published, back_up_volume, requi
 from daemon.actions.context import Context
 from daemon.archive.manifest import Manifest
 from daemon.archive.select import Selection, leaves_the_target, select_members
-from daemon.archive.tarstream import Member
+from daemon.archive.split import END_MARKER, StreamSplit, extraction_streams
+from daemon.archive.spool import READ_SIZE, SPOOL_MEMORY
+from daemon.archive.tarstream import Include, Member
 from daemon.config.keys import Identities
 from daemon.config.model import Policy
 from daemon.engine.containers import ContainerInfo, containers_using, stop_order
@@ -57,10 +73,16 @@ from daemon.engine.helpers import (
 )
 from daemon.engine.journal import containers_stopped
 from daemon.engine.leftovers import restoring_marker
+from daemon.engine.parallel import put_archives
 from daemon.engine.volumes import VolumeInfo, create_volume, inspect_volume, remove_volume
 from daemon.errors import EngineFailure, OperationError, UsageError
 from daemon.repository.locate import COPY_FAULTS, CopySearch, Located
-from daemon.repository.verify import StoredArchive, archive_chunks, verify_archive
+from daemon.repository.verify import (
+    StoredArchive,
+    archive_chunks,
+    routed_archive_chunks,
+    verify_archive,
+)
 from daemon.system.readahead import read_ahead
 from daemon.terminal.progress import Progress
 
@@ -153,13 +175,25 @@ def extract_into(
         return True
 
     progress = Progress(f"restoring into {target}", total=manifest.tar_size)
-    with helper_container(api, image, ["true"], [Mount(target, TARGET, read_only=False)]) as helper:
+    streams = extraction_streams(
+        _engine_cpus(api), manifest.entry_count, manifest.tar_size, whole=selected is None
+    )
+    mount = [Mount(target, TARGET, read_only=False)]
+    with ExitStack() as helpers:
+        containers = [
+            helpers.enter_context(helper_container(api, image, ["true"], mount))
+            for _ in range(streams)
+        ]
         try:
-            # The next pieces are read, checked and decompressed while dockerd takes these.
-            # Members not selected pass as headers alone: their chunks are not read.
-            contents = selected.keeps if selected is not None else None
-            pieces = read_ahead(archive_chunks(archive, include, contents))
-            put_archive(api, helper, TARGET, _counted(pieces, progress))
+            if streams == 1:
+                # The next pieces are read, checked and decompressed while dockerd takes
+                # these. Members not selected pass as headers alone: their chunks are not read.
+                contents = selected.keeps if selected is not None else None
+                pieces = read_ahead(archive_chunks(archive, include, contents))
+                put_archive(api, containers[0], TARGET, _counted(pieces, progress))
+            else:
+                log.info("extracting in parallel streams", streams=streams)
+                _extract_split(api, archive, containers, include, progress)
         except docker.errors.APIError as error:
             failure = f"the Docker engine failed to extract: {error.explanation}"
             raise EngineFailure(failure) from None
@@ -174,6 +208,44 @@ def extract_into(
     _write_helper(
         api, image, target, owner, command, "cannot restore the volume root's owner and mode"
     )
+
+
+def _extract_split(
+    api: docker.APIClient,
+    archive: StoredArchive,
+    containers: list[str],
+    include: Include,
+    progress: Progress,
+) -> None:
+    """Extract the whole archive into the (empty) target mounted by every helper of
+    `containers`: split into parallel streams, one per helper, and a last stream kept aside
+    (its directories and hard links, `daemon.archive.split`) and extracted by the first
+    helper once the archive has been read whole and checked and every other stream has
+    ended. Raise what `archive_chunks` raises, or the first upload's failure."""
+    split = StreamSplit(len(containers))
+    spool = str(archive.spool_dir) if archive.spool_dir else None
+    with tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=spool) as last:
+
+        def dealt() -> Iterator[tuple[int, bytes]]:
+            # read, checked and decompressed a few pieces ahead, as in one stream
+            for stream, piece in read_ahead(routed_archive_chunks(archive, split.route, include)):
+                progress.advance(len(piece))
+                if stream == split.last:
+                    last.write(piece)
+                else:
+                    yield stream, piece
+            for stream in range(len(containers)):
+                yield stream, END_MARKER
+
+        put_archives(api, containers, TARGET, dealt())
+        last.seek(0)
+        put_archive(api, containers[0], TARGET, iter(functools.partial(last.read, READ_SIZE), b""))
+
+
+def _engine_cpus(api: docker.APIClient) -> int | None:
+    """Return the Docker host's CPU count (`docker info`'s NCPU), None if it does not say."""
+    cpus = api.info().get("NCPU")
+    return cpus if isinstance(cpus, int) and cpus > 0 else None
 
 
 # Positional arguments: the number of links, then per link its kind ("s" symlink, "h" hard

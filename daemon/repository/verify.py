@@ -8,7 +8,7 @@ path-safety rules, and the members against the manifest's entries.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -188,12 +188,13 @@ def _checked(
     emit: Emit | None = None,
     include: Include | None = None,
     contents: Include | None = None,
+    done: Callable[[Member], None] | None = None,
 ) -> Iterator[None]:
     """Read the archive once, yielding after each piece: every member header against the
     path-safety rules and, in order, against the manifest's entries; the stored bytes
     against the manifest's size and SHA-256 at the end. Members `include` refuses are
     checked but not emitted, and so are those `contents` refuses: their chunks are not even
-    read. Raise
+    read; `done` is called for each emitted member once its bytes have passed. Raise
     OperationError (HostileArchive, MembersDiffer) at the first fault.
 
     Members are checked against the entries as they pass, without keeping them: only when
@@ -219,7 +220,7 @@ def _checked(
         return include is None or include(member)
 
     # Contents are not digested here: the SHA-256 of the stored bytes vouches for them.
-    scanner = TarScanner(emit=emit, include=admit, digests=False)
+    scanner = TarScanner(emit=emit, include=admit, done=done, digests=False)
     try:
         yield from _stream(
             repository, key, manifest, identities, scanner, archive.spool_dir, contents
@@ -278,16 +279,51 @@ def archive_chunks(
     `_checked`): a fault raises before the faulty member's bytes are yielded, and the
     SHA-256 of the whole is checked after the last piece, so a consumer must treat what it
     received as unproven until the iterator is exhausted."""
-    pending: list[bytes | memoryview] = []
+    for _, piece in routed_archive_chunks(archive, lambda member: 0, include, contents):
+        yield piece
+
+
+Route = Callable[[Member | None], int]
+
+
+def routed_archive_chunks(
+    archive: StoredArchive,
+    route: Route,
+    include: Include | None = None,
+    contents: Include | None = None,
+) -> Iterator[tuple[int, bytes]]:
+    """Yield the archive's tar stream as `archive_chunks` does, cut at member boundaries into
+    several streams: pieces (stream, bytes), where `route(member)` names the stream of a
+    kept member's bytes (its extended headers, header, data and padding) and `route(None)`
+    that of the bytes outside any member (global headers, the end marker). Each stream's
+    pieces come in the archive's order; the checks run once, on the whole stream."""
+    pending: dict[int, list[bytes | memoryview]] = {}
+    outside = current = route(None)
+
+    def admit(member: Member) -> bool:
+        nonlocal current
+        kept = include is None or include(member)
+        current = route(member) if kept else outside
+        return kept
+
+    def finished(member: Member) -> None:
+        nonlocal current
+        current = outside
 
     def keep(data: bytes | bytearray | memoryview) -> None:
         # Pieces of decompressed data are immutable bytes and are kept as they are; only
         # the scanner's own header buffer (a bytearray it reuses) must be copied.
-        pending.append(bytes(data) if isinstance(data, bytearray) else data)
+        piece = bytes(data) if isinstance(data, bytearray) else data
+        pending.setdefault(current, []).append(piece)
 
-    for _ in _checked(archive, emit=keep, include=include, contents=contents):
-        if pending:
-            yield b"".join(pending)
-            pending.clear()
-    if pending:
-        yield b"".join(pending)
+    checking = _checked(archive, emit=keep, include=admit, contents=contents, done=finished)
+    for _ in checking:
+        yield from _joined(pending)
+    yield from _joined(pending)
+
+
+def _joined(pending: dict[int, list[bytes | memoryview]]) -> Iterator[tuple[int, bytes]]:
+    """Yield each stream's pending pieces joined into one, and forget them."""
+    for stream, pieces in pending.items():
+        yield stream, b"".join(pieces)
+    pending.clear()
