@@ -3,8 +3,6 @@ name holding a newline or looking like a record cannot pass for another object."
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from daemon.engine.listing import ListingError, ListingParser, kind_of
@@ -48,26 +46,3 @@ def test_each_batch_pairs_its_own_records_with_its_paths(piece):
     listed, rest, parser = parsed(first + second + b"end\n", piece)
     assert [(item.path, item.inode) for item in listed] == [("./a", 12), ("./b", 13), ("./c", 14)]
     assert rest == b"" and parser.complete and parser.count == 3
-
-
-def _cpu_seconds_to_parse_one_batch(objects: int) -> float:
-    """Given a count, return the CPU seconds a listing of that many objects in one batch (as
-    busybox find gives as many as the argument limit lets it: 40,401 short paths tried)
-    takes to parse."""
-    names = b"".join(b"./d%03d/f%06d.txt\0" % (index // 500, index) for index in range(objects))
-    stream = b"%d\n" % objects + (RECORD + b"\n") * objects + names + b"end\n"
-    parser = ListingParser(lambda listed: None)
-    started = time.process_time()
-    for start in range(0, len(stream), 1 << 20):
-        parser.feed(stream[start : start + (1 << 20)])
-    parser.close()
-    assert parser.count == objects
-    return time.process_time() - started
-
-
-def test_a_batch_of_200000_objects_parses_in_time_proportional_to_its_size():
-    # Each path was paired by popping the batch's first record: 200,000 objects took 10x
-    # the time of 50,000 (3.1 s), not 4x (about 0.6 s).
-    small = min(_cpu_seconds_to_parse_one_batch(50_000) for _ in range(2))
-    large = _cpu_seconds_to_parse_one_batch(200_000)
-    assert large < 6 * small
