@@ -12,7 +12,10 @@ parallel. What moby's extractor does decides how a stream is cut:
 - a hard link needs its target to exist.
 
 So the members that create content (regular files, symlinks, fifos) are dealt to the
-`streams` parallel streams, each to the one given the fewest bytes so far; the directories
+`streams` parallel streams a directory at a time: the members of one directory go to the
+stream given the fewest bytes so far, and stay there until it has been given STAY_BYTES
+more than another (two extractors creating files in one directory wait on its lock: dealt
+member by member, a 200,000-file restore into ext4 took twice as long). The directories
 and hard links, and the bytes outside members (global headers, the end marker), go to one
 last stream, extracted once all the others have ended: it finds every directory and every
 link target there and leaves each directory with its recorded owner, mode and mtime.
@@ -24,6 +27,8 @@ member must replace a file or symlink of its name before its children are writte
 
 from __future__ import annotations
 
+import posixpath
+
 from daemon.archive.tarstream import BLOCK, Member
 
 # An archive with fewer members and fewer bytes than these extracts in one stream: a
@@ -33,6 +38,8 @@ SPLIT_MEMBERS = 1_000
 SPLIT_BYTES = 64 << 20
 # Parallel streams at most, whatever the Docker host's CPU count: measured on 2 CPUs.
 MAX_STREAMS = 4
+# A directory's members move to another stream once theirs is this far ahead of it.
+STAY_BYTES = 16 << 20
 END_MARKER = bytes(2 * BLOCK)
 LAST_TYPES = frozenset({"dir", "hardlink"})
 
@@ -53,11 +60,17 @@ class StreamSplit:
     def __init__(self, streams: int) -> None:
         self.last = streams
         self._given = [0] * streams  # bytes dealt to each parallel stream so far
+        self._directory: str | None = None  # of the member dealt last
+        self._stream = 0  # where it went
 
     def route(self, member: Member | None) -> int:
         """Given a member (None: bytes outside members), return the stream its bytes go to."""
         if member is None or member.type in LAST_TYPES:
             return self.last
-        stream = min(range(len(self._given)), key=self._given.__getitem__)
-        self._given[stream] += BLOCK + member.size  # a header, and the data
-        return stream
+        directory = posixpath.dirname(member.path)
+        given = self._given
+        if directory != self._directory or given[self._stream] - min(given) > STAY_BYTES:
+            self._directory = directory
+            self._stream = given.index(min(given))
+        given[self._stream] += BLOCK + member.size  # a header, and the data
+        return self._stream

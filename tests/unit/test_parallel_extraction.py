@@ -11,7 +11,13 @@ from typing import Any, cast
 import docker
 import pytest
 
-from daemon.archive.split import SPLIT_BYTES, SPLIT_MEMBERS, StreamSplit, extraction_streams
+from daemon.archive.split import (
+    SPLIT_BYTES,
+    SPLIT_MEMBERS,
+    STAY_BYTES,
+    StreamSplit,
+    extraction_streams,
+)
 from daemon.archive.tarstream import Member
 from daemon.engine.helpers import helper_container
 from daemon.engine.parallel import put_archives
@@ -22,15 +28,23 @@ def member(path: str, kind: str = "file", size: int = 0) -> Member:
     return Member(path, kind, 0o644, 0, 0, size, 0)
 
 
-def test_files_are_dealt_by_bytes_and_directories_hard_links_and_the_rest_go_last() -> None:
+def test_files_are_dealt_a_directory_at_a_time_and_the_rest_goes_last() -> None:
     split = StreamSplit(2)
     assert split.route(member("big", size=10 << 20)) == 0
-    assert split.route(member("a", size=100)) == 1
-    assert split.route(member("b", size=100)) == 1
-    assert split.route(member("link", "symlink")) == 1
+    assert split.route(member("top", size=100)) == 0  # same directory, same stream
+    assert split.route(member("a/one", size=100)) == 1  # the stream given the fewest bytes
+    assert split.route(member("a/link", "symlink")) == 1
+    assert split.route(member("a/b/two", size=100)) == 1
     assert split.route(member("d", "dir")) == split.last == 2
     assert split.route(member("hard", "hardlink")) == 2
     assert split.route(None) == 2  # global headers, the end marker
+
+
+def test_a_large_directory_is_dealt_to_every_stream_in_turns() -> None:
+    split = StreamSplit(2)
+    streams = [split.route(member(f"media/{n}", size=STAY_BYTES // 4)) for n in range(40)]
+    assert streams[:5] == [0, 0, 0, 0, 1]  # 16 MiB and a member ahead: the next stream
+    assert abs(streams.count(0) - streams.count(1)) <= 5  # never more than that apart
 
 
 def test_a_small_archive_or_a_partial_restore_is_extracted_in_one_stream() -> None:
