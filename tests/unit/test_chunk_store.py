@@ -14,6 +14,7 @@ from daemon.archive.chunkconfig import ChunkConfig
 from daemon.archive.packs import ChunkWriter, SealedPack, index_key
 from daemon.repository.chunks import ChunkStore
 from daemon.repository.store import Repository
+from daemon.state import chunkindex
 from daemon.state.chunkindex import ChunkIndex, Location, Pending
 from daemon.storage import local
 from daemon.storage.local import LocalStore
@@ -118,6 +119,35 @@ def test_a_backup_s_taken_chunks_are_found_whatever_ids_share_their_first_bits()
     assert all(chunk_id in pending for chunk_id in taken)
     # the same first 24 bits as a taken id, or other ones: not taken
     assert "abcdef" + "2" * 58 not in pending and "fedcba" + "0" * 58 not in pending
+
+
+def test_a_backup_s_taken_chunks_are_found_held_in_memory_or_inserted_in_the_table(
+    monkeypatch,
+) -> None:
+    """Taken ids wait in memory, TAKEN_BATCH at most, and go to the table together in
+    their order; each is found whichever side holds it, and no id that shares its first
+    bits (its bitmap bit) without being taken is."""
+    monkeypatch.setattr(chunkindex, "TAKEN_BATCH", 7)
+    pending = Pending()
+    taken = [f"abcdef{number:058x}" for number in range(0, 40, 2)]
+    for chunk_id in reversed(taken):
+        pending.add(chunk_id)
+    assert len(pending._adding) == 20 % 7  # the rest were inserted, two batches of 7
+    assert all(chunk_id in pending for chunk_id in taken)
+    assert not any(f"abcdef{number:058x}" in pending for number in range(1, 40, 2))
+
+
+def test_a_backup_s_placed_chunks_reach_the_cache_beyond_one_statement_s_parameters(
+    tmp_path: Path,
+) -> None:
+    cache, pending = ChunkIndex(tmp_path / "cache.sqlite"), Pending()
+    placed = [Location(f"{number:064x}", "01" * 32, number, 10, 20) for number in range(1200)]
+    pending.place(reversed(placed))
+    assert list(pending.placed()) == placed  # in the order of their ids
+    cache.load("ef" * 32, pending.placed())
+    assert cache.locate_all([location.chunk_id for location in placed]) == {
+        location.chunk_id: location for location in placed
+    }
 
 
 def test_chunks_are_looked_up_many_at_a_time_beyond_one_query_s_parameters(
