@@ -65,6 +65,7 @@ from daemon.config.keys import Identities
 from daemon.config.model import Policy
 from daemon.engine.containers import ContainerInfo, containers_using, stop_order
 from daemon.engine.helpers import (
+    QUEUE_DEPTH,
     WRITE_CAPABILITIES,
     Mount,
     helper_container,
@@ -237,7 +238,9 @@ def _extract_split(
             for stream in range(len(containers)):
                 yield stream, END_MARKER
 
-        put_archives(api, containers, TARGET, dealt())
+        # the queues hold as many pieces in all as the one stream's: memory as in one stream
+        depth = max(2, QUEUE_DEPTH // len(containers))
+        put_archives(api, containers, TARGET, dealt(), depth)
         last.seek(0)
         put_archive(api, containers[0], TARGET, iter(functools.partial(last.read, READ_SIZE), b""))
 
