@@ -73,13 +73,8 @@ class FileChunker:
     """
 
     def __init__(self, parameters: ChunkerParameters, on_chunk: OnChunk) -> None:
-        self._cdc = pyfastcdc.FastCDC(
-            parameters.avg_size,
-            min_size=parameters.min_size,
-            max_size=parameters.max_size,
-            normalized_chunking=parameters.normalization,  # type: ignore[arg-type]
-            seed=parameters.seed,
-        )
+        self._parameters = parameters
+        self._cdc: pyfastcdc.FastCDC | None = None  # made for the first piece longer than a chunk
         self._max_size = parameters.max_size
         # Cut when this much is pending: each cut copies back at most max_size bytes.
         self._cut_every = max(4 * parameters.max_size, 1 << 20)
@@ -105,6 +100,23 @@ class FileChunker:
         self._cut(self._pending, final=True)
 
     def _cut(self, buffer: bytearray | memoryview, *, final: bool) -> None:
+        if final and len(buffer) <= self._parameters.min_size:
+            # One chunk (none if empty), as FastCDC cuts it, without its call: most files
+            # of a volume of small files, and the call lets the packing thread take the GIL
+            # (200,000 files: 1.2 s of the backup's thread).
+            if buffer:
+                self._on_chunk(memoryview(buffer))
+            self._pending = bytearray()
+            return
+        if self._cdc is None:
+            parameters = self._parameters
+            self._cdc = pyfastcdc.FastCDC(
+                parameters.avg_size,
+                min_size=parameters.min_size,
+                max_size=parameters.max_size,
+                normalized_chunking=parameters.normalization,  # type: ignore[arg-type]
+                seed=parameters.seed,
+            )
         cut = 0
         for chunk in self._cdc.cut_buf(buffer):
             # A chunk that had fewer than max_size bytes after its start may end elsewhere

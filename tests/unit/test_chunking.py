@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import sys
 
+import pyfastcdc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,6 +86,35 @@ def test_files_up_to_the_minimum_are_one_chunk_and_empty_files_none():
     assert cut(GOLDEN_INPUT[:minimum]) == [GOLDEN_INPUT[:minimum]]
     assert len(cut(GOLDEN_INPUT[: 4 * minimum])) >= 1
     assert all(len(chunk) <= ChunkerParameters().max_size for chunk in cut(bytes(3 << 20)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([ChunkerParameters(), ChunkerParameters(256, 1024, 4096, 2, 7)]),
+    st.integers(min_value=-40, max_value=40),
+    st.integers(min_value=0, max_value=4),
+)
+def test_a_file_the_chunker_takes_whole_is_cut_as_fastcdc_cuts_it(parameters, near, pieces):
+    """A file of at most min_size bytes is taken as one chunk without FastCDC's call: the
+    chunks are FastCDC's own, at, below and above the minimum, whole or in pieces."""
+    data = GOLDEN_INPUT[: max(0, parameters.min_size + near)]
+    fastcdc = pyfastcdc.FastCDC(
+        parameters.avg_size,
+        min_size=parameters.min_size,
+        max_size=parameters.max_size,
+        normalized_chunking=parameters.normalization,
+        seed=parameters.seed,
+    )
+    expected = [bytes(chunk.data) for chunk in fastcdc.cut_buf(bytearray(data))]
+    sizes = [len(data) // (pieces + 1)] * pieces
+    chunks: list[bytes] = []
+    chunker = FileChunker(parameters, lambda chunk: chunks.append(bytes(chunk)))
+    start = 0
+    for size in sizes:
+        chunker.feed(data[start : start + size])
+        start += size
+    chunker.feed(data[start:], last=True)
+    assert chunks == expected
 
 
 def test_a_change_inside_a_file_leaves_the_other_chunks_alike():
