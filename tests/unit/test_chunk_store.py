@@ -119,6 +119,8 @@ def test_a_backup_s_taken_chunks_are_found_whatever_ids_share_their_first_bits()
     assert all(chunk_id in pending for chunk_id in taken)
     # the same first 24 bits as a taken id, or other ones: not taken
     assert "abcdef" + "2" * 58 not in pending and "fedcba" + "0" * 58 not in pending
+    # both its bits set, by two other taken ids: still not taken
+    assert "abcdef" + "f" * 58 not in pending
 
 
 def test_a_backup_s_taken_chunks_are_found_held_in_memory_or_inserted_in_the_table(
