@@ -23,14 +23,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
-from itertools import chain, islice
 from pathlib import Path
 from typing import NamedTuple
 
+from daemon.state.rows import insert_rows
+
 BUSY_TIMEOUT = 60.0  # seconds another process may hold the cache's write lock
 TAKEN_BATCH = 16384  # ids a backup takes, held in memory, then inserted in their order
-PARAMETERS = 999  # what SQLite allows in one statement at least
-QUERY_IDS = 500  # ids looked up in one query
+QUERY_IDS = 500  # ids looked up in one query (SQLite allows 999 parameters at least)
 VERSION = 1  # PRAGMA user_version; 0: one location per chunk (started again from nothing)
 _SCHEMA = """
 DROP TABLE IF EXISTS chunks;
@@ -83,7 +83,7 @@ class ChunkIndex:
     def load(self, name: str, locations: Iterable[Location]) -> None:
         """Record an index file and its chunks, in one transaction (all or nothing)."""
         with self._db:
-            _insert(self._db, "chunks", 5, map(_row, locations))
+            insert_rows(self._db, "INSERT OR IGNORE INTO chunks", 5, map(_row, locations))
             self._db.execute("INSERT OR IGNORE INTO indexes VALUES (?)", (name,))
 
     def clear(self) -> None:
@@ -198,11 +198,13 @@ class Pending:
             self._taken_bits[byte] |= mask
         self._adding.add(bytes.fromhex(chunk_id))
         if len(self._adding) >= TAKEN_BATCH:
-            _insert(self._db, "taken", 1, ((key,) for key in sorted(self._adding)))
+            insert_rows(
+                self._db, "INSERT OR IGNORE INTO taken", 1, ((key,) for key in sorted(self._adding))
+            )
             self._adding.clear()
 
     def place(self, locations: Iterable[Location]) -> None:
-        _insert(self._db, "placed", 5, map(_row, locations))
+        insert_rows(self._db, "INSERT INTO placed", 5, map(_row, locations))
 
     def rely(self, storage: str, pack: str) -> None:
         """Record that a chunk this backup reuses lies in `pack` of `storage`."""
@@ -231,19 +233,6 @@ class Pending:
 
     def close(self) -> None:
         self._db.close()
-
-
-def _insert(
-    db: sqlite3.Connection, table: str, width: int, rows: Iterable[Sequence[object]]
-) -> None:
-    """Insert rows of `width` values into `table` (ignoring those its key holds already),
-    as many to a statement as SQLite allows: `executemany` steps once per row, and each
-    step lets the other threads take the GIL, which the backup's thread then waits for."""
-    per_statement = PARAMETERS // width
-    pending = iter(rows)
-    while part := list(islice(pending, per_statement)):
-        values = ", ".join([f"({', '.join('?' * width)})"] * len(part))
-        db.execute(f"INSERT OR IGNORE INTO {table} VALUES {values}", list(chain(*part)))
 
 
 def _taken_bits(chunk_id: str) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from daemon.state.rows import insert_rows
+
 _SCHEMA = """
 CREATE TABLE listed (
     seq INTEGER PRIMARY KEY, path TEXT NOT NULL, inode INTEGER NOT NULL,
@@ -93,14 +95,19 @@ class FileList:
         rows = self._adding[statement]
         rows.append(row)
         if len(rows) >= BATCH:
-            self._db.executemany(statement, rows)
-            rows.clear()
+            self._write(statement, rows)
 
     def _flush(self) -> None:
         for statement, rows in self._adding.items():
             if rows:
-                self._db.executemany(statement, rows)
-                rows.clear()
+                self._write(statement, rows)
+
+    def _write(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        if statement == _REUSE:
+            self._db.executemany(statement, rows)
+        else:
+            insert_rows(self._db, statement, len(rows[0]), rows)
+        rows.clear()
 
     def add_listed(self, row: ListedRow) -> None:
         self._add(_ADD_LISTED, row)
@@ -196,11 +203,8 @@ class FileList:
 
 _PREVIOUS = ", ".join(f"p.{field}" for field in PreviousRow._fields)
 _LISTED = ", ".join(ListedRow._fields)
-_ADD_LISTED = (
-    "INSERT INTO listed (path, inode, links, size, mtime, ctime, mode, uid, gid) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_ADD_PREVIOUS = f"INSERT INTO previous VALUES ({', '.join('?' * len(PreviousRow._fields))})"
+_ADD_LISTED = "INSERT INTO listed (path, inode, links, size, mtime, ctime, mode, uid, gid)"
+_ADD_PREVIOUS = "INSERT INTO previous"  # the inserts take their VALUES from insert_rows
 _REUSE = "UPDATE listed SET reuse = ? WHERE seq = ?"
 _ADD = (_ADD_LISTED, _ADD_PREVIOUS, _REUSE)  # flushed in this order
 BATCH = 1024
