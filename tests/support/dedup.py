@@ -9,9 +9,14 @@ from pathlib import Path
 
 from daemon.archive.chunkconfig import CONFIG_KEY, ChunkConfig, seal_config
 from daemon.archive.packs import ChunkWriter, SealedPack, index_key, pack_key
-from daemon.archive.recipe import RecipeBuilder
+from daemon.archive.recipe import MemberMark, RecipeBuilder
+from daemon.archive.tarstream import Member
 from daemon.archive.spool import SpooledSection
 from daemon.config.keys import Recipient
+
+
+def unlisted(member: Member) -> MemberMark:
+    return MemberMark(None, None)
 
 
 def write_blob(path: Path, data: bytes | bytearray | Iterable[bytes]) -> None:
@@ -29,10 +34,12 @@ def store_tar(
     recipients: Sequence[Recipient] = (),
     known: set[str] | None = None,
     piece_size: int = 100_000,
+    version: int = 1,
 ) -> ChunkWriter:
     """Store a tar as a backup would, fed in pieces of `piece_size`: the config (if
     missing), its new chunks in packs under `directory`, the index, and its recipe in
-    `recipe`; return the writer (its counts)."""
+    `recipe`, of that version (2: members marked, as unlisted; 3: marked, and its lines in
+    pieces); return the writer (its counts)."""
     if not (directory / CONFIG_KEY).exists():
         write_blob(directory / CONFIG_KEY, seal_config(config, recipients))
 
@@ -41,7 +48,8 @@ def store_tar(
 
     writer = ChunkWriter(config, recipients, set() if known is None else known, store_pack)
     with writer.index, SpooledSection(recipients) as section:
-        builder = RecipeBuilder(config.chunker, writer.add, section)
+        marks = None if version == 1 else unlisted
+        builder = RecipeBuilder(config.chunker, writer.add, section, marks)
         stream = io.BytesIO(tar)
         while piece := stream.read(piece_size):
             builder.feed(piece)
