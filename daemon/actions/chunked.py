@@ -1,7 +1,8 @@
 """The deduplicated codec chain of a backup (docs/format-dedup.md): the helper's tar (as the
-exclude filter passes it) → `RecipeBuilder` (each regular file's content cut into chunks)
-→ new chunks compressed into packs, stored in every live copy → the recipe, zstd then age,
-streamed as the archive file of each copy (`Copies`).
+exclude filter passes it) → `RecipeBuilder` (each regular file's content cut into chunks;
+with `marks`, a version 3 recipe: its lines in pieces, stored as chunks) → new chunks
+compressed into packs, stored in every live copy → the recipe, zstd then age, streamed as
+the archive file of each copy (`Copies`).
 
 The order of writes is the format's: packs as they fill, then the index of this backup's
 new chunks, then (the caller) the recipe's upload completed and the manifest, last. Just
@@ -24,8 +25,8 @@ from __future__ import annotations
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -34,12 +35,12 @@ from daemon.archive.chunkconfig import ChunkConfig
 from daemon.archive.digest import HashingWriter
 from daemon.archive.manifest import ChunkCounts
 from daemon.archive.packs import ChunkWriter, PackEntry, SealedPack
-from daemon.archive.recipe import Marks, RecipeBuilder
+from daemon.archive.recipe import Marks, PieceRef, RecipeBuilder
 from daemon.archive.sealing import LEVEL, SectionWriter
 from daemon.archive.tarstream import Include, Member, TarScanner
 from daemon.config.keys import Identities, Recipient, recipient_strings
 from daemon.repository.chunkgarbage import broken_reuse
-from daemon.repository.chunks import ChunkStore, DamagedChunks
+from daemon.repository.chunks import ChunkReads, ChunkStore, DamagedChunks
 from daemon.repository.copies import Copies
 from daemon.repository.store import Repository
 from daemon.state.chunkindex import ChunkIndex, Location, Pending
@@ -62,8 +63,8 @@ class ChunkedArchive:
     ) -> None:
         """Open every live copy's chunk repository (its config, created if missing) and
         bring its index cache up to date. A copy that cannot is dropped with its error.
-        With `marks`, the recipe is of version 2 (members marked, `reuse` allowed). Raise
-        OperationError if none is left."""
+        With `marks`, the recipe is of version 3 (members marked, their lines in pieces,
+        members of the previous archive taken). Raise OperationError if none is left."""
         self._copies = copies
         self._recipients = recipients
         self._identities = identities
@@ -94,7 +95,11 @@ class ChunkedArchive:
             self._recipe = SectionWriter(self.stored, recipients)
             self._resources.callback(self._recipe.close)
             self._builder = RecipeBuilder(
-                self.config.chunker, self._writer.add, self._recipe, marks
+                self.config.chunker,
+                self._writer.add,
+                self._recipe,
+                marks,
+                partial(self._writer.add, piece=True) if marks is not None else None,
             )
         except BaseException:
             self._resources.close()
@@ -209,8 +214,32 @@ class ChunkedArchive:
     def take_lines(self, text: bytes, tar_size: int) -> None:
         """Take members whole from the previous archive's recipe: their lines, standing for
         `tar_size` bytes of the tar (their chunks are known: the caller checked them with
-        `in`)."""
+        `holding`)."""
         self._builder.take_lines(text, tar_size)
+
+    def take_pieces(self, spliced: Iterable[PieceRef], tar_size: int) -> None:
+        """Take members whole from the previous archive's version 3 recipe: the bytes of
+        its pieces that hold their lines (the pieces and the members' chunks are known:
+        the caller checked them with `holding`)."""
+        self._builder.take_pieces(spliced, tar_size)
+
+    @contextmanager
+    def pieces(self, repository: Repository) -> Iterator[Callable[[str], bytes]]:
+        """Yield what reads a piece of a recipe (its plain bytes, by its chunk id) from
+        that copy's packs. Raise DamagedChunks if it is not a live copy."""
+        if repository.name not in self._stores:
+            raise DamagedChunks("its chunk repository could not be opened for this backup")
+        reads = ChunkReads(
+            self._stores[repository.name],
+            self.config,
+            self._caches[repository.name],
+            self._identities,
+            self._encrypted_to,
+        )
+        try:
+            yield reads.piece
+        finally:
+            reads.close()
 
     def finish(self) -> None:
         """The tar has ended: store the last pack, then the index of this backup's new

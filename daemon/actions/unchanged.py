@@ -29,18 +29,29 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import docker
 import structlog
 
 from daemon.actions.chunked import ChunkedArchive
 from daemon.archive.digest import HashingReader
+from daemon.archive.encryption import NoIdentityMatches
 from daemon.archive.exclude import MemberFilter, is_excluded
 from daemon.archive.manifest import DEDUPLICATED, FileListing, Manifest, ManifestWriter
-from daemon.archive.recipe import MemberLines, MemberMark, RecipeError, member_lines
+from daemon.archive.packs import PackFormatError
+from daemon.archive.recipe import (
+    SPLICED_HEADER,
+    MemberLines,
+    MemberMark,
+    PieceRef,
+    RecipeError,
+    member_lines,
+    write_spliced,
+)
 from daemon.archive.sealing import opener, section_reader
 from daemon.archive.tarstream import Member, TarScanner, normalize_path
-from daemon.config.keys import Identities
+from daemon.config.keys import EncryptionError, Identities
 from daemon.engine.listing import (
     ListingError,
     ListingParser,
@@ -271,7 +282,7 @@ class VolumeReading:
         the previous archive, in the listing's order. Raise OperationError if the helper's
         members are not the ones asked for (the volume changed meanwhile)."""
         plan = self.files.plan()
-        with previous.lines(self.chunked.take_lines) as lines:
+        with previous.lines(self.chunked) as lines:
             pending = len(paths)
 
             def take_until_read() -> str | None:
@@ -323,7 +334,9 @@ class VolumeReading:
 
 class PreviousArchive:
     """The previous archive a backup takes unchanged members from: its manifest, and its
-    recipe copied into the state dir (checked against the manifest's SHA-256)."""
+    recipe copied into the state dir (checked against the manifest's SHA-256); a version 3
+    recipe is spelled out from its pieces there too (`splice`), and the members taken from
+    it are spliced from those pieces, not copied."""
 
     def __init__(
         self,
@@ -341,7 +354,13 @@ class PreviousArchive:
         self._key = key
         self._identities = identities
         self._trailer: MemberLines | None = None  # what follows the last member: `load`
+        self._spool_dir = spool_dir
         self._recipe = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
+        # a version 3 recipe: its text spelled out, where its pieces' bytes are in it, and
+        # the pieces every live copy holds (`splice`)
+        self._spliced: BinaryIO | None = None
+        self._pieces: list[tuple[int, PieceRef]] = []
+        self._held: set[str] = set()
         with contextlib.closing(repository.open_archive(key, manifest)) as stored:
             hashing = HashingReader(stored)
             try:
@@ -352,7 +371,18 @@ class PreviousArchive:
             raise OperationError("the previous archive's recipe is not its manifest's")
 
     @contextlib.contextmanager
-    def _text(self) -> Iterator[io.BufferedReader]:
+    def _text(self) -> Iterator[BinaryIO]:
+        """Yield a reader of the recipe's text (of version 2: a version 3 recipe's spelled
+        out, after `splice`) from the start."""
+        if self._spliced is not None:
+            self._spliced.seek(0)
+            yield self._spliced
+            return
+        with self._stored_text() as text:
+            yield text
+
+    @contextlib.contextmanager
+    def _stored_text(self) -> Iterator[BinaryIO]:
         """Yield a reader of the recipe's text, decrypted and decompressed from the start."""
         self._recipe.seek(0)
         manifest = self.manifest
@@ -362,7 +392,32 @@ class PreviousArchive:
             else None
         )
         with section_reader(self._recipe, decrypt) as plain:
-            yield io.BufferedReader(plain, 1 << 16)  # type: ignore[arg-type]
+            yield io.BufferedReader(plain, 1 << 16)  # type: ignore[type-var]
+
+    def splice(self, known: ChunkedArchive) -> str | None:
+        """If the recipe is of version 3, spell out its text from its pieces (read from
+        the copy the archive was found in) and ask `known` which pieces every live copy
+        holds. Return None, or why it cannot (a piece missing or damaged, or the copy not
+        live): then no member can be taken."""
+        with self._stored_text() as text:
+            if text.readline() != SPLICED_HEADER.encode():
+                return None
+            self._spliced = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115
+            try:
+                with known.pieces(self._repository) as pieces:
+                    self._pieces = write_spliced(text, pieces, self._spliced)
+            except (
+                RecipeError,
+                PackFormatError,
+                EncryptionError,
+                NoIdentityMatches,
+                OperationError,
+            ) as error:
+                return f"the previous archive's recipe cannot be read ({error})"
+            except OSError as error:
+                return str(self._repository.failure(error, "cannot read the previous recipe"))
+        self._held = known.holding(list({ref.chunk_id for _, ref in self._pieces}))
+        return None
 
     def load(self, files: FileList, known: ChunkedArchive) -> None:
         """Record every member of the previous archive in `files`: its entry, its M line,
@@ -389,30 +444,41 @@ class PreviousArchive:
         self._trailer = rest
 
     @contextlib.contextmanager
-    def lines(self, copy: Callable[[bytes, int], None]) -> Iterator[RecipeLines]:
-        """Yield what copies runs of the recipe's lines by `copy(text, tar_size)`, in
-        order (after `load`)."""
+    def lines(self, into: ChunkedArchive) -> Iterator[RecipeLines]:
+        """Yield what takes runs of the recipe's lines into `into`, in order (after
+        `load`)."""
         assert self._trailer is not None
         with self._text() as text:
-            yield RecipeLines(text, self._trailer, copy)
+            yield RecipeLines(text, self._trailer, into, self._pieces, self._held)
 
     def close(self) -> None:
         self._recipe.close()
+        if self._spliced is not None:
+            self._spliced.close()
 
 
 class RecipeLines:
     """The previous recipe's text read once more, front to back, and the members taken
-    copied from it verbatim into the new recipe by `copy(text, tar_size)`: adjacent members
-    in one piece, the lines between them passed over."""
+    from it into the new recipe: adjacent members in one run, the lines between them passed
+    over. A run that lies wholly in pieces every live copy holds is spliced from them
+    (`take_pieces`); any other is copied verbatim (`take_lines`)."""
 
     def __init__(
-        self, text: io.BufferedReader, trailer: MemberLines, copy: Callable[[bytes, int], None]
+        self,
+        text: BinaryIO,
+        trailer: MemberLines,
+        into: ChunkedArchive,
+        pieces: list[tuple[int, PieceRef]],
+        held: set[str],
     ) -> None:
         self._text = text
         self._trailer = trailer
-        self._copy = copy
+        self._into = into
+        self._pieces = pieces  # where the text's bytes of each S line are (`splice`)
+        self._held = held
+        self._next = 0  # the first of them not passed yet
         self._offset = 0  # of the text read so far
-        self._start = self._stop = self._tar_size = 0  # the run not copied yet
+        self._start = self._stop = self._tar_size = 0  # the run not taken yet
 
     def take(self, start: int, stop: int, tar_size: int) -> None:
         """Take the lines from `start` to `stop` (a member's), standing for `tar_size`
@@ -425,19 +491,43 @@ class RecipeLines:
         self._tar_size += tar_size
 
     def take_trailer(self) -> None:
-        """Take what follows the last member, up to the end line, and copy it."""
+        """Take what follows the last member, up to the end line."""
         self.take(self._trailer.start, self._trailer.stop, self._trailer.tar_size)
         self.flush()
 
     def flush(self) -> None:
-        """Copy the run taken so far. Raise RecipeError if the text ends before it."""
+        """Take the run so far. Raise RecipeError if the text ends before it."""
         self._read(self._start - self._offset, lambda piece, last: None)
-        self._read(
-            self._stop - self._start,
-            lambda piece, last: self._copy(piece, self._tar_size if last else 0),
-        )
+        spliced = self._spliced(self._start, self._stop)
+        if spliced:
+            self._read(self._stop - self._start, lambda piece, last: None)
+            self._into.take_pieces(spliced, self._tar_size)
+        else:
+            self._read(
+                self._stop - self._start,
+                lambda piece, last: self._into.take_lines(piece, self._tar_size if last else 0),
+            )
         self._start = self._offset
         self._tar_size = 0
+
+    def _spliced(self, start: int, stop: int) -> list[PieceRef] | None:
+        """Return the bytes of pieces that hold the text from `start` to `stop`, or None
+        if some of it is in no piece, or in one a live copy does not hold."""
+        pieces = self._pieces
+        while self._next < len(pieces) and _end(*pieces[self._next]) <= start:
+            self._next += 1
+        found: list[PieceRef] = []
+        at = start
+        for offset, ref in pieces[self._next :]:
+            if at >= stop:
+                break
+            if offset > at or ref.chunk_id not in self._held:
+                return None
+            until = min(stop, _end(offset, ref))
+            skip = ref.start - offset
+            found.append(ref._replace(start=at + skip, stop=until + skip))
+            at = until
+        return found if at >= stop else None
 
     def _read(self, size: int, each: Callable[[bytes, bool], None]) -> None:
         while size > 0:
@@ -447,6 +537,11 @@ class RecipeLines:
             size -= len(piece)
             self._offset += len(piece)
             each(piece, not size)
+
+
+def _end(offset: int, ref: PieceRef) -> int:
+    """Where the bytes of an S line found at `offset` of the spelled-out text end in it."""
+    return offset + ref.stop - ref.start
 
 
 def previous_archive(
@@ -499,6 +594,8 @@ def read_volume(
         if previous is not None:
             resources.callback(previous.close)
         why = full_read_reason(manifest, reading.flavour, image_id, every, listed)
+        if why is None and previous is not None:
+            why = previous.splice(reading.chunked)
         if why is None and previous is not None:
             listed_all = reading.list_only(exclude)
             try:

@@ -292,11 +292,13 @@ class ChunkWriter:
     and a storage's writes release the GIL: the caller's thread reads on meanwhile, and a
     pack's sealing, writes and fsync, or its upload, no longer hold up the compression of
     the next). The packs are the ones one thread makes: the same chunks in the same order,
-    cut at the same sizes, stored in that order. `fresh` and `on_pack` run on the storing
+    cut at the same sizes, stored in that order. The pieces of a version 3 recipe
+    (`add(..., piece=True)`) fill packs of their own, so that reading a recipe back fetches
+    its pieces without the data. `fresh` and `on_pack` run on the storing
     thread; what it or the packing thread raises is raised by the next `add`, `copy` or
-    `finish`. Memory: two packs (one being sealed and stored, one filling: a pack full
-    waits until the one before is stored) and at most three batches (one filling, one
-    queued, one being packed)."""
+    `finish`. Memory: three packs (one being sealed and stored, one filling and one of
+    pieces filling: a pack full waits until the one before is stored) and at most three
+    batches (one filling, one queued, one being packed)."""
 
     def __init__(
         self,
@@ -317,6 +319,7 @@ class ChunkWriter:
         self._on_pack = on_pack
         self._compressor = zstandard.ZstdCompressor(level=config.chunk_level, write_checksum=True)
         self._pack = PackBuilder()
+        self._pieces = PackBuilder()  # the pack of pieces filling
         self._batch: list[_NewChunk] = []
         self._batch_size = 0
         self._batches: queue.Queue[list[_NewChunk] | None] = queue.Queue(maxsize=1)
@@ -330,19 +333,21 @@ class ChunkWriter:
         self.chunks = self.new_chunks = self.packs = 0
         self.plain_bytes = self.new_plain_bytes = self.stored_bytes = 0
 
-    def add(self, data: bytes | bytearray | memoryview) -> str:
-        """Store one chunk (if it is new); return its id."""
+    def add(self, data: bytes | bytearray | memoryview, /, *, piece: bool = False) -> str:
+        """Store one chunk (if it is new), of file content or (`piece`) a piece of the
+        recipe (not counted in `chunks`); return its id."""
         chunk_id = self._config.chunk_id(data)
-        self.chunks += 1
-        self.plain_bytes += len(data)
+        if not piece:
+            self.chunks += 1
+            self.plain_bytes += len(data)
         if chunk_id not in self._known:
-            self._take(_NewChunk(chunk_id, kept(data), len(data), compressed=False))
+            self._take(_NewChunk(chunk_id, kept(data), len(data), compressed=False, piece=piece))
         return chunk_id
 
     def copy(self, chunk_id: str, frame: bytes, plain_length: int) -> None:
         """Store a new chunk given compressed: its zstd frame (as a pack holds it, for a
         repack) and its plain length."""
-        self._take(_NewChunk(chunk_id, frame, plain_length, compressed=True))
+        self._take(_NewChunk(chunk_id, frame, plain_length, compressed=True, piece=False))
 
     def _take(self, chunk: _NewChunk) -> None:
         self._known.add(chunk.chunk_id)
@@ -376,8 +381,9 @@ class ChunkWriter:
             self._hand_batch()
         self._stop_packing()
         self._raise_failure()
-        if len(self._pack):
-            self._flush()
+        for pieces in (False, True):
+            if len(self._pieces if pieces else self._pack):
+                self._flush(pieces)
         self._stop_storing()
         self._raise_failure()
         self.index.finish()
@@ -408,10 +414,12 @@ class ChunkWriter:
         while batch:
             chunk = batch.pop()
             frame = chunk.data if chunk.compressed else self._frame(chunk.data)
-            self._pack.add(chunk.chunk_id, frame, chunk.plain_length)
-            del chunk, frame
-            if self._pack.size >= self._config.pack_size or len(self._pack) >= PACK_CHUNKS:
-                self._flush()
+            pack = self._pieces if chunk.piece else self._pack
+            pack.add(chunk.chunk_id, frame, chunk.plain_length)
+            del frame
+            if pack.size >= self._config.pack_size or len(pack) >= PACK_CHUNKS:
+                self._flush(chunk.piece)
+            del chunk, pack
 
     def _frame(self, data: bytes | memoryview) -> bytes:
         """Given a chunk's plain bytes, return its zstd frame: compressed, or of raw blocks
@@ -429,9 +437,13 @@ class ChunkWriter:
         frame: bytes = self._compressor.compress(data)
         return frame if len(frame) < len(data) else raw_frame(data)
 
-    def _flush(self) -> None:
-        """Give the full pack to the storing thread, once the pack before is stored."""
-        builder, self._pack = self._pack, PackBuilder()
+    def _flush(self, pieces: bool) -> None:
+        """Give the full pack (of pieces, or not) to the storing thread, once the pack
+        before is stored."""
+        if pieces:
+            builder, self._pieces = self._pieces, PackBuilder()
+        else:
+            builder, self._pack = self._pack, PackBuilder()
         self._full.join()
         if self._storing is None:
             self._storing = threading.Thread(
@@ -497,6 +509,7 @@ class _NewChunk:
     data: bytes | memoryview  # a view only of immutable bytes (`kept`)
     plain_length: int
     compressed: bool
+    piece: bool  # of a recipe (packed apart)
 
 
 def raw_frame(data: bytes | memoryview) -> bytes:

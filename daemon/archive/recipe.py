@@ -17,6 +17,14 @@ line, so that a short shell script with stock tools can follow it:
     T <size> <sha256>                 the end: the tar's size and SHA-256 (version 1), or
                                       "-" (version 2: not taken)
 
+A version 3 recipe keeps those lines (all but the first and the T line) in pieces, chunks
+of the chunk repository, and says which of their bytes to splice, in order:
+
+    volkeep-recipe 3
+    P <chunk id> <length>             a piece (numbered 0, 1, ... in the order of P lines)
+    S <piece> <start> <stop>          its bytes [start, stop): whole lines
+    T <size> -
+
 A version 2 recipe marks where each member ends, so that the next backup can take an
 unchanged member's steps (its header blocks and chunk list) instead of reading the file
 again (`reuse`). Its tar's SHA-256 would then be unknown (computing it would need every
@@ -24,7 +32,12 @@ byte), and a first backup does not take it either: the tar is vouched for by its
 each chunk by its keyed id and the recipe by the manifest's SHA-256, and hashing the whole
 tar cost a first backup about a tenth of its CPU.
 
-Memory: a header, up to RAW_FLUSH raw bytes, LINES_WRITTEN lines and the chunker's window.
+Replacing each S line by its bytes (and dropping the P lines) gives a version 2 recipe's
+lines. A backup that takes unchanged members from a version 3 archive splices the bytes
+of its pieces that hold their lines instead of storing them again (`take_pieces`).
+
+Memory: a header, up to RAW_FLUSH raw bytes, LINES_WRITTEN lines, the chunker's window,
+the piece being filled (PIECE_MAX and a line) and the splices that wait for it.
 """
 
 from __future__ import annotations
@@ -32,6 +45,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -42,6 +57,14 @@ from daemon.archive.tarstream import Include, Member, TarScanner
 
 HEADER = "volkeep-recipe 1\n"
 MARKED_HEADER = "volkeep-recipe 2\n"  # with M lines; a T line's digest may be "-"
+SPLICED_HEADER = "volkeep-recipe 3\n"  # version 2's lines, in pieces
+# A piece ends after a member's M line once it holds PIECE_MIN bytes if the CRC-32 of
+# that line has its low bits (PIECE_CUT) zero, and at the latest at the end of the line
+# that brings it to PIECE_MAX: the same run of members is cut at the same places.
+PIECE_MIN = 32 << 10
+PIECE_MAX = 256 << 10
+PIECE_CUT = 63
+PIECES_KEPT = 8  # the pieces a reader keeps fetched (splices alternate between a few)
 RAW_LINE = 512  # raw bytes per R line (a tar block: 684 base64 characters)
 RAW_FLUSH = 64 << 10  # raw bytes kept before they are written out
 # Lines kept before they go to the recipe's zstd (at most ~180 KB of R lines). A write per
@@ -57,6 +80,8 @@ _LINE_PATTERNS = {
     "M": r"M ([0-9]+|-) ([0-9]+|-)",
 }
 _LINES = {kind: re.compile(pattern) for kind, pattern in _LINE_PATTERNS.items()}
+_PIECE_LINE = re.compile(rb"P ([0-9a-f]{64}) ([0-9]+)\n")
+_SPLICE_LINE = re.compile(rb"S ([0-9]+) ([0-9]+) ([0-9]+)\n")
 _BYTE_LINES = {
     kind.encode(): re.compile(pattern.encode()) for kind, pattern in _LINE_PATTERNS.items()
 }
@@ -91,12 +116,23 @@ def _or_dash(number: int | None) -> str:
 Marks = Callable[[Member], MemberMark]
 
 
+class PieceRef(NamedTuple):
+    """Bytes [start, stop) of a piece: the chunk of that id, `length` plain bytes."""
+
+    chunk_id: str
+    length: int
+    start: int
+    stop: int
+
+
 class RecipeBuilder:
     """Takes a tar stream by `feed` (or through `scanner`, a backup's one parse of it);
     writes its recipe into `out` and gives each chunk of file content to `store`, which
     stores it and returns its id. With `marks`, writes a version 2 recipe: each member ends
-    with the M line `marks` returns for it, and members of an earlier version 2 recipe may
-    be taken whole (`reuse`)."""
+    with the M line `marks` returns for it, and members of an earlier recipe of version 2
+    or 3 may be taken whole (`take_lines`, `take_pieces`). With `marks` and `pieces`, a
+    version 3 recipe: its lines go into pieces, which `pieces` stores (as a chunk) and
+    names."""
 
     def __init__(
         self,
@@ -104,11 +140,14 @@ class RecipeBuilder:
         store: Callable[[memoryview], str],
         out: Sink,
         marks: Marks | None = None,
+        pieces: Callable[[bytes], str] | None = None,
     ) -> None:
+        assert pieces is None or marks is not None, "a version 3 recipe marks its members"
         self._parameters = parameters
         self._store = store
         self._out = out
         self._marks = marks
+        self._splicer = _Splicer(out, pieces) if pieces is not None else None
         # the tar's SHA-256: a version 1 recipe's only (no backup writes one any more)
         self._sha256 = hashlib.sha256() if marks is None else None
         self._taken = False  # whether members were taken from an earlier recipe
@@ -120,7 +159,12 @@ class RecipeBuilder:
         self._raw = bytearray()
         self._raw_start = 0  # the stream offset of the first byte in _raw
         self._zeros = 0  # zero bytes not yet written as a Z line
-        self._lines: list[str] = [HEADER if marks is None else MARKED_HEADER]
+        self._lines: list[str] = []
+        out.write(
+            (
+                HEADER if marks is None else MARKED_HEADER if pieces is None else SPLICED_HEADER
+            ).encode()
+        )
         self._scanner = self.scanner()
 
     def scanner(
@@ -157,19 +201,39 @@ class RecipeBuilder:
         if self._marks is not None:
             self._flush_raw()
             self._write_zeros()
-            self._lines.append(self._marks(member).line())
+            line = self._marks(member).line()
+            self._lines.append(line)
+            if self._splicer is not None:
+                self._write_lines()
+                self._splicer.member_end(line)
 
     def take_lines(self, text: bytes, tar_size: int) -> None:
-        """Append whole members of an earlier version 2 recipe: their lines verbatim (each
-        member's M line last, as `member_lines` found them), which stand for `tar_size`
-        bytes of the tar. Only between members."""
+        """Append whole members of an earlier recipe of version 2 or 3: their lines
+        verbatim (each member's M line last, as `member_lines` found them), which stand
+        for `tar_size` bytes of the tar; the lines may come in several calls, cut anywhere.
+        Only between members."""
+        self._between_members()
+        if self._splicer is not None:
+            self._splicer.write(text)
+        else:
+            self._out.write(text)
+        self.size += tar_size
+
+    def take_pieces(self, spliced: Iterable[PieceRef], tar_size: int) -> None:
+        """Append whole members of an earlier version 3 recipe by the bytes of its pieces
+        that hold their lines (a version 3 recipe only), standing for `tar_size` bytes of
+        the tar. Only between members."""
+        assert self._splicer is not None
+        self._between_members()
+        self._splicer.take(spliced)
+        self.size += tar_size
+
+    def _between_members(self) -> None:
         assert self._marks is not None and not self._content_due
         self._flush_raw()
         self._write_zeros()
         self._write_lines()
         self._taken = True
-        self._out.write(text)
-        self.size += tar_size
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Take the next piece of the tar stream (through the scanner, every member kept,
@@ -248,8 +312,12 @@ class RecipeBuilder:
             self._zeros = 0
 
     def _write_lines(self) -> None:
-        self._out.write("".join(self._lines).encode())
+        text = "".join(self._lines).encode()
         self._lines.clear()
+        if self._splicer is not None:
+            self._splicer.write(text)
+        else:
+            self._out.write(text)
 
     def finish(self) -> None:
         """The tar stream has ended: write the rest of the recipe and its end line. Raise
@@ -258,12 +326,99 @@ class RecipeBuilder:
             self._scanner.close()
         self._flush_raw()
         self._write_zeros()
-        self._lines.append(f"T {self.size} {self.hexdigest() or '-'}\n")
         self._write_lines()
+        if self._splicer is not None:
+            self._splicer.finish()
+        self._out.write(f"T {self.size} {self.hexdigest() or '-'}\n".encode())
 
     def hexdigest(self) -> str | None:
         """The SHA-256 of the tar so far (a version 1 recipe's), or None (version 2)."""
         return self._sha256.hexdigest() if self._sha256 is not None else None
+
+
+class _Splicer:
+    """A version 3 recipe's writer of pieces: fills the piece with the lines given, stores
+    it (`store`, which returns its id) where it ends, and writes into `out` the P line of
+    each piece before its first S line, and the S lines in order, those of adjacent bytes
+    of one piece as one. An S line of the piece being filled waits until it is stored (it
+    is named by its id), and every S line after it with it."""
+
+    def __init__(self, out: Sink, store: Callable[[bytes], str]) -> None:
+        self._out = out
+        self._store = store
+        self._piece = bytearray()  # the piece being filled
+        self._run = 0  # where the bytes of it not yet spliced start
+        self._waiting: list[PieceRef | None] = []  # None: a run of the piece being filled
+        self._runs: list[tuple[int, int]] = []  # those runs, in order
+        self._numbers: dict[str, int] = {}  # the pieces declared, by id
+        self._last: list[int] | None = None  # the S line not yet written: piece, start, stop
+
+    def write(self, text: bytes) -> None:
+        """Take the next lines (whole, or cut anywhere if the next call ends them)."""
+        self._piece += text
+        while len(self._piece) >= PIECE_MAX:
+            end = self._piece.find(b"\n", PIECE_MAX - 1)
+            if end < 0:
+                return
+            self._seal(end + 1)
+
+    def member_end(self, line: str) -> None:
+        """A member's M line (`line`) was the last line written: end the piece there if it
+        is long enough and the line says so."""
+        if len(self._piece) >= PIECE_MIN and not zlib.crc32(line.encode()) & PIECE_CUT:
+            self._seal(len(self._piece))
+
+    def take(self, spliced: Iterable[PieceRef]) -> None:
+        """Splice those bytes of earlier pieces after the lines written so far."""
+        self._close_run()
+        for ref in spliced:
+            if self._waiting:
+                self._waiting.append(ref)
+            else:
+                self._splice(ref)
+
+    def finish(self) -> None:
+        """Store the last piece, and write every S line."""
+        if self._piece:
+            self._seal(len(self._piece))
+        if self._last is not None:
+            self._out.write(b"S %d %d %d\n" % tuple(self._last))
+            self._last = None
+
+    def _close_run(self) -> None:
+        if len(self._piece) > self._run:
+            self._waiting.append(None)
+            self._runs.append((self._run, len(self._piece)))
+            self._run = len(self._piece)
+
+    def _seal(self, end: int) -> None:
+        """Store the piece's first `end` bytes as a piece (the rest begins the next), then
+        write the S lines that waited for it."""
+        if end > self._run:
+            self._waiting.append(None)
+            self._runs.append((self._run, end))
+        data = bytes(self._piece[:end])
+        del self._piece[:end]
+        self._run = 0
+        piece_id = self._store(data)
+        runs = iter(self._runs)
+        for ref in self._waiting:
+            self._splice(ref if ref is not None else PieceRef(piece_id, len(data), *next(runs)))
+        self._waiting.clear()
+        self._runs.clear()
+
+    def _splice(self, ref: PieceRef) -> None:
+        number = self._numbers.get(ref.chunk_id)
+        if number is None:
+            number = self._numbers[ref.chunk_id] = len(self._numbers)
+            self._out.write(f"P {ref.chunk_id} {ref.length}\n".encode())
+        last = self._last
+        if last is not None and last[0] == number and last[2] == ref.start:
+            last[2] = ref.stop
+            return
+        if last is not None:
+            self._out.write(b"S %d %d %d\n" % tuple(last))
+        self._last = [number, ref.start, ref.stop]
 
 
 @dataclass(frozen=True)
@@ -282,13 +437,23 @@ class EndStep:
 Step = bytes | int | ChunkStep | MemberMark | EndStep
 
 
-def read_recipe(lines: Iterator[str]) -> Iterator[Step]:
-    """Given a recipe's lines in clear, yield its steps; the end step comes last. Raise
-    RecipeError if a line is damaged, the version unknown, or the end line missing."""
+def read_recipe(
+    lines: Iterator[str], pieces: Callable[[str], bytes] | None = None
+) -> Iterator[Step]:
+    """Given a recipe's lines in clear, yield its steps; the end step comes last. A version
+    3 recipe's pieces are read by `pieces` (a chunk's plain bytes by its id, checked
+    against it). Raise RecipeError if a line or a piece is damaged, the version unknown, or
+    the end line missing."""
     first = next(lines, None)
-    if first not in (HEADER, MARKED_HEADER):
-        raise RecipeError("not a volkeep recipe of version 1 or 2")
-    marked = first == MARKED_HEADER
+    if first == SPLICED_HEADER and pieces is not None:
+        lines = _text_lines(spliced((line.encode() for line in lines), pieces))
+    elif first not in (HEADER, MARKED_HEADER):
+        raise RecipeError(
+            "not a volkeep recipe of version 1, 2 or 3"
+            if first != SPLICED_HEADER
+            else "a recipe of version 3 is read with its pieces"
+        )
+    marked = first != HEADER
     for number, line in enumerate(lines, start=2):
         step = _step(line.rstrip("\n"))
         if step is None or (
@@ -302,6 +467,106 @@ def read_recipe(lines: Iterator[str]) -> Iterator[Step]:
                 raise RecipeError(f"line {number + 1}: a line after the end line")
             return
     raise RecipeError("the recipe is cut short: no end line")
+
+
+def spliced(
+    lines: Iterable[bytes], pieces: Callable[[str], bytes]
+) -> Iterator[tuple[bytes, PieceRef | None]]:
+    """Given a version 3 recipe's lines after its first (bytes, each with its newline),
+    yield the version 2 lines it stands for, in runs: the bytes of each S line with where
+    they lie, and every other line but the P lines as it is (with None). `pieces` returns
+    a piece's plain bytes by its chunk id, checked against it. Raise RecipeError if a P or
+    S line is damaged, an S line names a piece not declared before it or bytes that are
+    not whole lines, or a piece is not of its length or holds an end line."""
+    declared: list[tuple[str, int]] = []
+    kept: OrderedDict[int, bytes] = OrderedDict()  # the pieces fetched last
+    for number, line in enumerate(lines, start=2):
+        kind = line[:1]
+        if kind == b"P":
+            match = _PIECE_LINE.fullmatch(line)
+            if match is None:
+                raise RecipeError(f"line {number}: damaged recipe line {line[:80]!r}")
+            declared.append((match[1].decode(), int(match[2])))
+            continue
+        if kind != b"S":
+            yield line, None
+            continue
+        match = _SPLICE_LINE.fullmatch(line)
+        if match is None or int(match[1]) >= len(declared):
+            raise RecipeError(f"line {number}: damaged recipe line {line[:80]!r}")
+        piece, start, stop = int(match[1]), int(match[2]), int(match[3])
+        chunk_id, length = declared[piece]
+        data = kept.pop(piece, None)
+        if data is None:
+            data = _piece(chunk_id, length, pieces)
+            if len(kept) >= PIECES_KEPT:
+                kept.popitem(last=False)
+        kept[piece] = data
+        if not (start < stop <= length and data[stop - 1 : stop] == b"\n") or (
+            start and data[start - 1 : start] != b"\n"
+        ):
+            raise RecipeError(f"line {number}: bytes {start}-{stop} of piece {chunk_id} "
+                              "are not whole lines")  # fmt: skip
+        yield data[start:stop], PieceRef(chunk_id, length, start, stop)
+
+
+def _piece(chunk_id: str, length: int, pieces: Callable[[str], bytes]) -> bytes:
+    data = pieces(chunk_id)
+    if len(data) != length:
+        raise RecipeError(f"piece {chunk_id} is not of its recorded length")
+    if data.startswith(b"T") or b"\nT" in data:
+        raise RecipeError(f"piece {chunk_id} holds an end line")
+    return data
+
+
+def _text_lines(runs: Iterable[tuple[bytes, PieceRef | None]]) -> Iterator[str]:
+    """Given the runs `spliced` yields, yield their lines as text."""
+    for text, ref in runs:
+        try:
+            decoded = text.decode("ascii")
+        except UnicodeDecodeError:
+            raise RecipeError("a line of the recipe is not ASCII text") from None
+        if ref is None:
+            yield decoded
+        else:  # whole lines, each ending with its newline
+            for line in decoded.split("\n")[:-1]:
+                yield line + "\n"
+
+
+def marked_lines(lines: Iterable[bytes], pieces: Callable[[str], bytes]) -> Iterator[bytes]:
+    """Given a recipe's text as lines (bytes), yield it as the lines of a version 2 recipe
+    (for `member_lines`): a version 3 recipe's spelled out from its pieces (read by
+    `pieces`), any other as it is. Raise RecipeError as `spliced` does."""
+    lines = iter(lines)
+    first = next(lines, b"")
+    if first != SPLICED_HEADER.encode():
+        yield first
+        yield from lines
+        return
+    yield MARKED_HEADER.encode()
+    for text, ref in spliced(lines, pieces):
+        if ref is None:
+            yield text
+        else:  # whole lines, each ending with its newline
+            for line in text.split(b"\n")[:-1]:
+                yield line + b"\n"
+
+
+def write_spliced(
+    lines: Iterable[bytes], pieces: Callable[[str], bytes], out: Sink
+) -> list[tuple[int, PieceRef]]:
+    """Given a version 3 recipe's lines after its first, write the version 2 recipe they
+    stand for into `out` (its first line too); return where each S line's bytes are in it
+    (their offset, and the S line), in order. Raise RecipeError as `spliced` does."""
+    out.write(MARKED_HEADER.encode())
+    offset = len(MARKED_HEADER)
+    found: list[tuple[int, PieceRef]] = []
+    for text, ref in spliced(lines, pieces):
+        if ref is not None:
+            found.append((offset, ref))
+        out.write(text)
+        offset += len(text)
+    return found
 
 
 def _step(line: str) -> Step | None:

@@ -55,7 +55,9 @@ from daemon.archive.encryption import NoIdentityMatches
 from daemon.archive.manifest import DEDUPLICATED
 from daemon.archive.packs import (
     INDEX_HEADER,
+    ChunkReader,
     ChunkWriter,
+    IndexEntry,
     Pack,
     PackEntry,
     PackFormatError,
@@ -356,7 +358,8 @@ def _dead_packs(
     packs = ((bytes.fromhex(pack),) for pack in chunks.pack_names())
     db.executemany("INSERT INTO packs VALUES (?)", packs)
     db.executemany("INSERT INTO condemned VALUES (?)", ((bytes.fromhex(p),) for p in condemned))
-    for ids in _marks(chunks, identities):
+    pieces = _Pieces(db, chunks, identities, encrypted_to)
+    for ids in _marks(chunks, identities, pieces):
         marked = ((bytes.fromhex(chunk_id),) for chunk_id in ids)
         db.executemany("INSERT OR IGNORE INTO marked VALUES (?)", marked)
     query = f"SELECT name FROM packs WHERE name NOT IN ({_LIVE})"
@@ -391,20 +394,62 @@ def _replace_index(
     chunks.delete(index_key(name))
 
 
-def _marks(chunks: ChunkStore, identities: Identities | None) -> Iterator[Iterator[str]]:
+class _Pieces:
+    """The pieces of version 3 recipes, read from the packs the collection's database
+    lists (any pack that holds the piece); the ids of those read since `read_ids`."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        chunks: ChunkStore,
+        identities: Identities | None,
+        encrypted_to: Sequence[str],
+    ) -> None:
+        self._db = db
+        self._chunks = chunks
+        self._identities = identities
+        self._encrypted_to = encrypted_to
+        self._reader: ChunkReader | None = None  # once a version 3 recipe needs one
+        self.read_ids: list[str] = []
+
+    def __call__(self, chunk_id: str) -> bytes:
+        if self._reader is None:
+            config = self._chunks.read_config(self._identities, self._encrypted_to)
+            if config is None:
+                raise DamagedChunks(f"chunk repository {self._chunks.directory} has no config")
+            self._reader = ChunkReader(config, self._locate, self._open)
+        self.read_ids.append(chunk_id)
+        return self._reader(chunk_id)
+
+    def _locate(self, chunk_id: str) -> IndexEntry | None:
+        query = (
+            "SELECT pack, offset, stored, plain FROM entries WHERE id = ? "
+            "AND pack IN (SELECT name FROM packs) LIMIT 1"
+        )
+        row = self._db.execute(query, (bytes.fromhex(chunk_id),)).fetchone()
+        return IndexEntry(chunk_id, bytes(row[0]).hex(), *row[1:]) if row else None
+
+    def _open(self, pack: str) -> Pack:
+        return open_pack(pack, self._chunks.get_pack(pack), self._identities, self._encrypted_to)
+
+
+def _marks(
+    chunks: ChunkStore, identities: Identities | None, pieces: _Pieces
+) -> Iterator[Iterator[str]]:
     """Yield, for each committed deduplicated archive of this host's policy in the storage,
-    the ids of the chunks its recipe names (streamed). Raise OperationError naming an
+    the ids of the chunks its recipe names (streamed): those of its pieces (a version 3
+    recipe's, read by `pieces`) and those their lines name. Raise OperationError naming an
     archive whose manifest or recipe cannot be read (one deleted meanwhile is passed
     over), OSError if the storage fails."""
     repository = chunks.repository
     for volume in repository.volumes(chunks.policy):
         for key in repository.archives(chunks.policy, volume):
             if key.namespace == chunks.namespace:
-                yield _recipe_chunks(chunks, key, identities)
+                yield _recipe_chunks(chunks, key, identities, pieces)
 
 
 def _recipe_chunks(
-    chunks: ChunkStore, key: ArchiveKey, identities: Identities | None
+    chunks: ChunkStore, key: ArchiveKey, identities: Identities | None, pieces: _Pieces
 ) -> Iterator[str]:
     repository = chunks.repository
     try:
@@ -425,7 +470,10 @@ def _recipe_chunks(
             section_reader(stored, decrypt) as plain,
         ):
             lines = io.TextIOWrapper(plain, encoding="ascii")  # type: ignore[type-var]
-            for step in read_recipe(iter(lines)):
+            for step in read_recipe(iter(lines), pieces):
+                if pieces.read_ids:
+                    yield from pieces.read_ids
+                    pieces.read_ids.clear()
                 if isinstance(step, ChunkStep):
                     yield step.chunk_id
     except (OperationError, BlobMissing) as error:

@@ -22,7 +22,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, closing, contextmanager
 from itertools import chain, islice
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from daemon.archive.packs import (
     read_index,
 )
 from daemon.archive.recipe import (
-    MARKED_HEADER,
+    HEADER,
     ChunkStep,
     Step,
     read_recipe,
@@ -260,6 +260,8 @@ class ChunkReads:
         # where the chunks of the steps `ahead` passed on are, in their order
         self._located: deque[IndexEntry | None] = deque()
         self._reader = ChunkReader(config, self._locate, self._load)
+        # a recipe's pieces: located apart (not in the steps' order), their packs kept apart
+        self._pieces = ChunkReader(config, self._find, self._load)
 
     def _locate(self, chunk_id: str) -> IndexEntry | None:
         where = self._located.popleft() if self._located else None
@@ -283,6 +285,10 @@ class ChunkReads:
         is damaged, EncryptionError if its pack cannot be opened, OSError if the storage
         fails."""
         return self._reader(chunk_id)
+
+    def piece(self, chunk_id: str) -> bytes:
+        """Return a piece's plain bytes (a version 3 recipe's), as calling does a chunk's."""
+        return self._pieces(chunk_id)
 
     def ahead(self, steps: Iterable[Step]) -> Iterator[Step]:
         """Yield the steps, each once the packs of up to STEPS_AHEAD steps after it are
@@ -326,6 +332,31 @@ class ChunkReads:
         self._fetching.clear()
 
 
+@contextmanager
+def archive_chunks(
+    chunks: ChunkStore,
+    identities: Identities | None,
+    encrypted_to: Sequence[str],
+    state_dir: Path | None,
+) -> Iterator[ChunkReads]:
+    """Yield what reads the chunks (and a version 3 recipe's pieces) of an archive of that
+    chunk repository (sealed, when `identities` are given, to `encrypted_to`); the chunk
+    index is read through the cache in `state_dir` (None: a temporary one). Raise
+    ChunkConfigError if the config is missing, as `read_config` if it is damaged."""
+    config = chunks.read_config(identities, encrypted_to)
+    if config is None:
+        raise ChunkConfigError(f"chunk repository {chunks.directory} has no config")
+    with ExitStack() as resources:
+        if state_dir is None:
+            state_dir = Path(resources.enter_context(tempfile.TemporaryDirectory()))
+        cache = ChunkIndex(chunks.cache_path(state_dir))
+        resources.callback(cache.close)
+        chunks.sync(cache, identities, encrypted_to)
+        reads = ChunkReads(chunks, config, cache, identities, encrypted_to)
+        resources.callback(reads.close)
+        yield reads
+
+
 def recipe_tar(
     chunks: ChunkStore,
     recipe: Readable,
@@ -335,32 +366,24 @@ def recipe_tar(
     contents: Include | None = None,
 ) -> Iterator[bytes]:
     """Given an archive's chunk repository and its recipe's stored bytes being read (sealed,
-    when `identities` are given, to `encrypted_to`), yield its tar in pieces of about READ_SIZE; the
-    chunk index is read through the cache in `state_dir` (None: a temporary one). With
-    `contents`, the members whose content it refuses come with zero bytes for content
-    instead, and their chunks are not read (`without_contents`; a recipe of version 1
-    marks no member's end, and is read whole).
+    when `identities` are given, to `encrypted_to`), yield its tar in pieces of about
+    READ_SIZE; the chunks are read as `archive_chunks` reads them. With `contents`, the
+    members whose content it refuses come with zero bytes for content instead, and their
+    chunks are not read (`without_contents`; a recipe of version 1 marks no member's end,
+    and is read whole).
 
     Raise RecipeError, PackFormatError or ChunkConfigError if the recipe, a pack or the
     config is damaged or missing (the tar's size and SHA-256 are checked after the last
     piece), EncryptionError if the identities cannot open them, OSError if the storage
     fails."""
-    config = chunks.read_config(identities, encrypted_to)
-    if config is None:
-        raise ChunkConfigError(f"chunk repository {chunks.directory} has no config")
     decrypt = opener(identities, encrypted_to) if identities is not None else None
-    with ExitStack() as resources:
-        if state_dir is None:
-            state_dir = Path(resources.enter_context(tempfile.TemporaryDirectory()))
-        cache = ChunkIndex(chunks.cache_path(state_dir))
-        resources.callback(cache.close)
-        chunks.sync(cache, identities, encrypted_to)
-        reads = ChunkReads(chunks, config, cache, identities, encrypted_to)
-        resources.callback(reads.close)
-        plain = resources.enter_context(section_reader(recipe, decrypt))
+    with (
+        archive_chunks(chunks, identities, encrypted_to, state_dir) as reads,
+        section_reader(recipe, decrypt) as plain,
+    ):
         lines = iter(io.TextIOWrapper(plain, encoding="ascii"))  # type: ignore[type-var]
         first = next(lines, "")
-        steps = read_recipe(chain((first,), lines))
-        if contents is not None and first == MARKED_HEADER:  # members' ends are marked
+        steps = read_recipe(chain((first,), lines), reads.piece)
+        if contents is not None and first != HEADER:  # members' ends are marked
             steps = without_contents(steps, contents)
         yield from tar_pieces(reads.ahead(steps), reads, READ_SIZE)

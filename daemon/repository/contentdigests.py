@@ -12,15 +12,17 @@ from dataclasses import dataclass
 
 import zstandard
 
+from daemon.archive.chunkconfig import ChunkConfigError
 from daemon.archive.chunkdigest import ChunkListDigest, with_chunk_digests
 from daemon.archive.digest import HashingReader
 from daemon.archive.encryption import NoIdentityMatches
-from daemon.archive.recipe import RecipeError, member_lines
+from daemon.archive.packs import PackFormatError
+from daemon.archive.recipe import RecipeError, marked_lines, member_lines
 from daemon.archive.sealing import opener, section_reader
 from daemon.archive.tarstream import Member
 from daemon.config.keys import EncryptionError
 from daemon.errors import KeyMissing
-from daemon.repository.chunks import ChunkStore, DamagedChunks
+from daemon.repository.chunks import ChunkStore, DamagedChunks, archive_chunks
 from daemon.repository.store import archive_error, key_missing
 from daemon.repository.verify import StoredArchive
 
@@ -31,9 +33,10 @@ READ_SIZE = 1 << 16
 class RecipeDigests:
     """A deduplicated archive's entries, each regular file with its chunk-list digest from
     the recipe as `sha256`; each iteration reads the manifest's entries and the recipe
-    again. The recipe's stored bytes are checked against the manifest's size and SHA-256
-    after its last line. Iterating raises OperationError (ArchiveFault if the recipe is
-    damaged or not the entries', StorageFailure if the storage fails)."""
+    again (a version 3 recipe's pieces too). The recipe's stored bytes are checked against
+    the manifest's size and SHA-256 after its last line. Iterating raises OperationError
+    (ArchiveFault if the recipe, a piece or the chunk config is damaged or missing, or the
+    recipe is not the entries', StorageFailure if the storage fails)."""
 
     archive: StoredArchive
 
@@ -50,15 +53,23 @@ class RecipeDigests:
             if self.archive.identities is not None and manifest.encryption is not None
             else None
         )
+        chunks = ChunkStore(repository, key.policy, key.namespace)
+        opening = self.archive.identities if manifest.encryption is not None else None
         try:
-            with closing(repository.open_archive(key, manifest)) as stored:
+            with (
+                closing(repository.open_archive(key, manifest)) as stored,
+                archive_chunks(
+                    chunks, opening, manifest.recipients, self.archive.spool_dir
+                ) as reads,
+            ):
                 hashing = HashingReader(stored)
                 with section_reader(hashing, decrypt) as plain:
                     text = io.BufferedReader(plain, READ_SIZE)  # type: ignore[type-var]
-                    yield from with_chunk_digests(manifest.entries, member_lines(text))
+                    members = member_lines(marked_lines(text, reads.piece))
+                    yield from with_chunk_digests(manifest.entries, members)
                 while hashing.read(READ_SIZE):
                     pass
-        except (RecipeError, zstandard.ZstdError) as error:
+        except (RecipeError, PackFormatError, ChunkConfigError, zstandard.ZstdError) as error:
             raise archive_error(key, f"corrupt archive: {error}") from None
         except NoIdentityMatches as error:
             raise archive_error(key, str(error), KeyMissing) from None

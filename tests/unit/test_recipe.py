@@ -177,7 +177,7 @@ def test_a_stream_that_is_not_a_whole_tar_is_refused():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda text: text.replace("volkeep-recipe 1", "volkeep-recipe 3"), "version 1 or 2"),
+        (lambda text: text.replace("volkeep-recipe 1", "volkeep-recipe 9"), "version 1, 2 or 3"),
         (lambda text: text.replace("\nZ ", "\nM 1 2\nZ ", 1), "damaged recipe line"),
         (lambda text: text[: text.rindex("T ")], "cut short"),
         (lambda text: text + "Z 5\n", "after the end line"),
