@@ -23,7 +23,9 @@ loopback (unless --no-s3):
   new 1 MiB media file), each followed by the six backups.
 
 Prints, for every command (backups, prunes, restic forget): seconds and peak RSS of the
-command itself (the timing launcher of bench/run.py); for every backup the bytes it added
+command itself (the timing launcher of bench/run.py; each command starts after a `sync`,
+so that the writes of the one before, such as the tar archive's gigabyte, are not flushed
+on its time); for every backup the bytes it added
 to its storage (everything under a local storage's directory; every object in a bucket),
 and for the S3 peers the bytes SeaweedFS received in request bodies for that bucket (its
 `SeaweedFS_s3_bucket_traffic_received_bytes_total` counter) and the requests it answered.
@@ -226,6 +228,7 @@ def run_volume(
             for peer in peers:
                 before = peer.stored()
                 counted = seaweed.counters() if seaweed and peer.bucket else None
+                os.sync()  # the previous peer's writes are not flushed on this one's time
                 seconds, rss = timed(peer.command, env=environment, cwd=peer.cwd)
                 stored = peer.stored()
                 uploaded = requests = None
@@ -260,6 +263,7 @@ def run_volume(
               "restic forget --prune):", flush=True)  # fmt: skip
         for peer in peers:
             for step, command in enumerate(peer.prune, 1):
+                os.sync()
                 seconds, rss = timed(command, env=collecting)
                 label = f"{peer.name}: {peer.prune_label} ({step} of {len(peer.prune)})"
                 prunes.append((label, seconds, rss))
