@@ -16,6 +16,7 @@ from pathlib import Path
 
 import docker
 import pytest
+import zstandard
 
 from tests.e2e.conftest import Workspace, mountpoint
 from tests.e2e.test_dedup import backup, export, manifest_of, restored
@@ -118,3 +119,56 @@ def test_full_read_every_0_reads_every_file_each_time(
     assert summary["files"]["full_read"] == summary["files"]["listed"]
     assert summary["tar"]["sha256"] is None  # not taken: the chunks are checked by their ids
     assert export(workspace, volume, second) == helper_tar(helper_image, volume)
+
+
+def recipe_lines(workspace: Workspace, volume: str, archive_id: str) -> list[bytes]:
+    """The lines of an archive's recipe (not encrypted), in clear."""
+    path = workspace.archive_dir("app", volume) / f"{volume}-{archive_id}.recipe.zst"
+    with zstandard.ZstdDecompressor().stream_reader(path.open("rb")) as plain:
+        return plain.read().splitlines()
+
+
+def test_a_repeat_backup_splices_the_previous_recipes_pieces_which_outlive_its_archive(
+    api: docker.APIClient,
+    volumes,
+    workspace: Workspace,
+    helper_image: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recipe version 3: the second backup's recipe names the first one's pieces for the
+    members it took, and stores a piece only for what it read; once the first archive is
+    pruned and collected, those pieces stay (the second recipe uses them) and the second
+    archive still exports the helper's tar and restores."""
+    monkeypatch.setenv("VOLKEEP_GC_MARGIN", "0")
+    volume = volumes("spliced")
+    root = mountpoint(api, volume)
+    build(root)
+    for number in range(2000):  # enough lines for a few pieces
+        (root / "data" / f"small-{number}.txt").write_text(f"small file {number}\n")
+    settle()
+    workspace.write_config({"app": {"volumes": [volume], "format": "dedup"}})
+    first = backup(workspace)
+    (root / "data" / "small-1000.txt").write_text("changed\n")
+    settle()
+    second = backup(workspace)
+
+    pieces = {}
+    for archive in (first, second):
+        lines = recipe_lines(workspace, volume, archive)
+        assert lines[0] == b"volkeep-recipe 3"
+        assert {line[:1] for line in lines[1:]} == {b"P", b"S", b"T"}
+        pieces[archive] = {line.split()[1] for line in lines if line.startswith(b"P ")}
+    assert len(pieces[first]) >= 3
+    shared = pieces[first] & pieces[second]
+    assert len(shared) >= len(pieces[first]) - 1, "only the changed file's piece is not shared"
+    added = manifest_of(workspace, volume, second)["chunks"]
+    assert isinstance(added, dict) and added["new"] <= 3, added  # its piece, one chunk
+
+    policy = {"volumes": [volume], "format": "dedup", "retention": {"keep_last": 1}}
+    workspace.write_config({"app": policy})
+    for _ in range(2):  # condemn, then free
+        result = workspace.run("prune", "app")
+        assert result.returncode == 0, result.stderr
+    assert not list(workspace.archive_dir("app", volume).glob(f"*{first}*"))
+    assert export(workspace, volume, second) == helper_tar(helper_image, volume)
+    assert differences(snapshot(root), restored(api, workspace, volume, second)) == []
