@@ -12,11 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from daemon.actions.unchanged import RecipeLines
 from daemon.archive import recipe as recipe_module
 from daemon.archive.chunkconfig import ChunkConfig
 from daemon.archive.recipe import (
     SPLICED_HEADER,
     MemberMark,
+    PieceRef,
     RecipeBuilder,
     RecipeError,
     member_lines,
@@ -213,3 +215,42 @@ def test_a_member_longer_than_a_piece_is_cut_at_a_line_end():
         assert end >= recipe_module.PIECE_MAX - 1
         assert b"\n" not in piece[recipe_module.PIECE_MAX - 1 : end], "the first line end after"
     assert store.rebuild(recipe.getvalue()) == tar
+
+
+class Taken:
+    """What a backup's RecipeLines hands its chunked archive: lines, or pieces' bytes."""
+
+    def __init__(self) -> None:
+        self.lines = b""
+        self.pieces: list[PieceRef] = []
+
+    def take_lines(self, text: bytes, tar_size: int) -> None:
+        self.lines += text
+
+    def take_pieces(self, spliced: list[PieceRef], tar_size: int) -> None:
+        self.pieces += spliced
+
+
+@pytest.mark.parametrize("held", ["all", "none"])
+def test_members_taken_are_spliced_from_held_pieces_and_copied_from_any_other(held):
+    store = Store()
+    first = store.write(small_files_tar(3000))
+    text = io.BytesIO()
+    found = write_spliced(io.BytesIO(first.split(b"\n", 1)[1]), store.chunks.__getitem__, text)
+    members = list(member_lines(io.BytesIO(text.getvalue())))
+    taken = Taken()
+    pieces = {ref.chunk_id for _, ref in found} if held == "all" else set()
+    text.seek(0)
+    lines = RecipeLines(text, members[-1], taken, found, pieces)
+    wanted = members[10:1500] + members[1501:-1]  # one member in the middle read again
+    for member in wanted:
+        lines.take(member.start, member.stop, member.tar_size)
+    lines.take_trailer()
+    expected = b"".join(text.getvalue()[m.start : m.stop] for m in [*wanted, members[-1]])
+    if held == "all":
+        assert taken.lines == b""
+        spelled = b"".join(store.chunks[ref.chunk_id][ref.start : ref.stop] for ref in taken.pieces)
+        assert spelled == expected
+    else:
+        assert taken.pieces == []
+        assert taken.lines == expected
