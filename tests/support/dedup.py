@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 from daemon.archive.chunkconfig import CONFIG_KEY, ChunkConfig, seal_config
 from daemon.archive.packs import ChunkWriter, SealedPack, index_key, pack_key
 from daemon.archive.recipe import MemberMark, RecipeBuilder
-from daemon.archive.tarstream import Member
 from daemon.archive.spool import SpooledSection
+from daemon.archive.tarstream import Member
 from daemon.config.keys import Recipient
 
 
@@ -49,7 +50,8 @@ def store_tar(
     writer = ChunkWriter(config, recipients, set() if known is None else known, store_pack)
     with writer.index, SpooledSection(recipients) as section:
         marks = None if version == 1 else unlisted
-        builder = RecipeBuilder(config.chunker, writer.add, section, marks)
+        pieces = partial(writer.add, piece=True) if version == 3 else None
+        builder = RecipeBuilder(config.chunker, writer.add, section, marks, pieces)
         stream = io.BytesIO(tar)
         while piece := stream.read(piece_size):
             builder.feed(piece)
