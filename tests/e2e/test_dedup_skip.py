@@ -9,6 +9,7 @@ restore brings back against the source.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import time
@@ -18,8 +19,11 @@ import docker
 import pytest
 import zstandard
 
+from daemon.archive.packs import PackEntry, open_pack, pack_key, read_index
+from daemon.archive.recipe import write_spliced
 from tests.e2e.conftest import Workspace, mountpoint
-from tests.e2e.test_dedup import backup, export, manifest_of, restored
+from tests.e2e.test_dedup import backup, chunks_dir, export, manifest_of, restored
+from tests.support import manifests
 from tests.support.tree import build_fidelity_tree, differences, snapshot
 
 pytestmark = pytest.mark.e2e
@@ -170,5 +174,64 @@ def test_a_repeat_backup_splices_the_previous_recipes_pieces_which_outlive_its_a
         result = workspace.run("prune", "app")
         assert result.returncode == 0, result.stderr
     assert not list(workspace.archive_dir("app", volume).glob(f"*{first}*"))
+    assert export(workspace, volume, second) == helper_tar(helper_image, volume)
+    assert differences(snapshot(root), restored(api, workspace, volume, second)) == []
+
+
+def as_version_2(workspace: Workspace, volume: str, archive_id: str) -> None:
+    """Rewrite an archive's recipe as volkeep wrote it before version 3 (its lines spelled
+    out from its pieces, zstd), and its manifest's record of the recipe's bytes."""
+    chunks = chunks_dir(workspace)
+    where = {
+        entry.chunk_id: entry
+        for index in (chunks / "index").iterdir()
+        for entry in read_index(index.name, index.open("rb"), None)
+    }
+
+    def piece(chunk_id: str) -> bytes:
+        entry = where[chunk_id]
+        pack = open_pack(entry.pack, (chunks / pack_key(entry.pack)).read_bytes(), None)
+        return pack.chunk(
+            PackEntry(chunk_id, entry.offset, entry.stored_length, entry.plain_length)
+        )
+
+    lines = recipe_lines(workspace, volume, archive_id)
+    assert lines[0] == b"volkeep-recipe 3"
+    text = io.BytesIO()
+    write_spliced((line + b"\n" for line in lines[1:]), piece, text)
+    stored = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(text.getvalue())
+    directory = workspace.archive_dir("app", volume)
+    (directory / f"{volume}-{archive_id}.recipe.zst").write_bytes(stored)
+    manifest = directory / f"{volume}-{archive_id}.manifest.json"
+    summary = manifests.summary(manifest)
+    summary["archive"] |= {"size": len(stored), "sha256": hashlib.sha256(stored).hexdigest()}
+    manifests.rewrite_summary(manifest, summary)
+
+
+def test_an_archive_of_recipe_version_2_still_drills_restores_exports_and_is_taken_from(
+    api: docker.APIClient, volumes, workspace: Workspace, helper_image: str
+) -> None:
+    """Formats are forever: a recipe written before version 3 (every line in the recipe
+    file) still drills, restores and exports, and the next backup takes its unchanged
+    files from it (copying their lines into pieces of its own)."""
+    volume = volumes("version2")
+    root = mountpoint(api, volume)
+    build(root)
+    workspace.write_config({"app": {"volumes": [volume], "format": "dedup"}})
+    first = backup(workspace)
+    as_version_2(workspace, volume, first)
+    assert recipe_lines(workspace, volume, first)[0] == b"volkeep-recipe 2"
+
+    drill = workspace.run("drill", "app", "--volume", volume, "--archive", first)
+    assert drill.returncode == 0, drill.stderr
+    assert export(workspace, volume, first) == helper_tar(helper_image, volume)
+    assert differences(snapshot(root), restored(api, workspace, volume, first)) == []
+
+    (root / "data" / "file-7.bin").write_bytes(b"changed")
+    settle()
+    second = backup(workspace)
+    files = manifest_of(workspace, volume, second)["files"]
+    assert isinstance(files, dict) and files["read"] == 1 and files["reused"] > 30, files
+    assert recipe_lines(workspace, volume, second)[0] == b"volkeep-recipe 3"
     assert export(workspace, volume, second) == helper_tar(helper_image, volume)
     assert differences(snapshot(root), restored(api, workspace, volume, second)) == []
