@@ -78,6 +78,7 @@ class ChunkedArchive:
         self._empty: set[str] = set()  # the copies whose caches listed no chunk
         self._caches_lock = threading.Lock()  # the storing thread reads the caches too
         self._stored: deque[tuple[str, tuple[PackEntry, ...], dict[str, OSError]]] = deque()
+        self._refused: set[str] = set()  # the copies that could not store a pack
         try:
             self.config = self._open(copies, policy, state_dir)
             self._pending = Pending()
@@ -182,13 +183,18 @@ class ChunkedArchive:
             return not any(self._caches[repository.name].is_condemned(pack) for repository in live)
 
     def _store_pack(self, pack: SealedPack) -> None:
-        """Store a pack in every live copy; keep what each copy raised for `_settle`."""
+        """Store a pack in every live copy; keep what each copy raised for `_settle`. A
+        copy that could not store a pack is given no other (it is dropped at `_settle`:
+        a full disk keeps no pack stored after the one that did not fit)."""
         failures: dict[str, OSError] = {}
         for repository in self._copies.published:
+            if repository.name in self._refused:
+                continue
             try:
                 self._stores[repository.name].put_pack(pack)
             except OSError as error:
                 failures[repository.name] = error
+                self._refused.add(repository.name)
         self._stored.append((pack.name, pack.entries, failures))
 
     def _settle(self) -> None:
