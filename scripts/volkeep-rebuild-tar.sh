@@ -8,7 +8,8 @@
 # index/ and packs/), RECIPE the archive's recipe file, IDENTITY_FILE the age identity when
 # the policy encrypts. OUTPUT is written (under OUTPUT.part first) and kept only when the
 # rebuilt tar has the size and SHA-256 the recipe ends with. Scratch space ($TMPDIR): the
-# recipe and the index in clear and, when encrypted, the packs the archive uses, decrypted.
+# recipe and the index in clear, a version 3 recipe's pieces and its text expanded and,
+# when encrypted, the packs the archive uses, decrypted.
 set -eu
 export LC_ALL=C
 
@@ -37,11 +38,13 @@ in_clear() {
 
 # 1. The recipe, one step per line: R base64 | Z count | C chunk-id length | T size sha256
 # (version 2 adds M lines, which mark where members end and add no bytes, and may end
-# with "T size -" when its tar's SHA-256 was not computed)
+# with "T size -" when its tar's SHA-256 was not computed; version 3 keeps those lines in
+# pieces, expanded in step 2b)
 in_clear "$recipe" > "$work/recipe"
-case "$(head -n 1 "$work/recipe")" in
-"volkeep-recipe 1" | "volkeep-recipe 2") ;;
-*) fail "$recipe: not a volkeep recipe of version 1 or 2" ;;
+version=$(head -n 1 "$work/recipe")
+case "$version" in
+"volkeep-recipe 1" | "volkeep-recipe 2" | "volkeep-recipe 3") ;;
+*) fail "$recipe: not a volkeep recipe of version 1, 2 or 3" ;;
 esac
 
 # 2. Every index, one line per chunk: chunk-id pack offset stored-length plain-length
@@ -54,23 +57,8 @@ for index in "$chunks"/index/*; do
 done
 sort -k1,1 -u "$work/all-index" > "$work/index"
 
-# 3. Where each chunk of the recipe is, in the recipe's order: chunk-id seq pack offset ...
-seq=0
-while read -r kind id rest; do
-    if [ "$kind" = C ]; then
-        seq=$((seq + 1))
-        echo "$id $seq"
-    fi
-done < "$work/recipe" > "$work/wanted"
-sort -k1,1 "$work/wanted" > "$work/wanted-sorted"
-join "$work/wanted-sorted" "$work/index" | sort -k2,2n > "$work/locations"
-found=$(wc -l < "$work/locations")
-[ "$found" -eq "$seq" ] || fail "$((seq - found)) of the recipe's chunks are in no index"
-
-# 4. Follow the recipe. Runs of chunks that lie one after the other in a pack are read
-# and decompressed at once (zstd reads concatenated frames); runs of raw lines, too.
-# A pack's name is the SHA-256 of its stored bytes: each is checked once, before its first
-# use (a chunk that did not compress is a zstd frame without a checksum of its own).
+# The packs. A pack's name is the SHA-256 of its stored bytes: each is checked once, before
+# its first use (a chunk that did not compress is a zstd frame without a checksum of its own).
 mkdir "$work/packs" "$work/checked"
 pack_path=
 open_pack() {  # sets pack_path: the pack named $1, in clear
@@ -89,6 +77,111 @@ open_pack() {  # sets pack_path: the pack named $1, in clear
         age -d -i "$identity" -o "$pack_path" "$stored" || fail "$stored: age cannot decrypt it"
     fi
 }
+
+# 2b. A version 3 recipe: its P lines declare pieces, chunks whose plain bytes are lines of
+# a version 2 recipe (numbered 0, 1, ... in the order of the P lines); each S line stands
+# for the bytes [start, stop) of a piece. Each piece is extracted once, its length and its
+# lines' kinds checked; replacing each S line by its bytes (whole lines, checked) and
+# dropping the P lines gives the text of a version 2 recipe, which steps 3 and 4 follow.
+is_number() {  # a decimal count: no leading 0 (arithmetic would read octal), at most 18 digits
+    case $1 in
+    '' | *[!0-9]* | 0?*) return 1 ;;
+    esac
+    [ ${#1} -le 18 ]
+}
+is_id() {
+    case $1 in
+    *[!0-9a-f]*) return 1 ;;
+    esac
+    [ ${#1} -eq 64 ]
+}
+ends_line() {  # whether byte $2 (counting from 1) of file $1 is a newline
+    [ "$(tail -c +"$2" "$1" | head -c 1 | wc -l)" -eq 1 ]
+}
+splice() {  # "S piece start stop": write those bytes of the piece, once checked
+    [ $# -eq 4 ] && is_number "$2" && is_number "$3" && is_number "$4" \
+        || fail "$recipe, line $line: a damaged S line"
+    [ "$2" -lt "$declared" ] || fail "$recipe, line $line: piece $2 is declared by no P line before it"
+    piece="$work/pieces/$2"
+    read -r length < "$piece.length"
+    range="bytes [$3, $4) of piece $2"
+    [ "$4" -gt "$3" ] || fail "$recipe, line $line: $range: an empty range"
+    [ "$4" -le "$length" ] || fail "$recipe, line $line: $range: the piece has $length bytes"
+    [ "$3" -eq 0 ] || ends_line "$piece" "$3" || fail "$recipe, line $line: $range do not start at a line's start"
+    ends_line "$piece" "$4" || fail "$recipe, line $line: $range do not end at a line's end"
+    tail -c +$(($3 + 1)) "$piece" | head -c $(($4 - $3))
+}
+if [ "$version" = "volkeep-recipe 3" ]; then
+    mkdir "$work/pieces"
+    line=0 pieces=0
+    while read -r kind id length rest <&3; do
+        line=$((line + 1))
+        [ "$kind" = P ] || continue
+        [ -z "$rest" ] && is_id "$id" && is_number "$length" || fail "$recipe, line $line: a damaged P line"
+        echo "$id $pieces $length"
+        pieces=$((pieces + 1))
+    done 3< "$work/recipe" > "$work/wanted"
+    sort -k1,1 "$work/wanted" > "$work/wanted-sorted"
+    join "$work/wanted-sorted" "$work/index" | sort -k2,2n > "$work/piece-locations"
+    found=$(wc -l < "$work/piece-locations")
+    [ "$found" -eq "$pieces" ] || fail "$((pieces - found)) of the recipe's pieces are in no index"
+    while read -r id n length pack offset frame plain <&3; do
+        piece="$work/pieces/$n"
+        [ "$plain" -eq "$length" ] || fail "piece $n (chunk $id): $length bytes by its P line, $plain by the index"
+        open_pack "$pack"
+        tail -c +$((offset + 1)) "$pack_path" | head -c "$frame" | zstd -dq > "$piece" \
+            || fail "pack $pack: damaged piece $n at $offset"
+        [ "$(wc -c < "$piece")" -eq "$length" ] || fail "piece $n (chunk $id): not $length bytes long"
+        echo "$length" > "$piece.length"
+        cut -c 1-2 "$piece" | sort -u > "$work/kinds"
+        while IFS= read -r opening <&4; do
+            case $opening in
+            "R " | "Z " | "C " | "M ") ;;
+            "T "*) fail "piece $n (chunk $id) holds a T line (the end line is the recipe file's)" ;;
+            *) fail "piece $n (chunk $id) holds a line that is not R, Z, C or M" ;;
+            esac
+        done 4< "$work/kinds"
+    done 3< "$work/piece-locations"
+    line=0 declared=0
+    {
+        echo "volkeep-recipe 2"
+        while IFS= read -r text <&3; do
+            line=$((line + 1))
+            case $text in
+            "P "*) declared=$((declared + 1)) ;;
+            "S "*)
+                set -f
+                # shellcheck disable=SC2086  # the line's fields, split on its spaces
+                splice $text
+                set +f
+                ;;
+            "R "* | "Z "* | "C "* | "M "*) printf '%s\n' "$text" ;;
+            "T "*)
+                printf '%s\n' "$text"
+                break
+                ;;
+            *) [ "$line" -eq 1 ] || fail "$recipe, line $line: not a line of a version 3 recipe" ;;
+            esac
+        done 3< "$work/recipe"
+    } > "$work/expanded"
+    mv "$work/expanded" "$work/recipe"
+fi
+
+# 3. Where each chunk of the recipe is, in the recipe's order: chunk-id seq pack offset ...
+seq=0
+while read -r kind id rest; do
+    if [ "$kind" = C ]; then
+        seq=$((seq + 1))
+        echo "$id $seq"
+    fi
+done < "$work/recipe" > "$work/wanted"
+sort -k1,1 "$work/wanted" > "$work/wanted-sorted"
+join "$work/wanted-sorted" "$work/index" | sort -k2,2n > "$work/locations"
+found=$(wc -l < "$work/locations")
+[ "$found" -eq "$seq" ] || fail "$((seq - found)) of the recipe's chunks are in no index"
+
+# 4. Follow the recipe. Runs of chunks that lie one after the other in a pack are read
+# and decompressed at once (zstd reads concatenated frames); runs of raw lines, too.
 run_pack= run_start=0 run_end=0 raw=
 flush_chunks() {
     if [ -n "$run_pack" ]; then
