@@ -348,8 +348,8 @@ class _Splicer:
         self._store = store
         self._piece = bytearray()  # the piece being filled
         self._run = 0  # where the bytes of it not yet spliced start
-        self._waiting: list[PieceRef | None] = []  # None: a run of the piece being filled
-        self._runs: list[tuple[int, int]] = []  # those runs, in order
+        # what waits for the piece being filled: earlier pieces' bytes, and its own runs
+        self._waiting: list[PieceRef | tuple[int, int]] = []
         self._numbers: dict[str, int] = {}  # the pieces declared, by id
         self._last: list[int] | None = None  # the S line not yet written: piece, start, stop
 
@@ -387,25 +387,25 @@ class _Splicer:
 
     def _close_run(self) -> None:
         if len(self._piece) > self._run:
-            self._waiting.append(None)
-            self._runs.append((self._run, len(self._piece)))
+            self._waiting.append((self._run, len(self._piece)))
             self._run = len(self._piece)
 
     def _seal(self, end: int) -> None:
         """Store the piece's first `end` bytes as a piece (the rest begins the next), then
         write the S lines that waited for it."""
         if end > self._run:
-            self._waiting.append(None)
-            self._runs.append((self._run, end))
+            self._waiting.append((self._run, end))
         data = bytes(self._piece[:end])
         del self._piece[:end]
         self._run = 0
         piece_id = self._store(data)
-        runs = iter(self._runs)
-        for ref in self._waiting:
-            self._splice(ref if ref is not None else PieceRef(piece_id, len(data), *next(runs)))
+        for waiting in self._waiting:
+            self._splice(
+                waiting
+                if isinstance(waiting, PieceRef)
+                else PieceRef(piece_id, len(data), *waiting)
+            )
         self._waiting.clear()
-        self._runs.clear()
 
     def _splice(self, ref: PieceRef) -> None:
         number = self._numbers.get(ref.chunk_id)
@@ -446,7 +446,9 @@ def read_recipe(
     the end line missing."""
     first = next(lines, None)
     if first == SPLICED_HEADER and pieces is not None:
-        lines = _text_lines(spliced((line.encode() for line in lines), pieces))
+        spelled = marked_lines(chain((first.encode(),), (line.encode() for line in lines)), pieces)
+        next(spelled)  # the version 2 header it stands for
+        lines = (line.decode("ascii") for line in spelled)
     elif first not in (HEADER, MARKED_HEADER):
         raise RecipeError(
             "not a volkeep recipe of version 1, 2 or 3"
@@ -517,20 +519,6 @@ def _piece(chunk_id: str, length: int, pieces: Callable[[str], bytes]) -> bytes:
     if data.startswith(b"T") or b"\nT" in data:
         raise RecipeError(f"piece {chunk_id} holds an end line")
     return data
-
-
-def _text_lines(runs: Iterable[tuple[bytes, PieceRef | None]]) -> Iterator[str]:
-    """Given the runs `spliced` yields, yield their lines as text."""
-    for text, ref in runs:
-        try:
-            decoded = text.decode("ascii")
-        except UnicodeDecodeError:
-            raise RecipeError("a line of the recipe is not ASCII text") from None
-        if ref is None:
-            yield decoded
-        else:  # whole lines, each ending with its newline
-            for line in decoded.split("\n")[:-1]:
-                yield line + "\n"
 
 
 def marked_lines(lines: Iterable[bytes], pieces: Callable[[str], bytes]) -> Iterator[bytes]:
