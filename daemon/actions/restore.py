@@ -228,8 +228,9 @@ def _extract_split(
     with tempfile.SpooledTemporaryFile(SPOOL_MEMORY, dir=spool) as last:
 
         def dealt() -> Iterator[tuple[int, bytes]]:
-            # read, checked and decompressed a few pieces ahead, as in one stream
-            for stream, piece in read_ahead(routed_archive_chunks(archive, split.route, include)):
+            # checked here while the archive is read and decompressed a few pieces ahead
+            # (in a thread of its own) and the helpers' queues are sent
+            for stream, piece in routed_archive_chunks(archive, split.route, include):
                 progress.advance(len(piece))
                 if stream == split.last:
                     last.write(piece)

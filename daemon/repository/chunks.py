@@ -67,7 +67,11 @@ PACKS_AHEAD = 2  # packs fetched ahead of the tar being rebuilt (8 MiB each)
 STEPS_AHEAD = 4096  # recipe steps looked at ahead for the packs they need
 LOCATE_STEPS = 256  # recipe steps whose chunks are looked up in the index in one query
 FETCHING_THREADS = 2
-READ_SIZE = 1 << 20  # the tar rebuilt is yielded in pieces of about this size
+# The tar rebuilt is yielded in pieces of about this size. A restore queues a few dozen of
+# them between its threads: at 1 MiB a whole restore of the benchmark's mixed volume peaked
+# at 131-154 MiB (glibc's heap left with holes of their size), at 256 KiB at 112-132 MiB,
+# for the same CPU seconds (docs/benchmarks.md, "Restore memory at the budget's edge").
+READ_SIZE = 1 << 18
 
 
 class DamagedChunks(OSError):
