@@ -390,4 +390,4 @@ def recipe_tar(
         steps = read_recipe(chain((first,), lines), reads.piece)
         if contents is not None and first != HEADER:  # members' ends are marked
             steps = without_contents(steps, contents)
-        yield from tar_pieces(reads.ahead(steps), reads, READ_SIZE)
+        yield from tar_pieces(reads.ahead(steps), reads, READ_SIZE, digested=first == HEADER)

@@ -6,12 +6,15 @@ import hashlib
 import io
 import tarfile
 
+import pytest
+
 from daemon.archive.chunking import ChunkerParameters
 from daemon.archive.recipe import (
     ChunkStep,
     EndStep,
     MemberMark,
     RecipeBuilder,
+    RecipeError,
     read_recipe,
     tar_pieces,
     without_contents,
@@ -84,3 +87,14 @@ def test_members_all_refused_read_no_chunk_at_all() -> None:
     lines, _ = recipe_of(two_files_tar())
     steps = without_contents(read_recipe(iter(lines)), lambda member: False)
     assert not any(isinstance(step, ChunkStep) for step in steps)
+
+
+def test_a_recipe_read_without_the_digest_rebuilds_the_tar_and_refuses_a_recorded_one() -> None:
+    tar = two_files_tar()
+    lines, chunks = recipe_of(tar)  # version 2: the end line records no SHA-256
+    assert b"".join(tar_pieces(read_recipe(iter(lines)), chunks.__getitem__, digested=False)) == tar
+    # an end line that records one, read without taking it: refused, not taken on trust
+    claimed = [*lines[:-1], lines[-1].replace(" -", " " + hashlib.sha256(tar).hexdigest())]
+    steps = read_recipe(iter(claimed))
+    with pytest.raises(RecipeError, match="SHA-256"):
+        b"".join(tar_pieces(steps, chunks.__getitem__, digested=False))
