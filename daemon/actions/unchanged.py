@@ -65,7 +65,7 @@ from daemon.errors import OperationError
 from daemon.repository.layout import ArchiveKey
 from daemon.repository.locate import newest_readable_backup
 from daemon.repository.store import Repository
-from daemon.state.filelist import FileList, ListedRow, PreviousRow
+from daemon.state.filelist import ComparedMember, FileList, ListedRow, PreviousRow
 from daemon.terminal.progress import Progress
 
 log = structlog.get_logger()
@@ -105,7 +105,7 @@ def full_read_reason(
     return None
 
 
-def unchanged(listed: ListedRow, previous: PreviousRow, racy_before: int) -> bool:
+def unchanged(listed: ListedRow, previous: ComparedMember, racy_before: int) -> bool:
     """Given an object as listed now, the previous archive's member of that path (its
     entry and its listed inode and ctime) and the second its listing began, say whether the
     member can be taken as it is. A ctime in or after that second is "racy": the file may

@@ -70,6 +70,24 @@ class PreviousRow(NamedTuple):
     tar_size: int
 
 
+class ComparedMember(NamedTuple):
+    """Of a member of the previous archive, what a backup compares with the listing to
+    tell whether it is unchanged: the fields of its `PreviousRow` but its path, its link,
+    content digest and xattrs, and where it lies in the recipe. Only these are read out
+    for each listed object: some 0.1 s of CPU less on 200,000 files than its whole row."""
+
+    position: int
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: float
+    inode: int | None
+    ctime: int | None
+    held: bool
+
+
 class FileList:
     """The listing and the previous archive's members of one backup."""
 
@@ -160,18 +178,18 @@ class FileList:
     def add_previous(self, row: PreviousRow) -> None:
         self._add(_ADD_PREVIOUS, row)
 
-    def pairs(self) -> Iterator[tuple[int, ListedRow, PreviousRow | None]]:
+    def pairs(self) -> Iterator[tuple[int, ListedRow, ComparedMember | None]]:
         """Yield each listed object in tar order with its sequence number and the previous
         archive's member of that path, if it had one."""
         self._flush()
         self._index_paths("previous")
         rows = self._db.execute(
             "SELECT l.seq, l.path, l.inode, l.links, l.size, l.mtime, l.ctime, l.mode, l.uid, "
-            f"l.gid, {_PREVIOUS} FROM listed l "
+            f"l.gid, {_COMPARED} FROM listed l "
             "LEFT JOIN previous p ON p.path = l.path ORDER BY l.seq"
         )
         for row in rows:
-            previous = _previous(row[10:])
+            previous = None if row[10] is None else ComparedMember._make(row[10:])
             yield row[0], ListedRow(*row[1:10]), previous
 
     def reuse(self, seq: int, position: int) -> None:
@@ -211,6 +229,7 @@ class FileList:
 
 
 _PREVIOUS = ", ".join(f"p.{field}" for field in PreviousRow._fields)
+_COMPARED = ", ".join(f"p.{field}" for field in ComparedMember._fields)
 _LISTED = ", ".join(ListedRow._fields)
 _ADD_LISTED = "INSERT INTO listed (path, inode, links, size, mtime, ctime, mode, uid, gid)"
 _ADD_PREVIOUS = "INSERT INTO previous"  # the inserts take their VALUES from insert_rows
