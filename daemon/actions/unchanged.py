@@ -646,7 +646,7 @@ def _record_previous(
     held_ids = known.holding([chunk_id for *_, lines in batch for chunk_id in lines.chunk_ids])
     for position, member, lines in batch:
         assert lines.mark is not None
-        held = all(chunk_id in held_ids for chunk_id in lines.chunk_ids)
+        held = held_ids.issuperset(lines.chunk_ids)
         files.add_previous(
             PreviousRow(
                 position,

@@ -123,7 +123,7 @@ class ChunkIndex:
                 part,
             )
             for chunk_id, pack in rows:
-                found.setdefault(bytes(chunk_id).hex(), bytes(pack).hex())
+                found.setdefault(chunk_id.hex(), pack.hex())
         return found
 
     def locate(self, chunk_id: str) -> Location | None:
