@@ -187,14 +187,13 @@ class VolumeReading:
     def _listing(self, exclude: tuple[str, ...]) -> ListingParser:
         def take(listed: ListedRow) -> None:
             # a hard-linked name is MemberFilter's call (a kept link to an excluded name fails)
-            path = normalize_path(listed.path)
             if exclude:
                 is_dir = kind_of(listed.mode) == "dir"
-                if (is_dir or listed.links == 1) and is_excluded(exclude, path, is_dir):
+                if (is_dir or listed.links == 1) and is_excluded(exclude, listed.path, is_dir):
                     return
-            self.files.add_listed(ListedRow(path, *listed[1:]))
+            self.files.add_listed(listed)
 
-        return ListingParser(take)
+        return ListingParser(take, normalize_path)
 
     def full(self, scanner: TarScanner, exclude: tuple[str, ...], progress: Progress) -> None:
         """Read the whole volume: one helper lists it, then tars it. Only busybox tar's

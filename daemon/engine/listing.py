@@ -64,12 +64,18 @@ def partial_tar_command(output: str, paths: list[str]) -> list[str]:
 
 
 class ListingParser:
-    """Fed the helper's stream, gives each listed object to `on_listed`; once the listing has
-    ended, `feed` returns the bytes that follow it (the tar, if the helper wrote one).
-    `complete` is False if a batch could not be listed."""
+    """Fed the helper's stream, gives each listed object to `on_listed`, its path as `path`
+    returns it for the name `find` gave (the caller's: a backup's members' paths); once the
+    listing has ended, `feed` returns the bytes that follow it (the tar, if the helper wrote
+    one). `complete` is False if a batch could not be listed."""
 
-    def __init__(self, on_listed: Callable[[ListedRow], object]) -> None:
+    def __init__(
+        self, on_listed: Callable[[ListedRow], object], path: Callable[[str], str] = str
+    ) -> None:
         self._on_listed = on_listed
+        # here, so that each name makes one row (a second one, made by the caller with its
+        # path, took some 0.15 s of CPU on 200,000 files)
+        self._path = path
         self._buffer = bytearray()
         self._numbers: list[re.Match[bytes]] = []  # the current batch's stat lines
         self._count: int | None = None  # stat lines due in the current batch
@@ -137,7 +143,7 @@ class ListingParser:
         self.count += 1
         self._on_listed(
             ListedRow(
-                name.decode("utf-8", "surrogateescape"),
+                self._path(name.decode("utf-8", "surrogateescape")),
                 int(inode),
                 int(links),
                 int(size),
