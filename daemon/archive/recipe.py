@@ -624,7 +624,10 @@ def member_lines(lines: Iterable[bytes]) -> Iterator[MemberLines]:
             chunk_ids.append(match[1].decode())
             size += int(match[2])
         elif kind == b"M":
-            mark = MemberMark(*(None if field == b"-" else int(field) for field in match.groups()))
+            inode, ctime = match.groups()  # no generator: 0.1 s of CPU on 200,000 members
+            mark = MemberMark(
+                None if inode == b"-" else int(inode), None if ctime == b"-" else int(ctime)
+            )
             yield MemberLines(start, offset, size, tuple(chunk_ids), mark)
             start, size, chunk_ids = offset, 0, []
         else:
