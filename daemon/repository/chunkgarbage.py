@@ -44,8 +44,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import groupby
+from itertools import chain, groupby
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 import zstandard
@@ -66,7 +67,14 @@ from daemon.archive.packs import (
     open_pack,
     pack_key,
 )
-from daemon.archive.recipe import ChunkStep, RecipeError, read_recipe
+from daemon.archive.recipe import (
+    HEADER,
+    ChunkStep,
+    RecipeError,
+    marked_lines,
+    member_lines,
+    read_recipe,
+)
 from daemon.archive.sealing import opener, section_reader
 from daemon.archive.spool import SpooledSection
 from daemon.config.keys import EncryptionError, Identities, Recipient
@@ -448,6 +456,26 @@ def _marks(
                 yield _recipe_chunks(chunks, key, identities, pieces)
 
 
+def _chunk_ids(text: BinaryIO, pieces: _Pieces) -> Iterator[str]:
+    """Given a recipe's text, yield the ids of the chunks it names: its pieces' (a version 3
+    recipe's, read by `pieces`) and those of its lines. A recipe of version 2 or 3 is read
+    member by member (`member_lines`: each line checked, no raw bytes decoded; three
+    recipes of 200,000 members took 11 s of CPU step by step), one of version 1 step by
+    step."""
+    first = text.readline()
+    lines = chain((first,), text)
+    if first == HEADER.encode():
+        steps = read_recipe(line.decode("ascii") for line in lines)
+        yield from (step.chunk_id for step in steps if isinstance(step, ChunkStep))
+        return
+    for member in member_lines(marked_lines(lines, pieces)):
+        yield from pieces.read_ids
+        pieces.read_ids.clear()
+        yield from member.chunk_ids
+    yield from pieces.read_ids
+    pieces.read_ids.clear()
+
+
 def _recipe_chunks(
     chunks: ChunkStore, key: ArchiveKey, identities: Identities | None, pieces: _Pieces
 ) -> Iterator[str]:
@@ -469,13 +497,7 @@ def _recipe_chunks(
             closing(repository.open_archive(key, manifest)) as stored,
             section_reader(stored, decrypt) as plain,
         ):
-            lines = io.TextIOWrapper(plain, encoding="ascii")  # type: ignore[type-var]
-            for step in read_recipe(iter(lines), pieces):
-                if pieces.read_ids:
-                    yield from pieces.read_ids
-                    pieces.read_ids.clear()
-                if isinstance(step, ChunkStep):
-                    yield step.chunk_id
+            yield from _chunk_ids(io.BufferedReader(plain, 1 << 16), pieces)  # type: ignore[type-var]
     except (OperationError, BlobMissing) as error:
         if not repository.store.exists(key.blob(MANIFEST_SUFFIX)):
             return  # deleted by a prune as we read it: it references nothing any more
