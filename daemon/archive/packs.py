@@ -159,11 +159,15 @@ class PackBuilder:
 
 
 class Pack:
-    """A pack's plain bytes, read: its entries from the trailer, and its chunks."""
+    """A pack's plain bytes, read: its entries from the trailer, and its chunks (by one
+    thread at a time: they share the pack's zstd decompressor)."""
 
     def __init__(self, plain: bytes) -> None:
         """Raise PackFormatError if the footer or trailer cannot be read."""
         self._plain = plain
+        # one for the pack's chunks: a decompressor made for each of them cost 8 us, some
+        # 1.6 s of CPU in a restore of 200,000 small files
+        self._decompressor = zstandard.ZstdDecompressor()
         footer = plain[-FOOTER_SIZE:]
         digits = footer[len(FOOTER_MAGIC) : -1]
         if (
@@ -190,9 +194,7 @@ class Pack:
         # a view: the frame is only read, and copying every chunk's would cost a pass
         frame = memoryview(self._plain)[entry.offset : entry.offset + entry.stored_length]
         try:
-            plain: bytes = zstandard.ZstdDecompressor().decompress(
-                frame, max_output_size=entry.plain_length
-            )
+            plain: bytes = self._decompressor.decompress(frame, max_output_size=entry.plain_length)
         except zstandard.ZstdError as error:
             raise PackFormatError(f"damaged chunk {entry.chunk_id}: {error}") from None
         if len(plain) != entry.plain_length:
