@@ -69,6 +69,8 @@ from daemon.archive.packs import (
 )
 from daemon.archive.recipe import (
     HEADER,
+    MARKED_HEADER,
+    SPLICED_HEADER,
     ChunkStep,
     RecipeError,
     marked_lines,
@@ -464,6 +466,8 @@ def _chunk_ids(text: BinaryIO, pieces: _Pieces) -> Iterator[str]:
     step."""
     first = text.readline()
     lines = chain((first,), text)
+    if first not in (HEADER.encode(), MARKED_HEADER.encode(), SPLICED_HEADER.encode()):
+        raise RecipeError("not a volkeep recipe of version 1, 2 or 3")
     if first == HEADER.encode():
         steps = read_recipe(line.decode("ascii") for line in lines)
         yield from (step.chunk_id for step in steps if isinstance(step, ChunkStep))

@@ -64,3 +64,12 @@ def test_a_damaged_recipe_of_version_2_stops_the_collection(damage: tuple[bytes,
     assert damaged != recipe
     with pytest.raises(RecipeError):
         found(store, damaged)
+
+
+def test_a_recipe_of_a_version_it_does_not_know_stops_the_collection_saying_so() -> None:
+    store = Store()
+    recipe = written(store, small_files_tar(10), 2).replace(
+        b"volkeep-recipe 2", b"volkeep-recipe 4", 1
+    )
+    with pytest.raises(RecipeError, match="version 1, 2 or 3"):
+        found(store, recipe)
