@@ -179,6 +179,9 @@ def test_a_volume_labelled_after_start_is_backed_up_without_a_reload(
     assert {entry["volume"] for entry in archives(workspace)} == {volume}
 
 
+# a one-file archive, as below: a deduplicated backup of random data stores it without
+# compressing it, and may be published before the stop is requested (it failed once in CI)
+@pytest.mark.archive_format("tar")
 def test_sigterm_lets_a_running_backup_finish_within_the_shutdown_timeout(
     api, volumes, workspace, start_daemon
 ):
