@@ -6,7 +6,6 @@ age), or deduplicated (`dedup`: a recipe and chunks in packs, `daemon.actions.ch
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,8 +46,7 @@ from daemon.engine.volumes import VolumeInfo, require_volume, select_volumes, vo
 from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.repository.copies import Copies
 from daemon.repository.ids import allocate_key
-from daemon.repository.layout import ArchiveKey
-from daemon.repository.locate import newest_readable_backup
+from daemon.repository.locate import Located, newest_readable_backup
 from daemon.repository.store import Repository
 from daemon.terminal.progress import Progress
 
@@ -83,12 +81,6 @@ def archive_layout(policy: Policy) -> str:
     return DEDUPLICATED if policy.archive_format() == "dedup" else SINGLE
 
 
-def _expected_size(repositories: list[Repository], source: BackupSource) -> int | None:
-    """Return the tar size of the volume's last backup: the estimate progress shows."""
-    previous = newest_readable_backup(repositories, source.policy, source.volume.name)
-    return previous.manifest.tar_size if previous is not None else None
-
-
 @dataclass(frozen=True)
 class Published:
     """A new archive: its manifest, the storages that hold it, and those that failed."""
@@ -104,6 +96,7 @@ def back_up_volume(
     source: BackupSource,
     on_stream_end: Callable[[], None] | None = None,
     *,
+    previous: Located | None,
     spool_dir: Path | None = None,
 ) -> Published:
     """Stream the volume through a helper's tar into a new archive in every repository and
@@ -113,7 +106,10 @@ def back_up_volume(
     manifest is written last (its entries wait meanwhile in memory up to a MiB, then in an
     unnamed file in `spool_dir`, the state dir, which also holds the helper's pipe).
     `on_stream_end` is called once the helper's tar has ended well, before the archives are
-    completed (containers stopped for the backup start again there). Raise OperationError
+    completed (containers stopped for the backup start again there). `previous`, the
+    volume's newest readable backup (`newest_readable_backup`; None: none, or none to
+    compare with), is what a deduplicated backup reads only the changes since and what the
+    progress on a terminal expects the size of. Raise OperationError
     if no copy could be published, leaving nothing listed behind; a copy that failed while
     others were published is in `failures`. The caller holds the volume's lock.
     """
@@ -176,14 +172,15 @@ def back_up_volume(
                 scanner = TarScanner(emit=packer.write, include=selection.include, done=entries.add)
             progress = Progress(f"backing up {source.volume.name}")
             if progress.enabled:  # on a terminal: the previous archive's size, or a du
-                progress.total = _expected_size(repositories, source) or volume_usage(
-                    api, source.image, source.volume.name
+                progress.total = (
+                    previous.manifest.tar_size
+                    if previous is not None
+                    else volume_usage(api, source.image, source.volume.name)
                 )
             if reading is not None:
                 files = read_volume(
                     reading,
-                    repositories,
-                    source.policy,
+                    previous,
                     source.identities,
                     source.exclude,
                     source.full_read_every,
@@ -258,7 +255,6 @@ def back_up_volume(
             content_digests=entries.digests,
         )
         copies.publish(lambda: entries.chunks(manifest))
-        _warn_of_the_future(copies.published, key)
         log.info(
             "backup published",
             storages=[repository.name for repository in copies.published],
@@ -273,22 +269,6 @@ def back_up_volume(
             seconds=round((manifest.finished - started).total_seconds(), 2),
         )
         return Published(manifest, copies.published, copies.failures)
-
-
-def _warn_of_the_future(repositories: list[Repository], key: ArchiveKey) -> None:
-    """Warn about the volume's archives dated after the new one: a clock went back, or the
-    host that wrote them had one ahead. They take keep_last places until then."""
-    for repository in repositories:
-        with contextlib.suppress(OSError):
-            later = [
-                other.id for other in repository.backups(key.policy, key.volume) if other > key
-            ]
-            if later:
-                log.warning(
-                    "archives dated after the new one: is a clock wrong?",
-                    storage=repository.name,
-                    archives=later,
-                )
 
 
 def policy_volumes(api: docker.APIClient, policy: Policy, requested: list[str]) -> list[str]:
@@ -411,7 +391,12 @@ def back_up_one(
         ) as start_again:
             events.containers_stopped(policy.name, name, [c.name for c in stopping])
             published = back_up_volume(
-                api, repositories, source, on_stream_end=start_again, spool_dir=ctx.state_dir
+                api,
+                repositories,
+                source,
+                on_stream_end=start_again,
+                previous=found,
+                spool_dir=ctx.state_dir,
             )
         events.containers_started(policy.name, name, [c.name for c in stopping])
         notice_shrink(previous, published.manifest)

@@ -42,7 +42,7 @@ from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.repository.acceptances import read_acceptances
 from daemon.repository.garbage import remove_garbage
 from daemon.repository.layout import DRILL_SUFFIX, ArchiveKey, id_order
-from daemon.repository.store import Repository
+from daemon.repository.store import Repository, committed
 from daemon.rules import shrink
 from daemon.rules.retention import Candidate, Decision, may_delete, safety_decision, select
 from daemon.rules.verdict import DrillRecord, archive_verdict
@@ -233,16 +233,22 @@ def _read_archives(
 ) -> tuple[dict[str, _StoredBackup], dict[str, _StoredBackup], list[Decision]]:
     """Given a volume, return its committed backups by id, each drill-passed if the verdict
     that counts for it in any of `storages` (and this one) passed; its safety archives by
-    id; and a keep decision for each archive whose manifest cannot be read, with why.
+    id; and a keep decision for each archive whose manifest cannot be read, with why. Each
+    storage is listed once.
 
-    Raise OSError if the storage cannot be read, StorageFailure if one of `storages` cannot.
+    Raise OSError if the storage cannot be read, StorageFailure if one of `storages` cannot
+    be listed (this one included: its verdicts count too).
     """
-    others = [storage for storage in storages if storage.name != repository.name]
-    verdicts = _verdicts([repository, *others], policy, volume)
+    files = _verdict_files(repository, policy, volume)
+    verdicts = _verdicts(
+        [(repository, files)]
+        + [(storage, _verdict_files(storage, policy, volume))
+           for storage in storages if storage.name != repository.name]
+    )  # fmt: skip
     backups = {}
     safety = {}
     kept_aside = []
-    for key in repository.archives(policy, volume):
+    for key in committed(files):
         try:
             manifest = repository.read_manifest(key, entries=False)
         except OperationError as error:
@@ -270,22 +276,27 @@ def _safety_decision(policy: Policy, archive: _StoredBackup, now: datetime) -> D
     )
 
 
-def _verdicts(
-    storages: Sequence[Repository], policy: str, volume: str
-) -> dict[str, list[DrillRecord]]:
-    """Given the storages whose verdicts count, return the drill records they hold of the
-    volume's archives, by archive id: a verdict belongs to the archive, whichever copy was
-    drilled (SPEC promise 12). An unreadable record is none (no proof).
+def _verdict_files(storage: Repository, policy: str, volume: str) -> dict[ArchiveKey, set[str]]:
+    """Given a storage whose verdicts count, return the volume's archive files there.
 
-    Raise StorageFailure, naming the storage, if one cannot be listed: a verdict it holds
+    Raise StorageFailure, naming the storage, if it cannot be listed: a verdict it holds
     may protect an archive, so nothing is pruned without it.
     """
+    try:
+        return storage.files(policy, volume)
+    except OSError as error:
+        raise storage.failure(error, "cannot read the drill verdicts") from None
+
+
+def _verdicts(
+    listed: Sequence[tuple[Repository, dict[ArchiveKey, set[str]]]],
+) -> dict[str, list[DrillRecord]]:
+    """Given the storages whose verdicts count, each with the volume's archive files there,
+    return the drill records they hold of the volume's archives, by archive id: a verdict
+    belongs to the archive, whichever copy was drilled (SPEC promise 12). An unreadable
+    record is none (no proof)."""
     found: dict[str, list[DrillRecord]] = {}
-    for storage in storages:
-        try:
-            files = storage.files(policy, volume)
-        except OSError as error:
-            raise storage.failure(error, "cannot read the drill verdicts") from None
+    for storage, files in listed:
         for key, suffixes in files.items():
             if DRILL_SUFFIX in suffixes and (record := storage.read_drill(key)) is not None:
                 found.setdefault(key.id, []).append(record)

@@ -474,8 +474,8 @@ class _Restoring:
             checking = pool.submit(
                 self.search.first, lambda copy: verify_archive(self._stored(copy))
             )
-            self.safety = back_up_volume(
-                self.api, ctx.repositories(policy), source, spool_dir=ctx.state_dir
+            self.safety = back_up_volume(  # a one-file archive: it compares with none
+                self.api, ctx.repositories(policy), source, previous=None, spool_dir=ctx.state_dir
             )
             log.info(
                 "saved the target's content as a safety archive",

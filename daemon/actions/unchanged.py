@@ -63,7 +63,7 @@ from daemon.engine.listing import (
 from daemon.engine.tarflavour import TarFlavour, volume_tar
 from daemon.errors import OperationError
 from daemon.repository.layout import ArchiveKey
-from daemon.repository.locate import newest_readable_backup
+from daemon.repository.locate import Located
 from daemon.repository.store import Repository
 from daemon.state.filelist import ComparedMember, FileList, ListedRow, PreviousRow
 from daemon.terminal.progress import Progress
@@ -557,34 +557,26 @@ def _end(offset: int, ref: PieceRef) -> int:
 
 
 def previous_archive(
-    repositories: list[Repository],
-    policy: str,
-    volume: str,
-    identities: Identities | None,
-    spool_dir: Path | None,
-) -> tuple[Manifest | None, PreviousArchive | None]:
-    """Return the volume's newest backup (its summary) in the first storage that holds a
-    readable one, and, if it is a listed deduplicated archive, it opened to take members
-    from (None if its recipe cannot be read: logged)."""
-    found = newest_readable_backup(repositories, policy, volume)
+    found: Located | None, identities: Identities | None, spool_dir: Path | None
+) -> PreviousArchive | None:
+    """Given the volume's newest readable backup (`newest_readable_backup`), return it
+    opened to take members from if it is a listed deduplicated archive; None if it is not,
+    or if its recipe cannot be read (logged)."""
     if found is None:
-        return None, None
+        return None
     manifest = found.manifest
     if manifest.layout != DEDUPLICATED or manifest.files is None:
-        return manifest, None
+        return None
     try:
-        return manifest, PreviousArchive(
-            found.repository, found.key, manifest, identities, spool_dir
-        )
+        return PreviousArchive(found.repository, found.key, manifest, identities, spool_dir)
     except OperationError as error:
         log.warning("cannot read the previous archive: reading every file", why=str(error))
-        return manifest, None
+        return None
 
 
 def read_volume(
     reading: VolumeReading,
-    repositories: list[Repository],
-    policy: str,
+    found: Located | None,
     identities: Identities | None,
     exclude: tuple[str, ...],
     every: timedelta,
@@ -594,14 +586,14 @@ def read_volume(
     progress: Progress,
 ) -> FileListing:
     """Read the volume into the reading's chunked archive and `entries`: only what changed
-    since the previous archive when it can serve and no full read is due, else all of it.
-    `scanner_for(include, done)` returns the scanner of the helper's tar that feeds them.
-    Return what the manifest records of the read. Raise OperationError."""
+    since the previous archive (`found`: the volume's newest readable backup) when it can
+    serve and no full read is due, else all of it. `scanner_for(include, done)` returns the
+    scanner of the helper's tar that feeds them. Return what the manifest records of the
+    read. Raise OperationError."""
     image_id: str = reading.image_id()
     listed = datetime.now(UTC)
-    manifest, previous = previous_archive(
-        repositories, policy, reading.volume, identities, reading.spool_dir
-    )
+    manifest = found.manifest if found is not None else None
+    previous = previous_archive(found, identities, reading.spool_dir)
     with contextlib.ExitStack() as resources:
         if previous is not None:
             resources.callback(previous.close)

@@ -6,8 +6,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 
+import structlog
+
 from daemon.repository.layout import SAFETY_MARK, ArchiveKey
-from daemon.repository.store import Repository
+from daemon.repository.store import Repository, committed
+
+log = structlog.get_logger()
 
 
 def allocate_key(
@@ -20,13 +24,15 @@ def allocate_key(
     cannot see (an archive being written elsewhere, a listing that lags behind): an id that
     another process claims in any storage is given up for the next. A storage that cannot
     be read or written now is passed over: its copy will try the claim again when it
-    begins, and fail on its own.
+    begins, and fail on its own. The backups a listing shows dated after the new id are
+    warned about (`_warn_of_the_future`).
     """
     repositories = list(repositories)
-    taken: set[str] = set()
+    listed: dict[str, dict[ArchiveKey, set[str]]] = {}
     for repository in repositories:
         with contextlib.suppress(OSError):
-            taken |= {key.id for key in repository.files(policy, volume)}
+            listed[repository.name] = repository.files(policy, volume)
+    taken = {key.id for files in listed.values() for key in files}
     mark = SAFETY_MARK if safety else ""
     namespace = repositories[0].host if repositories else ""
     counter = 1
@@ -34,8 +40,23 @@ def allocate_key(
         candidate = f"{stamp}{mark}" if counter == 1 else f"{stamp}-{counter}{mark}"
         key = ArchiveKey(policy, volume, candidate, namespace)
         if candidate not in taken and _claim_everywhere(repositories, key):
+            _warn_of_the_future(listed, key)
             return key
         counter += 1
+
+
+def _warn_of_the_future(listed: dict[str, dict[ArchiveKey, set[str]]], key: ArchiveKey) -> None:
+    """Given each storage's listing of the volume's archive files, warn about its backups
+    dated after the new archive `key`: a clock went back, or the host that wrote them had
+    one ahead. They take keep_last places until then."""
+    for storage, files in listed.items():
+        later = [other.id for other in committed(files) if not other.is_safety and other > key]
+        if later:
+            log.warning(
+                "archives dated after the new one: is a clock wrong?",
+                storage=storage,
+                archives=later,
+            )
 
 
 def _claim_everywhere(repositories: list[Repository], key: ArchiveKey) -> bool:

@@ -127,9 +127,7 @@ class Repository:
 
     def archives(self, policy: str, volume: str) -> list[ArchiveKey]:
         """Return the volume's committed archives (backups and safety), newest first."""
-        committed = (key for key, suffixes in self.files(policy, volume).items()
-                     if MANIFEST_SUFFIX in suffixes)  # fmt: skip
-        return sorted(committed, reverse=True)
+        return committed(self.files(policy, volume))
 
     def backups(self, policy: str, volume: str) -> list[ArchiveKey]:
         """Return the volume's committed backups (no safety archives), newest first."""
@@ -314,6 +312,13 @@ def _claim_record() -> bytes:
     """Return the claim this process writes: `{"format":1,"owner":"<host>:<pid>:<start>"}`."""
     record = {"format": CLAIM_FORMAT, "owner": this_process()}
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def committed(files: dict[ArchiveKey, set[str]]) -> list[ArchiveKey]:
+    """Given a volume's archive files (`Repository.files`), return its committed archives
+    (backups and safety), newest first."""
+    return sorted((key for key, suffixes in files.items() if MANIFEST_SUFFIX in suffixes),
+                  reverse=True)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.archive.manifest import Manifest
 from daemon.errors import OperationError
@@ -99,6 +100,20 @@ def test_a_manifest_naming_a_foreign_file_is_refused(store):
 
     with pytest.raises(OperationError, match="foreign archive file"):
         repository.read_manifest(key)
+
+
+def test_a_new_id_warns_of_the_backups_dated_after_it(store):
+    repository = Repository(store, "a", own=True)
+    commit(repository, "20261101T030000Z")
+    ahead = [commit(repository, stamp).id for stamp in ("20261103T030000Z", "20261104T030000Z")]
+    commit(repository, "20261105T030000Z", safety=True)  # a safety archive takes no place
+
+    with capture_logs() as logged:
+        allocate_key([repository], "app", "db", "20261102T030000Z", safety=False)
+
+    [warning] = [entry for entry in logged if entry["log_level"] == "warning"]
+    assert warning["event"] == "archives dated after the new one: is a clock wrong?"
+    assert warning["archives"] == ahead[::-1] and warning["storage"] == "local"
 
 
 def test_latest_passes_over_archives_from_the_future(store):
