@@ -21,7 +21,7 @@ CREATE TABLE listed (
     seq INTEGER PRIMARY KEY, path TEXT NOT NULL, inode INTEGER NOT NULL,
     links INTEGER NOT NULL, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
     ctime INTEGER NOT NULL, mode INTEGER NOT NULL, uid INTEGER NOT NULL,
-    gid INTEGER NOT NULL, reuse INTEGER
+    gid INTEGER NOT NULL
 );
 CREATE TABLE previous (
     position INTEGER PRIMARY KEY, path TEXT NOT NULL, type TEXT NOT NULL,
@@ -30,6 +30,7 @@ CREATE TABLE previous (
     held INTEGER NOT NULL, recipe_start INTEGER NOT NULL, recipe_stop INTEGER NOT NULL,
     tar_size INTEGER NOT NULL
 );
+CREATE TABLE taken (seq INTEGER PRIMARY KEY, position INTEGER NOT NULL);
 """  # mtime without a type: an int stays an int, a float a float (the entry's JSON as it was)
 
 
@@ -120,19 +121,18 @@ class FileList:
                 self._write(statement, rows)
 
     def _write(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
-        if statement == _REUSE:
-            self._db.executemany(statement, rows)
-        else:
-            insert_rows(self._db, statement, len(rows[0]), rows)
+        insert_rows(self._db, statement, len(rows[0]), rows)
         rows.clear()
 
     def add_listed(self, row: ListedRow) -> None:
         self._add(_ADD_LISTED, row)
 
     def clear_listed(self) -> None:
-        """Forget the listing (a full read lists again)."""
+        """Forget the listing and what was to be taken of it (a full read lists again)."""
         self._adding[_ADD_LISTED].clear()
+        self._adding[_TAKE].clear()
         self._db.execute("DELETE FROM listed")
+        self._db.execute("DELETE FROM taken")
         self._ahead.clear()
         self._read_to = 0
 
@@ -193,23 +193,28 @@ class FileList:
             yield row[0], ListedRow(*row[1:10]), previous
 
     def reuse(self, seq: int, position: int) -> None:
-        """Take the object at `seq` from the previous archive's member at `position`."""
-        self._add(_REUSE, (position, seq))
+        """Take the object at `seq` from the previous archive's member at `position`. (A
+        row of a table of its own, inserted in tar order, many to a statement: an UPDATE
+        of each listed row took a statement step each, a fifth of `pairs` and the reuses.)"""
+        self._add(_TAKE, (seq, position))
 
     def read_linked_groups_whole(self) -> None:
         """Read again every name of a hard-linked file one of whose names is read: tar stores
         the content under the first name it meets and the others as links to it."""
         self._flush()
         self._db.execute(
-            "UPDATE listed SET reuse = NULL WHERE links > 1 AND mode & 61440 != 16384 AND "
-            "inode IN (SELECT inode FROM listed WHERE links > 1 AND reuse IS NULL)"
+            "DELETE FROM taken WHERE seq IN (SELECT seq FROM listed WHERE links > 1 AND "
+            "mode & 61440 != 16384 AND inode IN (SELECT inode FROM listed WHERE links > 1 "
+            "AND seq NOT IN (SELECT seq FROM taken)))"
         )
 
     def to_read(self) -> list[str]:
         """Return the paths of the listed objects not taken from the previous archive, in
         tar order."""
         self._flush()
-        rows = self._db.execute("SELECT path FROM listed WHERE reuse IS NULL ORDER BY seq")
+        rows = self._db.execute(
+            "SELECT path FROM listed WHERE seq NOT IN (SELECT seq FROM taken) ORDER BY seq"
+        )
         return [path for (path,) in rows]
 
     def plan(self) -> Iterator[tuple[str, PreviousRow | None]]:
@@ -218,7 +223,8 @@ class FileList:
         self._flush()
         rows = self._db.execute(
             f"SELECT l.path, {_PREVIOUS} "
-            "FROM listed l LEFT JOIN previous p ON p.position = l.reuse ORDER BY l.seq"
+            "FROM listed l LEFT JOIN taken t ON t.seq = l.seq "
+            "LEFT JOIN previous p ON p.position = t.position ORDER BY l.seq"
         )
         for row in rows:
             yield row[0], _previous(row[1:])
@@ -233,8 +239,8 @@ _COMPARED = ", ".join(f"p.{field}" for field in ComparedMember._fields)
 _LISTED = ", ".join(ListedRow._fields)
 _ADD_LISTED = "INSERT INTO listed (path, inode, links, size, mtime, ctime, mode, uid, gid)"
 _ADD_PREVIOUS = "INSERT INTO previous"  # the inserts take their VALUES from insert_rows
-_REUSE = "UPDATE listed SET reuse = ? WHERE seq = ?"
-_ADD = (_ADD_LISTED, _ADD_PREVIOUS, _REUSE)  # flushed in this order
+_TAKE = "INSERT INTO taken (seq, position)"
+_ADD = (_ADD_LISTED, _ADD_PREVIOUS, _TAKE)  # flushed in this order
 BATCH = 1024
 READ_AHEAD = 1024  # listed rows `listed` reads at once
 
