@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import shutil
 import tempfile
@@ -65,7 +64,7 @@ from daemon.errors import OperationError
 from daemon.repository.layout import ArchiveKey
 from daemon.repository.locate import Located
 from daemon.repository.store import Repository
-from daemon.state.filelist import ComparedMember, FileList, ListedRow, PreviousRow
+from daemon.state.filelist import FileList, ListedRow, PreviousRow
 from daemon.terminal.progress import Progress
 
 log = structlog.get_logger()
@@ -105,7 +104,7 @@ def full_read_reason(
     return None
 
 
-def unchanged(listed: ListedRow, previous: ComparedMember, racy_before: int) -> bool:
+def unchanged(listed: ListedRow, previous: PreviousRow, racy_before: int) -> bool:
     """Given an object as listed now, the previous archive's member of that path (its
     entry and its listed inode and ctime) and the second its listing began, say whether the
     member can be taken as it is. A ctime in or after that second is "racy": the file may
@@ -126,10 +125,9 @@ def unchanged(listed: ListedRow, previous: ComparedMember, racy_before: int) -> 
 
 def _member(row: PreviousRow) -> Member:
     """Given a previous archive's member as the file list holds it, return its entry."""
-    xattrs = json.loads(row.xattrs) if row.xattrs is not None else None
     return Member(
         row.path, row.type, row.mode, row.uid, row.gid, row.size, row.mtime, row.link,
-        row.sha256, xattrs,
+        row.sha256, row.xattrs,
     )  # fmt: skip
 
 
@@ -650,7 +648,7 @@ def _record_previous(
                 member.mtime,
                 member.link,
                 member.sha256,
-                json.dumps(member.xattrs) if member.xattrs else None,
+                member.xattrs or None,
                 lines.mark.inode,
                 lines.mark.ctime,
                 held,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.state.filelist import READ_AHEAD, FileList, ListedRow
+from daemon.state.filelist import READ_AHEAD, FileList, ListedRow, PreviousRow
 
 
 def row(path: str, inode: int) -> ListedRow:
@@ -52,5 +52,32 @@ def test_a_path_out_of_order_or_unlisted_is_looked_up_and_what_the_tar_skipped_p
         files.add_listed(row("./again", 11))
         assert files.listed("./again") == row("./again", 11)
         assert files.listed("./file-6") is None
+    finally:
+        files.close()
+
+
+def test_a_previous_members_row_comes_back_from_pairs_and_plan_as_it_went_in(
+    tmp_path: Path,
+) -> None:
+    members = [
+        PreviousRow(0, "./a", "file", 0o644, 0, 0, 10, 1_700_000_000, None, None, None,
+                    1, 1_700_000_000, True, 10, 20, 1024),
+        PreviousRow(1, "./b", "symlink", 0o777, 1, 2, 0, 1_700_000_000.25, "a", None,
+                    {"user.note": "kept"}, 2, None, False, 20, 30, 512),
+    ]  # fmt: skip
+    files = FileList(tmp_path)
+    try:
+        for number, member in enumerate(members):
+            files.add_listed(row(member.path, number))
+            files.add_previous(member)
+        paired = list(files.pairs())
+        assert [previous for _, _, previous in paired] == members
+        first = paired[0][2]
+        assert first is not None and type(first.mtime) is int  # an int stays an int
+        for seq, _, previous in paired:
+            assert previous is not None
+            files.reuse(seq, previous.position)
+        assert files.to_read() == []
+        assert list(files.plan()) == [(member.path, member) for member in members]
     finally:
         files.close()
