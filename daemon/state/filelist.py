@@ -218,7 +218,7 @@ class FileList:
 _LISTED = ", ".join(ListedRow._fields)
 _ADD_LISTED = "INSERT INTO listed (path, inode, links, size, mtime, ctime, mode, uid, gid)"
 _ADD_PREVIOUS = "INSERT INTO previous (position, path, fields)"
-_TAKE = "INSERT INTO taken (seq, position)"
+_TAKE = "INSERT OR REPLACE INTO taken (seq, position)"  # the last taking wins, as an UPDATE
 _ADD = (_ADD_LISTED, _ADD_PREVIOUS, _TAKE)  # flushed in this order
 BATCH = 1024
 READ_AHEAD = 1024  # listed rows `listed` reads at once

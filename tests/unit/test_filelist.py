@@ -81,3 +81,22 @@ def test_a_previous_members_row_comes_back_from_pairs_and_plan_as_it_went_in(
         assert list(files.plan()) == [(member.path, member) for member in members]
     finally:
         files.close()
+
+
+def test_an_object_taken_twice_is_taken_from_the_last_member_named(tmp_path: Path) -> None:
+    members = [
+        PreviousRow(position, "./a", "file", 0o644, 0, 0, 10, 1_700_000_000, None, None, None,
+                    1, 1_700_000_000, True, 10 * position, 10 * position + 10, 1024)
+        for position in range(2)
+    ]  # fmt: skip
+    files = FileList(tmp_path)
+    try:
+        files.add_listed(row("./a", 1))
+        for member in members:
+            files.add_previous(member)
+        [(seq, _, _), _] = files.pairs()  # a path twice in the previous tar: paired twice
+        files.reuse(seq, 0)
+        files.reuse(seq, 1)
+        assert list(files.plan()) == [("./a", members[1])]
+    finally:
+        files.close()
