@@ -165,6 +165,7 @@ class Pack:
     def __init__(self, plain: bytes) -> None:
         """Raise PackFormatError if the footer or trailer cannot be read."""
         self._plain = plain
+        self.size = len(plain)
         # one for the pack's chunks: a decompressor made for each of them cost 8 us, some
         # 1.6 s of CPU in a restore of 200,000 small files
         self._decompressor = zstandard.ZstdDecompressor()
@@ -237,19 +238,24 @@ def open_pack(
 class ChunkReader:
     """Chunks by id, read from their packs: `locate` says where a chunk is (an index
     lookup), `load` returns a pack read (`open_pack`: its name checked, opened, its
-    trailer read). The packs read last are kept (a few: a tar's chunks mostly come pack
-    after pack); every chunk is checked against its id."""
+    trailer read). The packs read last are kept: PACKS_KEPT (a tar's chunks mostly come
+    pack after pack), or with `kept_bytes` as many as fit in that many bytes (at least
+    one); every chunk is checked against its id."""
 
     def __init__(
         self,
         config: ChunkConfig,
         locate: Callable[[str], IndexEntry | None],
         load: Callable[[str], Pack],
+        *,
+        kept_bytes: int | None = None,
     ) -> None:
         self._config = config
         self._locate = locate
         self._load = load
+        self._kept_bytes = kept_bytes
         self._packs: dict[str, Pack] = {}
+        self._held = 0  # the bytes of the packs kept
 
     def holds(self, pack: str) -> bool:
         """Say whether the pack is among those kept opened (a read-ahead skips them)."""
@@ -264,14 +270,23 @@ class ChunkReader:
         pack = self._packs.pop(where.pack, None)
         if pack is None:
             pack = self._load(where.pack)
-            if len(self._packs) >= PACKS_KEPT:
-                del self._packs[next(iter(self._packs))]
+            self._make_room(pack.size)
+            self._held += pack.size
         self._packs[where.pack] = pack  # the most recent last
         entry = PackEntry(chunk_id, where.offset, where.stored_length, where.plain_length)
         data = pack.chunk(entry)
         if self._config.chunk_id(data) != chunk_id:
             raise PackFormatError(f"chunk {chunk_id} in pack {where.pack}: not its content")
         return data
+
+    def _make_room(self, size: int) -> None:
+        """Let go of the packs read longest ago that keep a new one of `size` bytes out."""
+        while self._packs and (
+            len(self._packs) >= PACKS_KEPT
+            if self._kept_bytes is None
+            else self._held + size > self._kept_bytes
+        ):
+            self._held -= self._packs.pop(next(iter(self._packs))).size
 
 
 class KnownChunks(Protocol):

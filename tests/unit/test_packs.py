@@ -28,6 +28,7 @@ from daemon.archive.packs import (
     ChunkReader,
     ChunkWriter,
     IndexEntry,
+    Pack,
     PackFormatError,
     SealedPack,
     open_pack,
@@ -323,3 +324,30 @@ def test_chunks_given_as_views_of_buffers_reused_afterwards_are_stored_as_they_w
     opened = open_pack(packs[0].name, packs[0].data, None)
     assert [opened.chunk(entry) for entry in opened.entries] == [original, source[1000:]]
     assert ids == [config.chunk_id(original), config.chunk_id(source[1000:])]
+
+
+def test_a_reader_given_bytes_keeps_as_many_packs_as_fit_and_loads_each_once():
+    config = ChunkConfig(os.urandom(32), ChunkerParameters(), pack_size=50_000)
+    chunks = [os.urandom(100_000) for _ in range(4)]  # a pack each: ~100 kB stored
+    packs, writer, ids = write_chunks(config, chunks)
+    assert len(packs) == 4
+    by_name = {pack.name: pack.data for pack in packs}
+    located = {entry.chunk_id: entry for entry in index_of(writer)}
+    loaded: list[str] = []
+
+    def load(name: str) -> Pack:
+        loaded.append(name)
+        return open_pack(name, by_name[name], None)
+
+    turns = 3 * ids[:3]  # three packs in turn, as a recipe's pieces of three backups
+    by_count = ChunkReader(config, located.get, load)  # the last two packs kept
+    assert [by_count(chunk_id) for chunk_id in turns] == 3 * chunks[:3]
+    assert len(loaded) == 9  # each asked for again after two others: loaded again
+    loaded.clear()
+    by_bytes = ChunkReader(config, located.get, load, kept_bytes=350_000)
+    assert [by_bytes(chunk_id) for chunk_id in turns] == 3 * chunks[:3]
+    assert len(loaded) == 3
+    loaded.clear()
+    assert by_bytes(ids[3]) == chunks[3]  # a fourth does not fit: the oldest goes
+    assert by_bytes(ids[1]) == chunks[1] and by_bytes(ids[0]) == chunks[0]
+    assert loaded == [packs[3].name, packs[0].name]
