@@ -68,9 +68,9 @@ STEPS_AHEAD = 4096  # recipe steps looked at ahead for the packs they need
 LOCATE_STEPS = 256  # recipe steps whose chunks are looked up in the index in one query
 FETCHING_THREADS = 2
 # The bytes of the packs of a recipe's pieces kept opened: a version 3 recipe names pieces
-# of many earlier backups' packs in turn, and with two kept, a repeat on the seventh day
-# of the week's benchmark fetched the same few packs again and again (146 requests to S3,
-# 193 on the ninth day of another run, where it had made 36).
+# of many earlier backups' packs in turn, and with two kept, a repeat fetched the same
+# few packs again and again (to S3: 193 GETs on the eighth 1 % day of a run whose first
+# made 9; 27 with these kept, docs/benchmarks.md).
 PIECE_PACKS_BYTES = 16 << 20
 # The tar rebuilt is yielded in pieces of about this size. A restore queues a few dozen of
 # them between its threads: at 1 MiB a whole restore of the benchmark's mixed volume peaked
@@ -250,7 +250,8 @@ class ChunkReads:
     name, age, trailer; all of which release the GIL) the packs of the steps to come, at
     most PACKS_AHEAD at once; calling it returns a chunk's plain bytes, checked against its
     id (`ChunkReader`). Each chunk is located in the index once, as `ahead` passes it.
-    Memory: the packs opened ahead and those kept opened, 8 MiB each."""
+    Memory: the packs opened ahead and those kept opened, 8 MiB each, and the packs of a
+    recipe's pieces, up to PIECE_PACKS_BYTES."""
 
     def __init__(
         self,
