@@ -1,3 +1,3 @@
-from daemon.cli.main import main
+from daemon.cli.main import run
 
-raise SystemExit(main())
+run()

@@ -81,8 +81,7 @@ $pip install --no-compile \
 rm -rf "$root/usr/local/lib/python3.11/dist-packages/bin" # scripts for this machine's Python
 mkdir -p "$root/usr/local/bin" "$root/etc/volkeep" "$root/var/lib/volkeep" "$root/tmp"
 chmod 1777 "$root/tmp"
-printf '%s\n' '#!/usr/bin/python3' 'from daemon.cli.main import main' \
-    'raise SystemExit(main())' >"$root/usr/local/bin/volkeep"
+printf '%s\n' '#!/usr/bin/python3' 'from daemon.cli.main import run' 'run()' >"$root/usr/local/bin/volkeep"
 chmod 755 "$root/usr/local/bin/volkeep"
 echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
 echo 'root:x:0:' >"$root/etc/group"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import json
 import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -886,3 +888,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("internal error", exc_info=True)
         print(f"volkeep: internal error: {error!r} (run with --log-level debug)", file=sys.stderr)
         return EXIT_FAILED
+
+
+def run() -> NoReturn:
+    """The `volkeep` command (and `python3 -m daemon`): `main`, then the end of the process
+    without the interpreter's teardown.
+
+    By the time `main` returns, everything the command wrote is closed (and what it
+    published, synced). The teardown that follows frees every object the process made, one
+    by one: botocore's service model alone takes 0.25 s of it here, and a repeat backup
+    with nothing changed, 2-2.5 s in all, spent 0.3-0.4 s in it. So the output is flushed,
+    the exit handlers run (logging's among them), and the process ends at once, unless a
+    thread that the normal exit would wait for still runs, or the flush fails (a closed
+    pipe), which the normal exit reports as it always has."""
+    code = main()
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if any(not thread.daemon for thread in others):
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    os._exit(code)
