@@ -899,11 +899,12 @@ def run() -> NoReturn:
     by one: botocore's service model alone takes 0.25 s of it here, and a repeat backup
     with nothing changed, 2-2.5 s in all, spent 0.3-0.4 s in it. So the output is flushed,
     the exit handlers run (logging's among them), and the process ends at once, unless a
-    thread that the normal exit would wait for still runs, or the flush fails (a closed
-    pipe), which the normal exit reports as it always has."""
+    thread that the normal exit would wait for still runs, a profiler or tracer watches
+    (`python3 -m cProfile -m daemon` writes its profile after `run`), or the flush fails (a
+    closed pipe), which the normal exit reports as it always has."""
     code = main()
     others = [t for t in threading.enumerate() if t is not threading.main_thread()]
-    if any(not thread.daemon for thread in others):
+    if any(not thread.daemon for thread in others) or sys.getprofile() or sys.gettrace():
         sys.exit(code)
     try:
         sys.stdout.flush()

@@ -54,3 +54,13 @@ def test_the_exit_handlers_run(tmp_path: Path) -> None:
     )
     assert finished.returncode == 0
     assert marker.exists()
+
+
+def test_a_profiler_still_writes_its_profile(tmp_path: Path) -> None:
+    profile = tmp_path / "volkeep.prof"
+    finished = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "daemon", "completion", "bash"],
+        capture_output=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert finished.returncode == 0
+    assert profile.stat().st_size > 0
