@@ -58,9 +58,9 @@ def test_the_exit_handlers_run(tmp_path: Path) -> None:
 
 def test_a_profiler_still_writes_its_profile(tmp_path: Path) -> None:
     profile = tmp_path / "volkeep.prof"
+    profiling = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "daemon"]
     finished = subprocess.run(
-        [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "daemon", "completion", "bash"],
-        capture_output=True, cwd=ROOT, timeout=60,
-    )  # fmt: skip
+        [*profiling, "completion", "bash"], capture_output=True, cwd=ROOT, timeout=60
+    )
     assert finished.returncode == 0
     assert profile.stat().st_size > 0
