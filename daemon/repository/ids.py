@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import structlog
 
 from daemon.repository.layout import SAFETY_MARK, ArchiveKey
-from daemon.repository.store import Repository, committed
+from daemon.repository.store import Repository, committed_backups
 
 log = structlog.get_logger()
 
@@ -50,7 +50,7 @@ def _warn_of_the_future(listed: dict[str, dict[ArchiveKey, set[str]]], key: Arch
     dated after the new archive `key`: a clock went back, or the host that wrote them had
     one ahead. They take keep_last places until then."""
     for storage, files in listed.items():
-        later = [other.id for other in committed(files) if not other.is_safety and other > key]
+        later = [other.id for other in committed_backups(files) if other > key]
         if later:
             log.warning(
                 "archives dated after the new one: is a clock wrong?",

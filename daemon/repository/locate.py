@@ -27,7 +27,7 @@ import structlog
 from daemon.archive.manifest import Manifest
 from daemon.errors import ArchiveFault, OperationError, StorageFailure
 from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey, newest_backup
-from daemon.repository.store import Repository
+from daemon.repository.store import Repository, committed
 from daemon.storage.base import BlobMissing
 
 log = structlog.get_logger()
@@ -98,12 +98,12 @@ class CopySearch:
         none."""
         if self.wanted is not None:
             return self.wanted
-        committed = [key for files in self._listed().values() for key in _committed(files)]
-        newest = newest_backup(committed)
+        listed = [key for files in self._listed().values() for key in committed(files)]
+        newest = newest_backup(listed)
         if newest is None:
             raise self.nothing_left(
                 "every archive is dated in the future (a clock ahead?): name one with --archive ID"
-                if any(not key.is_safety for key in committed)
+                if any(not key.is_safety for key in listed)
                 else None
             )
         return newest.id
@@ -166,10 +166,6 @@ class CopySearch:
                     failure = repository.failure(error, "cannot list the archives")
                     self.pass_over(repository, failure.message)
         return self._files
-
-
-def _committed(files: dict[ArchiveKey, set[str]]) -> list[ArchiveKey]:
-    return [key for key, suffixes in files.items() if MANIFEST_SUFFIX in suffixes]
 
 
 def _flaw(repository: Repository, key: ArchiveKey, suffixes: set[str]) -> Manifest | str:

@@ -131,7 +131,7 @@ class Repository:
 
     def backups(self, policy: str, volume: str) -> list[ArchiveKey]:
         """Return the volume's committed backups (no safety archives), newest first."""
-        return [key for key in self.archives(policy, volume) if not key.is_safety]
+        return committed_backups(self.files(policy, volume))
 
     def read_manifest(
         self, key: ArchiveKey, *, entries: bool = True, identities: Identities | None = None
@@ -319,6 +319,12 @@ def committed(files: dict[ArchiveKey, set[str]]) -> list[ArchiveKey]:
     (backups and safety), newest first."""
     return sorted((key for key, suffixes in files.items() if MANIFEST_SUFFIX in suffixes),
                   reverse=True)  # fmt: skip
+
+
+def committed_backups(files: dict[ArchiveKey, set[str]]) -> list[ArchiveKey]:
+    """Given a volume's archive files, return its committed backups (no safety archives),
+    newest first."""
+    return [key for key in committed(files) if not key.is_safety]
 
 
 @dataclass(frozen=True)
