@@ -236,13 +236,13 @@ def _read_archives(
     id; and a keep decision for each archive whose manifest cannot be read, with why. Each
     storage is listed once.
 
-    Raise OSError if the storage cannot be read, StorageFailure if one of `storages` cannot
-    be listed (this one included: its verdicts count too).
+    Raise OSError if the storage cannot be read, StorageFailure if it or one of `storages`
+    cannot be listed.
     """
-    files = _verdict_files(repository, policy, volume)
+    files = _listed(repository, policy, volume, "cannot list the archives")
     verdicts = _verdicts(
         [(repository, files)]
-        + [(storage, _verdict_files(storage, policy, volume))
+        + [(storage, _listed(storage, policy, volume, "cannot read the drill verdicts"))
            for storage in storages if storage.name != repository.name]
     )  # fmt: skip
     backups = {}
@@ -276,16 +276,19 @@ def _safety_decision(policy: Policy, archive: _StoredBackup, now: datetime) -> D
     )
 
 
-def _verdict_files(storage: Repository, policy: str, volume: str) -> dict[ArchiveKey, set[str]]:
+def _listed(
+    storage: Repository, policy: str, volume: str, what_fails: str
+) -> dict[ArchiveKey, set[str]]:
     """Given a storage whose verdicts count, return the volume's archive files there.
 
-    Raise StorageFailure, naming the storage, if it cannot be listed: a verdict it holds
-    may protect an archive, so nothing is pruned without it.
+    Raise StorageFailure, naming the storage and `what_fails` without the listing, if it
+    cannot be listed: a verdict it holds may protect an archive, so nothing is pruned
+    without it.
     """
     try:
         return storage.files(policy, volume)
     except OSError as error:
-        raise storage.failure(error, "cannot read the drill verdicts") from None
+        raise storage.failure(error, what_fails) from None
 
 
 def _verdicts(

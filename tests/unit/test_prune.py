@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -235,3 +237,39 @@ def test_a_verdict_in_another_storage_protects_the_same_archive_here(
     assert ("newest drill-passed archive" in kept.get(proven.id, ())) is protected
     assert (proven.file_name(".manifest.json") in files(offsite)) is protected
     assert newer.file_name(".manifest.json") in files(offsite)
+
+
+class _Unlistable(LocalStore):
+    """A local storage whose directories cannot be listed (a disk's read error)."""
+
+    def list_directory(self, directory: str) -> Iterator[str]:
+        raise OSError(errno.EIO, "Input/output error", directory)
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["prune", "dry run"])
+@pytest.mark.parametrize("broken", ["offsite", "drilled"])
+def test_a_storage_that_cannot_be_listed_stops_the_prune_naming_what_it_lacks(
+    tmp_path: Path, broken: str, dry_run: bool
+) -> None:
+    def storage(name: str) -> Repository:
+        kind = _Unlistable if name == broken else LocalStore
+        return Repository(kind(name, tmp_path / name), HOST, own=True)
+
+    offsite, drilled = storage("offsite"), storage("drilled")
+    planting = Repository(LocalStore("offsite", tmp_path / "offsite"), HOST, own=True)
+    for day in (1, 2, 3):
+        plant(planting, f"2026-01-{day:02d}T03:00")
+    before = files(planting)
+
+    with pytest.raises(OperationError) as raised:
+        prune_volume(
+            policy(keep_last=1), offsite, VOLUME, dry_run=dry_run, now=NOW,
+            storages=[drilled, offsite],
+        )  # fmt: skip
+
+    if broken == "drilled":
+        what = "cannot read the drill verdicts"
+    else:  # a prune looks for its incomplete uploads first
+        what = "cannot list the archives" if dry_run else "cannot prune"
+    assert raised.value.message.startswith(f"{what} in storage {broken!r}")
+    assert files(planting) == before
