@@ -23,6 +23,7 @@ import contextlib
 import io
 import math
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -71,13 +72,14 @@ log = structlog.get_logger()
 
 LOOKUP_BATCH = 256  # previous members whose chunks are looked up in one query
 ARGUMENTS_LIMIT = 1 << 20  # bytes of changed paths named on the second helper's command line
-# the member types an object of each listed kind is written as (a later name of a linked
-# file, symlink or fifo: a hard link)
-_TYPES = {
-    "file": ("file", "hardlink"),
-    "dir": ("dir",),
-    "symlink": ("symlink", "hardlink"),
-    "fifo": ("fifo", "hardlink"),
+# the member types an object of each listed format (st_mode & S_IFMT) is written as (a
+# later name of a linked file, symlink or fifo: a hard link); devices and sockets are read
+# every time
+MEMBER_TYPES = {
+    stat.S_IFREG: ("file", "hardlink"),
+    stat.S_IFDIR: ("dir",),
+    stat.S_IFLNK: ("symlink", "hardlink"),
+    stat.S_IFIFO: ("fifo", "hardlink"),
 }
 
 
@@ -102,25 +104,6 @@ def full_read_reason(
     if now - previous.files.full_read >= every:
         return f"a full read is due (full_read_every: {every})"
     return None
-
-
-def unchanged(listed: ListedRow, previous: PreviousRow, racy_before: int) -> bool:
-    """Given an object as listed now, the previous archive's member of that path (its
-    entry and its listed inode and ctime) and the second its listing began, say whether the
-    member can be taken as it is. A ctime in or after that second is "racy": the file may
-    have changed after it was read, within the same second."""
-    return (
-        previous.held
-        and previous.inode == listed.inode
-        and previous.ctime == listed.ctime
-        and previous.ctime is not None
-        and previous.ctime < racy_before
-        and previous.type in _TYPES.get(kind_of(listed.mode), ())
-        and previous.mode == listed.mode & 0o7777
-        and (previous.uid, previous.gid) == (listed.uid, listed.gid)
-        and math.floor(previous.mtime) == listed.mtime
-        and (previous.type != "file" or previous.size == listed.size)
-    )
 
 
 def _member(row: PreviousRow) -> Member:
@@ -161,7 +144,7 @@ class VolumeReading:
         the listing agrees with the header (else the file changed meanwhile: none)."""
         listed = self.files.listed(member.path)
         if listed is None or not (
-            member.type in _TYPES.get(kind_of(listed.mode), ())
+            member.type in MEMBER_TYPES.get(stat.S_IFMT(listed.mode), ())
             and math.floor(member.mtime) == listed.mtime
             and (member.type != "file" or member.size == listed.size)
         ):
@@ -252,14 +235,14 @@ class VolumeReading:
     def plan(self, previous: PreviousArchive) -> list[str] | None:
         """Compare the listing with the previous archive; return the paths to read, in
         order, or None if they are too many to name (read the whole volume)."""
+        # A ctime in or after the second the previous listing began is "racy": the file
+        # may have changed after it was read, within the same second.
         racy_before = math.floor(previous.files.listed.timestamp())
         last = -1
-        for seq, listed, member_row in self.files.pairs():
-            if member_row is None or member_row.position <= last:
-                continue
-            if unchanged(listed, member_row, racy_before):
-                self.files.reuse(seq, member_row.position)
-                last = member_row.position
+        for seq, position in self.files.unchanged(racy_before, MEMBER_TYPES):
+            if position > last:  # taken in the previous tar's order only
+                self.files.reuse(seq, position)
+                last = position
         self.files.read_linked_groups_whole()
         paths = self.files.to_read()
         size = sum(len(path.encode("utf-8", "surrogateescape")) + 3 for path in paths)

@@ -3,8 +3,12 @@ members ask for it, in tar order, with the objects the tar did not hold passed o
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
+import pytest
+
+from daemon.actions.unchanged import MEMBER_TYPES
 from daemon.state.filelist import READ_AHEAD, FileList, ListedRow, PreviousRow
 
 
@@ -56,7 +60,7 @@ def test_a_path_out_of_order_or_unlisted_is_looked_up_and_what_the_tar_skipped_p
         files.close()
 
 
-def test_a_previous_members_row_comes_back_from_pairs_and_plan_as_it_went_in(
+def test_a_previous_members_row_comes_back_from_plan_as_it_went_in(
     tmp_path: Path,
 ) -> None:
     members = [
@@ -67,18 +71,15 @@ def test_a_previous_members_row_comes_back_from_pairs_and_plan_as_it_went_in(
     ]  # fmt: skip
     files = FileList(tmp_path)
     try:
-        for number, member in enumerate(members):
-            files.add_listed(row(member.path, number))
+        for seq, member in enumerate(members, start=1):
+            files.add_listed(row(member.path, seq))
             files.add_previous(member)
-        paired = list(files.pairs())
-        assert [previous for _, _, previous in paired] == members
-        first = paired[0][2]
-        assert first is not None and type(first.mtime) is int  # an int stays an int
-        for seq, _, previous in paired:
-            assert previous is not None
-            files.reuse(seq, previous.position)
+            files.reuse(seq, member.position)
         assert files.to_read() == []
-        assert list(files.plan()) == [(member.path, member) for member in members]
+        planned = list(files.plan())
+        assert planned == [(member.path, member) for member in members]
+        first = planned[0][1]
+        assert first is not None and type(first.mtime) is int  # an int stays an int
     finally:
         files.close()
 
@@ -94,9 +95,68 @@ def test_an_object_taken_twice_is_taken_from_the_last_member_named(tmp_path: Pat
         files.add_listed(row("./a", 1))
         for member in members:
             files.add_previous(member)
-        [(seq, _, _), _] = files.pairs()  # a path twice in the previous tar: paired twice
-        files.reuse(seq, 0)
-        files.reuse(seq, 1)
+        # a path twice in the previous tar: paired twice, in its order
+        assert list(files.unchanged(1_700_000_001, MEMBER_TYPES)) == [(1, 0), (1, 1)]
+        files.reuse(1, 0)
+        files.reuse(1, 1)
         assert list(files.plan()) == [("./a", members[1])]
     finally:
         files.close()
+
+
+LISTED = ListedRow("./a", 7, 1, 10, 1_700_000_000, 1_700_000_000, 0o100644, 1, 2)
+PREVIOUS = PreviousRow(0, "./a", "file", 0o644, 1, 2, 10, 1_700_000_000.75, None, None, None,
+                       7, 1_700_000_000, True, 10, 20, 1024)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("listed", "previous", "taken"),
+    [
+        (LISTED, PREVIOUS, True),
+        (LISTED, PREVIOUS._replace(type="hardlink", size=0), True),  # a later name
+        (LISTED._replace(mode=stat.S_IFLNK | 0o777), PREVIOUS._replace(mode=0o777), False),
+        (
+            LISTED._replace(mode=stat.S_IFLNK | 0o777),
+            PREVIOUS._replace(type="symlink", mode=0o777),
+            True,
+        ),
+        (
+            LISTED._replace(mode=stat.S_IFDIR | 0o755),
+            PREVIOUS._replace(type="hardlink", mode=0o755),
+            False,
+        ),
+        (
+            LISTED._replace(mode=stat.S_IFDIR | 0o755, size=4096),
+            PREVIOUS._replace(type="dir", mode=0o755),
+            True,
+        ),
+        (LISTED._replace(mode=stat.S_IFSOCK | 0o644), PREVIOUS._replace(type="other"), False),
+        (LISTED._replace(mode=0o100600), PREVIOUS, False),
+        (LISTED._replace(uid=0), PREVIOUS, False),
+        (LISTED._replace(gid=0), PREVIOUS, False),
+        (LISTED._replace(size=11), PREVIOUS, False),
+        (LISTED._replace(mtime=1_700_000_001), PREVIOUS, False),  # whole seconds, floored
+        (LISTED._replace(inode=8), PREVIOUS, False),
+        (
+            LISTED._replace(ctime=1_700_000_001),
+            PREVIOUS._replace(ctime=1_700_000_001),
+            False,
+        ),  # racy
+        (LISTED, PREVIOUS._replace(ctime=1_699_999_999), False),
+        (LISTED, PREVIOUS._replace(inode=None), False),  # no M line: not listed then
+        (LISTED, PREVIOUS._replace(ctime=None), False),
+        (LISTED, PREVIOUS._replace(held=False), False),  # a chunk not held
+        (LISTED._replace(path="./b"), PREVIOUS, False),
+    ],
+)
+def test_an_object_is_unchanged_if_its_listing_is_its_previous_members(
+    tmp_path: Path, listed: ListedRow, previous: PreviousRow, taken: bool
+) -> None:
+    files = FileList(tmp_path)
+    try:
+        files.add_listed(listed)
+        files.add_previous(previous)
+        found = list(files.unchanged(1_700_000_001, MEMBER_TYPES))
+    finally:
+        files.close()
+    assert found == ([(1, 0)] if taken else [])
