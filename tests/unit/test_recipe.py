@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -314,6 +315,35 @@ def test_a_damaged_recipe_is_refused_when_its_members_lines_are_read(damage):
         list(member_lines(io.BytesIO(recipe.replace(good, bad))))
     with pytest.raises(RecipeError):
         list(read_recipe(lines(recipe.replace(good, bad))))
+
+
+BLOCK = base64.b64encode(bytes(range(256)) * 2)  # a whole block: 684 characters, "=" last
+
+
+@pytest.mark.parametrize(
+    ("raw_line", "size"),
+    [
+        (b"R " + BLOCK + b"\n", 512),
+        (b"R " + BLOCK[:-4] + b"AA==\n", 511),
+        (b"R " + BLOCK[:100] + b"*" + BLOCK[101:] + b"\n", None),
+        (b"R " + BLOCK[:100] + b" " + BLOCK[101:] + b"\n", None),
+        (b"RA" + BLOCK[:99] + b" " + BLOCK[100:] + b"\n", None),
+        (b"R " + BLOCK[:-2] + b"=\n=", None),
+        (b"R " + BLOCK[:-1] + b"\n=", None),
+    ],
+)
+def test_a_whole_blocks_raw_line_is_checked_as_read_recipe_checks_it(raw_line, size):
+    """An R line of a whole block (a header) is checked in place, not by `_raw_size`."""
+    recipe = b"volkeep-recipe 2\n" + raw_line + b"M 1 2\nT %d -\n" % (size or 0)
+    if size is None:
+        with pytest.raises(RecipeError, match="line 2: damaged"):
+            list(member_lines(io.BytesIO(recipe)))
+        with pytest.raises(RecipeError):
+            list(read_recipe(lines(recipe)))
+        return
+    [member, _] = member_lines(io.BytesIO(recipe))
+    assert (member.start, member.stop, member.tar_size) == (17, 17 + len(raw_line) + 6, size)
+    assert sum(len(step) for step in read_recipe(lines(recipe)) if isinstance(step, bytes)) == size
 
 
 def test_a_tar_of_many_small_files_reaches_the_recipe_s_sink_in_few_writes():
