@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from daemon.actions.unchanged import _listed_path
+from daemon.archive.tarstream import normalize_path
 from daemon.engine.listing import ListingError, ListingParser, kind_of
 from daemon.state.filelist import ListedRow
 
@@ -37,6 +39,10 @@ def test_a_listing_cut_short_or_damaged_is_refused():
         parsed(b"1\n" + RECORD + b"\n./a\0", 4096)
     with pytest.raises(ListingError, match="damaged"):
         parsed(b"1\n12 x\n./a\0end\n", 4096)
+    with pytest.raises(ListingError, match="damaged"):
+        parsed(b"3\n" + RECORD + b"\n" + RECORD + b"x\n" + RECORD + b"\n./a\0./b\0./c\0end\n", 5)
+    with pytest.raises(ListingError, match="longer than 64 KiB"):
+        parsed(b"2\n" + RECORD + b"\n" + b"1" * (1 << 17), 1 << 15)
 
 
 @pytest.mark.parametrize("piece", [1, 5, 4096])
@@ -46,3 +52,8 @@ def test_each_batch_pairs_its_own_records_with_its_paths(piece):
     listed, rest, parser = parsed(first + second + b"end\n", piece)
     assert [(item.path, item.inode) for item in listed] == [("./a", 12), ("./b", 13), ("./c", 14)]
     assert rest == b"" and parser.complete and parser.count == 3
+
+
+@pytest.mark.parametrize("name", [".", "./a", "./a/b c/d", "./a\nb/-x", "./.hidden/..x"])
+def test_a_listed_name_is_the_path_of_its_member_in_a_backup(name):
+    assert _listed_path(name) == normalize_path(name)
