@@ -687,7 +687,8 @@ def _raw_size(encoded: bytes) -> int:
     padding = len(encoded) - len(body)
     if padding > 2 or body.translate(None, _BASE64_ALPHABET):
         return 0
-    return len(encoded) // 4 * 3 - padding
+    size = len(encoded) // 4 * 3 - padding
+    return size if size <= RAW_LINE else 0  # 684 characters without padding: 513 bytes
 
 
 def without_contents(steps: Iterable[Step], wanted: Callable[[Member], bool]) -> Iterator[Step]:

@@ -330,6 +330,7 @@ BLOCK = base64.b64encode(bytes(range(256)) * 2)  # a whole block: 684 characters
         (b"RA" + BLOCK[:99] + b" " + BLOCK[100:] + b"\n", None),
         (b"R " + BLOCK[:-2] + b"=\n=", None),
         (b"R " + BLOCK[:-1] + b"\n=", None),
+        (b"R " + BLOCK[:-1] + b"A\n", None),  # 684 characters without padding: 513 bytes
     ],
 )
 def test_a_whole_blocks_raw_line_is_checked_as_read_recipe_checks_it(raw_line, size):
