@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 
 from daemon.actions.context import Context
 from daemon.archive.manifest import Manifest
@@ -14,6 +15,7 @@ from daemon.config.model import Policy
 from daemon.errors import OperationError, UsageError
 from daemon.repository.layout import MANIFEST_SUFFIX, ArchiveKey, id_order
 from daemon.repository.locate import locate
+from daemon.repository.reads import read_each
 from daemon.repository.store import Repository
 from daemon.rules.verdict import DrillRecord, archive_verdict
 
@@ -87,7 +89,7 @@ def list_archives(
     if policy is None and storage is not None:
         raise UsageError("--storage names one of a policy's storages: give the policy too")
     names = [policy] if policy else sorted(ctx.config.policies)
-    rows = []
+    rows: list[ArchiveRow] = []
     unreadable: list[OperationError] = []
     for settings in (ctx.policy(name) for name in names):
         for repository in ctx.repositories(settings, storage=storage, host=host):
@@ -104,7 +106,7 @@ def list_archives(
                 failure.policy = settings.name
                 unreadable.append(failure)
                 continue
-            rows += [_row(repository, key, suffixes) for key, suffixes in files.items()]
+            rows += read_each(partial(_row, repository), files.items())
     rows = _with_archive_verdicts(rows)
     rows.sort(key=lambda row: (row.manifest is not None, id_order(row.key.id)), reverse=True)
     return Listing(rows, unreadable)
@@ -132,7 +134,8 @@ def _archive(row: ArchiveRow) -> tuple[str, str, str]:
     return row.key.policy, row.key.volume, row.key.id
 
 
-def _row(repository: Repository, key: ArchiveKey, suffixes: set[str]) -> ArchiveRow:
+def _row(repository: Repository, files: tuple[ArchiveKey, set[str]]) -> ArchiveRow:
+    key, suffixes = files
     try:
         manifest = repository.read_manifest(key, entries=False)
     except OperationError as error:

@@ -42,6 +42,7 @@ from daemon.errors import OperationError, UsageError, combined_failure
 from daemon.repository.acceptances import read_acceptances
 from daemon.repository.garbage import remove_garbage
 from daemon.repository.layout import DRILL_SUFFIX, ArchiveKey, id_order
+from daemon.repository.reads import read_each, read_summaries
 from daemon.repository.store import Repository, committed
 from daemon.rules import shrink
 from daemon.rules.retention import Candidate, Decision, may_delete, safety_decision, select
@@ -248,12 +249,13 @@ def _read_archives(
     backups = {}
     safety = {}
     kept_aside = []
-    for key in committed(files):
-        try:
-            manifest = repository.read_manifest(key, entries=False)
-        except OperationError as error:
+    keys = committed(files)
+    for key, manifest in zip(keys, read_summaries(repository, keys), strict=True):
+        if isinstance(manifest, OperationError):
             log.warning(
-                "kept an archive with an unreadable manifest", archive=key.id, error=error.message
+                "kept an archive with an unreadable manifest",
+                archive=key.id,
+                error=manifest.message,
             )
             kept_aside.append(
                 Decision(key.id, True, ("unreadable manifest, kept until removed by hand",))
@@ -300,8 +302,9 @@ def _verdicts(
     record is none (no proof)."""
     found: dict[str, list[DrillRecord]] = {}
     for storage, files in listed:
-        for key, suffixes in files.items():
-            if DRILL_SUFFIX in suffixes and (record := storage.read_drill(key)) is not None:
+        drilled = [key for key, suffixes in files.items() if DRILL_SUFFIX in suffixes]
+        for key, record in zip(drilled, read_each(storage.read_drill, drilled), strict=True):
+            if record is not None:
                 found.setdefault(key.id, []).append(record)
     return found
 

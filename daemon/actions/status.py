@@ -28,6 +28,7 @@ from daemon.engine.volumes import select_volumes
 from daemon.errors import DockerUnavailable, OperationError
 from daemon.repository.layout import ArchiveKey
 from daemon.repository.locate import newest_readable_backup
+from daemon.repository.reads import read_summaries
 from daemon.repository.store import Repository
 from daemon.rules.shrink import Shrink
 from daemon.rules.verdict import DrillRecord
@@ -367,11 +368,9 @@ def _usage(repositories: list[Repository], policy: str, volume: str) -> dict[str
 
 def _readable_manifests(repository: Repository, keys: Iterable[ArchiveKey]) -> Iterator[Manifest]:
     """Yield the summaries of the archives' manifests that can be read."""
-    for key in keys:
-        try:
-            yield repository.read_manifest(key, entries=False)
-        except OperationError:
-            continue
+    for manifest in read_summaries(repository, keys):
+        if isinstance(manifest, Manifest):
+            yield manifest
 
 
 def _last_drill(repositories: list[Repository], policy: str, volume: str) -> DrillRecord | None:

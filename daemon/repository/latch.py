@@ -12,6 +12,7 @@ on with its other storages and names the failed one, as it would have after each
 from __future__ import annotations
 
 import builtins
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TypeVar
@@ -32,6 +33,7 @@ class LatchedStore:
         self.store = store
         self.name = store.name
         self.unavailable: StoreUnavailable | None = None
+        self._lock = threading.Lock()
 
     def call(self, method: Callable[..., T], *args: object, **keywords: object) -> T:
         """Given a method of the store and its arguments, return what it returns. Raise the
@@ -41,12 +43,15 @@ class LatchedStore:
         try:
             return method(*args, **keywords)
         except StoreUnavailable as error:
-            self.unavailable = error
-            log.warning(
-                "storage unavailable: it is asked nothing more in this operation",
-                storage=self.name,
-                error=error.strerror or str(error),
-            )
+            with self._lock:  # reads run several at once (`read_each`): one warning
+                first = self.unavailable is None
+                self.unavailable = self.unavailable or error
+            if first:
+                log.warning(
+                    "storage unavailable: it is asked nothing more in this operation",
+                    storage=self.name,
+                    error=error.strerror or str(error),
+                )
             raise
 
     def describe(self) -> str:
