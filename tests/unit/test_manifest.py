@@ -23,6 +23,7 @@ from daemon.archive.entries import (
     UNDIGESTED,
     EntryEncoder,
     EntryFormatError,
+    _shared,
     decode_entries,
 )
 from daemon.archive.manifest import (
@@ -101,6 +102,31 @@ def test_every_kind_of_entry_streams_back_exactly() -> None:
 
     assert back == every_kind()
     assert [type(member.mtime) for member in back][:2] == [int, float]
+
+
+@pytest.mark.parametrize(
+    ("path", "previous"),
+    [
+        (b"a/b/c", b""),
+        (b"a/b/c", b"a/b/c"),
+        (b"a/b", b"a/b/c"),
+        (b"a/b/cd", b"a/b/c"),
+        (b"a/b/d", b"a/b/c"),
+        (b"b", b"a/b/c"),
+        (b"dir/\x00\x01", b"dir/\x00\x02"),
+        ("d/é".encode(), "d/è".encode()),  # the same first byte of two
+        (b"x" * 300 + b"y", b"x" * 300 + b"z"),
+    ],
+)
+def test_a_path_shares_its_longest_common_prefix_with_the_previous(
+    path: bytes, previous: bytes
+) -> None:
+    expected = next(
+        (index for index, (a, b) in enumerate(zip(path, previous, strict=False)) if a != b),
+        min(len(path), len(previous)),
+    )
+
+    assert _shared(path, previous) == expected
 
 
 def test_the_summary_reads_alone_and_counts_the_entries() -> None:
