@@ -154,7 +154,7 @@ class ChunkedArchive:
     def holding(self, chunk_ids: list[str]) -> set[str]:
         """Given chunk ids, return those known (one query per copy for them all), and
         remember the packs they are reused from."""
-        held = {chunk_id for chunk_id in chunk_ids if chunk_id in self._pending}
+        held = self._pending.taken(chunk_ids)
         asked = [chunk_id for chunk_id in chunk_ids if chunk_id not in held]
         packs: dict[str, dict[str, str]] = {}
         for repository in self._copies.published:

@@ -123,6 +123,18 @@ def test_a_backup_s_taken_chunks_are_found_whatever_ids_share_their_first_bits()
     assert "abcdef" + "f" * 58 not in pending
 
 
+def test_a_backup_s_taken_chunks_are_told_apart_in_a_batch_before_and_after_the_first() -> None:
+    pending = Pending()
+    asked = ["abcdef" + "0" * 58, "abcdef" + "1" * 58, "123456" + "f" * 58]
+    assert pending.taken(asked) == set()  # none taken yet: nothing asked
+
+    pending.add(asked[1])
+    pending.add("fedcba" + "0" * 58)
+
+    assert pending.taken(asked) == {asked[1]}
+    assert pending.taken([]) == set()
+
+
 def test_a_backup_s_taken_chunks_are_found_held_in_memory_or_inserted_in_the_table(
     monkeypatch,
 ) -> None:
