@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,10 +114,26 @@ class Output:
 def output_file(path: Path) -> Iterator[Output]:
     """Given the file an export writes, yield a sink into a temporary file beside it
     (readable by its owner only: the tar is the volume's content in clear), and move that
-    into place, synced, when the block ends well; remove it when the block raises.
+    into place, synced, when the block ends well; remove it when the block raises. Through
+    a symlink, the file it points to is replaced, not the link.
+
+    A path that is there and is not a regular file (`/dev/null`, a named pipe, a tape) is
+    written in place, as standard output is: renaming a file over it would put a file
+    where the device was (`-o /dev/null`, to read an archive through without keeping it,
+    replaced the host's `/dev/null`).
 
     Raise OperationError naming the file if it cannot be written.
     """
+    try:
+        in_place = not stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        in_place = False  # a new file, or a symlink to one
+    except OSError as error:
+        raise _unwritable(str(path), error) from None
+    if in_place:
+        yield from _written_in_place(path)
+        return
+    path = path.resolve()
     try:
         descriptor, name = tempfile.mkstemp(
             dir=path.parent, prefix=f".{path.name}.", suffix=".part"
@@ -138,6 +155,17 @@ def output_file(path: Path) -> Iterator[Output]:
             raise _unwritable(str(path), error) from None
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _written_in_place(path: Path) -> Iterator[Output]:
+    try:
+        file = path.open("wb")
+    except OSError as error:
+        raise _unwritable(str(path), error) from None
+    with file:
+        output = Output(str(path), file)
+        yield output
+        output.flush()
 
 
 def _unwritable(name: str, error: OSError) -> OperationError:

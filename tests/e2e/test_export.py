@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import signal
+import stat
 import subprocess
 from pathlib import Path
 
@@ -117,6 +118,41 @@ def test_export_writes_the_tar_the_stored_archive_holds_byte_for_byte(api, volum
     assert to_file.stdout == b""
     assert output.read_bytes() == exported.stdout
     assert os.stat(output).st_mode & 0o077 == 0  # the volume's content in clear: owner only
+
+
+def test_export_writes_into_a_named_pipe_and_through_a_symlink_without_replacing_them(
+    api, volumes, workspace
+):
+    """-o a path that is not a regular file (a named pipe here; /dev/null alike) is written
+    in place: it stays what it was. -o a symlink replaces the file it points to."""
+    source = volumes("export")
+    simple_tree(mountpoint(api, source))
+    workspace.write_config({"app": {"volumes": [source]}})
+    backup(workspace)
+    expected = export(workspace, "app", "--volume", source)
+    assert expected.returncode == 0, expected.stderr.decode()
+
+    pipe = workspace.root / "tar.fifo"
+    os.mkfifo(pipe)
+    received = workspace.root / "received.tar"
+    with received.open("wb") as into:
+        reader = subprocess.Popen(["cat", str(pipe)], stdout=into)
+        to_pipe = export(workspace, "app", "--volume", source, "-o", str(pipe))
+        assert reader.wait(timeout=60) == 0
+    assert to_pipe.returncode == 0, to_pipe.stderr.decode()
+    assert received.read_bytes() == expected.stdout
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    assert sorted(path.name for path in workspace.root.glob(".tar.fifo.*")) == []
+
+    target = workspace.root / "kept" / "volume.tar"
+    target.parent.mkdir()
+    target.write_bytes(b"an older export")
+    link = workspace.root / "latest.tar"
+    link.symlink_to(target)
+    through = export(workspace, "app", "--volume", source, "-o", str(link))
+    assert through.returncode == 0, through.stderr.decode()
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes() == expected.stdout
 
 
 @pytest.mark.archive_format("tar")
