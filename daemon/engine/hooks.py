@@ -39,6 +39,7 @@ log = structlog.get_logger()
 OUTPUT_LINES_LOGGED = 200  # per hook; the rest is counted, not logged
 LINE_LIMIT = 2000  # characters of one logged line
 KILL_GRACE = 5.0  # seconds to wait for a killed command's output to end
+EXEC_POLL = 0.05  # seconds between looks at an exec that has not started yet
 READ_SIZE = 64 << 10
 BARE_FLAG = re.compile(r"-[A-Za-z0-9]|--([A-Za-z0-9][A-Za-z0-9_-]*)?")  # -v, --verbose, --
 LONG_FLAG_WITH_VALUE = re.compile(r"(--[A-Za-z0-9][A-Za-z0-9_-]*)=.*", re.DOTALL)
@@ -261,6 +262,14 @@ def _kill_exec(api: docker.APIClient, exec_id: str) -> None:
     """Kill an exec's process. The engine's API cannot; the host can, when volkeep shares
     the engine's pid namespace: then the process with that pid has the container's cgroup."""
     info = api.exec_inspect(exec_id)
+    deadline = time.monotonic() + KILL_GRACE
+    while not info.get("Running") and info.get("ExitCode") is None:
+        # started, its process not running yet (a loaded engine): it would run on unkilled
+        if time.monotonic() > deadline:
+            log.warning("cannot kill the hook's command: it has not started yet")
+            return
+        time.sleep(EXEC_POLL)
+        info = api.exec_inspect(exec_id)
     pid, container = info.get("Pid"), info.get("ContainerID") or ""
     if not info.get("Running") or not pid or not container:
         return
