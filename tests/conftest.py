@@ -1,4 +1,4 @@
-"""The whole suite: how it is spread over pytest-xdist's workers (README, "Tests").
+"""The whole suite: how it is spread over pytest-xdist's workers (README, under its test command).
 
 The suite runs on two workers (`-n 2` in pyproject.toml's addopts): most of a test's time
 is spent waiting for the Docker engine, SeaweedFS or a volkeep command, not on a core. Each
